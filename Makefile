@@ -1,0 +1,47 @@
+# plants-mlops: the two commands are `make demo` and `make test` (see README.md).
+# Each creates the virtual environment on first use; nothing else needs installing by hand.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export KEDRO_DISABLE_TELEMETRY := true
+export ZENML_ANALYTICS_OPT_IN := false
+export ZENML_AUTO_OPEN_DASHBOARD := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test lint bench clean-data help
+
+help:
+	@echo "make demo   - set up .venv if needed, run the whole flow end to end on the local default"
+	@echo "make test   - set up .venv if needed, start the test servers, run ruff and pytest"
+	@echo "make bench  - run the benchmarks under benchmarks/"
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision are pinned (==2.14.1 / ==0.29.1); constraints.txt pins the rest.
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plants-mlops demo
+
+test: $(STAMP)
+	bash scripts/test-prereqs.sh
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-data:
+	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null || true
+	rm -f data/*.db

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Machine-level prerequisites of the test suite (the servers themselves are started by
+# pytest fixtures): the local PostgreSQL and MariaDB servers, and Debian's Chromium for
+# the browser tests. Idempotent; prints what it did.
+set -euo pipefail
+
+if command -v pg_ctlcluster >/dev/null && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  for v in /etc/postgresql/*; do
+    pg_ctlcluster --skip-systemctl-redirect "$(basename "$v")" main start || true
+  done
+fi
+if [ -x /usr/sbin/mariadbd ] && ! (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null; then
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+fi
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's chromium for the browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "WARNING: could not install chromium; browser tests will be skipped"
+  else
+    echo "WARNING: chromium missing and not root; browser tests will be skipped"
+  fi
+fi

@@ -1,0 +1,62 @@
+"""``plants-mlops``: the project's console script.
+
+Each subcommand group lives in ``plants_mlops.commands.<module>`` and exposes
+``register(subparsers)``. Modules keep heavy imports (torch, mlflow, zenml) inside their
+handlers so that ``plants-mlops --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from plants_mlops.errors import UserFacingError
+
+# Order shown in --help.
+COMMAND_MODULES = ("data", "registry", "stack", "serve", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plants-mlops",
+        description="Dandelion vs grass, from URLs to a monitored prediction API.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"plants_mlops.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"plants_mlops.commands.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

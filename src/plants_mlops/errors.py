@@ -1,0 +1,5 @@
+"""Exceptions whose message is the whole story for the user (printed without a traceback)."""
+
+
+class UserFacingError(Exception):
+    """Raised for conditions the user can fix: a missing server, a bad setting, a bad input."""

@@ -1,0 +1,32 @@
+"""Kedro project settings.
+
+Environments: ``base`` (local filesystem + embedded stores) is always loaded; the run
+environment defaults to ``local`` (git-ignored, for a developer's own overrides) and
+``--env minio`` roots the same catalog on S3 (MinIO).
+"""
+
+import os
+
+from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
+
+from plants_mlops.hooks import ProjectHooks
+
+# Kedro's telemetry plugin asks questions on first run; this project never phones home.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+HOOKS = (ProjectHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # ${oc.env:VAR,default} in globals, catalog and parameters too (Kedro allows it only in
+    # credentials by default): endpoints and bucket names come from the environment.
+    "custom_resolvers": {"oc.env": oc.env},
+    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+        "globals": ["globals.yml"],
+    },
+}

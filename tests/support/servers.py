@@ -1,0 +1,155 @@
+"""Real servers for the test suite: started as separate processes on 127.0.0.1 free ports,
+waited on through their health endpoints, stopped at the end. No in-process fakes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited early with code {proc.returncode}")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not healthy after {timeout}s (last error: {last})")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    health_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> ManagedProcess:
+        env = {**os.environ, **self.env}
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.health_url, timeout=timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
+            raise RuntimeError(f"{self.name} failed to start:\n{tail}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def moto_s3(log_dir: Path) -> Iterator[str]:
+    """An S3 API server (moto_server); yields its endpoint URL."""
+    port = free_port()
+    server = ManagedProcess(
+        "moto_server",
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        health_url=f"http://127.0.0.1:{port}/moto-api/",
+        log_path=log_dir / "moto.log",
+    ).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    workdir: Path, *, backend_uri: str | None = None, artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """A real ``mlflow server`` (one worker); yields its tracking URI."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    backend_uri = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    artifacts_destination = artifacts_destination or str(workdir / "artifacts")
+    server = ManagedProcess(
+        "mlflow server",
+        [
+            str(VENV_BIN / "mlflow"), "server",
+            "--backend-store-uri", backend_uri,
+            "--artifacts-destination", artifacts_destination,
+            "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1",
+        ],
+        health_url=f"http://127.0.0.1:{port}/health",
+        env=env or {},
+        log_path=workdir / "mlflow-server.log",
+    ).start(timeout=120)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def ensure_local_databases() -> None:
+    """Start the machine's PostgreSQL and MariaDB if they are installed but stopped."""
+    if shutil.which("pg_ctlcluster") and not _port_open(5432):
+        versions = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
+        for v in versions:
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", v, "main", "start"], check=False
+            )
+    if os.path.exists("/usr/sbin/mariadbd") and not _port_open(3306):
+        subprocess.run(
+            ["start-stop-daemon", "--start", "--oknodo", "--background",
+             "--exec", "/usr/sbin/mariadbd"], check=False,
+        )
+        for _ in range(40):
+            if _port_open(3306):
+                break
+            time.sleep(0.5)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
