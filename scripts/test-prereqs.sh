@@ -12,12 +12,17 @@ fi
 if [ -x /usr/sbin/mariadbd ] && ! (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
 fi
-if ! command -v chromium >/dev/null; then
+# Debian packages: chromium (browser tests), docker-compose (static `docker-compose config`;
+# no engine is needed or used).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's chromium for the browser tests"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "WARNING: could not install chromium; browser tests will be skipped"
+    echo "installing Debian packages: ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "WARNING: could not install ${missing[*]}; the tests that need them will be skipped"
   else
-    echo "WARNING: chromium missing and not root; browser tests will be skipped"
+    echo "WARNING: ${missing[*]} missing and not root; the tests that need them will be skipped"
   fi
 fi

@@ -1,0 +1,88 @@
+"""Static checks of what cannot run here (no Docker engine, no cluster): the compose file,
+the Dockerfile, Kubernetes manifests and the CI workflow are validated against their
+schemas and linters; and the repository's own promises (two commands, no secrets)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _run(argv: list[str], cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_compose_file_matches_the_compose_spec():
+    proc = _run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                 "docker-compose.yml"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_config_resolves_with_the_example_env(tmp_path):
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose (Debian package) not installed; the schema check still ran")
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    shutil.copy(ROOT / "deploy" / "env.example", tmp_path / ".env")
+    proc = _run(["docker-compose", "config"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert {"minio", "mysql", "mlflow", "zenml", "api"} <= set(services)
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_compose_refuses_to_start_without_secrets(tmp_path):
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose (Debian package) not installed")
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MINIO", "MYSQL", "PLANTS_API"))}
+    proc = _run(["docker-compose", "config", "-q"], cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    assert "set MINIO_ROOT_USER in .env" in proc.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    proc = _run([str(BIN / "hadolint"), "Dockerfile"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kubernetes_manifests_are_valid():
+    manifests = sorted((ROOT / "deploy").rglob("*.yaml"))
+    manifests = [m for m in manifests if "kind:" in m.read_text()]
+    if not manifests:
+        pytest.skip("no Kubernetes manifests in deploy/")
+    proc = _run([str(BIN / "kubernetes-validate"), "--strict", *map(str, manifests)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_workflow_matches_the_github_schema_and_runs_ci_run():
+    proc = _run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                 ".github/workflows/ci.yml"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bash .ci/run" in (ROOT / ".github/workflows/ci.yml").read_text()
+
+
+def test_ci_run_calls_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    commands = [ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    assert commands == ["make test"]
+
+
+def test_no_secrets_or_local_config_are_tracked():
+    tracked = _run(["git", "ls-files"]).stdout.splitlines()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert not [f for f in tracked if f.startswith("conf/local/") and not f.endswith(".gitkeep")]
+    assert ".env" not in tracked
+    ignored = _run(["git", "check-ignore", "conf/local/credentials.yml", ".env"]).stdout.split()
+    assert ignored == ["conf/local/credentials.yml", ".env"]
