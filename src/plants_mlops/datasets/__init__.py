@@ -1,0 +1,1 @@
+"""Custom Kedro datasets of the project (one module per stage)."""

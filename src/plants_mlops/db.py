@@ -1,0 +1,346 @@
+"""The ``plants_data`` table: one row per image URL, the source of truth for ingestion.
+
+Works on SQLite (the embedded default, ``sqlite:///data/plants.db``), MySQL/MariaDB and
+PostgreSQL through one SQLAlchemy 2 table definition. The URL comes from, in order: an
+explicit argument, ``PLANTS_DB_URL``, the default.
+
+Seeding is idempotent: a row is identified by its ``url_source``; rows already in the table
+are left untouched, so re-seeding changes nothing and a user adds images by adding rows to
+a CSV (``url_source,label`` and optionally ``sha256``, the expected content hash).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from plants_mlops import contracts
+from plants_mlops.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_URL = "sqlite:///data/plants.db"
+TABLE_NAME = "plants_data"
+# A unique index on url_source must fit MySQL/MariaDB's 3072-byte key limit (utf8mb4).
+MAX_URL_LENGTH = 700
+STATUSES = (contracts.STATUS_PENDING, contracts.STATUS_OK, contracts.STATUS_FAILED)
+COLUMNS = (
+    "id",
+    "url_source",
+    "label",
+    "url_s3",
+    "sha256",
+    "status",
+    "error",
+    "created_at",
+    "updated_at",
+    "ingested_at",
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+metadata = sa.MetaData()
+plants_data = sa.Table(
+    TABLE_NAME,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("url_source", sa.String(MAX_URL_LENGTH), nullable=False, unique=True),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("url_s3", sa.String(1024), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, default=contracts.STATUS_PENDING),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_plants_data_status", "status"),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: the argument, else ``PLANTS_DB_URL``, else the SQLite default."""
+    return url or os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def make_engine(url: str | None = None) -> sa.Engine:
+    """An engine on the table's database; creates the SQLite folder and the table if needed."""
+    url = resolve_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise UserFacingError(f"not a database URL: {url!r} ({exc})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    try:
+        metadata.create_all(engine)
+    except sa.exc.OperationalError as exc:
+        raise UserFacingError(
+            f"cannot reach the plants_data database at {redact(url)}: {exc.orig}"
+        ) from None
+    return engine
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+@dataclass
+class SeedReport:
+    source: str
+    added: int = 0
+    unchanged: int = 0
+    refused: list[dict[str, Any]] = field(default_factory=list)  # {"line", "url_source", "reason"}
+    conflicts: list[dict[str, Any]] = field(default_factory=list)  # label differs from table
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "added": self.added,
+            "unchanged": self.unchanged,
+            "refused": self.refused,
+            "conflicts": self.conflicts,
+        }
+
+    def lines(self) -> list[str]:
+        out = [
+            f"seed from {self.source}: {self.added} added, {self.unchanged} already present, "
+            f"{len(self.refused)} refused, {len(self.conflicts)} label conflicts"
+        ]
+        out += [f"  refused line {r['line']}: {r['reason']}" for r in self.refused]
+        out += [
+            f"  kept existing row {c['id']} ({c['url_source']}): table label {c['table_label']!r}, "
+            f"CSV label {c['csv_label']!r}"
+            for c in self.conflicts
+        ]
+        return out
+
+
+def manifest_text() -> str:
+    """The shipped 400-row manifest (public URLs of the dandelion/grass images)."""
+    return resources.files("plants_mlops").joinpath("data/plants_data.csv").read_text()
+
+
+def read_manifest(text: str, report: SeedReport) -> list[dict[str, Any]]:
+    """Parse a manifest CSV; bad rows land in ``report.refused``, good ones are returned."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = {f.strip() for f in reader.fieldnames or []}
+    missing = {"url_source", "label"} - fields
+    if missing:
+        raise UserFacingError(
+            f"{report.source}: the CSV needs the columns url_source,label (missing: "
+            f"{', '.join(sorted(missing))}; found: {', '.join(sorted(fields)) or 'none'})"
+        )
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for line, raw in enumerate(reader, start=2):
+        rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+        url, label, sha = rec.get("url_source", ""), rec.get("label", ""), rec.get("sha256", "")
+        reason = _refusal(url, label, sha, seen)
+        if reason:
+            report.refused.append({"line": line, "url_source": url, "reason": reason})
+            log.warning("%s line %d refused: %s", report.source, line, reason)
+            continue
+        seen.add(url)
+        rows.append({"url_source": url, "label": label, "sha256": sha.lower() or None})
+    return rows
+
+
+def _refusal(url: str, label: str, sha: str, seen: set[str]) -> str | None:
+    if not url:
+        return "empty url_source"
+    if not re.match(r"^(https?|file)://", url):
+        return f"url_source {url!r} is not an http(s):// or file:// URL"
+    if len(url) > MAX_URL_LENGTH:
+        return f"url_source longer than {MAX_URL_LENGTH} characters"
+    if label not in contracts.LABELS:
+        return f"label {label!r} is not one of {', '.join(contracts.LABELS)} (url {url})"
+    if sha and not _SHA256.match(sha.lower()):
+        return f"sha256 {sha!r} is not 64 hex characters"
+    if url in seen:
+        return f"url_source {url} appears twice in this CSV"
+    return None
+
+
+def seed(
+    engine: sa.Engine, csv_path: str | Path | None = None, *, text: str | None = None
+) -> SeedReport:
+    """Insert the CSV's rows whose url_source is not in the table yet. Idempotent."""
+    if text is None:
+        if csv_path is None:
+            text, source = manifest_text(), "shipped manifest (plants_mlops/data/plants_data.csv)"
+        else:
+            path = Path(csv_path)
+            if not path.is_file():
+                raise UserFacingError(f"no such CSV file: {path}")
+            text, source = path.read_text(encoding="utf-8-sig"), str(path)
+    else:
+        source = str(csv_path or "<text>")
+    report = SeedReport(source=source)
+    rows = read_manifest(text, report)
+    now = utcnow()
+    with engine.begin() as conn:
+        existing = {
+            r.url_source: r
+            for r in conn.execute(
+                sa.select(plants_data.c.id, plants_data.c.url_source, plants_data.c.label)
+            )
+        }
+        new = []
+        for row in rows:
+            old = existing.get(row["url_source"])
+            if old is None:
+                new.append(
+                    {
+                        **row,
+                        "status": contracts.STATUS_PENDING,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                continue
+            report.unchanged += 1
+            if old.label != row["label"]:
+                report.conflicts.append(
+                    {
+                        "id": old.id,
+                        "url_source": old.url_source,
+                        "table_label": old.label,
+                        "csv_label": row["label"],
+                    }
+                )
+        if new:
+            conn.execute(sa.insert(plants_data), new)  # in CSV order: ids follow the file
+        report.added = len(new)
+    for line in report.lines():
+        log.info(line)
+    return report
+
+
+def ensure_seeded(engine: sa.Engine) -> SeedReport | None:
+    """Seed the shipped manifest when the table is empty (a fresh checkout); else nothing."""
+    with engine.connect() as conn:
+        if conn.execute(sa.select(sa.func.count()).select_from(plants_data)).scalar_one():
+            return None
+    log.info("plants_data is empty: seeding it from the shipped manifest")
+    return seed(engine)
+
+
+# --------------------------------------------------------------------------- reading/updating
+
+
+def load_rows(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        result = conn.execute(sa.select(plants_data).order_by(plants_data.c.id))
+        return [dict(r._mapping) for r in result]
+
+
+UPDATABLE = ("url_s3", "sha256", "status", "error", "ingested_at", "label")
+
+
+def upsert_rows(engine: sa.Engine, rows: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """Update rows by ``id`` (or ``url_source`` when no id is given); insert unknown ones.
+
+    Only the columns present in a row are written; ``updated_at`` is set to now.
+    Returns (updated, inserted).
+    """
+    now = utcnow()
+    updated = inserted = 0
+    with engine.begin() as conn:
+        by_url = {
+            r.url_source: r.id
+            for r in conn.execute(sa.select(plants_data.c.id, plants_data.c.url_source))
+        }
+        ids = set(by_url.values())
+        for row in rows:
+            values = {k: _clean(row[k]) for k in UPDATABLE if k in row}
+            if values.get("status") not in (None, *STATUSES):
+                raise ValueError(f"status {values['status']!r} is not one of {STATUSES}")
+            row_id = _clean(row.get("id"))
+            if row_id is None and row.get("url_source") in by_url:
+                row_id = by_url[row["url_source"]]
+            if row_id is not None and int(row_id) in ids:
+                conn.execute(
+                    sa.update(plants_data)
+                    .where(plants_data.c.id == int(row_id))
+                    .values(**values, updated_at=now)
+                )
+                updated += 1
+            else:
+                if not row.get("url_source") or not row.get("label"):
+                    raise ValueError(f"cannot insert a row without url_source and label: {row}")
+                values.setdefault("status", contracts.STATUS_PENDING)
+                conn.execute(
+                    sa.insert(plants_data).values(
+                        url_source=row["url_source"],
+                        **values,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                inserted += 1
+    return updated, inserted
+
+
+def _clean(value: Any) -> Any:
+    """NaN/NaT (from pandas) -> None; numpy scalars -> Python; naive datetimes -> UTC."""
+    if value is None:
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+        if isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+    except (TypeError, ValueError):
+        pass
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def status_summary(engine: sa.Engine) -> dict[str, Any]:
+    """Counts by status and by label/status, and the failed rows with their reasons."""
+    rows = load_rows(engine)
+    by_status = {s: 0 for s in STATUSES}
+    by_label: dict[str, dict[str, int]] = {}
+    for r in rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+        per = by_label.setdefault(r["label"], {s: 0 for s in STATUSES})
+        per[r["status"]] = per.get(r["status"], 0) + 1
+    failed = [
+        {"id": r["id"], "url_source": r["url_source"], "label": r["label"], "error": r["error"]}
+        for r in rows
+        if r["status"] == contracts.STATUS_FAILED
+    ]
+    return {
+        "database": redact(str(engine.url.render_as_string(hide_password=False))),
+        "total": len(rows),
+        "by_status": by_status,
+        "by_label": by_label,
+        "failed": failed,
+    }

@@ -1,0 +1,22 @@
+from kedro.pipeline import Pipeline, node
+
+from plants_mlops.pipelines.formatting.nodes import build_dataset_index, format_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                format_images,
+                inputs=["raw_images", "plants_data", "params:formatting"],
+                outputs=["fmt_images", "fmt_index", "fmt_report"],
+                name="format_images",
+            ),
+            node(
+                build_dataset_index,
+                inputs=["fmt_index", "fmt_report", "params:formatting"],
+                outputs=["dataset_index", "dataset_fingerprint", "formatting_summary"],
+                name="build_dataset_index",
+            ),
+        ]
+    )

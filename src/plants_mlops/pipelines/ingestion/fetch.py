@@ -1,0 +1,153 @@
+"""Downloading one URL the careful way: mirrors, timeouts, retries with backoff, size cap.
+
+Kept apart from the Kedro nodes so the policy reads in one place and is testable alone.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    max_attempts: int = 4
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+    max_bytes: int = 20_000_000
+
+    @classmethod
+    def from_params(cls, params: dict) -> FetchPolicy:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in params.items() if k in fields})
+
+
+class FetchError(Exception):
+    """A URL could not be fetched; ``reason`` is a short tag (http_404, timeout, ...)."""
+
+    def __init__(self, reason: str, detail: str, attempts: int = 1) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Mirror:
+    prefix: str
+    target: str  # a local folder, or a base URL (http(s)://...)
+
+
+def parse_mirrors(raw: list[dict] | None) -> list[Mirror]:
+    """``[{prefix, to}]`` from the parameters; an empty ``to`` disables that mirror."""
+    mirrors = [Mirror(str(m["prefix"]), str(m.get("to") or "")) for m in raw or []]
+    return sorted((m for m in mirrors if m.target), key=lambda m: -len(m.prefix))
+
+
+def resolve(url: str, mirrors: list[Mirror]) -> str:
+    """Where to actually read ``url`` from: the first (longest) matching mirror, else itself."""
+    for m in mirrors:
+        if url.startswith(m.prefix):
+            rest = url[len(m.prefix) :]
+            if m.target.startswith(("http://", "https://")):
+                return m.target.rstrip("/") + "/" + rest.lstrip("/")
+            return str(Path(m.target) / unquote(rest))
+    return url
+
+
+def backoff_delay(policy: FetchPolicy, attempt: int, retry_after: str | None = None) -> float:
+    """Exponential backoff with jitter; a numeric Retry-After header wins (capped)."""
+    if retry_after and retry_after.strip().isdigit():
+        return min(float(retry_after), policy.backoff_max_s)
+    base = min(policy.backoff_max_s, policy.backoff_s * 2 ** (attempt - 1))
+    return base * (0.5 + random.random() / 2)
+
+
+def fetch(source: str, client: httpx.Client, policy: FetchPolicy) -> tuple[bytes, int]:
+    """The bytes at ``source`` (URL or local path) and the number of attempts it took.
+
+    Retries 5xx/408/429, timeouts and connection errors; never other 4xx (a 404 is final).
+    """
+    if not source.startswith(("http://", "https://")):
+        return _read_local(source, policy), 1
+    last: FetchError | None = None
+    for attempt in range(1, policy.max_attempts + 1):
+        retry_after = None
+        try:
+            return _get(source, client, policy), attempt
+        except httpx.TimeoutException as exc:
+            last = FetchError(
+                "timeout",
+                f"no complete answer from {source} within {policy.read_timeout_s:g} s "
+                f"({type(exc).__name__})",
+            )
+        except httpx.TransportError as exc:
+            last = FetchError("connection", f"{source}: {type(exc).__name__}: {exc}")
+        except _HTTPStatus as exc:
+            if exc.status not in RETRYABLE_STATUS:
+                raise FetchError(f"http_{exc.status}", exc.detail, attempt) from None
+            last = FetchError(f"http_{exc.status}", exc.detail)
+            retry_after = exc.retry_after
+        if attempt < policy.max_attempts:
+            time.sleep(backoff_delay(policy, attempt, retry_after))
+    assert last is not None
+    raise FetchError(
+        last.reason, f"{last.detail} (gave up after {policy.max_attempts} attempts)", attempt
+    )
+
+
+class _HTTPStatus(Exception):
+    def __init__(self, status: int, detail: str, retry_after: str | None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+def _get(url: str, client: httpx.Client, policy: FetchPolicy) -> bytes:
+    with client.stream("GET", url) as resp:
+        if resp.status_code != 200:
+            raise _HTTPStatus(
+                resp.status_code,
+                f"GET {url} answered {resp.status_code} {resp.reason_phrase}",
+                resp.headers.get("retry-after"),
+            )
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+            raise FetchError("too_large", f"{url} declares {declared} bytes > {policy.max_bytes}")
+        chunks, size = [], 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > policy.max_bytes:
+                raise FetchError("too_large", f"{url} sent more than {policy.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _read_local(source: str, policy: FetchPolicy) -> bytes:
+    path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source)
+    if not path.is_file():
+        raise FetchError("not_found", f"no file at {path}")
+    if path.stat().st_size > policy.max_bytes:
+        raise FetchError("too_large", f"{path} is over {policy.max_bytes} bytes")
+    return path.read_bytes()
+
+
+def make_client(policy: FetchPolicy, concurrency: int) -> httpx.Client:
+    timeout = httpx.Timeout(
+        policy.read_timeout_s, connect=policy.connect_timeout_s, pool=policy.read_timeout_s * 4
+    )
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.Client(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=True,
+        headers={"User-Agent": "plants-mlops-ingestion/0.1"},
+    )

@@ -1,0 +1,251 @@
+"""Ingestion: every pending row of ``plants_data`` -> original bytes in the raw layer.
+
+The node decides per row from the table and the raw layer's inventory:
+- content already stored (``{label}/{sha256}.*`` present; the sha256 is known from an earlier
+  run or from the manifest) -> nothing is fetched, the row is (re)marked ``ok``;
+- otherwise the URL (or its mirror) is fetched with bounded concurrency, timeouts and
+  retries, checked to decode as an image (and against the manifest's sha256 when given),
+  and stored content-addressed; a row that fails is marked ``failed`` with its reason and
+  the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from plants_mlops import contracts, imaging
+from plants_mlops.db import utcnow
+from plants_mlops.pipelines.ingestion import fetch as fetching
+
+log = logging.getLogger(__name__)
+
+UPDATE_COLUMNS = ["id", "status", "error", "sha256", "url_s3", "ingested_at"]
+
+
+@dataclass
+class Outcome:
+    row_id: int
+    url_source: str
+    label: str
+    source: str  # where the bytes were read from (the mirror, or the URL itself)
+    key: str | None = None
+    data: bytes | None = None
+    sha256: str | None = None  # of the fetched bytes; the expected one (manifest) until then
+    error: str | None = None
+    attempts: int = 0
+
+    @property
+    def reason(self) -> str | None:
+        return self.error.split(":", 1)[0] if self.error else None
+
+
+def raw_key(label: str, sha256: str, ext: str) -> str:
+    return f"{label}/{sha256}.{ext}"
+
+
+def inventory_index(raw_inventory: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """``(label, sha256) -> key`` for every stored ``{label}/{sha256}.{ext}`` file."""
+    index = {}
+    for key in raw_inventory:
+        label, _, name = key.partition("/")
+        sha = name.split(".", 1)[0]
+        if label in contracts.LABELS and len(sha) == 64:
+            index[(label, sha)] = key
+    return index
+
+
+def check_bytes(data: bytes, expected_sha256: str | None) -> tuple[str, str]:
+    """``(sha256, extension)`` of bytes that decode as a complete image, else raises
+    FetchError with the decode reason (empty, not_an_image, truncated, too_large) or
+    ``checksum_mismatch``."""
+    try:
+        decoded = imaging.decode_image(data)
+    except imaging.ImageDecodeError as exc:
+        raise fetching.FetchError(exc.reason, exc.detail) from None
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and sha != expected_sha256:
+        raise fetching.FetchError(
+            "checksum_mismatch", f"content sha256 {sha} differs from the expected {expected_sha256}"
+        )
+    return sha, decoded.format
+
+
+def plan(
+    plants_data: pd.DataFrame, stored: dict[tuple[str, str], str], retry_failed: bool
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Split the rows into (to_fetch, already_stored, skipped_failed)."""
+    to_fetch, already, skipped = [], [], []
+    for row in plants_data.to_dict(orient="records"):
+        sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
+        status = row["status"]
+        if status == contracts.STATUS_FAILED and not retry_failed:
+            skipped.append(row)
+        elif sha and (row["label"], sha) in stored:
+            already.append({**row, "key": stored[(row["label"], sha)]})
+        else:
+            to_fetch.append(row)
+    return to_fetch, already, skipped
+
+
+def fetch_rows(
+    rows: list[dict], params: dict, progress: Callable[[Outcome], None] | None = None
+) -> list[Outcome]:
+    """Fetch and check every row concurrently; never raises for a bad URL."""
+    policy = fetching.FetchPolicy.from_params(params)
+    mirrors = fetching.parse_mirrors(params.get("mirrors"))
+    concurrency = max(1, int(params.get("concurrency", 8)))
+
+    def one(row: dict, client) -> Outcome:
+        sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
+        out = Outcome(
+            row_id=int(row["id"]),
+            url_source=row["url_source"],
+            label=row["label"],
+            source=fetching.resolve(row["url_source"], mirrors),
+            sha256=sha,
+        )
+        try:
+            data, out.attempts = fetching.fetch(out.source, client, policy)
+            out.sha256, ext = check_bytes(data, sha)
+        except fetching.FetchError as exc:
+            out.error = f"{exc.reason}: {exc.detail}"
+            out.attempts = max(out.attempts, exc.attempts)
+            return out
+        except Exception as exc:  # a bug or an odd URL must not stop the other rows
+            out.error = f"error: {type(exc).__name__}: {exc}"
+            return out
+        out.data, out.key = data, raw_key(row["label"], out.sha256, ext)
+        return out
+
+    outcomes: list[Outcome] = []
+    with (
+        fetching.make_client(policy, concurrency) as client,
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ingest") as pool,
+    ):
+        futures = [pool.submit(one, row, client) for row in rows]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            outcomes.append(outcome)
+            if progress:
+                progress(outcome)
+    return sorted(outcomes, key=lambda o: o.row_id)
+
+
+def ingest_images(
+    plants_data: pd.DataFrame, raw_inventory: dict[str, Any], params: dict
+) -> tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]:
+    """The ingestion node: returns (new raw files, plants_data status updates, summary)."""
+    started, t0 = utcnow(), time.perf_counter()
+    raw_root = str(params["raw_root"]).rstrip("/")
+    stored = inventory_index(raw_inventory)
+    to_fetch, already, skipped = plan(plants_data, stored, bool(params.get("retry_failed", True)))
+    log.info(
+        "ingestion: %d rows; %d already stored, %d to fetch, %d failed rows left alone",
+        len(plants_data),
+        len(already),
+        len(to_fetch),
+        len(skipped),
+    )
+
+    bar = tqdm(
+        total=len(to_fetch),
+        desc="ingestion",
+        unit="img",
+        disable=not params.get("progress", True) or not to_fetch,
+    )
+    fails = Counter()
+
+    def on_done(o: Outcome) -> None:
+        if o.error:
+            fails[o.reason] += 1
+        bar.set_postfix(failed=sum(fails.values()), refresh=False)
+        bar.update()
+
+    try:
+        outcomes = fetch_rows(to_fetch, params, progress=on_done)
+    finally:
+        bar.close()
+
+    now = utcnow()
+    updates: list[dict] = []
+    raw_images: dict[str, bytes] = {}
+    for row in already:
+        url_s3 = f"{raw_root}/{row['key']}"
+        if row["status"] != contracts.STATUS_OK or row.get("url_s3") != url_s3:
+            updates.append(
+                _update(row["id"], contracts.STATUS_OK, None, row["sha256"], url_s3, now)
+            )
+    for o in outcomes:
+        if o.error:
+            # keeps the expected sha256 (from the manifest) for the next attempt
+            updates.append(
+                _update(o.row_id, contracts.STATUS_FAILED, o.error, o.sha256, None, None)
+            )
+            log.warning("ingestion: row %d failed (%s): %s", o.row_id, o.url_source, o.error)
+            continue
+        raw_images.setdefault(o.key, o.data)
+        updates.append(
+            _update(o.row_id, contracts.STATUS_OK, None, o.sha256, f"{raw_root}/{o.key}", now)
+        )
+
+    seconds = time.perf_counter() - t0
+    fetched = [o for o in outcomes if not o.error]
+    failed = [o for o in outcomes if o.error]
+    summary = {
+        "started_at": started.isoformat(),
+        "finished_at": utcnow().isoformat(),
+        "seconds": round(seconds, 3),
+        "rows": len(plants_data),
+        "fetched": len(fetched),
+        "new_files": len(raw_images),
+        "bytes_fetched": sum(len(o.data) for o in fetched),
+        "already_stored": len(already),
+        "skipped_failed": len(skipped),
+        "failed": len(failed),
+        "failed_by_reason": dict(sorted(Counter(o.reason for o in failed).items())),
+        "retried": sum(1 for o in outcomes if o.attempts > 1),
+        "images_per_s": round(len(fetched) / seconds, 2) if fetched and seconds else None,
+        "failures": [
+            {"id": o.row_id, "url_source": o.url_source, "source": o.source, "error": o.error}
+            for o in failed
+        ],
+        "skipped_failed_rows": [
+            {"id": int(r["id"]), "url_source": r["url_source"], "error": r.get("error")}
+            for r in skipped
+        ],
+        "raw_root": raw_root,
+        "mirrors": [m.__dict__ for m in fetching.parse_mirrors(params.get("mirrors"))],
+    }
+    log.info(
+        "ingestion summary: fetched %d (%d new files, %.1f images/s), already stored %d, "
+        "failed %d %s, failed rows left alone %d",
+        summary["fetched"],
+        summary["new_files"],
+        summary["images_per_s"] or 0.0,
+        summary["already_stored"],
+        summary["failed"],
+        summary["failed_by_reason"] or "",
+        summary["skipped_failed"],
+    )
+    return raw_images, pd.DataFrame(updates, columns=UPDATE_COLUMNS), summary
+
+
+def _update(row_id, status, error, sha256, url_s3, ingested_at) -> dict:
+    return {
+        "id": int(row_id),
+        "status": status,
+        "error": error,
+        "sha256": sha256,
+        "url_s3": url_s3,
+        "ingested_at": ingested_at,
+    }

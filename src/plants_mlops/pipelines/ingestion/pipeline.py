@@ -1,0 +1,16 @@
+from kedro.pipeline import Pipeline, node
+
+from plants_mlops.pipelines.ingestion.nodes import ingest_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                ingest_images,
+                inputs=["plants_data", "raw_inventory", "params:ingestion"],
+                outputs=["raw_images", "plants_data_updates", "ingestion_summary"],
+                name="ingest_images",
+            )
+        ]
+    )

@@ -1,0 +1,299 @@
+"""Validation: Pandera schemas (row rules) and dataset rules (counts, balance, splits).
+
+``validate_data`` never raises: it returns the report, which the catalog saves to
+08_reporting. ``enforce_validation`` then stops the run when a rule failed, naming the rule,
+the dataset and the failing rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+
+from plants_mlops import contracts
+from plants_mlops.db import STATUSES, utcnow
+
+log = logging.getLogger(__name__)
+
+HEX64 = r"^[0-9a-f]{64}$"
+UNIT_STATS = ("brightness", "contrast", "mean_r", "mean_g", "mean_b")
+
+
+class DataValidationError(Exception):
+    """The data broke a validation rule; the message names the rule and the failing rows."""
+
+
+def plants_data_schema() -> pa.DataFrameSchema:
+    ok = contracts.STATUS_OK
+    return pa.DataFrameSchema(
+        {
+            "id": pa.Column(int, unique=True),
+            "url_source": pa.Column(str, unique=True, nullable=False),
+            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, name="label_set")),
+            "status": pa.Column(str, pa.Check.isin(STATUSES, name="status_set")),
+            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex"), nullable=True),
+            "url_s3": pa.Column(str, nullable=True),
+            "error": pa.Column(str, nullable=True),
+        },
+        checks=[
+            pa.Check(
+                lambda df: (df["status"] != ok) | (df["sha256"].notna() & df["url_s3"].notna()),
+                name="ok_rows_have_sha256_and_url_s3",
+                element_wise=False,
+            ),
+            pa.Check(
+                lambda df: (df["status"] != contracts.STATUS_FAILED) | df["error"].notna(),
+                name="failed_rows_have_a_reason",
+            ),
+        ],
+        name="plants_data",
+        coerce=False,
+    )
+
+
+def fmt_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchema:
+    stats = {
+        c: pa.Column(float, pa.Check.in_range(0.0, 1.0, name=f"{c}_in_unit_range"))
+        for c in UNIT_STATS
+    }
+    return pa.DataFrameSchema(
+        {
+            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex")),
+            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, name="label_set")),
+            "image_key": pa.Column(str, unique=True),
+            "source_id": pa.Column(int),
+            "url_source": pa.Column(str),
+            "width": pa.Column(float, pa.Check.eq(image_size, name="fmt_size")),
+            "height": pa.Column(float, pa.Check.eq(image_size, name="fmt_size")),
+            **stats,
+            "sharpness": pa.Column(float, pa.Check.ge(0.0, name="sharpness_non_negative")),
+            "orig_width": pa.Column(float, pa.Check.ge(min_source_side, name="min_source_side")),
+            "orig_height": pa.Column(float, pa.Check.ge(min_source_side, name="min_source_side")),
+        },
+        checks=[
+            pa.Check(
+                lambda df: df["image_key"] == df["label"] + "/" + df["sha256"],
+                name="image_key_is_label_slash_sha256",
+            )
+        ],
+        name="fmt_index",
+        strict=False,
+    )
+
+
+def dataset_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchema:
+    base = fmt_index_schema(image_size, min_source_side)
+    return pa.DataFrameSchema(
+        {
+            **base.columns,
+            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex"), unique=True),
+            "split": pa.Column(str, pa.Check.isin(contracts.SPLITS, name="split_set")),
+        },
+        checks=base.checks,
+        name="dataset_index",
+    )
+
+
+def _row_ids(df: pd.DataFrame, index_values, id_column: str) -> list:
+    ids = []
+    for i in index_values:
+        if i in df.index and id_column in df.columns:
+            ids.append(_py(df.loc[i, id_column]))
+        elif i is not None and not (isinstance(i, float) and pd.isna(i)):
+            ids.append(_py(i))
+    return ids
+
+
+def _py(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def schema_checks(
+    df: pd.DataFrame, schema: pa.DataFrameSchema, id_column: str, max_rows: int
+) -> list[dict[str, Any]]:
+    """Run a schema lazily; one report entry per (column, rule), with the failing rows."""
+    try:
+        schema.validate(df, lazy=True)
+        return [
+            _check(schema.name, f"{schema.name}_schema", True, f"{len(df)} rows match the schema")
+        ]
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+    entries = []
+    for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=True):
+        column = None if pd.isna(column) else column
+        failing = _row_ids(df, group["index"].dropna().unique().tolist(), id_column)
+        examples = [_py(v) for v in group["failure_case"].head(5).tolist()]
+        where = f"column {column}" if column else "rows"
+        entries.append(
+            _check(
+                schema.name,
+                str(check),
+                False,
+                f"{where}: {len(failing) or len(group)} failing (e.g. {examples})",
+                failing[:max_rows],
+                n_failing=len(failing) or len(group),
+            )
+        )
+    return entries
+
+
+def _check(dataset, rule, passed, detail, failing_rows=None, n_failing=0) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "rule": rule,
+        "passed": bool(passed),
+        "detail": detail,
+        "n_failing": int(n_failing),
+        "failing_rows": failing_rows or [],
+    }
+
+
+def dataset_rules(
+    plants_data: pd.DataFrame,
+    fmt_index: pd.DataFrame,
+    index: pd.DataFrame,
+    params: dict,
+    split: dict,
+) -> list[dict[str, Any]]:
+    """Rules on the whole dataset: class sizes, balance, split proportions, missing rate."""
+    checks = []
+    counts = {lab: int((index["label"] == lab).sum()) for lab in contracts.LABELS}
+    minimum = int(params["min_images_per_class"])
+    short = [lab for lab, n in counts.items() if n < minimum]
+    checks.append(
+        _check(
+            "dataset_index",
+            "min_images_per_class",
+            not short,
+            f"images per class {counts}; minimum {minimum}",
+            short,
+            len(short),
+        )
+    )
+    ratio = min(counts.values()) / max(max(counts.values()), 1)
+    min_ratio = float(params["min_class_ratio"])
+    checks.append(
+        _check(
+            "dataset_index",
+            "class_balance",
+            ratio >= min_ratio,
+            f"smallest/largest class = {ratio:.3f}; minimum {min_ratio}",
+            [] if ratio >= min_ratio else [min(counts, key=counts.get)],
+        )
+    )
+    n = max(len(index), 1)
+    tol = float(params["split_tolerance"])
+    off = {}
+    for s in contracts.SPLITS:
+        share = float((index["split"] == s).sum()) / n
+        if abs(share - float(split[s])) > tol:
+            off[s] = round(share, 3)
+    shares = {s: round(float((index["split"] == s).sum()) / n, 3) for s in contracts.SPLITS}
+    checks.append(
+        _check(
+            "dataset_index",
+            "split_proportions",
+            not off,
+            f"split shares {shares}; expected {{{', '.join(f'{s}: {split[s]}' for s in contracts.SPLITS)}}} +/- {tol}",
+            sorted(off),
+            len(off),
+        )
+    )
+    empty = [
+        f"{s}/{lab}"
+        for s in contracts.SPLITS
+        for lab in contracts.LABELS
+        if not ((index["split"] == s) & (index["label"] == lab)).any()
+    ]
+    checks.append(
+        _check(
+            "dataset_index",
+            "every_split_has_every_class",
+            not empty,
+            "empty split/class cells: " + (", ".join(empty) or "none"),
+            empty,
+            len(empty),
+        )
+    )
+    # Missing: a table row whose image did not make it into the fmt index (failed, pending,
+    # or ok without a formatted image).
+    present = set(zip(fmt_index["label"], fmt_index["sha256"], strict=True))
+    missing = plants_data[
+        [
+            (lab, sha) not in present
+            for lab, sha in zip(plants_data["label"], plants_data["sha256"], strict=True)
+        ]
+    ]
+    rate = len(missing) / max(len(plants_data), 1)
+    max_rate = float(params["max_missing_rate"])
+    reasons = missing["error"].fillna(missing["status"]).str.split(":").str[0].value_counts()
+    checks.append(
+        _check(
+            "plants_data",
+            "missing_rate",
+            rate <= max_rate,
+            f"{len(missing)} of {len(plants_data)} rows have no formatted image ({rate:.1%}; "
+            f"maximum {max_rate:.1%}); reasons {reasons.to_dict()}",
+            [int(i) for i in missing["id"].head(int(params["max_failing_rows_listed"]))],
+            len(missing),
+        )
+    )
+    return checks
+
+
+def validate_data(
+    plants_data: pd.DataFrame,
+    fmt_index: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    params: dict,
+    formatting: dict,
+) -> dict[str, Any]:
+    """Every check on every dataset; returns the report (never raises for bad data)."""
+    size, min_side = int(formatting["image_size"]), int(params["min_source_side"])
+    max_rows = int(params["max_failing_rows_listed"])
+    pdata = plants_data.copy()
+    pdata["id"] = pdata["id"].astype("int64")
+    checks = (
+        schema_checks(pdata, plants_data_schema(), "id", max_rows)
+        + schema_checks(fmt_index, fmt_index_schema(size, min_side), "image_key", max_rows)
+        + schema_checks(dataset_index, dataset_index_schema(size, min_side), "image_key", max_rows)
+        + dataset_rules(pdata, fmt_index, dataset_index, params, formatting["split"])
+    )
+    report = {
+        "passed": all(c["passed"] for c in checks),
+        "checked_at": utcnow().isoformat(),
+        "n_rows": {
+            "plants_data": len(plants_data),
+            "fmt_index": len(fmt_index),
+            "dataset_index": len(dataset_index),
+        },
+        "thresholds": {**params, "image_size": size, "split": formatting["split"]},
+        "checks": checks,
+    }
+    failed = [c for c in checks if not c["passed"]]
+    log.info(
+        "validation: %d checks, %d failed%s",
+        len(checks),
+        len(failed),
+        "" if not failed else ": " + ", ".join(f"{c['dataset']}.{c['rule']}" for c in failed),
+    )
+    return report
+
+
+def enforce_validation(validation_report: dict[str, Any]) -> bool:
+    """Stop the run when any check failed, naming each failing rule and its rows."""
+    failed = [c for c in validation_report["checks"] if not c["passed"]]
+    if not failed:
+        return True
+    lines = [
+        f"- rule {c['rule']} on {c['dataset']}: {c['detail']}; failing rows: {c['failing_rows']}"
+        for c in failed
+    ]
+    raise DataValidationError(
+        f"data validation failed ({len(failed)} of {len(validation_report['checks'])} checks; "
+        "full report in 08_reporting/validation_report.json):\n" + "\n".join(lines)
+    )
