@@ -167,6 +167,8 @@ def kedro_project(tmp_path, monkeypatch) -> KedroProject:
     for layer in ("01_raw", "02_intermediate", "03_primary", "06_models", "08_reporting"):
         (dest / "data" / layer).mkdir(parents=True)
     (dest / "samples").symlink_to(ROOT / "samples")
+    # kedro wants a source dir inside the project; the package itself is installed (-e)
+    (dest / "src").mkdir()
     # Isolate every store the project writes to from the developer's own.
     monkeypatch.setenv("PLANTS_DB_URL", f"sqlite:///{dest / 'data' / 'plants.db'}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dest / 'data' / 'mlflow.db'}")

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+import click
+
 from plants_mlops.errors import UserFacingError
 
 # Order shown in --help.
@@ -56,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+@click.group(name="plants_mlops")
+def cli() -> None:
+    """Kedro imports ``<package>.cli`` and requires a ``cli`` click group in it (for project
+    commands of ``kedro``); this project adds none there: its commands are ``plants-mlops``."""
 
 
 if __name__ == "__main__":
