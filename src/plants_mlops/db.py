@@ -160,7 +160,6 @@ def read_manifest(text: str, report: SeedReport) -> list[dict[str, Any]]:
         reason = _refusal(url, label, sha, seen)
         if reason:
             report.refused.append({"line": line, "url_source": url, "reason": reason})
-            log.warning("%s line %d refused: %s", report.source, line, reason)
             continue
         seen.add(url)
         rows.append({"url_source": url, "label": label, "sha256": sha.lower() or None})
@@ -233,8 +232,6 @@ def seed(
         if new:
             conn.execute(sa.insert(plants_data), new)  # in CSV order: ids follow the file
         report.added = len(new)
-    for line in report.lines():
-        log.info(line)
     return report
 
 
@@ -244,7 +241,10 @@ def ensure_seeded(engine: sa.Engine) -> SeedReport | None:
         if conn.execute(sa.select(sa.func.count()).select_from(plants_data)).scalar_one():
             return None
     log.info("plants_data is empty: seeding it from the shipped manifest")
-    return seed(engine)
+    report = seed(engine)
+    for line in report.lines():
+        log.info(line)
+    return report
 
 
 # --------------------------------------------------------------------------- reading/updating
@@ -338,7 +338,7 @@ def status_summary(engine: sa.Engine) -> dict[str, Any]:
         if r["status"] == contracts.STATUS_FAILED
     ]
     return {
-        "database": redact(str(engine.url.render_as_string(hide_password=False))),
+        "database": engine.url.render_as_string(hide_password=True),
         "total": len(rows),
         "by_status": by_status,
         "by_label": by_label,
