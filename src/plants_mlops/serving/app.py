@@ -1,0 +1,90 @@
+"""``create_app``: the FastAPI application with its lifespan (model watcher, prediction log)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from plants_mlops.serving import errors
+from plants_mlops.serving.config import ServingConfig
+from plants_mlops.serving.metrics import ServiceMetrics
+from plants_mlops.serving.middleware import RequestContextMiddleware
+from plants_mlops.serving.model import ModelManager
+from plants_mlops.serving.predlog import PredictionLogWriter, make_sink
+from plants_mlops.serving.retrain import RetrainRunner
+from plants_mlops.serving.routes import admin, ops, predict, ui
+from plants_mlops.serving.service import PredictionService
+
+log = logging.getLogger("plants_mlops.serving")
+
+
+def create_app(config: ServingConfig | None = None) -> FastAPI:
+    config = config or ServingConfig.from_env()
+    metrics = ServiceMetrics()
+    manager = ModelManager(config)
+    manager.on_swap = lambda m: metrics.model_swapped(m.name, m.version)
+    manager.on_failure = metrics.reload_failures.inc
+    retrain = RetrainRunner(
+        config.effective_retrain_command(),
+        log_dir=Path("data") / "retrain_logs",
+        cwd=config.retrain_cwd,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sink = make_sink(config)
+        writer = (
+            PredictionLogWriter(
+                sink, batch_size=config.log_batch_size, flush_seconds=config.log_flush_seconds
+            )
+            if sink is not None
+            else None
+        )
+        app.state.service = PredictionService(config, manager, metrics, writer, retrain)
+        log.info(
+            "starting: model %s, prediction log %s",
+            config.model_uri,
+            getattr(sink, "where", "off"),
+            extra={
+                "event": "startup",
+                "poll_seconds": config.poll_seconds,
+                "admin_keys": len(config.api_keys),
+            },
+        )
+        manager.start()
+        try:
+            yield
+        finally:
+            manager.stop()
+            if writer is not None:
+                writer.close()
+                log.info(
+                    "prediction log flushed: %d rows written",
+                    writer.written,
+                    extra={"event": "prediction_log_closed", "rows": writer.written},
+                )
+
+    app = FastAPI(
+        title="plants-mlops prediction API",
+        version="1.0",
+        description="Dandelion or grass? Upload an image. Admin routes need X-API-Key.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    upload_limit = config.max_upload_bytes + 64 * 1024  # multipart overhead
+    batch_limit = upload_limit * config.max_batch_files
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=lambda path: batch_limit if path == "/predict/batch" else upload_limit,
+    )
+    app.include_router(ui.router)
+    app.include_router(predict.router)
+    app.include_router(ops.router)
+    app.include_router(admin.router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,113 @@
+"""Serving configuration, read from the environment (never from git).
+
+Every setting has an environment variable; ``plants-mlops serve`` flags override host and
+port. API keys come only from ``PLANTS_API_KEYS`` (comma separated) or a file named by
+``PLANTS_API_KEYS_FILE`` (one key per line).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plants_mlops import contracts, imaging
+from plants_mlops.errors import UserFacingError
+
+DEFAULT_MODEL_URI = f"models:/{contracts.REGISTERED_MODEL_NAME}@{contracts.ALIAS_CHAMPION}"
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise UserFacingError(f"{name}={raw!r} is not a number") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env_float(name, default))
+
+
+def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
+    env = os.environ if env is None else env
+    keys = [k.strip() for k in env.get("PLANTS_API_KEYS", "").split(",")]
+    key_file = env.get("PLANTS_API_KEYS_FILE", "").strip()
+    if key_file:
+        path = Path(key_file)
+        if not path.is_file():
+            raise UserFacingError(f"PLANTS_API_KEYS_FILE={key_file} does not exist")
+        keys += [line.strip() for line in path.read_text().splitlines()]
+    return frozenset(k for k in keys if k and not k.startswith("#"))
+
+
+def default_retrain_command() -> list[str]:
+    """``plants-mlops pipeline run`` (the ZenML pipeline) when that command exists, else
+    ``kedro run`` (the default Kedro pipeline)."""
+    try:
+        from plants_mlops.cli import build_parser
+
+        sub = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+        if "pipeline" in sub:
+            return [shutil.which("plants-mlops") or "plants-mlops", "pipeline", "run"]
+    except Exception:  # noqa: BLE001 - fall back to plain kedro
+        pass
+    return [shutil.which("kedro") or "kedro", "run"]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    model_uri: str = DEFAULT_MODEL_URI
+    tracking_uri: str | None = None
+    poll_seconds: float = 30.0  # 0 disables polling (POST /admin/reload still works)
+    api_keys: frozenset[str] = field(default_factory=frozenset)
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_batch_files: int = 32
+    max_pixels: int = imaging.MAX_PIXELS
+    ort_threads: int = 1
+    prediction_log: str = "sql"  # sql | s3 | off
+    db_url: str = "sqlite:///data/plants.db"
+    log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
+    log_batch_size: int = 64
+    log_flush_seconds: float = 1.0
+    retrain_command: tuple[str, ...] = ()
+    retrain_cwd: str | None = None
+    startup_retry_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServingConfig:
+        retrain = os.environ.get("PLANTS_RETRAIN_COMMAND", "").strip()
+        log_kind = os.environ.get("PLANTS_PREDICTION_LOG", "sql").strip().lower() or "sql"
+        if log_kind not in ("sql", "s3", "off"):
+            raise UserFacingError(f"PLANTS_PREDICTION_LOG must be sql, s3 or off, not {log_kind}")
+        values = dict(
+            model_uri=os.environ.get("PLANTS_MODEL_URI", DEFAULT_MODEL_URI),
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///data/mlflow.db",
+            poll_seconds=_env_float("PLANTS_MODEL_POLL_SECONDS", 30.0),
+            api_keys=read_api_keys(),
+            max_upload_bytes=_env_int("PLANTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
+            max_batch_files=_env_int("PLANTS_MAX_BATCH_FILES", 32),
+            max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
+            ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
+            prediction_log=log_kind,
+            db_url=os.environ.get("PLANTS_DB_URL") or "sqlite:///data/plants.db",
+            log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
+            log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 64),
+            log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),
+            retrain_command=tuple(shlex.split(retrain)) if retrain else (),
+            retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
+        )
+        values.update(overrides)
+        config = cls(**values)
+        if config.prediction_log == "s3" and not config.log_s3_uri:
+            raise UserFacingError(
+                "PLANTS_PREDICTION_LOG=s3 needs PLANTS_PREDICTION_LOG_URI=s3://..."
+            )
+        return config
+
+    def effective_retrain_command(self) -> list[str]:
+        return list(self.retrain_command) or default_retrain_command()

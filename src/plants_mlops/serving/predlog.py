@@ -1,0 +1,246 @@
+"""The prediction log: every prediction written to a durable store off the request path.
+
+Requests put a small record on a queue (``PredictionLogWriter.submit``, no I/O); one
+background thread computes the image statistics, batches records and writes them to the
+SQL table ``prediction_log`` (``PLANTS_DB_URL``) or to a date-partitioned parquet dataset
+on S3. ``close()`` drains the queue and flushes: a clean shutdown loses nothing. If the
+store stays unreachable, the rows left at shutdown go to a JSONL spill file instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plants_mlops import imaging
+
+log = logging.getLogger("plants_mlops.serving.predlog")
+
+TABLE = "prediction_log"
+STAT_PREFIX = "stat_"
+SPILL_DIR = Path("data") / "prediction_log_spill"
+
+
+@dataclass
+class PredictionRecord:
+    request_id: str
+    created_at: datetime
+    model_version: str
+    label: str
+    probabilities: dict[str, float]
+    latency_ms: float
+    image_format: str
+    orig_width: int
+    orig_height: int
+    image: Any  # fmt-size PIL image: statistics are computed in the writer thread
+    embedding: np.ndarray
+    endpoint: str = "predict"
+
+    def to_row(self) -> dict[str, Any]:
+        stats = imaging.image_stats(self.image)
+        row = {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "model_version": self.model_version,
+            "endpoint": self.endpoint,
+            "label": self.label,
+            "confidence": float(max(self.probabilities.values())),
+            "probabilities": json.dumps(self.probabilities),
+            "latency_ms": float(self.latency_ms),
+            "image_format": self.image_format,
+            "orig_width": int(self.orig_width),
+            "orig_height": int(self.orig_height),
+            "embedding": np.asarray(self.embedding, dtype=np.float32).tobytes(),
+        }
+        row.update({f"{STAT_PREFIX}{k}": float(v) for k, v in stats.items()})
+        return row
+
+
+def sql_table(metadata=None):
+    import sqlalchemy as sa
+
+    metadata = metadata or sa.MetaData()
+    return sa.Table(
+        TABLE,
+        metadata,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("request_id", sa.String(64), nullable=False, index=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("model_version", sa.String(32), nullable=False),
+        sa.Column("endpoint", sa.String(16), nullable=False),
+        sa.Column("label", sa.String(64), nullable=False),
+        sa.Column("confidence", sa.Float, nullable=False),
+        sa.Column("probabilities", sa.Text, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Column("image_format", sa.String(16), nullable=False),
+        sa.Column("orig_width", sa.Integer, nullable=False),
+        sa.Column("orig_height", sa.Integer, nullable=False),
+        *[sa.Column(f"{STAT_PREFIX}{c}", sa.Float, nullable=False) for c in imaging.STAT_COLUMNS],
+        sa.Column("embedding", sa.LargeBinary, nullable=False),
+    )
+
+
+class SqlSink:
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.table = sql_table()
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+        self.where = f"{self.engine.url.render_as_string(hide_password=True)} table {TABLE}"
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.table.insert(), rows)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class S3ParquetSink:
+    """``{uri}/date=YYYY-MM-DD/part-<time>-<uuid>.parquet``: append-only, one file a batch."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        import s3fs
+
+        self.uri = uri.rstrip("/")
+        kwargs = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+        self.fs = s3fs.S3FileSystem(**kwargs)
+        self.where = self.uri
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_day.setdefault(row["created_at"].strftime("%Y-%m-%d"), []).append(row)
+        for day, day_rows in by_day.items():
+            table = pa.Table.from_pylist(day_rows)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            path = f"{self.uri}/date={day}/part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+            with self.fs.open(path.removeprefix("s3://"), "wb") as fh:
+                pq.write_table(table, fh)
+
+    def close(self) -> None:
+        pass
+
+
+def make_sink(config):
+    import os
+
+    if config.prediction_log == "off":
+        return None
+    if config.prediction_log == "s3":
+        return S3ParquetSink(config.log_s3_uri, os.environ.get("PLANTS_S3_ENDPOINT_URL"))
+    return SqlSink(config.db_url)
+
+
+class PredictionLogWriter:
+    _STOP = object()
+
+    def __init__(
+        self, sink, *, batch_size: int = 64, flush_seconds: float = 1.0, spill_dir: Path = SPILL_DIR
+    ) -> None:
+        self.sink = sink
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.spill_dir = spill_dir
+        self.queue: queue.Queue = queue.Queue()
+        self.written = 0
+        self.failed_writes = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: PredictionRecord) -> None:
+        self.queue.put(record)
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    def close(self, timeout: float = 60.0) -> None:
+        self.queue.put(self._STOP)
+        self._thread.join(timeout=timeout)
+        self.sink.close()
+
+    def _run(self) -> None:
+        rows: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.flush_seconds
+        stopping = False
+        while not stopping:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                item = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is self._STOP:
+                stopping = True
+            elif item is not None:
+                try:
+                    rows.append(item.to_row())
+                except Exception:  # noqa: BLE001 - one bad record must not stop the log
+                    log.exception("cannot build a prediction log row for %s", item.request_id)
+            if rows and (stopping or len(rows) >= self.batch_size or time.monotonic() >= deadline):
+                rows = self._write(rows, final=stopping)
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + self.flush_seconds
+        if rows:
+            self._spill(rows)
+
+    def _write(self, rows: list[dict[str, Any]], final: bool) -> list[dict[str, Any]]:
+        attempts = 3 if final else 1
+        for attempt in range(attempts):
+            try:
+                self.sink.write(rows)
+                self.written += len(rows)
+                return []
+            except Exception as exc:  # noqa: BLE001 - store down: keep rows, retry later
+                self.failed_writes += 1
+                log.warning(
+                    "prediction log write of %d rows failed (%s)",
+                    len(rows),
+                    exc,
+                    extra={
+                        "event": "prediction_log_write_failed",
+                        "rows": len(rows),
+                        "attempt": attempt + 1,
+                    },
+                )
+                if final:
+                    time.sleep(0.5 * (attempt + 1))
+        return rows  # kept in memory: the next flush (or the spill file) takes them
+
+    def _spill(self, rows: list[dict[str, Any]]) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = (
+            self.spill_dir / f"spill-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
+        )
+        with path.open("w") as fh:
+            for row in rows:
+                out = dict(row)
+                out["created_at"] = row["created_at"].isoformat()
+                out["embedding"] = np.frombuffer(row["embedding"], dtype=np.float32).tolist()
+                fh.write(json.dumps(out) + "\n")
+        log.error(
+            "prediction log store unreachable at shutdown: %d rows spilled to %s",
+            len(rows),
+            path,
+            extra={"event": "prediction_log_spilled", "rows": len(rows)},
+        )

@@ -1,0 +1,1 @@
+"""The API's routers: predict, ops (health/ready/model/metrics), admin, ui."""

@@ -1,0 +1,83 @@
+"""``POST /predict`` and ``POST /predict/batch``: multipart image uploads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
+from plants_mlops.serving.errors import ApiError
+from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
+
+router = APIRouter(tags=["predict"])
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "empty or damaged image"},
+    413: {"model": ErrorResponse, "description": "file or image dimensions over the limit"},
+    415: {"model": ErrorResponse, "description": "not an image / unsupported content type"},
+    422: {"model": ErrorResponse, "description": "not a multipart upload with a file"},
+    503: {"model": ErrorResponse, "description": "no model loaded yet"},
+}
+
+
+def _check_content_type(upload: UploadFile) -> None:
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"file content type {ctype!r} is not an image type (image/jpeg, image/png...)",
+        )
+
+
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    _check_content_type(upload)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"file exceeds the upload limit of {limit} bytes")
+    return data
+
+
+@router.post(
+    "/predict", response_model=PredictionResponse, responses=ERRORS, summary="Classify one image"
+)
+async def predict(
+    file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, GIF, BMP)")],
+    model: ModelDep,
+    service: ServiceDep,
+    rid: RequestIdDep,
+) -> PredictionResponse:
+    data = await _read(file, service.config.max_upload_bytes)
+    return await run_in_threadpool(service.predict_one, model, data, rid)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    responses=ERRORS,
+    summary="Classify several images; per-file errors do not fail the batch",
+)
+async def predict_batch(
+    files: Annotated[list[UploadFile], File(description="the images")],
+    model: ModelDep,
+    service: ServiceDep,
+    rid: RequestIdDep,
+) -> BatchResponse:
+    limit = service.config.max_batch_files
+    if len(files) > limit:
+        raise ApiError(413, "too_many_files", f"{len(files)} files; the batch limit is {limit}")
+    payload: list[tuple[str | None, bytes]] = []
+    for upload in files:
+        payload.append((upload.filename, await _read(upload, service.config.max_upload_bytes)))
+    items = await run_in_threadpool(service.predict_many, model, payload, rid)
+    ok = sum(1 for i in items if i.prediction is not None)
+    return BatchResponse(
+        request_id=rid,
+        model_version=model.version,
+        count=len(items),
+        succeeded=ok,
+        failed=len(items) - ok,
+        items=items,
+    )

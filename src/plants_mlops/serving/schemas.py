@@ -1,0 +1,106 @@
+"""Pydantic models of every request and response body (they make the OpenAPI spec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="machine-readable reason, e.g. not_an_image, too_large")
+    detail: str = Field(description="what went wrong, for a human")
+    request_id: str | None = None
+
+
+class PredictionResponse(BaseModel):
+    request_id: str
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+    latency_ms: float = Field(description="decode + preprocess + inference, milliseconds")
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None = None
+    prediction: PredictionResponse | None = None
+    error: ErrorResponse | None = None
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    model_version: str
+    count: int
+    succeeded: int
+    failed: int
+    items: list[BatchItem]
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    detail: str = ""
+
+
+class ReloadError(BaseModel):
+    version: str | None = None
+    error: str
+    at: str
+    kept_version: str | None = None
+
+
+class ModelResponse(BaseModel):
+    name: str
+    version: str
+    source: str
+    model_uri: str
+    run_id: str | None = None
+    architecture: str
+    labels: list[str]
+    image_size: int
+    resize_size: int
+    embedding_dim: int
+    dataset_fingerprint: str | None = None
+    test_metrics: dict[str, float] = {}
+    lineage: dict[str, Any] = {}
+    loaded_at: str
+    last_reload_error: ReloadError | None = None
+    poll_seconds: float
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    model_version: str | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+class RetrainRequest(BaseModel):
+    reason: str = Field(default="manual", max_length=200)
+
+
+class RetrainResponse(BaseModel):
+    started: bool
+    run_id: str | None = None
+    command: list[str]
+    pid: int | None = None
+    log_path: str | None = None
+    detail: str = ""
+
+
+class RetrainStatus(BaseModel):
+    run_id: str | None = None
+    running: bool
+    returncode: int | None = None
+    command: list[str] = []
+    started_at: str | None = None
+    finished_at: str | None = None
+    reason: str | None = None
+    log_path: str | None = None

@@ -1,0 +1,133 @@
+"""The prediction work behind the routes: bytes -> decoded image -> model -> response + log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from plants_mlops import imaging
+from plants_mlops.serving.config import ServingConfig
+from plants_mlops.serving.errors import ApiError
+from plants_mlops.serving.metrics import ServiceMetrics
+from plants_mlops.serving.model import ModelManager, ServingModel
+from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord
+from plants_mlops.serving.retrain import RetrainRunner
+from plants_mlops.serving.schemas import BatchItem, ErrorResponse, PredictionResponse
+
+
+@dataclass
+class Prepared:
+    x: np.ndarray
+    fmt_image: object
+    decoded: imaging.DecodedImage
+    started: float
+
+
+class PredictionService:
+    def __init__(
+        self,
+        config: ServingConfig,
+        manager: ModelManager,
+        metrics: ServiceMetrics,
+        writer: PredictionLogWriter | None,
+        retrain: RetrainRunner,
+    ) -> None:
+        self.config = config
+        self.manager = manager
+        self.metrics = metrics
+        self.writer = writer
+        self.retrain = retrain
+
+    def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
+        started = time.perf_counter()
+        try:
+            decoded = imaging.decode_image(data, max_pixels=self.config.max_pixels)
+        except imaging.ImageDecodeError as exc:
+            self.metrics.rejected.labels(reason=exc.reason).inc()
+            raise ApiError.from_decode(exc) from None
+        x, fmt = model.preprocess(decoded.image)
+        return Prepared(x, fmt, decoded, started)
+
+    def _respond(
+        self,
+        model: ServingModel,
+        prep: Prepared,
+        probs: np.ndarray,
+        emb: np.ndarray,
+        request_id: str,
+        endpoint: str,
+    ) -> PredictionResponse:
+        labels = model.meta.labels
+        idx = int(np.argmax(probs))
+        probabilities = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
+        latency = (time.perf_counter() - prep.started) * 1000.0
+        self.metrics.predictions.labels(label=labels[idx], model_version=model.version).inc()
+        self.metrics.inference.observe(latency / 1000.0)
+        if self.writer is not None:
+            self.writer.submit(
+                PredictionRecord(
+                    request_id=request_id,
+                    created_at=datetime.now(UTC),
+                    model_version=model.version,
+                    label=labels[idx],
+                    probabilities=probabilities,
+                    latency_ms=latency,
+                    image_format=prep.decoded.format,
+                    orig_width=prep.decoded.original_size[0],
+                    orig_height=prep.decoded.original_size[1],
+                    image=prep.fmt_image,
+                    embedding=emb,
+                    endpoint=endpoint,
+                )
+            )
+        return PredictionResponse(
+            request_id=request_id,
+            label=labels[idx],
+            confidence=round(float(probs[idx]), 6),
+            probabilities=probabilities,
+            model_name=model.name,
+            model_version=model.version,
+            latency_ms=round(latency, 3),
+        )
+
+    def predict_one(self, model: ServingModel, data: bytes, request_id: str) -> PredictionResponse:
+        prep = self._prepare(model, data)
+        out = model.run(prep.x[None])
+        return self._respond(
+            model, prep, out.probabilities[0], out.embeddings[0], request_id, "predict"
+        )
+
+    def predict_many(
+        self, model: ServingModel, files: list[tuple[str | None, bytes]], request_id: str
+    ) -> list[BatchItem]:
+        items: list[BatchItem] = []
+        ready: list[tuple[int, Prepared]] = []
+        for i, (name, data) in enumerate(files):
+            try:
+                ready.append((i, self._prepare(model, data)))
+                items.append(BatchItem(index=i, filename=name))
+            except ApiError as exc:
+                items.append(
+                    BatchItem(
+                        index=i,
+                        filename=name,
+                        error=ErrorResponse(
+                            error=exc.code, detail=exc.detail, request_id=request_id
+                        ),
+                    )
+                )
+        if ready:
+            out = model.run(np.stack([p.x for _, p in ready]))
+            for row, (i, prep) in enumerate(ready):
+                items[i].prediction = self._respond(
+                    model,
+                    prep,
+                    out.probabilities[row],
+                    out.embeddings[row],
+                    f"{request_id}-{i}",
+                    "batch",
+                )
+        return items

@@ -1,0 +1,56 @@
+// Upload page: send the chosen or dropped image to POST /predict and show the answer.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const status = (text, isError) => {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "";
+  };
+
+  fetch("/model").then((r) => (r.ok ? r.json() : null)).then((m) => {
+    $("model").textContent = m ? `model: ${m.name} v${m.version} (${m.architecture})` : "model: not loaded yet";
+  }).catch(() => {});
+
+  async function predict(file) {
+    if (!file) return;
+    status(`Classifying ${file.name}...`, false);
+    $("result").hidden = true;
+    const form = new FormData();
+    form.append("file", file, file.name);
+    let body;
+    let response;
+    try {
+      response = await fetch("/predict", { method: "POST", body: form });
+      body = await response.json();
+    } catch (err) {
+      status(`Request failed: ${err}`, true);
+      return;
+    }
+    if (!response.ok) {
+      status(`Error ${response.status}: ${body.detail || body.error}`, true);
+      return;
+    }
+    $("preview").src = URL.createObjectURL(file);
+    $("label").textContent = body.label;
+    const rows = Object.entries(body.probabilities).map(([label, p]) => {
+      const pct = (p * 100).toFixed(1);
+      return `<tr data-label="${label}"><td>${label}</td><td><span class="bar" style="width:${Math.round(p * 120)}px"></span>${pct}%</td></tr>`;
+    });
+    $("probs").querySelector("tbody").innerHTML = rows.join("");
+    $("meta").textContent = `model v${body.model_version} · ${body.latency_ms.toFixed(1)} ms · request ${body.request_id}`;
+    $("result").hidden = false;
+    status("Done.", false);
+    document.body.dataset.state = "done";
+  }
+
+  $("file").addEventListener("change", (e) => predict(e.target.files[0]));
+  const drop = $("drop");
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => predict(e.dataTransfer.files[0]));
+})();

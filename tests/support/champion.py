@@ -1,0 +1,164 @@
+"""A real, small ONNX model registered as ``plants-classifier@champion`` on a real MLflow server.
+
+Serving and monitoring tests need a champion before the training/registry stages exist in
+this tree (and without spending minutes training). This builds a tiny CNN with a
+penultimate embedding, exports it to ONNX exactly as docs/contracts.md says (input
+``image``, outputs ``logits`` and ``embedding``), logs it with ``mlflow.onnx.log_model``
+under the artifact path ``model`` with ``serving_meta.json`` beside ``model.onnx``,
+registers it and points the ``champion`` alias at it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from plants_mlops import contracts
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class RegisteredChampion:
+    version: str
+    run_id: str
+    meta: dict
+
+
+def build_tiny_cnn(seed: int = 0, embedding_dim: int = 32):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class TinyNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, embedding_dim, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            )
+            self.head = nn.Linear(embedding_dim, len(contracts.LABELS))
+
+        def forward(self, x):
+            emb = self.features(x)
+            return self.head(emb), emb
+
+    return TinyNet().eval()
+
+
+def export_onnx(model, path: Path, image_size: int) -> None:
+    import torch
+
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[contracts.ONNX_INPUT],
+        output_names=[contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING],
+        dynamic_axes={
+            contracts.ONNX_INPUT: {0: "batch"},
+            contracts.ONNX_OUTPUT_LOGITS: {0: "batch"},
+            contracts.ONNX_OUTPUT_EMBEDDING: {0: "batch"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def serving_meta(image_size: int, run_id: str, architecture: str = "tiny-cnn") -> dict:
+    return {
+        "labels": list(contracts.LABELS),
+        "image_size": image_size,
+        "resize_size": image_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "architecture": architecture,
+        "dataset_fingerprint": "test-fingerprint-" + architecture,
+        "test_metrics": {"accuracy": 0.5, "f1": 0.5},
+        "mlflow_run_id": run_id,
+    }
+
+
+def register_champion(
+    tracking_uri: str,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    broken: bool = False,
+    set_alias: bool = True,
+    experiment: str = "serving-tests",
+    name: str = contracts.REGISTERED_MODEL_NAME,
+) -> RegisteredChampion:
+    """Log + register a new version and (by default) make it the champion.
+
+    ``broken=True`` registers a valid ONNX graph that breaks the serving contract (for
+    the failed-to-load tests); the version is still a real registry entry.
+    """
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        tmpdir = Path(tmp)
+        onnx_path = tmpdir / "model.onnx"
+        export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
+        meta = serving_meta(image_size, run.info.run_id)
+        meta_path = tmpdir / "serving_meta.json"
+        meta_path.write_text(json.dumps(meta))
+        model_proto = onnx.load(str(onnx_path))
+        if broken:
+            model_proto = _contract_breaking_model()
+        mlflow.log_metrics({f"test_{k}": v for k, v in meta["test_metrics"].items()})
+        info = mlflow.onnx.log_model(
+            model_proto,
+            name="model",
+            metadata=meta,
+            extra_files=[str(meta_path)],
+            save_as_external_data=False,
+        )
+        run_id = run.info.run_id
+    client = MlflowClient(tracking_uri)
+    mv = mlflow.register_model(info.model_uri, name)
+    if set_alias:
+        client.set_registered_model_alias(name, contracts.ALIAS_CHAMPION, mv.version)
+    return RegisteredChampion(version=str(mv.version), run_id=run_id, meta=meta)
+
+
+def _contract_breaking_model():
+    """A syntactically valid ONNX graph whose outputs do not follow the serving contract."""
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("wrong_input", TensorProto.FLOAT, [None, 3])
+    out = helper.make_tensor_value_info("wrong_output", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["wrong_input"], ["wrong_output"])], "broken", [inp], [out]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def set_champion(
+    tracking_uri: str, version: str, name: str = contracts.REGISTERED_MODEL_NAME
+) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).set_registered_model_alias(name, contracts.ALIAS_CHAMPION, version)
+
+
+def unique_model_name(prefix: str = "plants-classifier-test") -> str:
+    """Tests register under their own name so no other test's champion moves under them."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,55 @@
+"""Test images built from the real samples: odd modes, damaged bytes, a decompression bomb."""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+from pathlib import Path
+
+from PIL import Image
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "plants"
+
+
+def sample_paths(label: str | None = None) -> list[Path]:
+    pattern = f"{label}/*.jpg" if label else "*/*.jpg"
+    return sorted(SAMPLES.glob(pattern))
+
+
+def sample_jpeg(i: int = 0, label: str = "dandelion") -> bytes:
+    return sample_paths(label)[i].read_bytes()
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_with_alpha() -> bytes:
+    img = Image.open(io.BytesIO(sample_jpeg(1))).convert("RGBA")
+    img.putalpha(128)
+    return _encode(img, "PNG")
+
+
+def greyscale_jpeg() -> bytes:
+    return _encode(Image.open(io.BytesIO(sample_jpeg(2))).convert("L"), "JPEG")
+
+
+def cmyk_jpeg() -> bytes:
+    return _encode(Image.open(io.BytesIO(sample_jpeg(3))).convert("CMYK"), "JPEG")
+
+
+def palette_gif() -> bytes:
+    return _encode(Image.open(io.BytesIO(sample_jpeg(4, "grass"))).convert("P"), "GIF")
+
+
+def truncated_jpeg() -> bytes:
+    data = sample_jpeg(5)
+    return data[: len(data) // 2]
+
+
+@cache
+def decompression_bomb_png() -> bytes:
+    """A small file (~60 KB) that declares 8000x8000 = 64 M pixels."""
+    return _encode(Image.new("L", (8000, 8000)), "PNG", optimize=False, compress_level=9)

@@ -1,0 +1,89 @@
+"""Start ``plants-mlops serve`` as a real uvicorn process on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from support import servers
+
+ADMIN_KEY = "test-admin-key-not-a-secret"
+
+
+@dataclass
+class RunningApi:
+    url: str
+    process: servers.ManagedProcess
+    log_path: Path
+    workdir: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = httpx.get(f"{url}/ready", timeout=5)
+            if last.status_code == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{url}/ready not 200 after {timeout}s: {last and last.text}")
+
+
+@contextlib.contextmanager
+def running_api(
+    workdir: Path,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    db_url: str | None = None,
+    env: dict[str, str] | None = None,
+    wait_for_model: bool = True,
+) -> Iterator[RunningApi]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = servers.free_port()
+    log_path = workdir / f"serve-{port}.log"
+    full_env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PLANTS_MODEL_URI": f"models:/{model_name}@champion",
+        "PLANTS_DB_URL": db_url or f"sqlite:///{workdir / 'plants.db'}",
+        "PLANTS_API_KEYS": ADMIN_KEY,
+        "PLANTS_MODEL_POLL_SECONDS": "0",
+        "PLANTS_PREDICTION_LOG_FLUSH_SECONDS": "0.2",
+        "PLANTS_RETRAIN_COMMAND": "true",
+        **(env or {}),
+    }
+    proc = servers.ManagedProcess(
+        "plants-mlops serve",
+        [
+            str(servers.VENV_BIN / "plants-mlops"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        health_url=f"http://127.0.0.1:{port}/health",
+        env={**os.environ, **full_env},
+        log_path=log_path,
+        cwd=workdir,
+    ).start(timeout=120)
+    api = RunningApi(f"http://127.0.0.1:{port}", proc, log_path, workdir)
+    try:
+        if wait_for_model:
+            wait_ready(api.url)
+        yield api
+    finally:
+        proc.stop()
