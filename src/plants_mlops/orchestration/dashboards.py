@@ -1,0 +1,206 @@
+"""Start/stop the three UIs: the ZenML dashboard (local server), kedro-viz and the MLflow UI.
+
+Each runs as a detached process group; its pid, URL and log live under
+``data/dashboards/`` so that ``plants-mlops dashboards --stop`` ends exactly what was
+started. Ports are free ones picked at start unless ``PLANTS_{ZENML,VIZ,MLFLOW}_PORT``
+says otherwise. Every UI is waited on through an HTTP endpoint before its URL is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from plants_mlops.errors import UserFacingError
+
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def _state_dir(project: Path) -> Path:
+    path = project / "data" / "dashboards"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _port(var: str) -> int:
+    if os.environ.get(var):
+        return int(os.environ[var])
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise UserFacingError(f"the server behind {url} exited with code {proc.returncode}")
+        try:
+            r = httpx.get(url, timeout=3.0)
+            if r.status_code < 500:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise UserFacingError(f"{url} not up after {timeout:.0f}s (last: {last})")
+
+
+def _spawn(
+    argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def mlflow_backend(project: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'data' / 'mlflow.db'}"
+
+
+def start_kedro_viz(project: Path, state: Path) -> tuple[str, int]:
+    port = _port("PLANTS_VIZ_PORT")
+    proc = _spawn(
+        [str(BIN / "kedro"), "viz", "run", "--host", HOST, "--port", str(port), "--no-browser"],
+        project,
+        state / "kedro-viz.log",
+    )
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/api/main", 180, proc)
+    return url, proc.pid
+
+
+def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
+    backend = mlflow_backend(project)
+    if backend.startswith(("http://", "https://")):
+        return backend, 0  # a tracking server already serves the UI
+    port = _port("PLANTS_MLFLOW_PORT")
+    proc = _spawn(
+        [
+            str(BIN / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            backend,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+        ],
+        project,
+        state / "mlflow-ui.log",
+    )
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/health", 120, proc)
+    return url, proc.pid
+
+
+def start_zenml(project: Path, state: Path) -> tuple[str, int]:
+    """``zenml login --local`` (detached daemon), waited on via its /health endpoint; then
+    marks the onboarding survey done so the dashboard opens on the runs, not on a form."""
+    port = _port("PLANTS_ZENML_PORT")
+    env = {"ZENML_AUTO_OPEN_DASHBOARD": "false", "ZENML_ANALYTICS_OPT_IN": "false"}
+    with open(state / "zenml.log", "ab") as log:
+        proc = subprocess.run(
+            [str(BIN / "zenml"), "login", "--local", "--port", str(port)],
+            cwd=project,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            timeout=300,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise UserFacingError(f"zenml login --local failed; see {state / 'zenml.log'}")
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/health", 120)
+    skip_onboarding(url)
+    return url, 0
+
+
+def zenml_token(url: str) -> str:
+    r = httpx.post(f"{url}/api/v1/login", data={"username": "default", "password": ""}, timeout=10)
+    r.raise_for_status()
+    return r.json()["access_token"]
+
+
+def skip_onboarding(url: str) -> None:
+    """PUT /api/v1/current-user with finished_onboarding_survey=true (see ARCHITECTURE.md)."""
+    try:
+        token = zenml_token(url)
+        httpx.put(
+            f"{url}/api/v1/current-user",
+            json={"user_metadata": {"finished_onboarding_survey": True}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ).raise_for_status()
+    except httpx.HTTPError as exc:  # the dashboard still works, it just asks first
+        print(f"note: could not skip the ZenML onboarding form: {exc}", file=sys.stderr)
+
+
+STARTERS = {"zenml": start_zenml, "kedro-viz": start_kedro_viz, "mlflow": start_mlflow_ui}
+
+
+def start_all(project: Path, only: list[str] | None = None) -> dict[str, str]:
+    state_dir = _state_dir(project)
+    state_file = state_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    urls: dict[str, str] = {}
+    for name, start in STARTERS.items():
+        if only and name not in only:
+            continue
+        known = state.get(name)
+        if known and _alive(known):
+            urls[name] = known["url"]
+            continue
+        url, pid = start(project, state_dir)
+        state[name] = {"url": url, "pid": pid}
+        state_file.write_text(json.dumps(state, indent=2))
+        urls[name] = url
+    return urls
+
+
+def _alive(entry: dict) -> bool:
+    try:
+        return httpx.get(entry["url"], timeout=3).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def stop_all(project: Path) -> list[str]:
+    state_file = _state_dir(project) / "state.json"
+    if not state_file.exists():
+        return ["nothing to stop"]
+    lines = []
+    for name, entry in json.loads(state_file.read_text()).items():
+        if name == "zenml":
+            subprocess.run(
+                [str(BIN / "zenml"), "logout", "--local"],
+                cwd=project,
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )
+        elif entry.get("pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry["pid"], signal.SIGTERM)
+        lines.append(f"stopped {name} ({entry['url']})")
+    state_file.unlink()
+    return lines

@@ -1,0 +1,237 @@
+"""The ZenML pipeline over the Kedro pipelines, and the function that runs it.
+
+``run_pipeline()`` is what ``plants-mlops pipeline run`` and ``plants-mlops demo`` call. It
+runs any subset of :data:`STAGES` that exists as a Kedro pipeline, in order, each stage's
+summary feeding the next step so the dashboard shows one connected flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zenml import Model, pipeline
+from zenml.config import ResourceSettings
+
+from plants_mlops.contracts import REGISTERED_MODEL_NAME
+from plants_mlops.orchestration import kedro_stage
+from plants_mlops.orchestration.steps import CACHED_STAGES, STEPS
+from plants_mlops.pipeline_registry import DEFAULT_ORDER
+
+log = logging.getLogger(__name__)
+
+PIPELINE_NAME = "plants_mlops"
+# The one list of stages the ZenML pipeline knows, in run order (shared with `kedro run`).
+STAGES: tuple[str, ...] = DEFAULT_ORDER
+# Stack label naming the Kedro environment a stack runs (set by `plants-mlops stack register`).
+KEDRO_ENV_LABEL = "plants_mlops_kedro_env"
+GPU_LABEL = "plants_mlops_gpu"
+# The MLflow experiment the tracker's runs land in unless training.mlflow.experiment says.
+EXPERIMENT_NAME = "plants-classifier"
+# Non-secret settings the steps need wherever they run (passed as the steps' environment).
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "PLANTS_DB_URL",
+    "PLANTS_S3_ENDPOINT_URL",
+    "PLANTS_S3_BUCKET",
+    "PLANTS_MIRROR",
+)
+
+
+@pipeline(
+    name=PIPELINE_NAME,
+    model=Model(
+        name=REGISTERED_MODEL_NAME,
+        description="Dandelion vs grass image classifier",
+        tags=["plants-mlops"],
+    ),
+)
+def plants_mlops_pipeline(
+    project: str,
+    env: str,
+    params: dict[str, Any],
+    stages: list[str],
+    config_hashes: dict[str, str],
+    tracker: str | None = None,
+    experiment: str = EXPERIMENT_NAME,
+    gpu: bool = False,
+    reuse_models: bool = True,
+) -> None:
+    """ingestion -> formatting -> validation -> training -> evaluation -> registry."""
+    upstream = None
+    for stage in stages:
+        step_fn = STEPS[stage]
+        if stage == "training":
+            options: dict[str, Any] = {}
+            if tracker:
+                from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
+                    MLFlowExperimentTrackerSettings,
+                )
+
+                options["experiment_tracker"] = tracker
+                options["settings"] = {
+                    "experiment_tracker": MLFlowExperimentTrackerSettings(
+                        experiment_name=experiment
+                    )
+                }
+            if gpu:
+                options.setdefault("settings", {})["resources"] = ResourceSettings(gpu_count=1)
+            if options:
+                step_fn = step_fn.with_options(**options)
+        if stage in CACHED_STAGES and not reuse_models:
+            step_fn = step_fn.with_options(enable_cache=False)
+        upstream = step_fn(
+            project=project,
+            env=env,
+            params=params,
+            config_hash=config_hashes[stage],
+            upstream=upstream,
+        )
+
+
+@dataclass
+class RunResult:
+    run_name: str
+    run_id: str
+    status: str
+    stack: str
+    env: str
+    stages: list[str]
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
+def nested_params(pairs: list[str] | None) -> dict[str, Any]:
+    """``["training.epochs=1", "x=a"]`` -> ``{"training": {"epochs": 1}, "x": "a"}``."""
+    import yaml
+
+    from plants_mlops.errors import UserFacingError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserFacingError(f"--params wants KEY=VALUE, got {pair!r}")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def run_pipeline(
+    project: str | Path = ".",
+    env: str | None = None,
+    stages: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    enable_cache: bool = True,
+    run_name: str | None = None,
+    cron: str | None = None,
+) -> RunResult | None:
+    """Run the ZenML pipeline on the active stack; returns the run and its step summaries.
+
+    With ``cron``, schedules it on the orchestrator instead (returns ``None``).
+    """
+    from zenml.client import Client
+
+    from plants_mlops.errors import UserFacingError
+
+    project = Path(project).resolve()
+    if not (project / "pyproject.toml").exists():
+        raise UserFacingError(f"{project} is not the Kedro project (no pyproject.toml)")
+    stack = Client().active_stack_model
+    labels = stack.labels or {}
+    env = env or labels.get(KEDRO_ENV_LABEL) or "local"
+    wanted = tuple(stages or STAGES)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise UserFacingError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    present = kedro_stage.available_stages(project, wanted)
+    skipped = [s for s in wanted if s not in present]
+    if skipped:
+        log.warning("skipping stage(s) with no Kedro pipeline in this project: %s", skipped)
+    if not present:
+        raise UserFacingError(f"none of {list(wanted)} exists as a Kedro pipeline in {project}")
+
+    cached_here = [s for s in present if s in CACHED_STAGES]
+    reuse = enable_cache
+    if reuse and cached_here:
+        state = kedro_stage.persisted_outputs_exist(project, env, cached_here)
+        missing = sorted(k for k, ok in state.items() if not ok)
+        if missing:
+            log.info("not reusing cached model steps: outputs missing %s", missing)
+            reuse = False
+
+    tracker = stack.components.get(_tracker_type())
+    if tracker and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # The Kedro nodes of every step (not only training's) use the stack's tracking URI.
+        uri = tracker[0].configuration.get("tracking_uri")
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    options: dict[str, Any] = {"enable_cache": enable_cache, "environment": forwarded}
+    if run_name:
+        options["run_name"] = run_name
+    if cron:
+        from zenml.config.schedule import Schedule
+
+        options["schedule"] = Schedule(name=f"{PIPELINE_NAME}-{stack.name}", cron_expression=cron)
+    run = plants_mlops_pipeline.with_options(**options)(
+        project=str(project),
+        env=env,
+        params=params or {},
+        stages=present,
+        config_hashes={s: kedro_stage.config_hash(project, env, s) for s in present},
+        tracker=tracker[0].name if tracker else None,
+        experiment=kedro_stage.parameter(project, env, "training.mlflow.experiment")
+        or EXPERIMENT_NAME,
+        gpu=str(labels.get(GPU_LABEL, "")).lower() == "true",
+        reuse_models=reuse,
+    )
+    if cron:
+        return None
+    return _result(run, stack.name, env, present)
+
+
+def orchestrator_schedules() -> tuple[str, bool]:
+    """The active orchestrator's name and whether it can run a cron schedule itself."""
+    from zenml.client import Client
+
+    orchestrator = Client().active_stack.orchestrator
+    return orchestrator.name, bool(orchestrator.config.is_schedulable)
+
+
+def _tracker_type():
+    from zenml.enums import StackComponentType
+
+    return StackComponentType.EXPERIMENT_TRACKER
+
+
+def _result(run, stack_name: str, env: str, stages: list[str]) -> RunResult:
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(run.id)
+    result = RunResult(
+        run_name=run.name,
+        run_id=str(run.id),
+        status=str(run.status.value),
+        stack=stack_name,
+        env=env,
+        stages=stages,
+    )
+    for name, step_run in run.steps.items():
+        if str(step_run.status.value) == "cached":
+            result.cached.append(name)
+        if name in step_run.outputs:
+            try:
+                result.summaries[name] = (
+                    step_run.outputs[name][0].load().model_dump(exclude={"outputs"})
+                )
+            except Exception as exc:  # a summary we cannot read back is not a failed run
+                log.warning("could not load the %s summary: %s", name, exc)
+    return result
