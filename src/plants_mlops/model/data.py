@@ -1,0 +1,148 @@
+"""From the Kedro datasets (``dataset_index`` + ``fmt_images``) to tensors.
+
+``fmt_images`` is a partitioned dataset: a dict ``image_key -> loader`` whose loader returns
+JPEG bytes or a PIL image. Images are decoded once into uint8 arrays held in memory (400
+images at 160 px are ~30 MB). The eval view of an image is exactly the serving
+preprocessing (``imaging.to_model_input``); training adds augmentations on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from plants_mlops import imaging
+from plants_mlops.contracts import LABELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitImages:
+    """Decoded, square (fmt size) RGB images of one split with their integer labels."""
+
+    images: list[Image.Image]
+    labels: np.ndarray  # int64, index into LABELS
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _to_image(value: Any) -> Image.Image:
+    if callable(value):
+        value = value()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return imaging.decode_image(bytes(value)).image
+    if isinstance(value, Image.Image):
+        return imaging.to_rgb(value)
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value).convert("RGB")
+    raise TypeError(f"unsupported fmt image value of type {type(value).__name__}")
+
+
+def load_splits(
+    dataset_index: pd.DataFrame,
+    fmt_images: Mapping[str, Callable[[], Any] | Any],
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    max_per_split: int | None = None,
+    seed: int = 0,
+) -> dict[str, SplitImages]:
+    """Decode the images of ``splits``. Rows whose image is missing or undecodable are
+    skipped with a warning (the run goes on with the rest); unknown labels are an error.
+    ``max_per_split`` keeps a stratified, seeded subset (for quick runs and tests)."""
+    missing_cols = {"image_key", "label", "split"} - set(dataset_index.columns)
+    if missing_cols:
+        raise ValueError(f"dataset_index lacks columns {sorted(missing_cols)}")
+    bad = sorted(set(dataset_index["label"]) - set(LABELS))
+    if bad:
+        raise ValueError(f"dataset_index has labels outside {LABELS}: {bad}")
+    out: dict[str, SplitImages] = {}
+    for split in splits:
+        rows = dataset_index[dataset_index["split"] == split].sort_values("image_key")
+        if max_per_split and len(rows) > max_per_split:
+            frac = max_per_split / len(rows)
+            rows = (
+                rows.groupby("label", group_keys=False)[rows.columns]
+                .apply(lambda g, f=frac: g.sample(frac=f, random_state=seed))
+                .sort_values("image_key")
+            )
+        images, labels, keys, skipped = [], [], [], []
+        for key, label in zip(rows["image_key"], rows["label"], strict=True):
+            try:
+                images.append(_to_image(fmt_images[key]))
+            except (KeyError, TypeError, OSError, imaging.ImageDecodeError) as exc:
+                skipped.append(f"{key} ({type(exc).__name__}: {exc})")
+                continue
+            labels.append(LABELS.index(label))
+            keys.append(key)
+        if skipped:
+            log.warning(
+                "split %s: skipped %d image(s) that could not be loaded: %s",
+                split,
+                len(skipped),
+                "; ".join(skipped[:5]),
+            )
+        if not images:
+            raise ValueError(f"split {split!r} has no usable images")
+        out[split] = SplitImages(images, np.asarray(labels, dtype=np.int64), keys)
+    return out
+
+
+def eval_tensor(split: SplitImages, *, image_size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """The serving view of every image in the split: float32 [N, 3, S, S]."""
+    arrays = [
+        imaging.to_model_input(
+            img, resize_size=img.width, image_size=image_size, mean=mean, std=std
+        )
+        for img in split.images
+    ]
+    return torch.from_numpy(np.stack(arrays))
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Training view: random resized crop, horizontal flip, mild colour jitter, normalise.
+
+    Randomness comes only from torch's generator, so a fixed seed gives the same batches.
+    """
+
+    def __init__(
+        self,
+        split: SplitImages,
+        *,
+        image_size: int,
+        mean: tuple,
+        std: tuple,
+        augment: Mapping[str, Any],
+    ) -> None:
+        from torchvision.transforms import v2
+
+        self.images = [
+            torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1) for img in split.images
+        ]
+        self.labels = torch.from_numpy(split.labels)
+        steps: list = []
+        scale = tuple(augment.get("crop_scale", (0.7, 1.0)))
+        steps.append(v2.RandomResizedCrop(image_size, scale=scale, antialias=True))
+        if augment.get("hflip", True):
+            steps.append(v2.RandomHorizontalFlip())
+        if augment.get("vflip", False):
+            steps.append(v2.RandomVerticalFlip())
+        jitter = float(augment.get("color_jitter", 0.0))
+        if jitter > 0:
+            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]

@@ -1,0 +1,236 @@
+"""The training loop: CUDA with mixed precision when present, deterministic CPU otherwise.
+
+``train`` returns the model restored to its best epoch (early stopping on validation macro
+F1, ties broken by validation loss) with the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from plants_mlops.model.architectures import SPECS, PlantsNet, build_model
+from plants_mlops.model.data import AugmentedDataset, SplitImages, eval_tensor
+from plants_mlops.model.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU. Asking for ``cuda`` without one is an error."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch finds no CUDA GPU")
+    return torch.device(preference)
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        # Same data + seed -> same weights on CPU. On CUDA cuDNN autotuning wins over
+        # bit-exactness (documented in docs/model.md).
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+@dataclass
+class TrainResult:
+    model: PlantsNet
+    history: list[dict[str, float]]
+    best_epoch: int
+    device: str
+    train_seconds: float
+    images_per_second: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    val_metrics: dict = field(default_factory=dict)
+
+
+def _optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    name = cfg.get("name", "adamw").lower()
+    lr = float(cfg.get("lr", 1e-3))
+    wd = float(cfg.get("weight_decay", 0.0))
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd
+        )
+    raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities [N, C] in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device, non_blocking=True)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            logits, _ = model(xb)
+        out.append(logits.float().softmax(dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _nll(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)).mean())
+
+
+def train(splits: Mapping[str, SplitImages], params: Mapping[str, Any]) -> TrainResult:
+    """Train on ``splits['train']``, select the epoch on ``splits['val']``."""
+    device = select_device(str(params.get("device", "auto")))
+    if params.get("num_threads"):
+        torch.set_num_threads(int(params["num_threads"]))
+    gen = seed_everything(int(params.get("seed", 42)), device)
+    arch = params["architecture"]
+    image_size = int(params["image_size"])
+    spec = SPECS.get(arch)
+    if spec is None:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPECS)}")
+    model = build_model(
+        arch,
+        image_size=image_size,
+        weights=params.get("weights"),
+        dropout=float(params.get("dropout", 0.2)),
+        bn_momentum=params.get("bn_momentum", 0.1),
+    ).to(device, memory_format=torch.channels_last)
+
+    train_ds = AugmentedDataset(
+        splits["train"],
+        image_size=image_size,
+        mean=spec.mean,
+        std=spec.std,
+        augment=params.get("augment") or {},
+    )
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=int(params.get("batch_size", 32)),
+        shuffle=True,
+        generator=gen,
+        num_workers=int(params.get("num_workers", 4 if cuda else 0)),
+        pin_memory=cuda,
+        drop_last=len(train_ds) > int(params.get("batch_size", 32)),
+        persistent_workers=False,
+    )
+    val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
+    val_y = splits["val"].labels
+
+    epochs = int(params.get("epochs", 10))
+    optimizer = _optimizer(model, params.get("optimizer") or {})
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        if params.get("scheduler", "cosine") == "cosine"
+        else None
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.0)))
+    stop_cfg = params.get("early_stopping") or {}
+    patience = int(stop_cfg.get("patience", 3))
+    min_delta = float(stop_cfg.get("min_delta", 0.0))
+
+    history: list[dict[str, float]] = []
+    best: tuple[float, float] | None = None  # (val f1, -val loss)
+    best_state, best_epoch, best_val = None, 0, {}
+    stale = 0
+    train_time = 0.0
+    seen = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total_loss, n = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=bool(params.get("quiet", False)),
+        )
+        for xb, yb in bar:
+            xb = xb.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yb = yb.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+                logits, _ = model(xb)
+                loss = criterion(logits, yb)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(yb)
+            n += len(yb)
+            bar.set_postfix(loss=f"{total_loss / n:.4f}")
+        if cuda:
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        seen += n
+        if scheduler is not None:
+            scheduler.step()
+        proba = predict_proba(model, val_x, device)
+        val = classification_metrics(val_y, proba)
+        val_loss = _nll(proba, val_y)
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(n, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val["accuracy"],
+            "val_f1_macro": val["f1_macro"],
+            "epoch_seconds": epoch_time,
+            "images_per_second": n / epoch_time if epoch_time else 0.0,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        history.append(row)
+        log.info(
+            "epoch %d/%d: train_loss=%.4f val_loss=%.4f val_f1=%.4f (%.1fs, %.1f img/s)",
+            epoch,
+            epochs,
+            row["train_loss"],
+            val_loss,
+            val["f1_macro"],
+            epoch_time,
+            row["images_per_second"],
+        )
+        key = (val["f1_macro"], -val_loss)
+        if best is None or key[0] > best[0] + min_delta or (key[0] >= best[0] and key[1] > best[1]):
+            best, best_epoch, best_val = key, epoch, val
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+        if stale >= patience:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        device=str(device),
+        train_seconds=train_time,
+        images_per_second=seen / train_time if train_time else 0.0,
+        mean=spec.mean,
+        std=spec.std,
+        val_metrics=best_val,
+    )

@@ -1,0 +1,101 @@
+"""Registry node: a new version of ``plants-classifier`` for the trained model, the gate,
+and the alias it earns (``champion`` on pass, ``challenger`` on fail)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, REGISTERED_MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+
+def register_and_gate(
+    training_summary: dict, evaluation_report: dict, params: dict[str, Any]
+) -> dict:
+    """Register, check the model loads, gate, move an alias, record why.
+
+    Raises (champion untouched) when MLflow is unreachable, the training run logged no
+    model, or the new version fails to load.
+    """
+    from plants_mlops.model import registry
+
+    model_uri = training_summary.get("model_uri")
+    run_id = training_summary.get("mlflow_run_id")
+    if not model_uri:
+        raise registry.RegistryError(
+            "training_summary has no model_uri: the training run logged no MLflow model "
+            "(training.mlflow.enabled false?); nothing to register"
+        )
+    if evaluation_report.get("mlflow_run_id") != run_id:
+        raise registry.RegistryError(
+            f"evaluation_report is for run {evaluation_report.get('mlflow_run_id')}, "
+            f"training_summary for {run_id}: run the evaluation pipeline first"
+        )
+    name = params.get("model_name", REGISTERED_MODEL_NAME)
+    cl = registry.client((params.get("mlflow") or {}).get("tracking_uri"))
+    champion = evaluation_report.get("champion") or {}
+    candidate_f1 = float(evaluation_report["metrics"]["f1_macro"])
+    baseline_f1 = evaluation_report.get("best_baseline_f1_macro")
+    champion_f1 = champion.get("f1_macro")
+    if champion.get("note"):  # the champion is this very model: nothing to compare
+        champion_f1 = None
+    gate_cfg = params.get("gate") or {}
+    decision = registry.evaluate_gate(candidate_f1, baseline_f1, champion_f1, gate_cfg)
+    metrics = evaluation_report["metrics"]
+    tags = {
+        "verdict": decision["verdict"],
+        "dataset_fingerprint": evaluation_report.get("dataset_fingerprint") or "unknown",
+        "mlflow_run_id": run_id,
+        "test_f1_macro": f"{candidate_f1:.6f}",
+        "test_accuracy": f"{metrics['accuracy']:.6f}",
+        "gate.candidate_f1": f"{candidate_f1:.6f}",
+        "gate.baseline_f1": "none" if baseline_f1 is None else f"{baseline_f1:.6f}",
+        "gate.champion_f1": "none" if champion_f1 is None else f"{champion_f1:.6f}",
+        "gate.champion_version": champion.get("version") or "none",
+        "gate.min_f1": str(gate_cfg.get("min_f1", 0.9)),
+        "gate.baseline_margin": str(gate_cfg.get("baseline_margin", 0.0)),
+        "gate.champion_tolerance": str(gate_cfg.get("champion_tolerance", 0.01)),
+        "gate.checks": "; ".join(
+            f"{c['name']}={'pass' if c['passed'] else 'FAIL'} ({c['detail']})"
+            for c in decision["checks"]
+        ),
+    }
+    previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
+    version = registry.register_version(cl, model_uri, run_id, tags, name)
+    # A model that fails to load gets no alias: the champion stays where it was.
+    registry.verify_loadable(cl, version, name)
+    reason = f"registry pipeline gate {decision['verdict']}: {tags['gate.checks']}"
+    if decision["verdict"] == "pass":
+        entry = registry.move_alias(
+            cl, ALIAS_CHAMPION, version, action="gate-pass", reason=reason, name=name
+        )
+        if registry.alias_version(cl, ALIAS_CHALLENGER, name) == version:
+            cl.delete_registered_model_alias(name, ALIAS_CHALLENGER)
+    else:
+        entry = registry.move_alias(
+            cl, ALIAS_CHALLENGER, version, action="gate-fail", reason=reason, name=name
+        )
+    aliases = sorted(cl.get_model_version(name, version).aliases or [])
+    log.info(
+        "registered %s version %s: gate %s -> %s (champion: %s)",
+        name,
+        version,
+        decision["verdict"],
+        aliases,
+        registry.alias_version(cl, ALIAS_CHAMPION, name),
+    )
+    return {
+        "model_name": name,
+        "model_version": version,
+        "mlflow_run_id": run_id,
+        "verdict": decision["verdict"],
+        "checks": decision["checks"],
+        "aliases": aliases,
+        "previous_champion": previous,
+        "champion": registry.alias_version(cl, ALIAS_CHAMPION, name),
+        "audit": entry,
+        "metrics": {"f1_macro": candidate_f1, "accuracy": metrics["accuracy"]},
+        "dataset_fingerprint": evaluation_report.get("dataset_fingerprint"),
+    }

@@ -1,0 +1,18 @@
+"""``kedro run --pipelines registry``: register the trained model, gate it, move an alias."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import register_and_gate
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                register_and_gate,
+                ["training_summary", "evaluation_report", "params:registry"],
+                "registry_decision",
+                name="register_and_gate",
+            ),
+        ]
+    )

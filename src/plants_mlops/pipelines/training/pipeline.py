@@ -1,0 +1,39 @@
+"""``kedro run --pipelines training``: dataset index + fmt images -> checkpoint, ONNX serving
+model, serving metadata and an MLflow run (see docs/model.md)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import export_serving_model, log_training_run, train_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                train_model,
+                inputs=["dataset_index", "fmt_images", "params:training"],
+                outputs=["model_checkpoint", "training_history"],
+                name="train_model",
+            ),
+            Node(
+                export_serving_model,
+                inputs=["model_checkpoint", "params:training"],
+                outputs="serving_model",
+                name="export_serving_model",
+            ),
+            Node(
+                log_training_run,
+                inputs=[
+                    "model_checkpoint",
+                    "serving_model",
+                    "training_history",
+                    "dataset_index",
+                    "fmt_images",
+                    "dataset_fingerprint",
+                    "params:training",
+                ],
+                outputs=["serving_meta", "training_summary"],
+                name="log_training_run",
+            ),
+        ]
+    )
