@@ -1,0 +1,179 @@
+"""Ingestion against a real HTTP mirror with faults, through the real `kedro run` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import httpx
+import pytest
+from data_testlib import (
+    FAULT_REASONS,
+    PUBLIC_PREFIX,
+    fault_rows,
+    manifest_rows,
+    mirror_counts,
+    mirror_params,
+    read_json,
+    sample_path,
+    seed,
+    table,
+    write_params,
+)
+
+from plants_mlops import contracts
+from plants_mlops.pipelines.ingestion import fetch as fetching
+from plants_mlops.pipelines.ingestion.nodes import ingest_images
+
+ROOT_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "samples", "plants")
+
+
+def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twice(
+    kedro_project, http_mirror, tmp_path
+):
+    good = manifest_rows(per_label=20)
+    seed(os.environ["PLANTS_DB_URL"], good + fault_rows(http_mirror), tmp_path)
+    write_params(kedro_project.path, "local", mirror_params(http_mirror))
+    before = mirror_counts(http_mirror)
+
+    kedro_project.run("ingestion")
+
+    rows = table(os.environ["PLANTS_DB_URL"]).set_index("url_source")
+    for name, reason in FAULT_REASONS.items():
+        row = rows.loc[f"{http_mirror}faults/{name}.jpg"]
+        assert row["status"] == contracts.STATUS_FAILED, name
+        assert row["error"].startswith(reason + ":"), (name, row["error"])
+        assert row["url_s3"] is None
+    flaky = rows.loc[f"{http_mirror}faults/flaky.jpg"]
+    assert flaky["status"] == contracts.STATUS_OK  # 500 first, retried, then the image
+    for r in good:
+        assert rows.loc[r["url_source"], "status"] == contracts.STATUS_OK
+        assert rows.loc[r["url_source"], "sha256"] == r["sha256"]
+
+    # Original bytes, content-addressed, recorded as url_s3.
+    raw = kedro_project.path / "data" / "01_raw"
+    for r in good:
+        stored = raw / r["label"] / f"{r['sha256']}.jpg"
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == r["sha256"]
+        assert rows.loc[r["url_source"], "url_s3"] == f"data/01_raw/{r['label']}/{r['sha256']}.jpg"
+    assert len(list(raw.rglob("*.jpg"))) == 40  # flaky.jpg is the same bytes as row 1
+
+    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_summary.json")
+    assert summary["failed"] == 5
+    assert summary["failed_by_reason"] == {v: 1 for v in FAULT_REASONS.values()}
+    assert {f["url_source"] for f in summary["failures"]} == {
+        f"{http_mirror}faults/{n}.jpg" for n in FAULT_REASONS
+    }
+
+    counts = mirror_counts(http_mirror)
+    hits = {p: counts.get(p, 0) - before.get(p, 0) for p in counts}
+    assert all(hits[sample_path(r)] == 1 for r in good)
+    assert hits["/faults/missing.jpg"] == 1  # a 404 is final: no retry
+    assert hits["/faults/slow.jpg"] == 2  # timeouts are retried (max_attempts=2)
+
+    # Second run: nothing already stored is fetched again; failed rows are retried.
+    kedro_project.run("ingestion")
+    again = mirror_counts(http_mirror)
+    assert all(again[sample_path(r)] == counts[sample_path(r)] for r in good)
+    assert again.get("/faults/flaky.jpg") == counts.get("/faults/flaky.jpg")
+    assert again["/faults/missing.jpg"] == counts["/faults/missing.jpg"] + 1
+    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_summary.json")
+    assert summary["fetched"] == 0 and summary["already_stored"] == 41
+    assert summary["failed"] == 5
+
+
+def _sample_inventory(rows):
+    return {f"{r['label']}/{r['sha256']}.jpg": None for r in rows}
+
+
+def _rows_frame(rows, status=contracts.STATUS_PENDING):
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "id": i + 1,
+                "url_source": r["url_source"],
+                "label": r["label"],
+                "sha256": r.get("sha256") or None,
+                "status": status,
+                "url_s3": None,
+                "error": None,
+            }
+            for i, r in enumerate(rows)
+        ]
+    )
+
+
+def test_content_already_in_the_raw_layer_is_not_fetched_even_with_a_fresh_table(tmp_path):
+    rows = manifest_rows(per_label=3)
+    params = {
+        "raw_root": "data/01_raw",
+        "mirrors": [{"prefix": PUBLIC_PREFIX, "to": str(tmp_path / "nowhere")}],
+        "progress": False,
+    }
+    new, updates, summary = ingest_images(_rows_frame(rows), _sample_inventory(rows), params)
+    assert new == {}
+    assert summary["fetched"] == 0 and summary["already_stored"] == 6
+    assert set(updates["status"]) == {contracts.STATUS_OK}
+    assert list(updates["url_s3"]) == [f"data/01_raw/{r['label']}/{r['sha256']}.jpg" for r in rows]
+
+
+def test_local_folder_mirror_checks_the_expected_sha256(tmp_path):
+    rows = manifest_rows(per_label=2)
+    rows[0] = {**rows[0], "sha256": "0" * 64}
+    rows[1] = {**rows[1], "url_source": PUBLIC_PREFIX + "dandelion/does-not-exist.jpg"}
+    params = {
+        "raw_root": "s3://bucket/01_raw",
+        "mirrors": [{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
+        "progress": False,
+    }
+    new, updates, summary = ingest_images(_rows_frame(rows), {}, params)
+    by_id = updates.set_index("id")
+    assert by_id.loc[1, "error"].startswith("checksum_mismatch:")
+    assert by_id.loc[1, "sha256"] == "0" * 64  # the expectation is kept for the next run
+    assert by_id.loc[2, "error"].startswith("not_found:")
+    assert list(by_id.loc[[3, 4], "status"]) == [contracts.STATUS_OK] * 2
+    assert sorted(new) == sorted(f"{r['label']}/{r['sha256']}.jpg" for r in rows[2:])
+    for key, data in new.items():
+        assert hashlib.sha256(data).hexdigest() == key.split("/")[1].split(".")[0]
+    assert by_id.loc[3, "url_s3"].startswith("s3://bucket/01_raw/grass/")
+    assert summary["failed_by_reason"] == {"checksum_mismatch": 1, "not_found": 1}
+
+
+def test_fetch_retries_server_errors_with_backoff_but_never_a_404(http_mirror):
+    policy = fetching.FetchPolicy(max_attempts=3, backoff_s=0.01, read_timeout_s=5)
+    with httpx.Client(timeout=5) as client:
+        with pytest.raises(fetching.FetchError) as err:
+            fetching.fetch(f"{http_mirror}faults/always500.jpg", client, policy)
+        assert err.value.reason == "http_500" and err.value.attempts == 3
+        assert "gave up after 3 attempts" in str(err.value)
+        with pytest.raises(fetching.FetchError) as err:
+            fetching.fetch(f"{http_mirror}faults/missing.jpg", client, policy)
+        assert err.value.reason == "http_404" and err.value.attempts == 1
+
+
+def test_a_closed_port_is_a_connection_failure_not_a_crash():
+    from support.servers import free_port
+
+    policy = fetching.FetchPolicy(max_attempts=2, backoff_s=0.01, connect_timeout_s=1)
+    with httpx.Client(timeout=2) as client, pytest.raises(fetching.FetchError) as err:
+        fetching.fetch(f"http://127.0.0.1:{free_port()}/x.jpg", client, policy)
+    assert err.value.reason == "connection" and err.value.attempts == 2
+
+
+def test_mirror_prefix_rewrites_to_a_folder_or_a_base_url():
+    mirrors = fetching.parse_mirrors(
+        [
+            {"prefix": "https://a.example/data/", "to": "/srv/mirror"},
+            {"prefix": "https://a.example/data/grass/", "to": "http://127.0.0.1:8000/g"},
+            {"prefix": "https://b.example/", "to": ""},  # disabled
+        ]
+    )
+    assert fetching.resolve("https://a.example/data/dandelion/1.jpg", mirrors) == (
+        "/srv/mirror/dandelion/1.jpg"
+    )
+    assert fetching.resolve("https://a.example/data/grass/2.jpg", mirrors) == (
+        "http://127.0.0.1:8000/g/2.jpg"
+    )
+    assert fetching.resolve("https://b.example/x.jpg", mirrors) == "https://b.example/x.jpg"
