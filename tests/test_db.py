@@ -1,0 +1,166 @@
+"""The plants_data table on SQLite, MariaDB and PostgreSQL; seeding; the db commands."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from data_testlib import manifest_rows, write_csv
+
+from plants_mlops import cli, contracts, db
+from plants_mlops.datasets.data_plants_table import PlantsTableDataset
+
+
+@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'plants.db'}"  # the folder is created
+    return request.getfixturevalue("mariadb_url" if request.param == "mariadb" else "postgres_url")
+
+
+def test_table_seeds_updates_and_reports_on_every_backend(db_url, tmp_path):
+    engine = db.make_engine(db_url)
+    rows = manifest_rows(per_label=5)
+    report = db.seed(engine, write_csv(tmp_path / "m.csv", rows))
+    assert (report.added, report.unchanged, report.refused) == (10, 0, [])
+    assert db.seed(engine, tmp_path / "m.csv").as_dict()["added"] == 0  # idempotent
+
+    ds = PlantsTableDataset(credentials={"con": db_url})
+    loaded = ds.load()
+    assert list(loaded.columns) == list(db.COLUMNS)
+    assert list(loaded["id"]) == list(range(1, 11))  # ids follow the CSV order
+    assert set(loaded["status"]) == {contracts.STATUS_PENDING}
+    assert list(loaded["sha256"]) == [r["sha256"] for r in rows]  # expected content hash
+
+    when = pd.Timestamp("2026-11-23T10:00:00Z")
+    updates = pd.DataFrame(
+        [
+            {
+                "id": 1,
+                "status": "ok",
+                "error": None,
+                "url_s3": "s3://b/01_raw/x.jpg",
+                "ingested_at": when,
+            },
+            {
+                "id": 2,
+                "status": "failed",
+                "error": "http_404: gone",
+                "url_s3": None,
+                "ingested_at": pd.NaT,
+            },
+        ]
+    )
+    ds.save(updates)
+    after = ds.load().set_index("id")
+    assert after.loc[1, "status"] == "ok" and after.loc[1, "url_s3"] == "s3://b/01_raw/x.jpg"
+    assert after.loc[1, "sha256"] == rows[0]["sha256"]  # columns not given stay as they were
+    assert pd.Timestamp(after.loc[1, "ingested_at"]).replace(tzinfo=None) == when.replace(
+        tzinfo=None
+    )
+    assert after.loc[2, "error"] == "http_404: gone"
+    assert after.loc[1, "updated_at"] >= after.loc[1, "created_at"]
+
+    summary = db.status_summary(engine)
+    assert summary["by_status"] == {"pending": 8, "ok": 1, "failed": 1}
+    assert summary["failed"] == [
+        {
+            "id": 2,
+            "url_source": rows[1]["url_source"],
+            "label": "dandelion",
+            "error": "http_404: gone",
+        }
+    ]
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # url_source is unique
+        now = db.utcnow()
+        conn.execute(
+            sa.insert(db.plants_data).values(
+                url_source=rows[0]["url_source"],
+                label="grass",
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    ds.release()  # the database is dropped after the test: no connection may stay open
+    engine.dispose()
+
+
+def test_seeding_the_shipped_manifest_twice_adds_400_rows_once(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    first, second = db.seed(engine), db.seed(engine)
+    assert (first.added, second.added, second.unchanged) == (400, 0, 400)
+    assert db.status_summary(engine)["by_label"] == {
+        "dandelion": {"pending": 200, "ok": 0, "failed": 0},
+        "grass": {"pending": 200, "ok": 0, "failed": 0},
+    }
+
+
+def test_new_images_are_added_by_adding_rows_and_bad_labels_are_refused(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    rows = manifest_rows(per_label=2)
+    db.seed(engine, write_csv(tmp_path / "a.csv", rows[:3]))
+    more = rows + [
+        {"url_source": "https://example.org/cat.jpg", "label": "cat"},
+        {"url_source": "ftp://example.org/x.jpg", "label": "grass"},
+        {"url_source": rows[3]["url_source"], "label": "grass"},  # twice in one CSV
+    ]
+    report = db.seed(engine, write_csv(tmp_path / "b.csv", more))
+    assert report.added == 1 and report.unchanged == 3
+    reasons = [r["reason"] for r in report.refused]
+    assert "label 'cat' is not one of dandelion, grass" in reasons[0]
+    assert "not an http(s):// or file:// URL" in reasons[1]
+    assert "appears twice" in reasons[2]
+    relabel = [{"url_source": rows[0]["url_source"], "label": "grass"}]
+    report = db.seed(engine, write_csv(tmp_path / "c.csv", relabel))
+    assert report.added == 0 and report.conflicts[0]["table_label"] == "dandelion"
+    labels = {r["url_source"]: r["label"] for r in db.load_rows(engine)}
+    assert labels[rows[0]["url_source"]] == "dandelion"  # the table keeps its label
+    assert len(labels) == 4
+
+
+def test_a_csv_without_the_needed_columns_is_a_clear_error(tmp_path):
+    from plants_mlops.errors import UserFacingError
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("url,class\nhttps://x/y.jpg,grass\n")
+    with pytest.raises(UserFacingError, match="needs the columns url_source,label"):
+        db.seed(engine, bad)
+    with pytest.raises(UserFacingError, match="no such CSV"):
+        db.seed(engine, tmp_path / "missing.csv")
+
+
+def test_table_dataset_seeds_an_empty_table_from_the_manifest(tmp_path):
+    ds = PlantsTableDataset(
+        credentials={"con": f"sqlite:///{tmp_path / 'p.db'}"}, seed_if_empty=True
+    )
+    assert len(ds.load()) == 400
+    assert len(ds.load()) == 400
+
+
+def test_db_commands_seed_and_status(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    csv_path = write_csv(
+        tmp_path / "m.csv",
+        manifest_rows(per_label=1) + [{"url_source": "https://x/y.jpg", "label": "rose"}],
+    )
+    assert cli.main(["db", "seed", "--csv", str(csv_path), "--db-url", url]) == 1  # one refused
+    out = capsys.readouterr().out
+    assert "2 added" in out and "label 'rose' is not one of" in out
+    assert cli.main(["db", "seed", "--csv", str(csv_path), "--db-url", url, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["added"] == 0
+    assert cli.main(["db", "status", "--db-url", url, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["total"] == 2 and status["by_status"]["pending"] == 2
+    assert cli.main(["db", "status", "--db-url", url]) == 0
+    assert "by status: pending 2" in capsys.readouterr().out
+
+
+def test_an_unreachable_database_is_a_clear_error():
+    from plants_mlops.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="cannot reach the plants_data database"):
+        db.make_engine("postgresql+psycopg2://nobody:secret@127.0.0.1:1/none")
