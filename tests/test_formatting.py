@@ -1,0 +1,170 @@
+"""Formatting: the full offline run (kedro CLI) and the split/duplicate rules."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pandas as pd
+import pytest
+from data_testlib import read_json
+from PIL import Image
+
+from plants_mlops import contracts, imaging
+from plants_mlops.pipelines.formatting.nodes import (
+    DATASET_INDEX_COLUMNS,
+    build_dataset_index,
+    format_images,
+    split_of,
+)
+
+SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15, "salt": "plants-split-v1"}
+
+
+@pytest.mark.slow
+def test_offline_data_run_of_the_full_manifest_builds_every_layer(kedro_project):
+    """`kedro run --pipelines data` on a fresh project: seeds the table from the manifest,
+    reads the shipped sample folder (the default mirror), formats and validates."""
+    kedro_project.run("data")
+    data = kedro_project.path / "data"
+
+    raw = sorted((data / "01_raw").rglob("*.jpg"))
+    assert len(raw) == 400
+    for path in raw:  # original bytes: the file name is the content hash
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+
+    fmt_index = pd.read_parquet(data / "02_intermediate" / "fmt_index.parquet")
+    assert list(fmt_index.columns[:5]) == [
+        "sha256",
+        "label",
+        "image_key",
+        "source_id",
+        "url_source",
+    ]
+    assert set(imaging.STAT_COLUMNS) <= set(fmt_index.columns)
+    assert len(fmt_index) == 400 and (fmt_index[["width", "height"]] == 160).all().all()
+    one = fmt_index.iloc[0]
+    img = Image.open(data / "02_intermediate" / "fmt_images" / f"{one.image_key}.jpg")
+    assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (160, 160))
+
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    assert list(index.columns) == DATASET_INDEX_COLUMNS and len(index) == 400
+    fingerprint = read_json(data / "03_primary" / "dataset_fingerprint.json")
+    assert fingerprint["n_images"] == 400
+    assert sum(fingerprint["per_split"].values()) == 400
+    assert fingerprint["per_label"] == {"dandelion": 200, "grass": 200}
+    report = read_json(data / "08_reporting" / "validation_report.json")
+    assert report["passed"] is True, [c for c in report["checks"] if not c["passed"]]
+
+    # Formatting again changes nothing: same index, same fingerprint.
+    kedro_project.run("formatting")
+    again = read_json(data / "03_primary" / "dataset_fingerprint.json")
+    assert again["fingerprint"] == fingerprint["fingerprint"]
+
+
+def _jpeg(color, size=(64, 48), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG" if mode == "RGBA" else "JPEG")
+    return buf.getvalue()
+
+
+def _table(entries):
+    return pd.DataFrame(
+        [
+            {
+                "id": i + 1,
+                "url_source": f"https://x/{i}.jpg",
+                "label": lab,
+                "sha256": sha,
+                "status": st,
+            }
+            for i, (lab, sha, st) in enumerate(entries)
+        ]
+    )
+
+
+def test_fmt_images_are_square_rgb_and_only_ok_rows_with_raw_bytes_count():
+    blobs = {"a": _jpeg((200, 180, 20)), "b": _jpeg((0, 0, 0, 0), mode="RGBA"), "c": b"junk"}
+    sha = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
+    raw = {
+        f"dandelion/{sha['a']}.jpg": lambda: blobs["a"],
+        f"grass/{sha['b']}.png": lambda: blobs["b"],
+        f"grass/{sha['c']}.jpg": lambda: blobs["c"],
+        f"grass/{'f' * 64}.jpg": lambda: blobs["a"],  # no table row: ignored
+    }
+    table = _table(
+        [
+            ("dandelion", sha["a"], "ok"),
+            ("dandelion", sha["a"], "ok"),  # a second URL with the same bytes
+            ("grass", sha["b"], "ok"),
+            ("grass", sha["c"], "ok"),  # stored, but not an image
+            ("grass", "e" * 64, "ok"),  # ok, but its raw file is gone
+            ("grass", None, "failed"),
+        ]
+    )
+    fmt, index, report = format_images(raw, table, {"image_size": 32, "workers": 2})
+    assert sorted(fmt) == sorted([f"dandelion/{sha['a']}", f"grass/{sha['b']}"])
+    assert all(im.mode == "RGB" and im.size == (32, 32) for im in fmt.values())
+    # transparent PNG composited on white, as a browser shows it
+    assert index.set_index("label").loc["grass", "brightness"] == pytest.approx(1.0)
+    assert list(index["source_id"]) == [1, 3]
+    assert report["rows_sharing_content"] == 1
+    assert [m["source_id"] for m in report["missing_raw"]] == [5]
+    assert report["undecodable"][0]["source_id"] == 4
+
+
+def _fmt_index(shas_labels):
+    rows = []
+    for sha, label in shas_labels:
+        rows.append(
+            {
+                "sha256": sha,
+                "label": label,
+                "image_key": f"{label}/{sha}",
+                "source_id": 1,
+                "url_source": "u",
+            }
+            | {c: 0.5 for c in imaging.STAT_COLUMNS}
+            | {"orig_width": 100.0, "orig_height": 100.0}
+        )
+    return pd.DataFrame(rows)
+
+
+def test_adding_images_never_moves_existing_ones_between_splits():
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(600)]
+    labels = [contracts.LABELS[i % 2] for i in range(600)]
+    params = {"image_size": 160, "split": SPLIT}
+    small, fp_small, _ = build_dataset_index(
+        _fmt_index(list(zip(shas[:200], labels, strict=False))), {}, params
+    )
+    big, fp_big, _ = build_dataset_index(
+        _fmt_index(list(zip(shas, labels, strict=True))), {}, params
+    )
+    moved = small.merge(big, on="sha256", suffixes=("_small", "_big"))
+    assert len(moved) == 200 and (moved["split_small"] == moved["split_big"]).all()
+    assert fp_small["fingerprint"] != fp_big["fingerprint"]
+    shares = big["split"].value_counts(normalize=True)
+    for split in contracts.SPLITS:
+        assert shares[split] == pytest.approx(SPLIT[split], abs=0.05)
+    assert split_of(shas[0], SPLIT) == split_of(shas[0], dict(SPLIT))
+
+
+def test_duplicate_bytes_are_kept_once_and_contradicting_labels_dropped():
+    a, b = "a" * 64, "b" * 64
+    fmt = _fmt_index([(a, "dandelion"), (b, "dandelion"), (b, "grass")])
+    index, fingerprint, report = build_dataset_index(fmt, {}, {"image_size": 160, "split": SPLIT})
+    assert list(index["sha256"]) == [a]
+    assert {d["image_key"] for d in report["duplicates_dropped"]} == {
+        f"dandelion/{b}",
+        f"grass/{b}",
+    }
+    assert fingerprint["n_images"] == 1
+
+
+def test_split_proportions_must_sum_to_one():
+    with pytest.raises(ValueError, match="must sum to 1"):
+        build_dataset_index(
+            _fmt_index([("a" * 64, "grass")]),
+            {},
+            {"image_size": 160, "split": {"train": 0.8, "val": 0.15, "test": 0.15}},
+        )
