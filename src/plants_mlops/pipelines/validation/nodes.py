@@ -32,9 +32,11 @@ def plants_data_schema() -> pa.DataFrameSchema:
         {
             "id": pa.Column(int, unique=True),
             "url_source": pa.Column(str, unique=True, nullable=False),
-            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, name="label_set")),
-            "status": pa.Column(str, pa.Check.isin(STATUSES, name="status_set")),
-            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex"), nullable=True),
+            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, error="label_set")),
+            "status": pa.Column(str, pa.Check.isin(STATUSES, error="status_set")),
+            "sha256": pa.Column(
+                str, pa.Check.str_matches(HEX64, error="sha256_hex"), nullable=True
+            ),
             "url_s3": pa.Column(str, nullable=True),
             "error": pa.Column(str, nullable=True),
         },
@@ -56,22 +58,22 @@ def plants_data_schema() -> pa.DataFrameSchema:
 
 def fmt_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchema:
     stats = {
-        c: pa.Column(float, pa.Check.in_range(0.0, 1.0, name=f"{c}_in_unit_range"))
+        c: pa.Column(float, pa.Check.in_range(0.0, 1.0, error=f"{c}_in_unit_range"))
         for c in UNIT_STATS
     }
     return pa.DataFrameSchema(
         {
-            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex")),
-            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, name="label_set")),
+            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, error="sha256_hex")),
+            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, error="label_set")),
             "image_key": pa.Column(str, unique=True),
             "source_id": pa.Column(int),
             "url_source": pa.Column(str),
-            "width": pa.Column(float, pa.Check.eq(image_size, name="fmt_size")),
-            "height": pa.Column(float, pa.Check.eq(image_size, name="fmt_size")),
+            "width": pa.Column(float, pa.Check.eq(image_size, error="fmt_size")),
+            "height": pa.Column(float, pa.Check.eq(image_size, error="fmt_size")),
             **stats,
-            "sharpness": pa.Column(float, pa.Check.ge(0.0, name="sharpness_non_negative")),
-            "orig_width": pa.Column(float, pa.Check.ge(min_source_side, name="min_source_side")),
-            "orig_height": pa.Column(float, pa.Check.ge(min_source_side, name="min_source_side")),
+            "sharpness": pa.Column(float, pa.Check.ge(0.0, error="sharpness_non_negative")),
+            "orig_width": pa.Column(float, pa.Check.ge(min_source_side, error="min_source_side")),
+            "orig_height": pa.Column(float, pa.Check.ge(min_source_side, error="min_source_side")),
         },
         checks=[
             pa.Check(
@@ -89,8 +91,8 @@ def dataset_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameS
     return pa.DataFrameSchema(
         {
             **base.columns,
-            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, name="sha256_hex"), unique=True),
-            "split": pa.Column(str, pa.Check.isin(contracts.SPLITS, name="split_set")),
+            "sha256": pa.Column(str, pa.Check.str_matches(HEX64, error="sha256_hex"), unique=True),
+            "split": pa.Column(str, pa.Check.isin(contracts.SPLITS, error="split_set")),
         },
         checks=base.checks,
         name="dataset_index",
@@ -123,19 +125,20 @@ def schema_checks(
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases
     entries = []
-    for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=True):
-        column = None if pd.isna(column) else column
+    for check, group in cases.groupby("check", sort=True):
+        columns = sorted({c for c in group["column"].dropna().unique() if c})
         failing = _row_ids(df, group["index"].dropna().unique().tolist(), id_column)
-        examples = [_py(v) for v in group["failure_case"].head(5).tolist()]
-        where = f"column {column}" if column else "rows"
+        examples = [_py(v) for v in group.drop_duplicates("index")["failure_case"].head(5)]
+        where = f"column {columns[0]}" if len(columns) == 1 else "rows"
+        n = len(failing) or len(group)
         entries.append(
             _check(
                 schema.name,
                 str(check),
                 False,
-                f"{where}: {len(failing) or len(group)} failing (e.g. {examples})",
+                f"{where}: {n} failing (e.g. {examples})",
                 failing[:max_rows],
-                n_failing=len(failing) or len(group),
+                n_failing=n,
             )
         )
     return entries
