@@ -1,0 +1,150 @@
+"""Model lifecycle in a running API: not ready until loaded, hot swap under load, a broken
+new champion, and a clean shutdown that flushes the prediction log."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from support import images
+from support.champion import register_champion, set_champion, unique_model_name
+from support.serving import ADMIN_KEY, running_api, wait_ready
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def _predict(client: httpx.Client, i: int = 0) -> httpx.Response:
+    data = images.sample_jpeg(i % 50, "dandelion" if i % 2 else "grass")
+    return client.post("/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+
+
+def test_ready_is_503_and_predict_503_until_a_champion_exists_then_reload_serves_it(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    with (
+        running_api(
+            tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, wait_for_model=False
+        ) as api,
+        httpx.Client(base_url=api.url) as c,
+    ):
+        assert c.get("/health").status_code == 200
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        r = _predict(c)
+        assert r.status_code == 503 and r.json()["error"] == "model_not_ready"
+        version = register_champion(mlflow_tracking_uri, name=name).version
+        assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == version
+        wait_ready(api.url, timeout=10)
+        assert _predict(c).json()["model_version"] == version
+
+
+def test_a_new_champion_is_swapped_in_during_a_burst_with_zero_failed_requests(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    v1 = register_champion(mlflow_tracking_uri, name=name, seed=1).version
+    env = {"PLANTS_MODEL_POLL_SECONDS": "0.5"}
+    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+        results: list[tuple[int, str | None]] = []
+        stop = threading.Event()
+
+        def hammer(worker: int) -> None:
+            with httpx.Client(base_url=api.url, timeout=30) as c:
+                i = worker
+                while not stop.is_set():
+                    r = _predict(c, i)
+                    version = r.json().get("model_version") if r.status_code == 200 else None
+                    results.append((r.status_code, version))
+                    i += 4
+
+        threads = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            v2 = register_champion(mlflow_tracking_uri, name=name, seed=2).version
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if httpx.get(f"{api.url}/model").json()["version"] == v2:
+                    break
+                time.sleep(0.2)
+            time.sleep(1.0)  # keep the burst going on the new model
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    statuses = [s for s, _ in results]
+    versions = [v for _, v in results]
+    assert statuses.count(200) == len(results), f"failed: {[s for s in statuses if s != 200]}"
+    assert v1 in versions and v2 in versions
+    # once the swap happened, no request went back to the old model
+    assert versions.index(v2) > versions.index(v1)
+    assert v1 not in versions[len(versions) - versions[::-1].index(v2) :]
+    assert len(results) > 20
+
+
+def test_a_champion_that_fails_to_load_keeps_the_old_model_and_says_so(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    good = register_champion(mlflow_tracking_uri, name=name).version
+    with (
+        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as api,
+        httpx.Client(base_url=api.url, timeout=30) as c,
+    ):
+        bad = register_champion(mlflow_tracking_uri, name=name, broken=True).version
+        r = c.post("/admin/reload", headers=ADMIN).json()
+        assert r["changed"] is False
+        assert r["model_version"] == good
+        assert "serving contract" in r["error"]
+        model = c.get("/model").json()
+        assert model["version"] == good
+        assert model["last_reload_error"]["version"] == bad
+        assert model["last_reload_error"]["kept_version"] == good
+        assert _predict(c).json()["model_version"] == good
+        assert "plants_model_reload_failures_total 1.0" in c.get("/metrics").text
+        # a good champion afterwards clears the error
+        set_champion(mlflow_tracking_uri, good, name=name)
+        fixed = register_champion(mlflow_tracking_uri, name=name, seed=3).version
+        assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == fixed
+        assert c.get("/model").json()["last_reload_error"] is None
+    assert '"event": "model_load_failed"' in api.log_text()
+
+
+@pytest.mark.parametrize("database", ["postgres_url", "mariadb_url"])
+def test_clean_shutdown_flushes_every_prediction_to_the_sql_log(
+    tmp_path, mlflow_tracking_uri, request, database
+):
+    db_url = request.getfixturevalue(database)
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    # A long flush interval and a huge batch: rows stay queued until shutdown flushes them.
+    env = {"PLANTS_PREDICTION_LOG_FLUSH_SECONDS": "3600", "PLANTS_PREDICTION_LOG_BATCH": "100000"}
+    request_ids = []
+    with (
+        running_api(
+            tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, db_url=db_url, env=env
+        ) as api,
+        httpx.Client(base_url=api.url) as c,
+    ):
+        for i in range(25):
+            request_ids.append(_predict(c, i).json()["request_id"])
+        batch = c.post(
+            "/predict/batch",
+            files=[
+                ("files", ("a.jpg", images.sample_jpeg(1), "image/jpeg")),
+                ("files", ("b.jpg", images.sample_jpeg(2), "image/jpeg")),
+            ],
+        ).json()
+        request_ids += [item["prediction"]["request_id"] for item in batch["items"]]
+        api.stop()
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        logged = conn.execute(sa.text("SELECT request_id FROM prediction_log")).scalars().all()
+    engine.dispose()
+    assert sorted(logged) == sorted(request_ids)
+    assert '"event": "prediction_log_closed"' in api.log_text()
