@@ -21,6 +21,7 @@ from plants_mlops.errors import UserFacingError
 
 STACKS = ("local", "minio", "gpu")
 # Counts worth a place on the one-line step summary.
+KEY_METRICS = ("accuracy", "f1_macro", "roc_auc")
 COUNTS = ("rows", "fetched", "already_stored", "failed", "formatted", "n_images")
 
 
@@ -42,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _run_options(run)
     run.add_argument("--no-cache", action="store_true", help="run every step, reuse nothing")
     run.add_argument("--run-name", help="ZenML run name (default: generated)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compile only: print each step's stack settings, run nothing",
+    )
     run.add_argument(
         "--json-out",
         metavar="FILE",
@@ -100,6 +106,15 @@ def _stack_register(args: argparse.Namespace) -> int:
         print(f"  {comp.type:<19} {comp.name} [{comp.flavor}]")
     for note in spec.notes:
         print(f"  note: {note}")
+    from plants_mlops.orchestration.stacks import validate_stack
+
+    problem = validate_stack(spec.name)
+    print(f"  validation: {problem or 'ok'}")
+    if problem and spec.name == "gpu":
+        print(
+            "  (the gpu stack needs a kube context in your kubeconfig, a container registry "
+            "you can push to and Docker for image builds: see docs/zenml.md)"
+        )
     return 0
 
 
@@ -127,7 +142,17 @@ def _activate(args: argparse.Namespace, project: Path) -> None:
 def _pipeline_run(args: argparse.Namespace) -> int:
     project = _project(args)
     _activate(args, project)
-    from plants_mlops.orchestration.pipeline import nested_params, run_pipeline
+    from plants_mlops.orchestration.pipeline import nested_params, prepare_run, run_pipeline
+
+    if args.dry_run:
+        plan = prepare_run(
+            project, args.env, args.pipelines, nested_params(args.params), not args.no_cache
+        ).plan()
+        text = json.dumps(plan, indent=2, default=str)
+        if args.json_out:
+            Path(args.json_out).write_text(text)
+        print(text)
+        return 0
 
     result = run_pipeline(
         project,
@@ -148,7 +173,8 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         flags = " (cached)" if stage in result.cached else ""
         keys = ("dataset_fingerprint", "mlflow_run_id", "model_version", "verdict")
         shown = {k: summary[k] for k in keys if summary.get(k)}
-        shown.update(summary.get("metrics") or {})
+        metrics = summary.get("metrics") or {}
+        shown.update({k: round(v, 4) for k, v in metrics.items() if k in KEY_METRICS})
         shown.update({k: v for k, v in (summary.get("counts") or {}).items() if k in COUNTS})
         print(f"  {stage:<11}{flags} {json.dumps(shown, default=str)}")
     return 0 if result.status == "completed" else 1

@@ -124,6 +124,31 @@ def nested_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class PreparedRun:
+    """The pipeline (with its run options) and its arguments, for the active stack."""
+
+    pipeline: Any
+    kwargs: dict[str, Any]
+    stack: str
+    env: str
+    stages: list[str]
+
+    def plan(self) -> dict[str, Any]:
+        """What each step would run with (compiles the pipeline; runs nothing)."""
+        self.pipeline.prepare(**self.kwargs)
+        steps = {}
+        for name, invocation in self.pipeline.invocations.items():
+            config = invocation.step.configuration
+            resources = config.settings.get("resources")
+            steps[name] = {
+                "enable_cache": config.enable_cache,
+                "experiment_tracker": config.experiment_tracker,
+                "gpu_count": resources.model_dump().get("gpu_count") if resources else None,
+            }
+        return {"stack": self.stack, "env": self.env, "stages": self.stages, "steps": steps}
+
+
 def run_pipeline(
     project: str | Path = ".",
     env: str | None = None,
@@ -137,6 +162,23 @@ def run_pipeline(
 
     With ``cron``, schedules it on the orchestrator instead (returns ``None``).
     """
+    prepared = prepare_run(project, env, stages, params, enable_cache, run_name, cron)
+    run = prepared.pipeline(**prepared.kwargs)
+    if cron:
+        return None
+    return _result(run, prepared.stack, prepared.env, prepared.stages)
+
+
+def prepare_run(
+    project: str | Path = ".",
+    env: str | None = None,
+    stages: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    enable_cache: bool = True,
+    run_name: str | None = None,
+    cron: str | None = None,
+) -> PreparedRun:
+    """Resolve the stack, environment, stages and step options of a run."""
     from zenml.client import Client
 
     from plants_mlops.errors import UserFacingError
@@ -181,7 +223,7 @@ def run_pipeline(
         from zenml.config.schedule import Schedule
 
         options["schedule"] = Schedule(name=f"{PIPELINE_NAME}-{stack.name}", cron_expression=cron)
-    run = plants_mlops_pipeline.with_options(**options)(
+    kwargs = dict(
         project=str(project),
         env=env,
         params=params or {},
@@ -193,9 +235,9 @@ def run_pipeline(
         gpu=str(labels.get(GPU_LABEL, "")).lower() == "true",
         reuse_models=reuse,
     )
-    if cron:
-        return None
-    return _result(run, stack.name, env, present)
+    return PreparedRun(
+        plants_mlops_pipeline.with_options(**options), kwargs, stack.name, env, present
+    )
 
 
 def orchestrator_schedules() -> tuple[str, bool]:

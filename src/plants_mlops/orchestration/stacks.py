@@ -211,6 +211,18 @@ def register_stack(name: str, project: Path, activate: bool = True) -> StackSpec
     return spec
 
 
+def validate_stack(name: str) -> str | None:
+    """Run ZenML's own stack validation locally (no cluster contacted); the problem or None."""
+    from zenml.client import Client
+    from zenml.stack import Stack
+
+    try:
+        Stack.from_model(Client().get_stack(name, allow_name_prefix_match=False)).validate()
+    except Exception as exc:  # ZenML raises several types; the message is what matters
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def list_stacks() -> list[dict[str, Any]]:
     from zenml.client import Client
 

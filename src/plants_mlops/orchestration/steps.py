@@ -174,7 +174,7 @@ def _link_zenml_model_version(summary: StageSummary) -> None:
         tags.append(f"mlflow-version:{summary.model_version}")
     if tags:
         Client().update_model_version(
-            model_name_or_id=model_version.model_id,
+            model_name_or_id=model_version.model.id,
             version_name_or_id=model_version.id,
             add_tags=tags,
         )
