@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ import httpx
 from plants_mlops.errors import UserFacingError
 
 BIN = Path(sys.executable).parent
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
 HOST = "127.0.0.1"
 
 
@@ -33,11 +36,15 @@ def _state_dir(project: Path) -> Path:
 
 
 def _port(var: str) -> int:
+    """``$var`` if set, else a free port below 49152 (kedro-viz refuses the ephemeral range)."""
     if os.environ.get(var):
         return int(os.environ[var])
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) != 0:
+                return port
+    raise UserFacingError(f"no free port found; set {var}")
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -142,12 +149,19 @@ def zenml_token(url: str) -> str:
 
 
 def skip_onboarding(url: str) -> None:
-    """PUT /api/v1/current-user with finished_onboarding_survey=true (see ARCHITECTURE.md)."""
+    """Mark the onboarding survey done so the dashboard opens on the runs, not on a form.
+
+    The dashboard (0.98) shows the survey while ``email_opted_in`` is null *or*
+    ``user_metadata.finished_onboarding_survey`` is unset: both are set here.
+    """
     try:
         token = zenml_token(url)
         httpx.put(
             f"{url}/api/v1/current-user",
-            json={"user_metadata": {"finished_onboarding_survey": True}},
+            json={
+                "email_opted_in": False,
+                "user_metadata": {"finished_onboarding_survey": True},
+            },
             headers={"Authorization": f"Bearer {token}"},
             timeout=10,
         ).raise_for_status()
