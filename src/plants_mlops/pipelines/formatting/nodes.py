@@ -193,7 +193,10 @@ def build_dataset_index(
             }
             for r in dropped.itertuples()
         ],
-        "fingerprint": fingerprint,
+        # the hex string only: a nested dict under a "fingerprint" key would confuse readers
+        # that look the fingerprint up by key (orchestration summaries)
+        "dataset_fingerprint": fingerprint["fingerprint"],
+        "per_split_label": fingerprint["per_split_label"],
     }
     if conflicted:
         log.warning("formatting: dropped %d images whose bytes carry several labels", len(dropped))
