@@ -6,6 +6,7 @@ environment defaults to ``local`` (git-ignored, for a developer's own overrides)
 """
 
 import os
+import warnings
 
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
@@ -14,6 +15,10 @@ from plants_mlops.hooks import ProjectHooks
 
 # Kedro's telemetry plugin asks questions on first run; this project never phones home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+# omegaconf 2.4 deprecates register_new_resolver(), which kedro 1.7 itself calls for its
+# own `globals`/`runtime_params` resolvers on every command: noise, not our concern.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
 
 HOOKS = (ProjectHooks(),)
 
