@@ -1,0 +1,234 @@
+"""The ZenML pipeline over the Kedro pipelines on the `local` stack, and the stack command.
+
+Real everything: the `plants-mlops` CLI in subprocesses, ZenML's local SQLite store in a
+per-session ZENML_CONFIG_PATH, MLflow's embedded SQLite store, the project's own Kedro
+pipelines on a 40-image subset.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+
+import mlflow
+import pytest
+from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+from support.servers import VENV_BIN
+from zenml_testlib import TINY_TRAINING, cli, run_json, zenml_env, zenml_query
+
+
+@pytest.fixture(scope="module")
+def zen_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("zenml-home")
+
+
+@pytest.fixture
+def small_project(kedro_project, tmp_path):
+    """The project copy with 40 seeded images and validation thresholds a subset can meet."""
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
+    write_params(kedro_project.path, "local", SUBSET_VALIDATION)
+    return kedro_project
+
+
+def test_stack_register_local_is_idempotent_and_activates_the_stack(zen_home, kedro_project):
+    env = zenml_env(zen_home)
+    first = cli(["stack", "register", "local"], env, kedro_project.path)
+    again = cli(["stack", "register", "local"], env, kedro_project.path)
+    assert "stack local registered and active" in first.stdout
+    assert "validation: ok" in again.stdout
+
+    stacks = zenml_query(
+        """
+        s = client.active_stack_model
+        result = {"name": s.name, "labels": s.labels,
+                  "components": {t.value: [c.name for c in cs] for t, cs in s.components.items()},
+                  "count": len([x for x in client.list_stacks(size=100).items if x.name == "local"])}
+    """,
+        env,
+        kedro_project.path,
+    )
+    assert stacks["name"] == "local" and stacks["count"] == 1
+    assert stacks["labels"]["plants_mlops_kedro_env"] == "local"
+    assert stacks["components"]["experiment_tracker"] == ["plants-mlflow-local"]
+    assert stacks["components"]["model_registry"] == ["plants-mlflow-registry-local"]
+    assert stacks["components"]["orchestrator"] == ["plants-local"]
+
+
+def test_minio_stack_without_an_endpoint_is_refused_with_the_variable_to_set(
+    zen_home, kedro_project
+):
+    env = zenml_env(zen_home)
+    env.pop("PLANTS_S3_ENDPOINT_URL", None)
+    proc = cli(["stack", "register", "minio"], env, kedro_project.path, check=False)
+    assert proc.returncode == 1
+    assert "set PLANTS_S3_ENDPOINT_URL" in proc.stderr
+
+
+def test_gpu_stack_registers_kubernetes_and_plans_training_on_one_gpu(
+    zen_home, kedro_project, tmp_path
+):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gpu-cluster\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "contexts: [{name: gpu-cluster, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: not-a-secret}}]\n"
+    )
+    env = zenml_env(
+        zen_home,
+        KUBECONFIG=str(kubeconfig),
+        PLANTS_KUBE_CONTEXT="gpu-cluster",
+        PLANTS_CONTAINER_REGISTRY="registry.example.com/plants",
+        PLANTS_S3_ENDPOINT_URL="http://127.0.0.1:9",
+        MLFLOW_TRACKING_URI="http://127.0.0.1:5",
+    )
+    reg = cli(["stack", "register", "gpu", "--no-activate"], env, kedro_project.path)
+    assert "plants-kubernetes [kubernetes]" in reg.stdout
+    assert "validation: ok" in reg.stdout  # ZenML's local checks: context, registry, store
+
+    plan_file = tmp_path / "plan.json"
+    cli(
+        ["pipeline", "run", "--stack", "gpu", "--dry-run", "--json-out", str(plan_file)],
+        env,
+        kedro_project.path,
+    )
+    plan = run_json(plan_file)
+    assert plan["stack"] == "gpu" and plan["env"] == "minio"
+    assert plan["steps"]["training"]["gpu_count"] == 1
+    assert plan["steps"]["training"]["experiment_tracker"] == "plants-mlflow-server"
+    assert all(plan["steps"][s]["gpu_count"] is None for s in plan["steps"] if s != "training")
+    # A context missing from the kubeconfig is reported, not hidden.
+    env["PLANTS_KUBE_CONTEXT"] = "no-such-context"
+    bad = cli(["stack", "register", "gpu", "--no-activate"], env, kedro_project.path)
+    assert "validation: ok" not in bad.stdout and "validation:" in bad.stdout
+    cli(["stack", "register", "local"], zenml_env(zen_home), kedro_project.path)
+
+
+def test_schedule_on_the_local_orchestrator_prints_a_cron_line_running_the_pipeline(
+    zen_home, kedro_project
+):
+    env = zenml_env(zen_home)
+    proc = cli(
+        [
+            "pipeline",
+            "schedule",
+            "--stack",
+            "local",
+            "--cron",
+            "0 3 * * 1",
+            "--pipelines",
+            "ingestion",
+            "formatting",
+        ],
+        env,
+        kedro_project.path,
+    )
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("0 3 * * 1 cd ")
+    assert "plants-mlops pipeline run --pipelines ingestion formatting" in line
+    assert f"ZENML_CONFIG_PATH={zen_home}" in line
+
+
+@pytest.mark.slow
+def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unchanged_data(
+    zen_home, small_project, tmp_path
+):
+    env = zenml_env(zen_home)
+    project = small_project.path
+    out = tmp_path / "run1.json"
+    cli(
+        ["pipeline", "run", "--stack", "local", "--json-out", str(out), "--params", *TINY_TRAINING],
+        env,
+        project,
+    )
+    run = run_json(out)
+    assert run["status"] == "completed" and run["stack"] == "local"
+    assert run["stages"] == [
+        "ingestion",
+        "formatting",
+        "validation",
+        "training",
+        "evaluation",
+        "registry",
+    ]
+    assert run["cached"] == []
+    s = run["summaries"]
+    fingerprint = (project / "data/03_primary/dataset_fingerprint.json").read_text()
+    assert s["formatting"]["dataset_fingerprint"] in fingerprint
+    assert s["formatting"]["counts"]["n_images"] == 40
+    assert s["validation"]["verdict"] == "passed"
+    run_id = s["training"]["mlflow_run_id"]
+    assert run_id and s["registry"]["mlflow_run_id"] == run_id
+    assert s["registry"]["model_version"] and s["registry"]["verdict"]
+
+    # The Kedro nodes logged into the experiment tracker's run (ZenML tags it).
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    mlrun = client.get_run(run_id)
+    assert mlrun.data.tags.get("zenml") and mlrun.info.run_name == run["run_name"]
+    assert "test_f1_macro" in mlrun.data.metrics and "eval_f1_macro" in mlrun.data.metrics
+    mv = client.get_model_version("plants-classifier", s["registry"]["model_version"])
+    assert mv.run_id == run_id
+
+    # ZenML: the run with its six steps and their metadata, and the model version linked
+    # to the MLflow registry version.
+    seen = zenml_query(
+        f"""
+        r = client.get_pipeline_run("{run["run_id"]}")
+        mv = client.get_model_version("plants-classifier", r.model_version.name)
+        result = {{"steps": sorted(r.steps),
+                   "training_meta": dict(r.steps["training"].run_metadata),
+                   "mv_meta": dict(mv.run_metadata),
+                   "mv_tags": [t.name for t in mv.tags]}}
+    """,
+        env,
+        project,
+    )
+    assert seen["steps"] == sorted(run["stages"])
+    assert seen["training_meta"]["mlflow_run_id"] == run_id
+    assert seen["mv_meta"]["mlflow_model_version"] == s["registry"]["model_version"]
+    assert f"mlflow-version:{s['registry']['model_version']}" in seen["mv_tags"]
+    runs = subprocess.run(
+        [str(VENV_BIN / "zenml"), "pipeline", "runs", "list"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run["run_name"] in runs.stdout
+
+    # Same data: training (and what depends only on it) comes from the cache.
+    out2 = tmp_path / "run2.json"
+    cli(["pipeline", "run", "--json-out", str(out2), "--params", *TINY_TRAINING], env, project)
+    run2 = run_json(out2)
+    assert {"training", "evaluation"} <= set(run2["cached"])
+    assert not {"ingestion", "formatting", "validation"} & set(run2["cached"])
+    assert run2["summaries"]["training"]["mlflow_run_id"] == run_id
+
+    # Model outputs gone from the catalog: the cache is not trusted for the model steps.
+    plan_file = tmp_path / "plan.json"
+    moved = tmp_path / "06_models"
+    (project / "data/06_models").rename(moved)
+    (project / "data/06_models").mkdir()
+    cli(["pipeline", "run", "--dry-run", "--json-out", str(plan_file)], env, project)
+    assert run_json(plan_file)["steps"]["training"]["enable_cache"] is False
+    (project / "data/06_models").rmdir()
+    moved.rename(project / "data/06_models")
+
+    # Changed data (10 images leave the table): a new fingerprint, training runs again.
+    db_path = os.environ["PLANTS_DB_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "DELETE FROM plants_data WHERE id IN "
+            "(SELECT id FROM plants_data ORDER BY id DESC LIMIT 10)"
+        )
+    out3 = tmp_path / "run3.json"
+    cli(["pipeline", "run", "--json-out", str(out3), "--params", *TINY_TRAINING], env, project)
+    run3 = run_json(out3)
+    assert (
+        run3["summaries"]["formatting"]["dataset_fingerprint"]
+        != s["formatting"]["dataset_fingerprint"]
+    )
+    assert "training" not in run3["cached"]
+    assert run3["summaries"]["training"]["mlflow_run_id"] != run_id

@@ -1,0 +1,81 @@
+"""Helpers for the ZenML tests: an isolated ZenML home, the real CLI, Client queries.
+
+Everything ZenML-related runs in subprocesses so that each test session has its own
+``ZENML_CONFIG_PATH`` (local SQLite store) and the pytest process never imports ZenML state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from support.servers import VENV_BIN
+
+TINY_TRAINING = [
+    "training.epochs=1",
+    "training.image_size=64",
+    "training.batch_size=16",
+    "training.num_threads=2",
+]
+
+
+def zenml_env(zen_home: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ZENML_CONFIG_PATH": str(zen_home),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_AUTO_OPEN_DASHBOARD": "false",
+        "ZENML_LOGGING_COLORS_DISABLED": "true",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "COLUMNS": "200",
+        **extra,
+    }
+
+
+def cli(
+    args: list[str], env: dict[str, str], cwd: Path, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run ``plants-mlops ARGS`` in ``cwd``; on failure the assertion shows the output tail."""
+    proc = subprocess.run(
+        [str(VENV_BIN / "plants-mlops"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"plants-mlops {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def zenml_query(code: str, env: dict[str, str], cwd: Path) -> object:
+    """Run ``code`` (which sets ``result``) with a ZenML ``client``; returns ``result``."""
+    script = "import json\nfrom zenml.client import Client\nclient = Client()\n"
+    script += textwrap.dedent(code)
+    script += "\nprint('RESULT=' + json.dumps(result, default=str))\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT="):
+            return json.loads(line[len("RESULT=") :])
+    raise AssertionError(
+        f"query failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+
+
+def run_json(path: Path) -> dict:
+    return json.loads(path.read_text())
