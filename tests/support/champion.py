@@ -76,11 +76,13 @@ def export_onnx(model, path: Path, image_size: int) -> None:
     )
 
 
-def serving_meta(image_size: int, run_id: str, architecture: str = "tiny-cnn") -> dict:
+def serving_meta(
+    image_size: int, run_id: str, resize_size: int, architecture: str = "tiny-cnn"
+) -> dict:
     return {
         "labels": list(contracts.LABELS),
         "image_size": image_size,
-        "resize_size": image_size,
+        "resize_size": resize_size,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "architecture": architecture,
@@ -95,6 +97,7 @@ def register_champion(
     *,
     seed: int = 0,
     image_size: int = 64,
+    resize_size: int = 160,
     broken: bool = False,
     set_alias: bool = True,
     experiment: str = "serving-tests",
@@ -115,7 +118,7 @@ def register_champion(
         tmpdir = Path(tmp)
         onnx_path = tmpdir / "model.onnx"
         export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
-        meta = serving_meta(image_size, run.info.run_id)
+        meta = serving_meta(image_size, run.info.run_id, resize_size)
         meta_path = tmpdir / "serving_meta.json"
         meta_path.write_text(json.dumps(meta))
         model_proto = onnx.load(str(onnx_path))

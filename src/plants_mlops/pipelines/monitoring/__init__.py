@@ -1,0 +1,5 @@
+"""Monitoring: the prediction log's current window vs the training reference (Evidently)."""
+
+from plants_mlops.pipelines.monitoring.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,317 @@
+"""Monitoring nodes: current window, training reference, Evidently report, verdict, trigger.
+
+The reference is the training split as the served model sees it: the image statistics
+formatting computed (``dataset_index``) plus the champion's predictions and penultimate
+embeddings on the same fmt images. The current window is what the API logged: the same
+statistics (computed on the same ``square_resize``d image), predictions and embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_NAME = "embedding"
+PREDICTION_COLUMNS = ("label", "confidence")
+
+
+def _embedding_columns(dim: int) -> list[str]:
+    return [f"emb_{i:04d}" for i in range(dim)]
+
+
+def _expand_embeddings(frame: pd.DataFrame) -> pd.DataFrame:
+    """``embedding`` (arrays) -> one float column per dimension (Evidently's layout)."""
+    if frame.empty:
+        return frame
+    matrix = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+    emb = pd.DataFrame(matrix, columns=_embedding_columns(matrix.shape[1]), index=frame.index)
+    return pd.concat([frame.drop(columns=["embedding"]), emb], axis=1)
+
+
+def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """The predictions monitoring judges: last ``window.hours``, newest ``window.last_n``,
+    optionally one model version."""
+    window = params.get("window") or {}
+    stat_columns = list(params["stat_columns"])
+    columns = ["request_id", "created_at", "model_version", *PREDICTION_COLUMNS, *stat_columns]
+    if prediction_log.empty:
+        log.warning("the prediction log is empty: nothing to monitor yet")
+        return pd.DataFrame(columns=columns)
+    frame = prediction_log
+    if window.get("hours"):
+        since = datetime.now(UTC) - timedelta(hours=float(window["hours"]))
+        frame = frame[frame["created_at"] >= since]
+    if window.get("model_version") not in (None, ""):
+        frame = frame[frame["model_version"].astype(str) == str(window["model_version"])]
+    if window.get("last_n"):
+        frame = frame.tail(int(window["last_n"]))
+    frame = frame[[*columns, "embedding"]].reset_index(drop=True)
+    log.info("current window: %d predictions (of %d logged)", len(frame), len(prediction_log))
+    return _expand_embeddings(frame)
+
+
+def build_reference(
+    dataset_index: pd.DataFrame, fmt_images: dict[str, Any], champion, params: dict[str, Any]
+) -> pd.DataFrame:
+    """Training reference: stats from the index + the champion's view of the same images."""
+    ref = params.get("reference") or {}
+    split = ref.get("split", "train")
+    rows = dataset_index[dataset_index["split"] == split]
+    if ref.get("max_rows") and len(rows) > int(ref["max_rows"]):
+        rows = rows.sample(int(ref["max_rows"]), random_state=0)
+    rows = rows[rows["image_key"].isin(fmt_images.keys())]
+    if rows.empty:
+        raise ValueError(f"no {split!r} images in dataset_index/fmt_images: run the data pipeline")
+    inputs, keep = [], []
+    for idx, key in zip(rows.index, rows["image_key"], strict=True):
+        img = fmt_images[key]()
+        x, _ = champion.preprocess(img.convert("RGB"))
+        inputs.append(x)
+        keep.append(idx)
+    probs, embs = [], []
+    for start in range(0, len(inputs), 64):
+        out = champion.run(np.stack(inputs[start : start + 64]))
+        probs.append(out.probabilities)
+        embs.append(out.embeddings)
+    probabilities = np.concatenate(probs)
+    labels = np.asarray(champion.meta.labels)
+    frame = rows.loc[keep, ["image_key", *params["stat_columns"]]].reset_index(drop=True)
+    frame["label"] = labels[probabilities.argmax(axis=1)]
+    frame["confidence"] = probabilities.max(axis=1)
+    frame["model_version"] = str(champion.version)
+    frame["embedding"] = list(np.concatenate(embs))
+    log.info(
+        "reference: %d %s images embedded by %s v%s",
+        len(frame),
+        split,
+        champion.name,
+        champion.version,
+    )
+    return _expand_embeddings(frame)
+
+
+def _embedding_method(cfg: dict[str, Any]):
+    from evidently.legacy.metrics.data_drift import embedding_drift_methods as m
+
+    name = (cfg.get("method") or "model").lower()
+    kwargs: dict[str, Any] = {}
+    if cfg.get("threshold") is not None and name != "ratio":
+        kwargs["threshold"] = float(cfg["threshold"])
+    if name in ("model", "mmd", "distance") and cfg.get("bootstrap") is not None:
+        kwargs["bootstrap"] = bool(cfg["bootstrap"])
+    if name in ("model", "mmd", "ratio") and cfg.get("pca_components"):
+        kwargs["pca_components"] = int(cfg["pca_components"])
+    factories = {"model": m.model, "mmd": m.mmd, "distance": m.distance, "ratio": m.ratio}
+    if name not in factories:
+        raise ValueError(f"monitoring.embeddings.method must be one of {sorted(factories)}")
+    return factories[name](**kwargs)
+
+
+def _insufficient(current: pd.DataFrame, params: dict[str, Any]) -> str | None:
+    need = int(params.get("min_current_rows", 30))
+    if len(current) < need:
+        return (
+            f"only {len(current)} predictions in the current window; monitoring needs at "
+            f"least {need} (monitoring.min_current_rows)"
+        )
+    return None
+
+
+def drift_report(
+    current: pd.DataFrame, reference: pd.DataFrame, params: dict[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Evidently report (HTML + JSON) and a summary of what drifted."""
+    reason = _insufficient(current, params)
+    if reason:
+        log.warning("skipping the drift report: %s", reason)
+        html = f"<!doctype html><html><body><h1>No drift report</h1><p>{reason}</p></body></html>"
+        return (
+            html,
+            {"skipped": reason},
+            {"skipped": reason, "n_current": len(current), "n_reference": len(reference)},
+        )
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift, ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    stat_columns = list(params["stat_columns"])
+    emb_cols = [c for c in reference.columns if c.startswith("emb_")]
+    if [c for c in current.columns if c.startswith("emb_")] != emb_cols:
+        raise ValueError(
+            "current and reference embeddings differ in size: the window holds "
+            "predictions of another model; set monitoring.window.model_version"
+        )
+    definition = DataDefinition(
+        numerical_columns=[*stat_columns, "confidence"],
+        categorical_columns=["label"],
+        embeddings={EMBEDDING_NAME: emb_cols},
+    )
+    keep = [*stat_columns, *PREDICTION_COLUMNS, *emb_cols]
+    cur_ds = Dataset.from_pandas(current[keep].copy(), data_definition=definition)
+    ref_ds = Dataset.from_pandas(reference[keep].copy(), data_definition=definition)
+    method = _embedding_method(params.get("embeddings") or {})
+    stat_kwargs = {
+        k: params[p]
+        for k, p in (("method", "stat_test"), ("threshold", "stat_threshold"))
+        if params.get(p) is not None
+    }
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=stat_columns, drift_share=float(params["drift_share"]), **stat_kwargs
+            ),
+            EmbeddingsDrift(embeddings_name=EMBEDDING_NAME, drift_method=method),
+            ValueDrift(column="label"),
+            ValueDrift(column="confidence"),
+        ],
+        include_tests=True,
+    )
+    snapshot = report.run(cur_ds, ref_ds)  # current first, then reference
+    doc = snapshot.dict()
+    # The embeddings verdict: the same method object Evidently ran, asked for its boolean.
+    emb_score, emb_drift, emb_method = method(current[emb_cols].copy(), reference[emb_cols].copy())
+    summary = _summarise(doc, stat_columns, len(current), len(reference))
+    summary["embeddings"] = {
+        "method": emb_method,
+        "score": float(emb_score),
+        "drift": bool(emb_drift),
+    }
+    return snapshot.get_html_str(as_iframe=False), doc, summary
+
+
+def _summarise(
+    doc: dict[str, Any], stat_columns: list[str], n_cur: int, n_ref: int
+) -> dict[str, Any]:
+    failed = {
+        t["metric_config"]["metric_id"] for t in doc.get("tests", []) if t.get("status") == "FAIL"
+    }
+    columns: dict[str, dict[str, Any]] = {}
+    share = None
+    dataset_drift = False
+    for metric in doc["metrics"]:
+        cfg = metric.get("config", {})
+        kind = cfg.get("type", "")
+        if kind.endswith("ValueDrift"):
+            columns[cfg["column"]] = {
+                "method": cfg.get("method"),
+                "score": metric["value"],
+                "threshold": cfg.get("threshold"),
+                "drift": metric["id"] in failed,
+            }
+        elif kind.endswith("DriftedColumnsCount"):
+            share = metric["value"]["share"]
+            dataset_drift = metric["id"] in failed
+    stats = {c: columns[c] for c in stat_columns if c in columns}
+    return {
+        "n_current": n_cur,
+        "n_reference": n_ref,
+        "data_drift": {"share_drifted": share, "drift": bool(dataset_drift), "columns": stats},
+        "prediction_drift": {c: columns[c] for c in PREDICTION_COLUMNS if c in columns},
+    }
+
+
+def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """One verdict: drift = dataset drift on image stats or embeddings drift (or, when
+    configured, prediction drift)."""
+    now = datetime.now(UTC).isoformat()
+    if "skipped" in summary:
+        return {
+            "status": "insufficient_data",
+            "drift": False,
+            "reasons": [summary["skipped"]],
+            "at": now,
+            **{k: summary[k] for k in ("n_current", "n_reference")},
+        }
+    reasons = []
+    data = summary["data_drift"]
+    if data["drift"]:
+        drifted = [c for c, v in data["columns"].items() if v["drift"]]
+        reasons.append(
+            f"image statistics drifted: {', '.join(drifted)} "
+            f"(share {data['share_drifted']:.2f} >= {params['drift_share']})"
+        )
+    emb = summary["embeddings"]
+    if emb["drift"]:
+        reasons.append(f"embeddings drifted ({emb['method']} score {emb['score']:.3f})")
+    pred_drifted = [c for c, v in summary["prediction_drift"].items() if v["drift"]]
+    use_pred = bool((params.get("verdict") or {}).get("use_prediction_drift"))
+    if pred_drifted and use_pred:
+        reasons.append(f"predictions drifted: {', '.join(pred_drifted)}")
+    drift = bool(reasons)
+    verdict = {
+        "status": "drift" if drift else "no_drift",
+        "drift": drift,
+        "reasons": reasons,
+        "at": now,
+        "n_current": summary["n_current"],
+        "n_reference": summary["n_reference"],
+        "data_drift": data,
+        "embeddings": emb,
+        "prediction_drift": summary["prediction_drift"],
+        "prediction_drift_in_verdict": use_pred,
+    }
+    log.log(
+        logging.WARNING if drift else logging.INFO,
+        "monitoring verdict: %s %s",
+        verdict["status"],
+        "; ".join(reasons),
+    )
+    return verdict
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Start the retraining command in the background when drift is found and enabled."""
+    import shlex
+
+    from plants_mlops.serving.config import default_retrain_command
+    from plants_mlops.serving.retrain import start_retrain
+
+    cfg = params.get("retrain") or {}
+    enabled = _truthy(cfg.get("enabled", False))
+    record = {
+        "drift": verdict["drift"],
+        "enabled": enabled,
+        "started": False,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    if not verdict["drift"]:
+        record["detail"] = "no drift: nothing to do"
+        return record
+    command = cfg.get("command")
+    argv = (
+        shlex.split(command)
+        if isinstance(command, str) and command
+        else (list(command) if command else default_retrain_command())
+    )
+    record["command"] = argv
+    if not enabled:
+        record["detail"] = (
+            "drift found; retraining is off (monitoring.retrain.enabled / "
+            "PLANTS_MONITORING_RETRAIN=true)"
+        )
+        return record
+    run = start_retrain(
+        argv,
+        reason="; ".join(verdict["reasons"]),
+        log_dir=Path(cfg.get("log_dir") or "data/retrain_logs"),
+    )
+    record.update(
+        started=True,
+        run_id=run.run_id,
+        pid=run.process.pid,
+        log_path=str(run.log_path),
+        detail="retraining started in the background",
+    )
+    return record

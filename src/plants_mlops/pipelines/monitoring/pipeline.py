@@ -1,0 +1,46 @@
+from kedro.pipeline import Pipeline, node
+
+from plants_mlops.pipelines.monitoring.nodes import (
+    build_reference,
+    decide_drift,
+    drift_report,
+    select_current_window,
+    trigger_retraining,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                select_current_window,
+                inputs=["prediction_log", "params:monitoring"],
+                outputs="monitoring_current",
+                name="select_current_window",
+            ),
+            node(
+                build_reference,
+                inputs=["dataset_index", "fmt_images", "monitoring_champion", "params:monitoring"],
+                outputs="monitoring_reference",
+                name="build_reference",
+            ),
+            node(
+                drift_report,
+                inputs=["monitoring_current", "monitoring_reference", "params:monitoring"],
+                outputs=["monitoring_report_html", "monitoring_report_json", "monitoring_summary"],
+                name="drift_report",
+            ),
+            node(
+                decide_drift,
+                inputs=["monitoring_summary", "params:monitoring"],
+                outputs="monitoring_verdict",
+                name="decide_drift",
+            ),
+            node(
+                trigger_retraining,
+                inputs=["monitoring_verdict", "params:monitoring"],
+                outputs="monitoring_retrain_trigger",
+                name="trigger_retraining",
+            ),
+        ]
+    )

@@ -1,0 +1,171 @@
+"""Monitoring for real: the data pipeline builds the training reference, the API serves a
+registered champion and logs what it sees, ``kedro run --pipelines monitoring`` judges it.
+Held-out test images must not flag drift; darkened, blurred or greyscale ones must."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import PUBLIC_PREFIX, ROOT, SAMPLES, KedroProject
+from PIL import Image, ImageEnhance, ImageFilter
+from support.champion import register_champion, unique_model_name
+from support.serving import running_api
+
+pytestmark = pytest.mark.slow
+
+SHIFTS = {
+    "darkened": lambda img: ImageEnhance.Brightness(img).enhance(0.45),
+    "blurred": lambda img: img.filter(ImageFilter.GaussianBlur(radius=3)),
+    "greyscale": lambda img: img.convert("L").convert("RGB"),
+}
+
+
+def _project(dest: Path) -> KedroProject:
+    dest.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir()
+    (dest / "src").mkdir()
+    for layer in ("01_raw", "02_intermediate", "03_primary", "06_models", "08_reporting"):
+        (dest / "data" / layer).mkdir(parents=True)
+    (dest / "samples").symlink_to(ROOT / "samples")
+    return KedroProject(dest)
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory, mlflow_tracking_uri):
+    """A project with its data layers built, a champion, and the API logging into its DB."""
+    root = tmp_path_factory.mktemp("monitoring")
+    project = _project(root / "project")
+    name = unique_model_name("plants-classifier-monitoring")
+    env = {
+        "PLANTS_DB_URL": f"sqlite:///{project.path / 'data' / 'plants.db'}",
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+        "PLANTS_MODEL_URI": f"models:/{name}@champion",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        project.run("data", extra_env=env)
+        register_champion(mlflow_tracking_uri, name=name)
+        index = pd.read_parquet(project.path / "data" / "03_primary" / "dataset_index.parquet")
+        with running_api(
+            root / "api",
+            tracking_uri=mlflow_tracking_uri,
+            model_name=name,
+            db_url=env["PLANTS_DB_URL"],
+        ) as api:
+            yield project, env, index, api
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _test_images(index: pd.DataFrame) -> list[bytes]:
+    rows = index[index["split"] == "test"]
+    return [(SAMPLES / u.removeprefix(PUBLIC_PREFIX)).read_bytes() for u in rows["url_source"]]
+
+
+def _shifted(data: bytes, shift: str) -> bytes:
+    img = SHIFTS[shift](Image.open(io.BytesIO(data)).convert("RGB"))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _feed(api, payloads: list[bytes]) -> None:
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        for start in range(0, len(payloads), 16):
+            files = [
+                ("files", (f"{i}.jpg", p, "image/jpeg"))
+                for i, p in enumerate(payloads[start : start + 16])
+            ]
+            body = client.post("/predict/batch", files=files).json()
+            assert body["failed"] == 0, body
+    time.sleep(1.0)  # the log writer flushes every 0.2 s in tests
+
+
+def _monitor(project: KedroProject, env: dict, n: int, extra: dict | None = None) -> dict:
+    project.run(
+        "monitoring", params={"monitoring.window.last_n": n}, extra_env={**env, **(extra or {})}
+    )
+    reporting = project.path / "data" / "08_reporting"
+    assert (reporting / "monitoring_drift_report.html").stat().st_size > 10_000
+    assert json.loads((reporting / "monitoring_drift_report.json").read_text())["metrics"]
+    return json.loads((reporting / "monitoring_verdict.json").read_text())
+
+
+def test_an_empty_prediction_log_gives_an_insufficient_data_verdict_not_a_failure(
+    tmp_path, monitored
+):
+    project, env, _, _ = monitored
+    empty_db = {"PLANTS_DB_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    project.run("monitoring", extra_env={**env, **empty_db})
+    verdict = json.loads(
+        (project.path / "data" / "08_reporting" / "monitoring_verdict.json").read_text()
+    )
+    assert verdict["status"] == "insufficient_data" and verdict["drift"] is False
+    assert "monitoring needs at least" in verdict["reasons"][0]
+
+
+def test_held_out_test_images_do_not_flag_drift(monitored):
+    project, env, index, api = monitored
+    images = _test_images(index)
+    _feed(api, images)
+    verdict = _monitor(project, env, len(images))
+    assert verdict["n_current"] == len(images)
+    assert verdict["n_reference"] == int((index["split"] == "train").sum())
+    print("clean verdict:", json.dumps({k: verdict[k] for k in ("data_drift", "embeddings")}))
+    assert verdict["status"] == "no_drift", verdict["reasons"]
+    assert verdict["data_drift"]["drift"] is False
+    assert verdict["embeddings"]["drift"] is False
+    assert _retrain_trigger(project)["started"] is False
+
+
+def _retrain_trigger(project: KedroProject) -> dict:
+    path = project.path / "data" / "08_reporting" / "monitoring_retrain_trigger.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("shift", sorted(SHIFTS))
+def test_visibly_shifted_images_flag_drift_and_only_an_enabled_trigger_retrains(
+    monitored, shift, tmp_path
+):
+    """Retraining is off by default; the darkened case turns it on and checks it fires."""
+    project, env, index, api = monitored
+    images = [_shifted(b, shift) for b in _test_images(index)]
+    _feed(api, images)
+    marker = tmp_path / "retrain-ran.txt"
+    extra = {}
+    if shift == "darkened":
+        extra = {
+            "PLANTS_MONITORING_RETRAIN": "true",
+            "PLANTS_RETRAIN_COMMAND": f"python3 -c \"open('{marker}', 'w').write('ran')\"",
+        }
+    verdict = _monitor(project, env, len(images), extra)
+    print(shift, "verdict:", verdict["reasons"], verdict["embeddings"])
+    assert verdict["status"] == "drift", verdict
+    assert verdict["reasons"]
+    trigger = _retrain_trigger(project)
+    assert trigger["drift"] is True
+    if not extra:
+        assert trigger["started"] is False and "retraining is off" in trigger["detail"]
+        return
+    assert trigger["started"] is True and trigger["pid"] > 0
+    for _ in range(100):
+        if marker.exists():
+            break
+        time.sleep(0.2)
+    assert marker.read_text() == "ran"
