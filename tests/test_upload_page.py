@@ -1,0 +1,82 @@
+"""The upload page at / in headless Chromium (Debian's chromium via chromedriver)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+from support import images
+from support.champion import register_champion, unique_model_name
+from support.serving import running_api
+from support.webdriver import CHROMEDRIVER, CHROMIUM, chromium
+
+from plants_mlops import contracts
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
+    reason="needs Debian's chromium and chromium-driver",
+)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, mlflow_tracking_uri):
+    name = unique_model_name()
+    version = register_champion(mlflow_tracking_uri, name=name).version
+    root = tmp_path_factory.mktemp("upload-page")
+    with (
+        running_api(root / "api", tracking_uri=mlflow_tracking_uri, model_name=name) as api,
+        chromium(root / "profile", root) as browser,
+    ):
+        browser.get(api.url + "/")
+        browser.wait_for("return document.getElementById('model').textContent.includes('v')")
+        yield browser, version, root
+
+
+def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
+    browser, version, root = page
+    photo = images.sample_paths("dandelion")[0]
+    browser.send_file("#file", photo)
+    browser.wait_for("return document.body.dataset.state === 'done'")
+    assert browser.text("#label") in contracts.LABELS
+    rows = browser.script(
+        "return [...document.querySelectorAll('#probs tbody tr')].map(r => r.dataset.label)"
+    )
+    assert sorted(rows) == sorted(contracts.LABELS)
+    assert f"v{version}" in browser.text("#meta")
+    assert browser.text("#model").startswith("model: ")
+    shown = browser.script(
+        "const i = document.getElementById('preview');return i.complete && i.naturalWidth > 0"
+    )
+    assert shown is True
+    shot = browser.screenshot(root / "upload-page.png")
+    assert Image.open(shot).size[0] >= 800
+
+
+def test_dropping_an_image_predicts_it_too(page):
+    browser, _, _ = page
+    browser.script("document.body.dataset.state = ''")
+    browser.async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        fetch('/static/app.js').then(() => fetch(arguments[0])).then(r => r.blob()).then(b => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([b], 'dropped.png', {type: 'image/png'}));
+          const drop = document.getElementById('drop');
+          drop.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+          done(true);
+        });
+        """,
+        "data:image/png;base64," + __import__("base64").b64encode(images.png_with_alpha()).decode(),
+    )
+    browser.wait_for("return document.body.dataset.state === 'done'")
+    assert browser.text("#label") in contracts.LABELS
+
+
+def test_a_non_image_shows_a_readable_error(page, tmp_path):
+    browser, _, _ = page
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a picture")
+    browser.send_file("#file", bad)
+    browser.wait_for("return document.getElementById('status').className === 'error'")
+    assert "Error 415" in browser.text("#status")
