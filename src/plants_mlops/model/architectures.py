@@ -39,6 +39,9 @@ SPECS: dict[str, ArchitectureSpec] = {
     "efficientnet_lite0": ArchitectureSpec(TF_LITE_MEAN, TF_LITE_STD, 1280),
     "mobilenet_v3_small": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 1024),
     "resnet18": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 512),
+    # A ~0.1 M-parameter CNN that learns colour and texture in seconds: for tests, smoke
+    # runs and slow machines; not the product model.
+    "small_cnn": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 128),
 }
 
 
@@ -111,6 +114,27 @@ def _resnet18(weights: str | None) -> nn.Module:
     return net
 
 
+def _small_cnn(weights: str | None) -> nn.Module:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
+
+    net = nn.Sequential(
+        *block(3, 16),
+        *block(16, 32),
+        *block(32, 64),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    if weights:
+        _load_state(net, weights)
+    return net
+
+
 def _load_state(net: nn.Module, path: str) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
@@ -147,8 +171,10 @@ def build_model(
         backbone = _efficientnet_lite0(image_size, weights)
     elif architecture == "mobilenet_v3_small":
         backbone = _mobilenet_v3_small(weights)
-    else:
+    elif architecture == "resnet18":
         backbone = _resnet18(weights)
+    else:
+        backbone = _small_cnn(weights)
     model = PlantsNet(backbone, SPECS[architecture].embedding_dim, dropout)
     if bn_momentum is not None:
         for module in model.modules():

@@ -35,7 +35,7 @@ def load_checkpoint(data: bytes) -> tuple[PlantsNet, dict, dict]:
         cfg["architecture"],
         image_size=int(cfg["image_size"]),
         weights=None,
-        dropout=float(cfg.get("dropout", 0.2)),
+        dropout=float(cfg.get("dropout") or 0.0),
         bn_momentum=cfg.get("bn_momentum"),
     )
     model.load_state_dict(ckpt["state_dict"])

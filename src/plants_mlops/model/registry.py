@@ -286,6 +286,14 @@ def rollback(cl, to: str | None, reason: str, name: str = REGISTERED_MODEL_NAME)
 
 def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
     """Every version, newest first, with aliases, verdict and headline metrics."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        by_alias = cl.get_registered_model(name).aliases or {}
+    except MlflowException as exc:
+        if _not_found(exc):
+            return []
+        raise
     versions = cl.search_model_versions(f"name='{name}'")
     rows = []
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
@@ -293,7 +301,8 @@ def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
         rows.append(
             {
                 "version": str(mv.version),
-                "aliases": sorted(mv.aliases or []),
+                # search results may omit aliases: take them from the registered model
+                "aliases": sorted(a for a, v in by_alias.items() if str(v) == str(mv.version)),
                 "created_at": dt.datetime.fromtimestamp(
                     mv.creation_timestamp / 1000, dt.UTC
                 ).isoformat(timespec="seconds"),

@@ -105,18 +105,19 @@ def evaluate_champion(
     from plants_mlops.model.export import onnx_predict_proba
     from plants_mlops.model.metrics import classification_metrics
 
+    name = params.get("model_name") or REGISTERED_MODEL_NAME
     cl = registry.client((params.get("mlflow") or {}).get("tracking_uri"))
-    version = registry.alias_version(cl, ALIAS_CHAMPION)
+    version = registry.alias_version(cl, ALIAS_CHAMPION, name)
     if version is None:
         return {"version": None}
-    mv = cl.get_model_version(REGISTERED_MODEL_NAME, version)
+    mv = cl.get_model_version(name, version)
     out: dict[str, Any] = {"version": version, "run_id": mv.run_id}
     if mv.run_id and mv.run_id == serving_meta.get("mlflow_run_id"):
         out["note"] = "the champion is this very run's model"
     try:
         with tempfile.TemporaryDirectory(prefix="plants-champion-") as tmp:
             session, meta = registry.load_serving_model(
-                registry.download_model(cl, version, Path(tmp))
+                registry.download_model(cl, version, Path(tmp), name)
             )
             test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
             proba = onnx_predict_proba(session, test.images, meta)

@@ -1,0 +1,118 @@
+"""``plants-mlops registry list|promote|rollback|audit``: the MLflow Model Registry by hand.
+
+The tracking store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded
+``sqlite:///data/mlflow.db``. Every alias move is checked (the version's model must load)
+and recorded in the audit trail with who, when and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from plants_mlops.contracts import REGISTERED_MODEL_NAME
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "registry",
+        help="list, promote and roll back versions of the registered model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///data/mlflow.db)",
+    )
+    parser.add_argument("--model", default=REGISTERED_MODEL_NAME, help="registered model name")
+    sub = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("list", help="versions with their aliases, metrics and verdicts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=list_command)
+
+    p = sub.add_parser("promote", help="make VERSION the champion (after checking it loads)")
+    p.add_argument("version")
+    p.add_argument("--reason", default="manual promotion", help="recorded in the audit trail")
+    p.set_defaults(handler=promote_command)
+
+    p = sub.add_parser("rollback", help="return the champion alias to the previous champion")
+    p.add_argument("--to", metavar="VERSION", help="roll back to this version instead")
+    p.add_argument("--reason", default="manual rollback", help="recorded in the audit trail")
+    p.set_defaults(handler=rollback_command)
+
+    p = sub.add_parser("audit", help="every alias move: who, when, why")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=audit_command)
+
+
+def _client(args: argparse.Namespace):
+    from plants_mlops.model import registry
+
+    return registry.client(args.tracking_uri)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from plants_mlops.model import registry
+
+    rows = registry.list_versions(_client(args), args.model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.model}: no versions registered yet")
+        return 0
+    print(
+        f"{'version':>7}  {'aliases':<20} {'verdict':<7} {'test_f1':>7} {'test_acc':>8}  "
+        f"{'created (UTC)':<25} run_id"
+    )
+    for r in rows:
+        print(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {r['verdict'] or '-':<7} "
+            f"{_fmt(r['test_f1_macro']):>7} {_fmt(r['test_accuracy']):>8}  "
+            f"{r['created_at']:<25} {r['run_id'] or '-'}"
+        )
+    return 0
+
+
+def _print_move(entry: dict) -> None:
+    print(
+        f"{entry['alias']}: {entry['from_version'] or '(none)'} -> {entry['to_version']} "
+        f"({entry['action']} by {entry['actor']} at {entry['at']}: {entry['reason']})"
+    )
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    from plants_mlops.model import registry
+
+    _print_move(registry.promote(_client(args), args.version, args.reason, args.model))
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    from plants_mlops.model import registry
+
+    _print_move(registry.rollback(_client(args), args.to, args.reason, args.model))
+    return 0
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    from plants_mlops.model import registry
+
+    entries = registry.audit_trail(_client(args), args.model)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print(f"{args.model}: no alias moves recorded yet")
+    for e in entries:
+        print(
+            f"{e.get('at')}  {e.get('actor', '?'):<10} {e.get('action', '?'):<10} "
+            f"{e.get('alias', '?')}: {e.get('from_version') or '(none)'} -> "
+            f"{e.get('to_version')}  {e.get('reason', '')}"
+        )
+    return 0

