@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -148,3 +149,38 @@ def test_clean_shutdown_flushes_every_prediction_to_the_sql_log(
     engine.dispose()
     assert sorted(logged) == sorted(request_ids)
     assert '"event": "prediction_log_closed"' in api.log_text()
+
+
+def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_can_read(
+    tmp_path, mlflow_tracking_uri, s3_endpoint, s3_bucket, monkeypatch
+):
+    from plants_mlops.datasets.monitoring_prediction_log import PredictionLogDataset
+
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    uri = f"s3://{s3_bucket}/prediction_log"
+    env = {
+        "PLANTS_PREDICTION_LOG": "s3",
+        "PLANTS_PREDICTION_LOG_URI": uri,
+        "PLANTS_S3_ENDPOINT_URL": s3_endpoint,
+    }
+    with (
+        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api,
+        httpx.Client(base_url=api.url) as c,
+    ):
+        request_ids = [_predict(c, i).json()["request_id"] for i in range(6)]
+        api.stop()
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)[
+            "Contents"
+        ]
+    ]
+    assert keys and all(
+        k.startswith("prediction_log/date=") and k.endswith(".parquet") for k in keys
+    )
+    monkeypatch.setenv("PLANTS_S3_ENDPOINT_URL", s3_endpoint)
+    frame = PredictionLogDataset(source="s3", path=uri).load()
+    assert sorted(frame["request_id"]) == sorted(request_ids)
+    assert frame["embedding"].map(len).eq(32).all()
+    assert {"brightness", "sharpness", "label", "confidence"} <= set(frame.columns)

@@ -1,0 +1,262 @@
+"""Prediction API benchmark: cold start to ready, latency at concurrency 1, throughput at
+concurrency 8, over HTTP on 127.0.0.1 with real JPEG uploads (decode included).
+
+By default it trains nothing: it builds the product architecture (efficientnet_lite0 with
+its bundled ImageNet weights and an untrained head, so the compute is exactly the real
+champion's), registers it in a throw-away local MLflow registry and serves it. Point it at
+an existing champion with ``--tracking-uri URI [--model-uri models:/plants-classifier@champion]``.
+
+The load generator is a raw asyncio HTTP/1.1 client sending pre-encoded multipart requests
+over keep-alive connections, so that the client costs little of the 2 shared cores.
+
+    .venv/bin/python benchmarks/bench_serving.py [--requests 400] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "plants"
+VENV_BIN = Path(sys.executable).parent
+
+
+def register_benchmark_model(
+    tracking_uri: str, architecture: str, image_size: int, resize_size: int
+) -> str:
+    """Build, export (ONNX contract) and register a model; return its models:/ URI."""
+    import mlflow
+    import onnx
+
+    from plants_mlops import contracts
+    from plants_mlops.model.architectures import SPECS, build_model
+    from plants_mlops.model.export import onnx_bytes
+
+    weights = "imagenet" if architecture == "efficientnet_lite0" else None
+    model = build_model(architecture, image_size=image_size, weights=weights).eval()
+    spec = SPECS[architecture]
+    name = f"bench-{architecture}-{uuid.uuid4().hex[:6]}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("bench-serving")
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        meta = {
+            "labels": list(contracts.LABELS),
+            "image_size": image_size,
+            "resize_size": resize_size,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "architecture": architecture,
+            "dataset_fingerprint": None,
+            "test_metrics": {},
+            "mlflow_run_id": run.info.run_id,
+        }
+        meta_path = Path(tmp) / "serving_meta.json"
+        meta_path.write_text(json.dumps(meta))
+        proto = onnx.load_model_from_string(onnx_bytes(model, image_size))
+        info = mlflow.onnx.log_model(
+            proto,
+            name="model",
+            metadata=meta,
+            extra_files=[str(meta_path)],
+            save_as_external_data=False,
+        )
+    mv = mlflow.register_model(info.model_uri, name)
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", mv.version)
+    return f"models:/{name}@champion"
+
+
+def multipart_request(port: int, data: bytes, filename: str) -> bytes:
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def _worker(
+    port: int,
+    requests: list[bytes],
+    count: int | None,
+    until: float | None,
+    latencies: list[float],
+    failures: list[int],
+    offset: int,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while (count is None or i - offset < count) and (
+            until is None or time.perf_counter() < until
+        ):
+            req = requests[i % len(requests)]
+            t0 = time.perf_counter()
+            writer.write(req)
+            await writer.drain()
+            status = await _read_response(reader)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                failures.append(status)
+            i += 1
+    finally:
+        writer.close()
+
+
+async def run_load(
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    *,
+    count: int | None = None,
+    seconds: float | None = None,
+):
+    latencies: list[float] = []
+    failures: list[int] = []
+    until = time.perf_counter() + seconds if seconds else None
+    per_worker = None if count is None else count // concurrency
+    started = time.perf_counter()
+    await asyncio.gather(
+        *[
+            _worker(port, requests, per_worker, until, latencies, failures, w * 97)
+            for w in range(concurrency)
+        ]
+    )
+    return latencies, failures, time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tracking-uri", help="use this registry instead of a throw-away one")
+    ap.add_argument("--model-uri", default=None)
+    ap.add_argument("--architecture", default="efficientnet_lite0")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--resize-size", type=int, default=160)
+    ap.add_argument("--requests", type=int, default=400, help="requests at concurrency 1")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration at concurrency 8")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--ort-threads", default=os.environ.get("PLANTS_ORT_THREADS", "1"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    tracking_uri = args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}"
+    model_uri = args.model_uri
+    if model_uri is None:
+        if args.tracking_uri:
+            model_uri = "models:/plants-classifier@champion"
+        else:
+            print(f"registering a {args.architecture}@{args.image_size} model in {work} ...")
+            model_uri = register_benchmark_model(
+                tracking_uri, args.architecture, args.image_size, args.resize_size
+            )
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PLANTS_MODEL_URI": model_uri,
+        "PLANTS_DB_URL": f"sqlite:///{work / 'plants.db'}",
+        "PLANTS_MODEL_POLL_SECONDS": "0",
+        "PLANTS_ORT_THREADS": str(args.ort_threads),
+    }
+    log_path = work / "serve.log"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port)],
+        env=env,
+        cwd=work,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        while True:
+            if proc.poll() is not None:
+                print(log_path.read_text()[-3000:])
+                return 1
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - t0 > 180:
+                raise TimeoutError("not ready after 180 s")
+            time.sleep(0.05)
+        cold = time.perf_counter() - t0
+        model = httpx.get(f"http://127.0.0.1:{port}/model").json()
+
+        files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
+        requests = [multipart_request(port, p.read_bytes(), p.name) for p in files]
+        sizes = [p.stat().st_size for p in files]
+        asyncio.run(run_load(port, requests, 1, count=50))  # warm-up
+        lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
+        lat8, fail8, elapsed8 = asyncio.run(
+            run_load(port, requests, args.concurrency, seconds=args.seconds)
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    print(
+        f"model: {model['name']} v{model['version']} ({model['architecture']}, "
+        f"input {model['image_size']} px, resize {model['resize_size']} px), "
+        f"ORT threads {args.ort_threads}"
+    )
+    print(
+        f"images: {len(files)} sample JPEGs, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
+        f"decoded per request; prediction log on (SQLite)"
+    )
+    print(f"cold start to ready:     {cold:6.2f} s  (process start -> GET /ready 200)")
+    print(
+        f"concurrency 1 ({len(lat1)} req): p50 {pct(lat1, 50):6.2f} ms   "
+        f"p95 {pct(lat1, 95):6.2f} ms   p99 {pct(lat1, 99):6.2f} ms   failures {len(fail1)}"
+    )
+    print(
+        f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "
+        f"{len(lat8) / elapsed8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "
+        f"p99 {pct(lat8, 99):6.2f} ms   failures {len(fail8)}"
+    )
+    return 0 if not (fail1 or fail8) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
