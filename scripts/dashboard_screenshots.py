@@ -24,6 +24,12 @@ from pathlib import Path
 import httpx
 from websockets.sync.client import connect
 
+# kedro-viz keeps its settings in localStorage["KedroViz"]: no feature-hint pop-ups.
+VIZ_SETTINGS = (
+    "localStorage.setItem('KedroViz', JSON.stringify(Object.assign("
+    "JSON.parse(localStorage.getItem('KedroViz') || '{}'),"
+    "{showFeatureHints: false, theme: 'light', isPrettyName: false})))"
+)
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
@@ -55,8 +61,16 @@ class Page:
         return res.get("result", {}).get("value") or ""
 
     def shot(
-        self, url: str, path: Path, wait_for: str, settle: float = 2.0, timeout: float = 60.0
+        self,
+        url: str,
+        path: Path,
+        wait_for: str,
+        settle: float = 2.0,
+        timeout: float = 60.0,
+        setup_js: str | None = None,
     ) -> str:
+        if setup_js:  # runs before the page's own scripts (e.g. settings in localStorage)
+            self.call("Page.addScriptToEvaluateOnNewDocument", source=setup_js)
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
         while wait_for not in self.text():
@@ -125,7 +139,13 @@ def main() -> None:
                     settle=4,
                 )
         if args.viz:
-            page.shot(f"{args.viz}/", OUT / "kedro_viz.png", "training", settle=4)
+            page.shot(
+                f"{args.viz}/",
+                OUT / "kedro_viz.png",
+                "train_model",
+                settle=4,
+                setup_js=VIZ_SETTINGS,
+            )
         if args.mlflow:
             page.shot(f"{args.mlflow}/#/experiments", OUT / "mlflow_ui.png", "plants-classifier")
     for png in sorted(OUT.glob("*.png")):
