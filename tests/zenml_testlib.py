@@ -79,3 +79,32 @@ def zenml_query(code: str, env: dict[str, str], cwd: Path) -> object:
 
 def run_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def rendered_text(url: str, budget_ms: int = 8000) -> str:
+    """The text of ``url`` after headless Chromium ran its JavaScript (tags stripped)."""
+    import re
+    import shutil
+    import tempfile
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (installed by scripts/test-prereqs.sh)"
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        proc = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--virtual-time-budget={budget_ms}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    html = re.sub(r"<(style|script)\b.*?</\1>", " ", proc.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))

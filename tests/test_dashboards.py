@@ -1,0 +1,84 @@
+"""`plants-mlops dashboards`: the ZenML dashboard, kedro-viz and the MLflow UI, checked in
+headless Chromium (the pipeline and run names must be in the rendered page)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+import pytest
+from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+from zenml_testlib import cli, rendered_text, run_json, zenml_env
+
+
+def _urls(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"^(zenml|kedro-viz|mlflow)\s+(http://\S+)$", stdout, re.M))
+
+
+@pytest.mark.slow
+def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_project, tmp_path):
+    project = kedro_project.path
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
+    write_params(project, "local", SUBSET_VALIDATION)
+    env = zenml_env(tmp_path / "zenml-home")
+    out = tmp_path / "run.json"
+    cli(
+        [
+            "pipeline",
+            "run",
+            "--stack",
+            "local",
+            "--pipelines",
+            "ingestion",
+            "formatting",
+            "validation",
+            "--json-out",
+            str(out),
+        ],
+        env,
+        project,
+    )
+    run = run_json(out)
+
+    try:
+        started = cli(["dashboards"], env, project)
+        urls = _urls(started.stdout)
+        assert set(urls) == {"zenml", "kedro-viz", "mlflow"}
+        assert httpx.get(f"{urls['zenml']}/health", timeout=10).status_code == 200
+
+        # ZenML dashboard: the run list (not the onboarding survey) with our run.
+        runs_page = rendered_text(f"{urls['zenml']}/projects/default/runs")
+        assert "Survey" not in runs_page
+        assert run["run_name"] in runs_page and "plants_mlops" in runs_page
+
+        # kedro-viz: every pipeline and the nodes of the default one, on five layers.
+        viz = rendered_text(urls["kedro-viz"])
+        for name in (
+            "ingestion",
+            "formatting",
+            "validation",
+            "training",
+            "evaluation",
+            "registry",
+            "ingest_images",
+            "build_dataset_index",
+            "train_model",
+        ):
+            assert name in viz, name
+        layers = httpx.get(f"{urls['kedro-viz']}/api/main", timeout=30).json()["layers"]
+        assert layers == ["raw", "intermediate", "primary", "models", "reporting"]
+
+        # MLflow UI on the embedded store.
+        assert httpx.get(f"{urls['mlflow']}/health", timeout=10).status_code == 200
+        assert "MLflow" in httpx.get(urls["mlflow"], timeout=10).text
+
+        # Asking again reuses what runs.
+        again = cli(["dashboards"], env, project)
+        assert _urls(again.stdout) == urls
+    finally:
+        stopped = cli(["dashboards", "--stop"], env, project)
+    assert "stopped zenml" in stopped.stdout
+    for url in urls.values():
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, timeout=5)
