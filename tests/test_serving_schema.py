@@ -28,6 +28,17 @@ def api(tmp_path_factory, mlflow_tracking_uri):
         yield running
 
 
+def _property_test(operation, headers: dict, excluded: list):
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def check(case):
+        case.call_and_validate(headers=headers, excluded_checks=excluded)
+
+    return check
+
+
 @pytest.mark.parametrize("with_key", [False, True], ids=["anonymous", "admin"])
 def test_every_route_answers_within_its_documented_schema_and_never_500s(api, with_key):
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
@@ -36,15 +47,7 @@ def test_every_route_answers_within_its_documented_schema_and_never_500s(api, wi
     for result in schema.get_all_operations():
         operation = result.ok()
         excluded = [positive_data_acceptance] if operation.path.startswith("/predict") else []
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-        )
-        def check(case, excluded=excluded):
-            case.call_and_validate(headers=headers, excluded_checks=excluded)
-
-        check()
+        _property_test(operation, headers, excluded)()
         checked.append(operation.label)
     assert "POST /predict" in checked and "POST /admin/retrain" in checked
     assert "Traceback" not in api.log_text()
