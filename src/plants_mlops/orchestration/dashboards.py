@@ -198,6 +198,23 @@ def _alive(entry: dict) -> bool:
         return False
 
 
+def _stop_group(pgid: int, grace: float = 15.0) -> None:
+    """SIGTERM the process group, wait for it to go, SIGKILL what is left after ``grace``."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def stop_all(project: Path) -> list[str]:
     state_file = _state_dir(project) / "state.json"
     if not state_file.exists():
@@ -213,8 +230,7 @@ def stop_all(project: Path) -> list[str]:
                 timeout=120,
             )
         elif entry.get("pid"):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(entry["pid"], signal.SIGTERM)
+            _stop_group(entry["pid"])
         lines.append(f"stopped {name} ({entry['url']})")
     state_file.unlink()
     return lines
