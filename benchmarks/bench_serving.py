@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ def register_benchmark_model(
     from plants_mlops import contracts
     from plants_mlops.model.architectures import SPECS, build_model
     from plants_mlops.model.export import onnx_bytes
+    from plants_mlops.serving.publish import log_serving_model, register_as_champion
 
     weights = "imagenet" if architecture == "efficientnet_lite0" else None
     model = build_model(architecture, image_size=image_size, weights=weights).eval()
@@ -50,7 +50,7 @@ def register_benchmark_model(
     name = f"bench-{architecture}-{uuid.uuid4().hex[:6]}"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("bench-serving")
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+    with mlflow.start_run() as run:
         meta = {
             "labels": list(contracts.LABELS),
             "image_size": image_size,
@@ -62,18 +62,8 @@ def register_benchmark_model(
             "test_metrics": {},
             "mlflow_run_id": run.info.run_id,
         }
-        meta_path = Path(tmp) / "serving_meta.json"
-        meta_path.write_text(json.dumps(meta))
-        proto = onnx.load_model_from_string(onnx_bytes(model, image_size))
-        info = mlflow.onnx.log_model(
-            proto,
-            name="model",
-            metadata=meta,
-            extra_files=[str(meta_path)],
-            save_as_external_data=False,
-        )
-    mv = mlflow.register_model(info.model_uri, name)
-    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", mv.version)
+        info = log_serving_model(onnx.load_model_from_string(onnx_bytes(model, image_size)), meta)
+    register_as_champion(tracking_uri, info.model_uri, name, "champion")
     return f"models:/{name}@champion"
 
 

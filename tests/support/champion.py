@@ -10,7 +10,6 @@ registers it and points the ``champion`` alias at it.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,34 +109,24 @@ def register_champion(
     """
     import mlflow
     import onnx
-    from mlflow import MlflowClient
+
+    from plants_mlops.serving.publish import log_serving_model, register_as_champion
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
-        tmpdir = Path(tmp)
-        onnx_path = tmpdir / "model.onnx"
+        onnx_path = Path(tmp) / "model.onnx"
         export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
         meta = serving_meta(image_size, run.info.run_id, resize_size)
-        meta_path = tmpdir / "serving_meta.json"
-        meta_path.write_text(json.dumps(meta))
-        model_proto = onnx.load(str(onnx_path))
-        if broken:
-            model_proto = _contract_breaking_model()
+        model_proto = _contract_breaking_model() if broken else onnx.load(str(onnx_path))
         mlflow.log_metrics({f"test_{k}": v for k, v in meta["test_metrics"].items()})
-        info = mlflow.onnx.log_model(
-            model_proto,
-            name="model",
-            metadata=meta,
-            extra_files=[str(meta_path)],
-            save_as_external_data=False,
-        )
+        info = log_serving_model(model_proto, meta)
         run_id = run.info.run_id
-    client = MlflowClient(tracking_uri)
-    mv = mlflow.register_model(info.model_uri, name)
     if set_alias:
-        client.set_registered_model_alias(name, contracts.ALIAS_CHAMPION, mv.version)
-    return RegisteredChampion(version=str(mv.version), run_id=run_id, meta=meta)
+        version = register_as_champion(tracking_uri, info.model_uri, name, contracts.ALIAS_CHAMPION)
+    else:
+        version = str(mlflow.register_model(info.model_uri, name).version)
+    return RegisteredChampion(version=version, run_id=run_id, meta=meta)
 
 
 def _contract_breaking_model():
