@@ -123,7 +123,7 @@ def test_training_run_logs_params_metrics_figures_and_the_model(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     meta, summary = log_run(good, model_name)
-    client = MlflowClient(mlflow_tracking_uri)
+    client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["architecture"] == "small_cnn"
     assert run.data.params["optimizer.lr"] == "0.003"
@@ -152,7 +152,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     good, worse, mlflow_tracking_uri, monkeypatch, model_name
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
-    client = MlflowClient(mlflow_tracking_uri)
+    client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     _, report1, first = lifecycle(good, model_name)
     assert first["verdict"] == "pass" and first["aliases"] == [ALIAS_CHAMPION]
     assert report1["champion"] == {"version": None}
@@ -177,7 +177,7 @@ def test_promote_rollback_and_audit_commands(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     monkeypatch.setenv("PLANTS_MLOPS_ACTOR", "ci-tester")
-    client = MlflowClient(mlflow_tracking_uri)
+    client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     v1 = lifecycle(good, model_name)[2]["model_version"]
     v2 = lifecycle(worse, model_name)[2]["model_version"]
 
@@ -229,7 +229,7 @@ def test_a_model_that_fails_to_load_is_never_promoted(
     from support.champion import _contract_breaking_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
-    client = MlflowClient(mlflow_tracking_uri)
+    client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     v1 = lifecycle(good, model_name)[2]["model_version"]
     mlflow.set_tracking_uri(mlflow_tracking_uri)
     mlflow.set_experiment(model_name)
@@ -278,7 +278,7 @@ def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
     assert time.monotonic() - t0 < 60
     # Back up on the same store: nothing moved.
     with servers.mlflow_server(workdir) as uri:
-        client = MlflowClient(uri)
+        client = MlflowClient(uri, registry_uri=uri)
         assert registry.alias_version(client, ALIAS_CHAMPION, model_name) == v1
         assert [r["version"] for r in registry.list_versions(client, model_name)] == [v1]
 

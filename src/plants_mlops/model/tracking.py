@@ -110,6 +110,11 @@ def run(
         yield active
         return
     if run_id is not None:
+        # start_run refuses to resume a run of another experiment than the process's
+        # active one (set_experiment elsewhere): make the run's experiment the active one.
+        mlflow.set_experiment(
+            experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id
+        )
         with mlflow.start_run(run_id=run_id, nested=active is not None) as r:
             yield r
         return
