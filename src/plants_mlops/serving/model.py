@@ -235,8 +235,11 @@ class Registry:
         return str(mv.version), mv.run_id
 
     def load(self, version: str, run_id: str | None, threads: int) -> ServingModel:
+        import os
+
         import mlflow
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         mlflow.set_tracking_uri(self.tracking_uri)
         uri = f"models:/{self.name}/{version}"
         with tempfile.TemporaryDirectory(prefix="plants-serving-") as tmp:
