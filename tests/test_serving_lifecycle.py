@@ -10,7 +10,7 @@ import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
-from support import images
+from support import images, servers
 from support.champion import register_champion, set_champion, unique_model_name
 from support.serving import ADMIN_KEY, running_api, wait_ready
 
@@ -184,3 +184,45 @@ def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_
     assert sorted(frame["request_id"]) == sorted(request_ids)
     assert frame["embedding"].map(len).eq(32).all()
     assert {"brightness", "sharpness", "label", "confidence"} <= set(frame.columns)
+
+
+def test_rows_the_store_cannot_take_at_shutdown_are_spilled_to_a_file_not_lost(tmp_path):
+    """A database that refuses connections: close() retries, then spills every row."""
+    import json
+    from datetime import UTC, datetime
+
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord, SqlSink
+
+    port = servers.free_port()  # nothing listens there
+    sink = SqlSink(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/none")
+    writer = PredictionLogWriter(
+        sink, batch_size=1000, flush_seconds=3600, spill_dir=tmp_path / "spill"
+    )
+    for i in range(5):
+        writer.submit(
+            PredictionRecord(
+                request_id=f"r{i}",
+                created_at=datetime.now(UTC),
+                model_version="1",
+                label="grass",
+                probabilities={"dandelion": 0.2, "grass": 0.8},
+                latency_ms=3.0,
+                image_format="jpg",
+                orig_width=10,
+                orig_height=10,
+                image=Image.new("RGB", (16, 16), (0, 128, 0)),
+                embedding=np.arange(4, dtype=np.float32),
+            )
+        )
+    writer.close()
+    lines = [
+        json.loads(line)
+        for f in (tmp_path / "spill").glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert sorted(r["request_id"] for r in lines) == [f"r{i}" for i in range(5)]
+    assert lines[0]["embedding"] == [0.0, 1.0, 2.0, 3.0]
+    assert writer.written == 0 and writer.failed_writes >= 3

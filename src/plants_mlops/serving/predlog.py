@@ -103,10 +103,14 @@ class SqlSink:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         self.table = sql_table()
-        self.table.metadata.create_all(self.engine, checkfirst=True)
+        self.created = False  # the table is created at the first write: a database that is
+        # down at start-up must not stop the API from serving
         self.where = f"{self.engine.url.render_as_string(hide_password=True)} table {TABLE}"
 
     def write(self, rows: list[dict[str, Any]]) -> None:
+        if not self.created:
+            self.table.metadata.create_all(self.engine, checkfirst=True)
+            self.created = True
         with self.engine.begin() as conn:
             conn.execute(self.table.insert(), rows)
 
