@@ -56,27 +56,37 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _emit(args: argparse.Namespace, items: list[dict], empty: str, line) -> int:
+    """Print ``items`` as JSON (``--json``) or one ``line(item)`` each (``empty`` if none)."""
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print(f"{args.model}: {empty}")
+    for item in items:
+        print(line(item))
+    return 0
+
+
 def list_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
     rows = registry.list_versions(_client(args), args.model)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print(f"{args.model}: no versions registered yet")
-        return 0
-    print(
-        f"{'version':>7}  {'aliases':<20} {'verdict':<7} {'test_f1':>7} {'test_acc':>8}  "
-        f"{'created (UTC)':<25} run_id"
-    )
-    for r in rows:
+    if rows and not args.json:
         print(
+            f"{'version':>7}  {'aliases':<20} {'verdict':<7} {'test_f1':>7} {'test_acc':>8}  "
+            f"{'created (UTC)':<25} run_id"
+        )
+    return _emit(
+        args,
+        rows,
+        "no versions registered yet",
+        lambda r: (
             f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {r['verdict'] or '-':<7} "
             f"{_fmt(r['test_f1_macro']):>7} {_fmt(r['test_accuracy']):>8}  "
             f"{r['created_at']:<25} {r['run_id'] or '-'}"
-        )
-    return 0
+        ),
+    )
 
 
 def _print_move(entry: dict) -> None:
@@ -103,16 +113,13 @@ def rollback_command(args: argparse.Namespace) -> int:
 def audit_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    entries = registry.audit_trail(_client(args), args.model)
-    if args.json:
-        print(json.dumps(entries, indent=2))
-        return 0
-    if not entries:
-        print(f"{args.model}: no alias moves recorded yet")
-    for e in entries:
-        print(
+    return _emit(
+        args,
+        registry.audit_trail(_client(args), args.model),
+        "no alias moves recorded yet",
+        lambda e: (
             f"{e.get('at')}  {e.get('actor', '?'):<10} {e.get('action', '?'):<10} "
             f"{e.get('alias', '?')}: {e.get('from_version') or '(none)'} -> "
             f"{e.get('to_version')}  {e.get('reason', '')}"
-        )
-    return 0
+        ),
+    )
