@@ -244,3 +244,30 @@ def test_each_prediction_is_logged_with_stats_probabilities_and_embedding(client
     assert 0 < row["stat_brightness"] < 1 and row["stat_sharpness"] > 0
     assert row["latency_ms"] > 0
     assert np.frombuffer(row["embedding"], dtype=np.float32).shape == (32,)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PLANTS_PREDICTION_LOG": "kafka"}, "PLANTS_PREDICTION_LOG must be sql, s3 or off"),
+        ({"PLANTS_PREDICTION_LOG": "s3"}, "needs PLANTS_PREDICTION_LOG_URI"),
+        ({"PLANTS_MODEL_POLL_SECONDS": "soon"}, "PLANTS_MODEL_POLL_SECONDS='soon' is not a number"),
+    ],
+)
+def test_serve_refuses_bad_settings_with_a_one_line_error(tmp_path, env, message):
+    import os
+    import subprocess
+
+    from support.servers import VENV_BIN
+
+    proc = subprocess.run(
+        [str(VENV_BIN / "plants-mlops"), "serve", "--port", "1"],
+        env={**os.environ, "PLANTS_PREDICTION_LOG_URI": "", **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
