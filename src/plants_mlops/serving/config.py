@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     return frozenset(k for k in keys if k and not k.startswith("#"))
 
 
+def _script(name: str) -> str:
+    """A console script of this environment (the venv's bin), else whatever PATH has."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
 def default_retrain_command() -> list[str]:
     """``plants-mlops pipeline run`` (the ZenML pipeline) when that command exists, else
     ``kedro run`` (the default Kedro pipeline)."""
@@ -53,10 +60,10 @@ def default_retrain_command() -> list[str]:
 
         sub = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
         if "pipeline" in sub:
-            return [shutil.which("plants-mlops") or "plants-mlops", "pipeline", "run"]
+            return [_script("plants-mlops"), "pipeline", "run"]
     except Exception:  # noqa: BLE001 - fall back to plain kedro
         pass
-    return [shutil.which("kedro") or "kedro", "run"]
+    return [_script("kedro"), "run"]
 
 
 @dataclass(frozen=True)
