@@ -35,11 +35,26 @@ def _catalog(project: Path, env: str, params: dict[str, Any] | None):
 
 
 def available_stages(project: Path, wanted: tuple[str, ...]) -> list[str]:
-    """The stages among ``wanted`` that exist as Kedro pipelines in ``project`` (in order)."""
+    """The stages among ``wanted`` that exist as Kedro pipelines (in order).
+
+    Looks for the pipeline folders instead of loading ``pipelines``: loading imports every
+    stage's code (torch, evidently...), which costs seconds a data-only run does not need.
+    """
+    import importlib.resources
+
     _bootstrap(project)
+    from kedro.framework.project import PACKAGE_NAME
+
+    root = importlib.resources.files(f"{PACKAGE_NAME}.pipelines")
+    return [name for name in wanted if (root / name / "pipeline.py").is_file()]
+
+
+def _pipelines(names: list[str]):
+    """Kedro's pipelines, loading only ``names`` (Kedro 1.7 imports just those folders)."""
     from kedro.framework.project import pipelines
 
-    return [name for name in wanted if name in pipelines]
+    pipelines.set_requested(list(names))
+    return pipelines
 
 
 def parameter(project: Path, env: str, dotted: str) -> Any:
@@ -74,8 +89,7 @@ def json_outputs(catalog, names: set[str]) -> dict[str, Any]:
 def persisted_outputs_exist(project: Path, env: str, stages: list[str]) -> dict[str, bool]:
     """Whether every persisted output of ``stages`` exists now (``{dataset: exists}``)."""
     _bootstrap(project)
-    from kedro.framework.project import pipelines
-
+    pipelines = _pipelines(stages)
     catalog = _catalog(project, env, None)
     state: dict[str, bool] = {}
     for stage in stages:
@@ -113,9 +127,9 @@ def run_stage(
     """``kedro run --pipelines STAGE --env ENV --params ...`` in-process, then summarise."""
     project = Path(project).resolve()
     _bootstrap(project)
-    from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
 
+    pipelines = _pipelines([stage])
     if stage not in pipelines:
         from plants_mlops.errors import UserFacingError
 

@@ -230,7 +230,11 @@ def prepare_run(
         stages=present,
         config_hashes={s: kedro_stage.config_hash(project, env, s) for s in present},
         tracker=tracker[0].name if tracker else None,
-        experiment=kedro_stage.parameter(project, env, "training.mlflow.experiment")
+        experiment=(
+            kedro_stage.parameter(project, env, "training.mlflow.experiment")
+            if "training" in present and tracker
+            else None
+        )
         or EXPERIMENT_NAME,
         gpu=str(labels.get(GPU_LABEL, "")).lower() == "true",
         reuse_models=reuse,
