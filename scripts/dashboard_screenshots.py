@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--run-id")
     ap.add_argument("--viz")
     ap.add_argument("--mlflow")
+    ap.add_argument("--experiment-id", default="1", help="MLflow id of plants-classifier")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     with chromium() as page:
@@ -147,7 +148,12 @@ def main() -> None:
                 setup_js=VIZ_SETTINGS,
             )
         if args.mlflow:
-            page.shot(f"{args.mlflow}/#/experiments", OUT / "mlflow_ui.png", "plants-classifier")
+            page.shot(
+                f"{args.mlflow}/#/experiments/{args.experiment_id}/runs",
+                OUT / "mlflow_ui.png",
+                "plants_mlops-",
+                settle=4,
+            )
     for png in sorted(OUT.glob("*.png")):
         print(png, png.stat().st_size)
 
