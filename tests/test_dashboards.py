@@ -3,13 +3,11 @@ headless Chromium (the pipeline and run names must be in the rendered page)."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import httpx
 import pytest
-from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
-from zenml_testlib import cli, rendered_text, run_json, zenml_env
+from zenml_testlib import ALL_STAGES, cli, pipeline_run, rendered_text, small_project, zenml_env
 
 
 def _urls(stdout: str) -> dict[str, str]:
@@ -19,27 +17,10 @@ def _urls(stdout: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_project, tmp_path):
     project = kedro_project.path
-    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
-    write_params(project, "local", SUBSET_VALIDATION)
+    small_project(project, "local", tmp_path)
     env = zenml_env(tmp_path / "zenml-home")
-    out = tmp_path / "run.json"
-    cli(
-        [
-            "pipeline",
-            "run",
-            "--stack",
-            "local",
-            "--pipelines",
-            "ingestion",
-            "formatting",
-            "validation",
-            "--json-out",
-            str(out),
-        ],
-        env,
-        project,
-    )
-    run = run_json(out)
+    stages = ["--pipelines", "ingestion", "formatting", "validation"]
+    run = pipeline_run(["--stack", "local", *stages], env, project, tmp_path / "run.json")
 
     try:
         started = cli(["dashboards"], env, project)
@@ -55,12 +36,7 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_p
         # kedro-viz: every pipeline and the nodes of the default one, on five layers.
         viz = rendered_text(urls["kedro-viz"])
         for name in (
-            "ingestion",
-            "formatting",
-            "validation",
-            "training",
-            "evaluation",
-            "registry",
+            *ALL_STAGES,
             "ingest_images",
             "build_dataset_index",
             "train_model",

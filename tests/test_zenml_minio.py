@@ -3,21 +3,17 @@ environment on the S3 API server (moto), MLflow on a real tracking server."""
 
 from __future__ import annotations
 
-import os
-
 import boto3
 import mlflow
 import pytest
-from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
-from zenml_testlib import TINY_TRAINING, cli, run_json, zenml_env
+from zenml_testlib import TINY_TRAINING, cli, pipeline_run, small_project, zenml_env
 
 
 @pytest.mark.slow
 def test_zenml_run_on_the_minio_stack_stores_artifacts_in_the_bucket_and_registers_on_mlflow(
     kedro_project, s3_endpoint, s3_bucket, mlflow_tracking_uri, tmp_path
 ):
-    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
-    write_params(kedro_project.path, "minio", SUBSET_VALIDATION)
+    small_project(kedro_project.path, "minio", tmp_path)
     env = zenml_env(
         tmp_path / "zenml-home",
         PLANTS_S3_ENDPOINT_URL=s3_endpoint,
@@ -28,13 +24,7 @@ def test_zenml_run_on_the_minio_stack_stores_artifacts_in_the_bucket_and_registe
     reg = cli(["stack", "register", "minio"], env, kedro_project.path)
     assert "plants-s3-store [s3]" in reg.stdout and "validation: ok" in reg.stdout
 
-    out = tmp_path / "run.json"
-    cli(
-        ["pipeline", "run", "--json-out", str(out), "--params", *TINY_TRAINING],
-        env,
-        kedro_project.path,
-    )
-    run = run_json(out)
+    run = pipeline_run(["--params", *TINY_TRAINING], env, kedro_project.path, tmp_path / "run.json")
     assert run["status"] == "completed" and run["stack"] == "minio" and run["env"] == "minio"
     summaries = run["summaries"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from support.servers import VENV_BIN
 
+ALL_STAGES = ["ingestion", "formatting", "validation", "training", "evaluation", "registry"]
 TINY_TRAINING = [
     "training.epochs=1",
     "training.image_size=64",
@@ -108,3 +109,17 @@ def rendered_text(url: str, budget_ms: int = 8000) -> str:
         )
     html = re.sub(r"<(style|script)\b.*?</\1>", " ", proc.stdout, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def pipeline_run(args: list[str], env: dict[str, str], cwd: Path, out: Path) -> dict:
+    """``plants-mlops pipeline run ARGS --json-out OUT``; returns the run summary JSON."""
+    cli(["pipeline", "run", *args, "--json-out", str(out)], env, cwd)
+    return run_json(out)
+
+
+def small_project(project: Path, env_name: str, tmp_path: Path) -> None:
+    """Seed 40 images into the project's table, with validation thresholds a subset meets."""
+    from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
+    write_params(project, env_name, SUBSET_VALIDATION)

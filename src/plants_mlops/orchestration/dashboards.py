@@ -83,16 +83,20 @@ def mlflow_backend(project: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'data' / 'mlflow.db'}"
 
 
+def _serve(
+    name: str, argv: list[str], port: int, health: str, project: Path, state: Path, timeout: float
+) -> tuple[str, int]:
+    """Start a UI server detached (its own process group), wait on ``health``."""
+    proc = _spawn(argv, project, state / f"{name}.log")
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}{health}", timeout, proc)
+    return url, proc.pid
+
+
 def start_kedro_viz(project: Path, state: Path) -> tuple[str, int]:
     port = _port("PLANTS_VIZ_PORT")
-    proc = _spawn(
-        [str(BIN / "kedro"), "viz", "run", "--host", HOST, "--port", str(port), "--no-browser"],
-        project,
-        state / "kedro-viz.log",
-    )
-    url = f"http://{HOST}:{port}"
-    wait_http(f"{url}/api/main", 180, proc)
-    return url, proc.pid
+    argv = [str(BIN / "kedro"), "viz", "run", "--host", HOST, "--port", str(port), "--no-browser"]
+    return _serve("kedro-viz", argv, port, "/api/main", project, state, 180)
 
 
 def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
@@ -100,23 +104,17 @@ def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
     if backend.startswith(("http://", "https://")):
         return backend, 0  # a tracking server already serves the UI
     port = _port("PLANTS_MLFLOW_PORT")
-    proc = _spawn(
-        [
-            str(BIN / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            backend,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ],
-        project,
-        state / "mlflow-ui.log",
-    )
-    url = f"http://{HOST}:{port}"
-    wait_http(f"{url}/health", 120, proc)
-    return url, proc.pid
+    argv = [
+        str(BIN / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        backend,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    return _serve("mlflow-ui", argv, port, "/health", project, state, 120)
 
 
 def start_zenml(project: Path, state: Path) -> tuple[str, int]:

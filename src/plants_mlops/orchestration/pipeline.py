@@ -133,6 +133,7 @@ class PreparedRun:
     stack: str
     env: str
     stages: list[str]
+    cron: str | None = None
 
     def plan(self) -> dict[str, Any]:
         """What each step would run with (compiles the pipeline; runs nothing)."""
@@ -149,22 +150,13 @@ class PreparedRun:
         return {"stack": self.stack, "env": self.env, "stages": self.stages, "steps": steps}
 
 
-def run_pipeline(
-    project: str | Path = ".",
-    env: str | None = None,
-    stages: list[str] | None = None,
-    params: dict[str, Any] | None = None,
-    enable_cache: bool = True,
-    run_name: str | None = None,
-    cron: str | None = None,
-) -> RunResult | None:
-    """Run the ZenML pipeline on the active stack; returns the run and its step summaries.
-
-    With ``cron``, schedules it on the orchestrator instead (returns ``None``).
-    """
-    prepared = prepare_run(project, env, stages, params, enable_cache, run_name, cron)
+def run_pipeline(*args: Any, **kwargs: Any) -> RunResult | None:
+    """Run the ZenML pipeline on the active stack (arguments: :func:`prepare_run`'s);
+    returns the run and its step summaries. With ``cron``, schedules it on the
+    orchestrator instead and returns ``None``."""
+    prepared = prepare_run(*args, **kwargs)
     run = prepared.pipeline(**prepared.kwargs)
-    if cron:
+    if prepared.cron:
         return None
     return _result(run, prepared.stack, prepared.env, prepared.stages)
 
@@ -210,11 +202,21 @@ def prepare_run(
             reuse = False
 
     tracker = stack.components.get(_tracker_type())
-    if tracker and not os.environ.get("MLFLOW_TRACKING_URI"):
-        # The Kedro nodes of every step (not only training's) use the stack's tracking URI.
-        uri = tracker[0].configuration.get("tracking_uri")
-        if uri:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
+    uri = tracker[0].configuration.get("tracking_uri") if tracker else None
+    if uri:
+        # One MLflow store per run: the tracker (training) and the Kedro nodes of every other
+        # step (evaluation resumes the training run, registry registers it) must agree.
+        current = os.environ.get("MLFLOW_TRACKING_URI")
+        if current and current != uri:
+            log.warning(
+                "MLFLOW_TRACKING_URI=%s differs from the %s stack's tracker (%s): using the "
+                "stack's; `plants-mlops stack register %s` (or --stack) re-points it",
+                current,
+                stack.name,
+                uri,
+                stack.name,
+            )
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     options: dict[str, Any] = {"enable_cache": enable_cache, "environment": forwarded}
     if run_name:
@@ -240,7 +242,7 @@ def prepare_run(
         reuse_models=reuse,
     )
     return PreparedRun(
-        plants_mlops_pipeline.with_options(**options), kwargs, stack.name, env, present
+        plants_mlops_pipeline.with_options(**options), kwargs, stack.name, env, present, cron
     )
 
 
