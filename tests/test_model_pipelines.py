@@ -24,7 +24,11 @@ GATE = {"registry.gate.min_f1": 0.0, "registry.gate.require_beat_baseline": "fal
 
 
 @pytest.mark.slow
-def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project):
+def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project, tmp_path):
+    from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=50), tmp_path)
+    write_params(kedro_project.path, "local", SUBSET_VALIDATION)
     kedro_project.run("data")
     for pipeline in ("training", "evaluation", "registry"):
         kedro_project.run(pipeline, params={**TRAIN, **GATE})
@@ -63,3 +67,52 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project):
     assert [(r["version"], r["aliases"], r["verdict"]) for r in rows] == [
         ("1", ["champion"], "pass")
     ]
+
+
+@pytest.mark.slow
+def test_model_pipelines_on_the_minio_env_with_a_tracking_server(
+    kedro_project, s3_endpoint, s3_bucket, mlflow_tracking_uri, mlflow_artifacts_bucket, tmp_path
+):
+    import uuid
+
+    import boto3
+    from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=40), tmp_path)
+    write_params(kedro_project.path, "minio", SUBSET_VALIDATION)
+    model_name = f"plants-minio-{uuid.uuid4().hex[:8]}"
+    env = {
+        "PLANTS_S3_ENDPOINT_URL": s3_endpoint,
+        "PLANTS_S3_BUCKET": s3_bucket,
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+    }
+    kedro_project.run("data", env="minio", extra_env=env)
+    params = {**TRAIN, **GATE, "registry.model_name": model_name}
+    for pipeline in ("training", "evaluation", "registry"):
+        kedro_project.run(pipeline, env="minio", params=params, extra_env=env)
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+
+    def keys(bucket: str) -> set[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    stored = keys(s3_bucket)
+    for key in (
+        "06_models/model.onnx",
+        "06_models/model_checkpoint.pt",
+        "06_models/serving_meta.json",
+        "08_reporting/training_summary.json",
+        "08_reporting/evaluation_report.json",
+        "08_reporting/registry_decision.json",
+    ):
+        assert key in stored
+    assert not list((kedro_project.path / "data" / "06_models").iterdir())
+    decision = json.loads(
+        s3.get_object(Bucket=s3_bucket, Key="08_reporting/registry_decision.json")["Body"].read()
+    )
+    assert decision["verdict"] == "pass" and decision["champion"] == decision["model_version"]
+    run_id = decision["mlflow_run_id"]
+    artifacts = keys(mlflow_artifacts_bucket)
+    assert any(run_id in k and k.endswith("figures/confusion_matrix.png") for k in artifacts)
+    assert any(k.endswith("/serving_meta.json") and "/models/" in k for k in artifacts)
