@@ -292,3 +292,10 @@ def test_lifecycle_on_a_postgresql_backed_tracking_server(
         assert decision["verdict"] == "pass" and decision["champion"] == decision["model_version"]
         rc, out, _ = run_cli(capsys, uri, model_name, "list")
         assert rc == 0 and "champion" in out
+
+
+def test_registry_commands_do_not_invent_an_empty_local_store(tmp_path, capsys):
+    db = tmp_path / "data" / "mlflow.db"
+    rc, _, err = run_cli(capsys, f"sqlite:///{db}", "plants-classifier", "list")
+    assert rc == 1 and "no MLflow store at" in err
+    assert not db.exists()

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _client(args: argparse.Namespace):
     from plants_mlops.model import registry
 
-    return registry.client(args.tracking_uri)
+    return registry.client(args.tracking_uri, must_exist=True)
 
 
 def _fmt(value: float | None) -> str:

@@ -35,11 +35,11 @@ class RegistryError(UserFacingError):
     """A registry operation was refused; nothing was changed."""
 
 
-def client(uri: str | None = None):
+def client(uri: str | None = None, must_exist: bool = False):
     """A client for the resolved tracking URI, after checking that it answers."""
     from mlflow import MlflowClient
 
-    uri = tracking.configure(uri)
+    uri = tracking.configure(uri, must_exist=must_exist)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

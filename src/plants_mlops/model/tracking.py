@@ -34,8 +34,9 @@ def tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
 
 
-def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise TrackingUnavailableError with the reason when ``uri`` does not answer."""
+def ensure_reachable(uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
+    """Raise TrackingUnavailableError with the reason when ``uri`` does not answer. A local
+    SQLite store is created on first use unless ``must_exist`` (commands that only read)."""
     if uri.startswith(("http://", "https://")):
         import httpx
 
@@ -52,17 +53,22 @@ def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
             )
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
+        if must_exist and not path.is_file():
+            raise TrackingUnavailableError(
+                f"no MLflow store at {path} (from {uri}): run from the project root after "
+                "the training pipeline, or set MLFLOW_TRACKING_URI / --tracking-uri"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def configure(uri: str | None = None) -> str:
+def configure(uri: str | None = None, must_exist: bool = False) -> str:
     """Point MLflow at the resolved URI (unless a run is already active: a wrapping ZenML
     step owns the tracking URI then) and check that it answers."""
     import mlflow
 
     active = mlflow.active_run()
     uri = mlflow.get_tracking_uri() if active else tracking_uri(uri)
-    ensure_reachable(uri)
+    ensure_reachable(uri, must_exist=must_exist)
     if not active:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
