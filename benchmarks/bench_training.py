@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
+    p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--data", choices=["auto", "project", "samples"], default="auto")
     p.add_argument("--data-root", default=str(ROOT / "data"))
     p.add_argument("--quick", action="store_true", help="small_cnn, 64 px, 2 epochs")
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         params["weights"] = None if args.weights.lower() in ("none", "null") else args.weights
     params.update(device=args.device, num_threads=args.threads, quiet=False)
     params["early_stopping"] = {**(params.get("early_stopping") or {})}
+    if args.patience is not None:
+        params["early_stopping"]["patience"] = args.patience
+    if args.lr is not None:
+        params["optimizer"] = {**(params.get("optimizer") or {}), "lr": args.lr}
 
     t_import = time.perf_counter()
     import torch
