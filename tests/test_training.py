@@ -227,3 +227,18 @@ def test_model_files_round_trip_bytes_on_s3(s3_endpoint, s3_bucket):
     ds.save(payload)
     assert ds.exists()
     assert ds.load() == payload
+
+
+def test_training_refuses_data_whose_validation_failed_and_names_the_rule():
+    import pandas as pd
+
+    from plants_mlops.pipelines.training.nodes import require_valid_data
+
+    index = pd.DataFrame({"sha256": ["a"], "label": ["grass"], "split": ["train"]})
+    report = {"passed": False, "checks": [
+        {"rule": "min_images_per_class", "passed": False},
+        {"rule": "unique_sha256", "passed": True},
+    ]}
+    with pytest.raises(ValueError, match="min_images_per_class"):
+        require_valid_data(report, index)
+    assert require_valid_data({"passed": True, "checks": []}, index) is index

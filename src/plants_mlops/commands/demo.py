@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kedro", action="store_true",
                    help="run the pipelines with plain `kedro run` instead of ZenML")
     p.add_argument("--no-serve", action="store_true", help="skip the API and monitoring part")
-    p.add_argument("--predictions", type=int, default=12, help="images to send to the API")
+    p.add_argument("--predictions", type=int, default=60,
+                   help="held-out test images to send to the API (monitoring needs >= 30)")
     p.set_defaults(handler=run_demo)
 
 

@@ -48,6 +48,26 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params.get(k) for k in CONFIG_KEYS}
 
 
+def require_valid_data(validation_report: dict, dataset_index: pd.DataFrame) -> pd.DataFrame:
+    """Refuse to train on data that failed validation; pass the index through otherwise.
+
+    Taking the (persisted) validation report as an input also orders training after
+    validation in a full ``kedro run``, and makes ``--pipelines training`` alone check it.
+    """
+    if not validation_report.get("passed", False):
+        failed = [
+            c.get("rule", "?")
+            for c in validation_report.get("checks", [])
+            if not c.get("passed", False)
+        ]
+        raise ValueError(
+            "refusing to train: the last validation report failed "
+            f"({', '.join(failed) or 'no checks recorded'}); "
+            "fix the data and run `kedro run --pipelines validation` first"
+        )
+    return dataset_index
+
+
 def train_model(
     dataset_index: pd.DataFrame, fmt_images: dict, params: dict[str, Any]
 ) -> tuple[bytes, dict]:

@@ -3,15 +3,21 @@ model, serving metadata and an MLflow run (see docs/model.md)."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import export_serving_model, log_training_run, train_model
+from .nodes import export_serving_model, log_training_run, require_valid_data, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
+                require_valid_data,
+                inputs=["validation_report", "dataset_index"],
+                outputs="validated_dataset_index",
+                name="require_valid_data",
+            ),
+            Node(
                 train_model,
-                inputs=["dataset_index", "fmt_images", "params:training"],
+                inputs=["validated_dataset_index", "fmt_images", "params:training"],
                 outputs=["model_checkpoint", "training_history"],
                 name="train_model",
             ),
