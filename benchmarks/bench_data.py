@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import peak_rss_mb  # benchmarks/memory.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -171,6 +173,8 @@ def main() -> None:
             formatting_table(rows, base, s3_raw, args.repeat)
     finally:
         mirror.stop()
+    print(f"\npeak RSS of the benchmark process (ingestion + formatting in-process): "
+          f"{peak_rss_mb():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from memory import process_peak_rss_mb  # benchmarks/memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "plants"
@@ -149,6 +150,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
 
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tracking-uri", help="use this registry instead of a throw-away one")
@@ -222,6 +224,7 @@ def main() -> int:
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
         )
+        server_rss = process_peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -236,6 +239,8 @@ def main() -> int:
         f"decoded per request; prediction log on (SQLite)"
     )
     print(f"cold start to ready:     {cold:6.2f} s  (process start -> GET /ready 200)")
+    if server_rss is not None:
+        print(f"server peak RSS:         {server_rss:6.0f} MiB (after the load)")
     print(
         f"concurrency 1 ({len(lat1)} req): p50 {pct(lat1, 50):6.2f} ms   "
         f"p95 {pct(lat1, 95):6.2f} ms   p99 {pct(lat1, 99):6.2f} ms   failures {len(fail1)}"

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import peak_rss_mb  # benchmarks/memory.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -49,6 +51,7 @@ def _load_data(data_root: Path, source: str):
     if source == "project":
         raise SystemExit(f"{index_path} not found: run `kedro run --pipelines data` first")
     return from_folder(ROOT / "samples" / "plants"), "samples/plants (built in memory)"
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_f1_macro": round(meta["test_metrics"]["f1_macro"], 4),
         "test_accuracy": round(meta["test_metrics"]["accuracy"], 4),
         "test_roc_auc": meta["test_metrics"].get("roc_auc"),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     width = max(len(k) for k in figures)
     print("\n== bench_training")
