@@ -34,6 +34,38 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+_MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_process_state():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` (called by in-process pipeline code)
+    change process-wide globals and write MLFLOW_* into os.environ: a later test would talk
+    to a server that is gone. Restore both after every test."""
+    saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if "mlflow" in sys.modules:
+        import mlflow
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        tracking_utils._tracking_uri = None  # fall back to MLFLOW_TRACKING_URI again
+        registry_utils._registry_uri = None
+
+
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
@@ -61,8 +93,14 @@ def http_mirror(logs_dir) -> Iterator[str]:
     port = servers.free_port()
     proc = servers.ManagedProcess(
         "http mirror",
-        [sys.executable, str(ROOT / "tests" / "support" / "http_mirror.py"),
-         "--root", str(SAMPLES), "--port", str(port)],
+        [
+            sys.executable,
+            str(ROOT / "tests" / "support" / "http_mirror.py"),
+            "--root",
+            str(SAMPLES),
+            "--port",
+            str(port),
+        ],
         health_url=f"http://127.0.0.1:{port}/health",
         log_path=logs_dir / "http-mirror.log",
     ).start()
@@ -136,9 +174,14 @@ class KedroProject:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def run(self, pipeline: str, env: str | None = None, params: dict | None = None,
-            extra_env: dict[str, str] | None = None, check: bool = True,
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        pipeline: str,
+        env: str | None = None,
+        params: dict | None = None,
+        extra_env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess:
         """Run the real ``kedro run`` CLI in this project; returns the finished process."""
         argv = [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", pipeline]
         if env:
@@ -146,8 +189,12 @@ class KedroProject:
         if params:
             argv += ["--params", ",".join(f"{k}={v}" for k, v in params.items())]
         proc = subprocess.run(
-            argv, cwd=self.path, env={**os.environ, **(extra_env or {})},
-            capture_output=True, text=True, timeout=1200,
+            argv,
+            cwd=self.path,
+            env={**os.environ, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         if check and proc.returncode != 0:
             raise AssertionError(

@@ -229,16 +229,13 @@ def test_model_files_round_trip_bytes_on_s3(s3_endpoint, s3_bucket):
     assert ds.load() == payload
 
 
-def test_training_refuses_data_whose_validation_failed_and_names_the_rule():
+def test_training_refuses_a_dataset_that_has_not_passed_validation():
     import pandas as pd
 
     from plants_mlops.pipelines.training.nodes import require_valid_data
 
     index = pd.DataFrame({"sha256": ["a"], "label": ["grass"], "split": ["train"]})
-    report = {"passed": False, "checks": [
-        {"rule": "min_images_per_class", "passed": False},
-        {"rule": "unique_sha256", "passed": True},
-    ]}
-    with pytest.raises(ValueError, match="min_images_per_class"):
-        require_valid_data(report, index)
-    assert require_valid_data({"passed": True, "checks": []}, index) is index
+    passed = {"passed": True, "dataset_fingerprint": "f" * 64}
+    assert require_valid_data(passed, {"fingerprint": "f" * 64}, index) is index
+    with pytest.raises(ValueError, match="has not passed validation"):
+        require_valid_data(passed, {"fingerprint": "0" * 64}, index)  # data changed since

@@ -72,7 +72,7 @@ def _failed(report):
 def test_consistent_data_passes_every_check():
     report = validate_data(*_good(), PARAMS, FORMATTING)
     assert report["passed"] is True and not _failed(report)
-    assert enforce_validation(report) is True
+    assert enforce_validation(report, {"fingerprint": "abc"})["passed"] is True
     rules = {c["rule"] for c in report["checks"]}
     assert {"min_images_per_class", "class_balance", "split_proportions", "missing_rate"} <= rules
 

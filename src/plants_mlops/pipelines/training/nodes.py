@@ -48,22 +48,22 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params.get(k) for k in CONFIG_KEYS}
 
 
-def require_valid_data(validation_report: dict, dataset_index: pd.DataFrame) -> pd.DataFrame:
-    """Refuse to train on data that failed validation; pass the index through otherwise.
+def require_valid_data(
+    validation_passed: dict, dataset_fingerprint: dict, dataset_index: pd.DataFrame
+) -> pd.DataFrame:
+    """Refuse to train on a dataset that has not passed validation; pass the index through.
 
-    Taking the (persisted) validation report as an input also orders training after
-    validation in a full ``kedro run``, and makes ``--pipelines training`` alone check it.
+    ``validation_passed`` is written by the validation pipeline only when every check
+    passed, with the fingerprint of the dataset it checked: taking it as an input orders
+    training after validation in a full ``kedro run``, and ``--pipelines training`` alone
+    refuses data that changed (or failed) since the last successful validation.
     """
-    if not validation_report.get("passed", False):
-        failed = [
-            c.get("rule", "?")
-            for c in validation_report.get("checks", [])
-            if not c.get("passed", False)
-        ]
+    validated = validation_passed.get("dataset_fingerprint")
+    current = dataset_fingerprint.get("fingerprint")
+    if not validation_passed.get("passed") or validated != current:
         raise ValueError(
-            "refusing to train: the last validation report failed "
-            f"({', '.join(failed) or 'no checks recorded'}); "
-            "fix the data and run `kedro run --pipelines validation` first"
+            f"refusing to train: dataset {str(current)[:12]} has not passed validation "
+            f"(last validated: {str(validated)[:12]}); run `kedro run --pipelines validation`"
         )
     return dataset_index
 

@@ -287,11 +287,20 @@ def validate_data(
     return report
 
 
-def enforce_validation(validation_report: dict[str, Any]) -> bool:
-    """Stop the run when any check failed, naming each failing rule and its rows."""
+def enforce_validation(
+    validation_report: dict[str, Any], dataset_fingerprint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Stop the run when any check failed, naming each failing rule and its rows.
+
+    On success returns the record training checks before it fits: which dataset
+    (fingerprint) passed how many checks."""
     failed = [c for c in validation_report["checks"] if not c["passed"]]
     if not failed:
-        return True
+        return {
+            "passed": True,
+            "dataset_fingerprint": (dataset_fingerprint or {}).get("fingerprint"),
+            "n_checks": len(validation_report["checks"]),
+        }
     lines = [
         f"- rule {c['rule']} on {c['dataset']}: {c['detail']}; failing rows: {c['failing_rows']}"
         for c in failed

@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             # A second node, so the report is saved before a failure stops the run.
             node(
                 enforce_validation,
-                inputs="validation_report",
+                inputs=["validation_report", "dataset_fingerprint"],
                 outputs="validation_passed",
                 name="enforce_validation",
             ),
