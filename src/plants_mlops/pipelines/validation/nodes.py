@@ -287,6 +287,20 @@ def validate_data(
     return report
 
 
+def validate_and_report(
+    plants_data: pd.DataFrame,
+    fmt_index: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    params: dict,
+    formatting: dict,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``validate_data`` with the report returned twice: once for 08_reporting (saved before
+    the gate can stop the run) and once, in memory, for the gate, so that no node reads the
+    reporting layer to write the primary one (kedro-viz drops layers on such a loop)."""
+    report = validate_data(plants_data, fmt_index, dataset_index, params, formatting)
+    return report, report
+
+
 def enforce_validation(
     validation_report: dict[str, Any], dataset_fingerprint: dict[str, Any] | None = None
 ) -> dict[str, Any]:

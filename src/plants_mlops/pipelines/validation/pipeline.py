@@ -1,13 +1,13 @@
 from kedro.pipeline import Pipeline, node
 
-from plants_mlops.pipelines.validation.nodes import enforce_validation, validate_data
+from plants_mlops.pipelines.validation.nodes import enforce_validation, validate_and_report
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                validate_data,
+                validate_and_report,
                 inputs=[
                     "plants_data",
                     "fmt_index",
@@ -15,13 +15,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:validation",
                     "params:formatting",
                 ],
-                outputs="validation_report",
+                outputs=["validation_report", "validation_results"],
                 name="validate_data",
             ),
             # A second node, so the report is saved before a failure stops the run.
             node(
                 enforce_validation,
-                inputs=["validation_report", "dataset_fingerprint"],
+                inputs=["validation_results", "dataset_fingerprint"],
                 outputs="validation_passed",
                 name="enforce_validation",
             ),
