@@ -34,6 +34,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+_SESSION_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
 _MLFLOW_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_REGISTRY_URI",
@@ -55,6 +56,10 @@ def _isolate_mlflow_process_state():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    # Nothing here sets a separate registry on purpose: one a module-scoped fixture leaked
+    # (set_registry_uri writes the variable) would otherwise outlive its module.
+    if _SESSION_REGISTRY_URI is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
     if "mlflow" in sys.modules:
         import mlflow
         from mlflow.tracking._model_registry import utils as registry_utils

@@ -32,15 +32,10 @@ def register_as_champion(tracking_uri: str, model_uri: str, name: str, alias: st
     import mlflow
 
     # mlflow.register_model talks to the process-wide registry URI, which an earlier caller
-    # may have pointed elsewhere: aim it at `tracking_uri` for this call, then restore it.
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    # may have pointed elsewhere: point this process at `tracking_uri` for both.
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    try:
-        version = str(mlflow.register_model(model_uri, name).version)
-        client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
-        client.set_registered_model_alias(name, alias, version)
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    version = str(mlflow.register_model(model_uri, name).version)
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client.set_registered_model_alias(name, alias, version)
     return version
