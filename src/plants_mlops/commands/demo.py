@@ -83,6 +83,8 @@ def _serve_predict_monitor(cli: str, n_predictions: int) -> None:
     import httpx
     import pandas as pd
 
+    from plants_mlops.orchestration.dashboards import wait_http
+
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     _step(f"4/5 start the API on the champion ({base}) and predict held-out images")
@@ -90,19 +92,10 @@ def _serve_predict_monitor(cli: str, n_predictions: int) -> None:
     server = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise UserFacingError("the API exited during start-up; see "
-                                      "data/08_reporting/demo-serve.log")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UserFacingError("the API was not ready after 120 s")
-            time.sleep(0.5)
+        try:  # /ready answers 503 until the champion is loaded, then 200
+            wait_http(f"{base}/ready", timeout=120, proc=server)
+        except UserFacingError as exc:
+            raise UserFacingError(f"{exc}; see data/08_reporting/demo-serve.log") from None
         model = httpx.get(f"{base}/model", timeout=10).json()
         print(f"serving model version {model.get('version')} "
               f"(run {model.get('mlflow_run_id') or model.get('run_id')})")
