@@ -37,34 +37,31 @@ def register_benchmark_model(
     tracking_uri: str, architecture: str, image_size: int, resize_size: int
 ) -> str:
     """Build, export (ONNX contract) and register a model; return its models:/ URI."""
-    import mlflow
-    import onnx
-
     from plants_mlops import contracts
+    from plants_mlops.model import artifact, registry, tracking
     from plants_mlops.model.architectures import SPECS, build_model
     from plants_mlops.model.export import onnx_bytes
-    from plants_mlops.serving.publish import log_serving_model, register_as_champion
 
     weights = "imagenet" if architecture == "efficientnet_lite0" else None
     model = build_model(architecture, image_size=image_size, weights=weights).eval()
     spec = SPECS[architecture]
     name = f"bench-{architecture}-{uuid.uuid4().hex[:6]}"
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("bench-serving")
-    with mlflow.start_run() as run:
-        meta = {
-            "labels": list(contracts.LABELS),
-            "image_size": image_size,
-            "resize_size": resize_size,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "architecture": architecture,
-            "dataset_fingerprint": None,
-            "test_metrics": {},
-            "mlflow_run_id": run.info.run_id,
-        }
-        info = log_serving_model(onnx.load_model_from_string(onnx_bytes(model, image_size)), meta)
-    register_as_champion(tracking_uri, info.model_uri, name, "champion")
+    cl = tracking.client(tracking_uri)
+    with tracking.open_run(cl, "bench-serving") as run:
+        meta = artifact.ServingMeta(
+            labels=contracts.LABELS,
+            image_size=image_size,
+            resize_size=resize_size,
+            mean=spec.mean,
+            std=spec.std,
+            architecture=architecture,
+            mlflow_run_id=run.run_id,
+        )
+        logged = artifact.log_serving_model(cl, run.run_id, onnx_bytes(model, image_size), meta)
+    version = registry.register_version(cl, logged, {"verdict": "benchmark"}, name)
+    registry.move_alias(
+        cl, contracts.ALIAS_CHAMPION, version, action="benchmark", reason="benchmark", name=name
+    )
     return f"models:/{name}@champion"
 
 
@@ -148,7 +145,6 @@ async def run_load(
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
-
 
 
 def main() -> int:

@@ -34,43 +34,6 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-_SESSION_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
-_MLFLOW_ENV = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "MLFLOW_RUN_ID",
-    "MLFLOW_EXPERIMENT_NAME",
-    "MLFLOW_EXPERIMENT_ID",
-)
-
-
-@pytest.fixture(autouse=True)
-def _isolate_mlflow_process_state():
-    """``mlflow.set_tracking_uri``/``set_registry_uri`` (called by in-process pipeline code)
-    change process-wide globals and write MLFLOW_* into os.environ: a later test would talk
-    to a server that is gone. Restore both after every test."""
-    saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    # Nothing here sets a separate registry on purpose: one a module-scoped fixture leaked
-    # (set_registry_uri writes the variable) would otherwise outlive its module.
-    if _SESSION_REGISTRY_URI is None:
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
-    if "mlflow" in sys.modules:
-        import mlflow
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        tracking_utils._tracking_uri = None  # fall back to MLFLOW_TRACKING_URI again
-        registry_utils._registry_uri = None
-
-
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server-logs")

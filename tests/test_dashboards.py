@@ -32,6 +32,11 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_p
         runs_page = rendered_text(f"{urls['zenml']}/projects/default/runs")
         assert "Survey" not in runs_page
         assert run["run_name"] in runs_page and "plants_mlops" in runs_page
+        # ... and a direct link to the run just made.
+        latest = re.search(r"^latest run\s+(http://\S+)$", started.stdout, re.M)
+        assert (
+            latest and latest.group(1) == f"{urls['zenml']}/projects/default/runs/{run['run_id']}"
+        )
 
         # kedro-viz: every pipeline and the nodes of the default one, on five layers.
         viz = rendered_text(urls["kedro-viz"])

@@ -58,7 +58,7 @@ def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twic
         assert rows.loc[r["url_source"], "url_s3"] == f"data/01_raw/{r['label']}/{r['sha256']}.jpg"
     assert len(list(raw.rglob("*.jpg"))) == 40  # flaky.jpg is the same bytes as row 1
 
-    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_summary.json")
+    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_report.json")
     assert summary["failed"] == 5
     assert summary["failed_by_reason"] == {v: 1 for v in FAULT_REASONS.values()}
     assert {f["url_source"] for f in summary["failures"]} == {
@@ -77,7 +77,7 @@ def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twic
     assert all(again[sample_path(r)] == counts[sample_path(r)] for r in good)
     assert again.get("/faults/flaky.jpg") == counts.get("/faults/flaky.jpg")
     assert again["/faults/missing.jpg"] == counts["/faults/missing.jpg"] + 1
-    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_summary.json")
+    summary = read_json(kedro_project.path / "data" / "08_reporting" / "ingestion_report.json")
     assert summary["fetched"] == 0 and summary["already_stored"] == 41
     assert summary["failed"] == 5
 

@@ -46,7 +46,7 @@ def test_data_pipeline_on_the_minio_env_stores_every_layer_in_the_bucket(
         "02_intermediate/fmt_index.parquet",
         "03_primary/dataset_index.parquet",
         "03_primary/dataset_fingerprint.json",
-        "08_reporting/ingestion_summary.json",
+        "08_reporting/ingestion_report.json",
         "08_reporting/validation_report.json",
     ):
         assert key in keys

@@ -36,7 +36,7 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project, tmp
     data = kedro_project.path / "data"
     for name in ("model.onnx", "model_checkpoint.pt", "serving_meta.json"):
         assert (data / "06_models" / name).stat().st_size > 0
-    summary = json.loads((data / "08_reporting" / "training_summary.json").read_text())
+    summary = json.loads((data / "08_reporting" / "training_report.json").read_text())
     fingerprint = json.loads((data / "03_primary" / "dataset_fingerprint.json").read_text())
     assert summary["dataset_fingerprint"] == fingerprint["fingerprint"]
     assert summary["mlflow_run_id"] and summary["model_uri"].startswith("models:/")
@@ -102,7 +102,7 @@ def test_model_pipelines_on_the_minio_env_with_a_tracking_server(
         "06_models/model.onnx",
         "06_models/model_checkpoint.pt",
         "06_models/serving_meta.json",
-        "08_reporting/training_summary.json",
+        "08_reporting/training_report.json",
         "08_reporting/evaluation_report.json",
         "08_reporting/registry_decision.json",
     ):

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from support import model_data, servers
+from support.params import deep_merge, stage_params
 
 from plants_mlops import cli
 from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION
@@ -33,29 +34,31 @@ from plants_mlops.pipelines.training.nodes import (
     train_model,
 )
 
-TRAIN = {
-    "architecture": "small_cnn",
-    "weights": None,
-    "image_size": 64,
-    "epochs": 6,
-    "batch_size": 16,
-    "optimizer": {"name": "adamw", "lr": 0.003},
-    "early_stopping": {"patience": 6},
-    "augment": {"crop_scale": [0.7, 1.0], "hflip": True},
-    "seed": 3,
-    "device": "cpu",
-    "quiet": True,
-    "mlflow": {"enabled": False},  # the fit itself needs no server; logging does
-}
+TRAIN = stage_params(
+    "training",
+    architecture="small_cnn",
+    weights=None,
+    image_size=64,
+    epochs=6,
+    batch_size=16,
+    optimizer={"name": "adamw", "lr": 0.003},
+    early_stopping={"patience": 6},
+    augment={"crop_scale": [0.7, 1.0], "hflip": True},
+    seed=3,
+    device="cpu",
+    quiet=True,
+    mlflow={"enabled": False},  # the fit itself needs no server; logging does
+)
 # The gate the tests use: no absolute threshold (tiny models), the champion comparison on.
 GATE = {"min_f1": 0.0, "require_beat_baseline": False, "champion_tolerance": 0.01}
+EVAL = stage_params("evaluation", mlflow={"tracking_uri": None})
 
 
 class Trained:
     def __init__(self, data: model_data.ModelData, params: dict) -> None:
         self.data = data
         self.checkpoint, self.history = train_model(data.dataset_index, data.fmt_images, params)
-        self.onnx = export_serving_model(self.checkpoint, {})
+        self.onnx = export_serving_model(self.checkpoint, params)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def good(data) -> Trained:
 @pytest.fixture(scope="module")
 def worse(data) -> Trained:
     """Never trained (learning rate 0): the run the gate must refuse."""
-    return Trained(data, {**TRAIN, "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.0}})
+    return Trained(data, deep_merge(TRAIN, {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.0}}))
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ def model_name() -> str:
     return f"plants-test-{uuid.uuid4().hex[:8]}"
 
 
-def log_run(trained: Trained, experiment: str) -> tuple[dict, dict]:
+def log_run(trained: Trained, experiment: str) -> tuple[dict, dict, dict]:
     d = trained.data
     return log_training_run(
         trained.checkpoint,
@@ -88,27 +91,33 @@ def log_run(trained: Trained, experiment: str) -> tuple[dict, dict]:
         d.dataset_index,
         d.fmt_images,
         d.dataset_fingerprint,
-        {"mlflow": {"experiment": experiment}},
+        deep_merge(TRAIN, {"mlflow": {"enabled": True, "experiment": experiment}}),
     )
 
 
 def evaluate(trained: Trained, meta: dict, summary: dict, model_name: str) -> dict:
     d = trained.data
+    params = deep_merge(EVAL, {"model_name": model_name})
+    subset, baselines = params["subset"], params["baselines"]
     return compile_report(
-        evaluate_candidate(trained.onnx, meta, d.dataset_index, d.fmt_images, {}),
-        evaluate_baselines(d.dataset_index, d.fmt_images, {}, {}),
-        evaluate_champion(meta, d.dataset_index, d.fmt_images, {"model_name": model_name}, {}),
+        evaluate_candidate(trained.onnx, meta, d.dataset_index, d.fmt_images, subset),
+        evaluate_baselines(d.dataset_index, d.fmt_images, baselines, subset),
+        evaluate_champion(meta, d.dataset_index, d.fmt_images, params, subset),
         summary,
-        {},
-    )
+        params,
+    )[0]
 
 
 def lifecycle(trained: Trained, model_name: str) -> tuple[dict, dict, dict]:
     """training (logging) -> evaluation -> registry, as the three pipelines chain them."""
-    meta, summary = log_run(trained, model_name)
+    meta, summary, _ = log_run(trained, model_name)
     report = evaluate(trained, meta, summary, model_name)
-    decision = register_and_gate(summary, report, {"model_name": model_name, "gate": GATE})
+    decision = register_and_gate(summary, report, registry_params(model_name))[0]
     return summary, report, decision
+
+
+def registry_params(model_name: str) -> dict:
+    return stage_params("registry", model_name=model_name, gate=GATE)
 
 
 def run_cli(capsys, uri: str, model_name: str, *argv: str) -> tuple[int, str, str]:
@@ -122,7 +131,7 @@ def test_training_run_logs_params_metrics_figures_and_the_model(
     good, mlflow_tracking_uri, monkeypatch, model_name, tmp_path
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
-    meta, summary = log_run(good, model_name)
+    meta, summary, _ = log_run(good, model_name)
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["architecture"] == "small_cnn"
@@ -226,18 +235,14 @@ def test_promote_rollback_and_audit_commands(
 def test_a_model_that_fails_to_load_is_never_promoted(
     good, mlflow_tracking_uri, monkeypatch, model_name, capsys
 ):
-    from support.champion import _contract_breaking_model
+    from support.champion import register_champion
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     v1 = lifecycle(good, model_name)[2]["model_version"]
-    mlflow.set_tracking_uri(mlflow_tracking_uri)
-    mlflow.set_experiment(model_name)
-    with mlflow.start_run():
-        info = mlflow.onnx.log_model(
-            _contract_breaking_model(), name="model", save_as_external_data=False
-        )
-    broken = mlflow.register_model(info.model_uri, model_name).version
+    broken = register_champion(
+        mlflow_tracking_uri, broken=True, set_alias=False, experiment=model_name, name=model_name
+    ).version
 
     rc, _, err = run_cli(capsys, mlflow_tracking_uri, model_name, "promote", str(broken))
     assert rc == 1 and f"version {broken} fails to load" in err
@@ -263,17 +268,19 @@ def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
     with servers.mlflow_server(workdir) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         v1 = lifecycle(good, model_name)[2]["model_version"]
-        meta, summary = log_run(good, model_name)
+        meta, summary, _ = log_run(good, model_name)
         report = evaluate(good, meta, summary, model_name)
     # The server is gone between evaluation and registry.
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
-        register_and_gate(summary, report, {"model_name": model_name, "gate": GATE})
+        register_and_gate(summary, report, registry_params(model_name))
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
         log_run(worse, model_name)
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
         train_model(
-            good.data.dataset_index, good.data.fmt_images, {**TRAIN, "mlflow": {"enabled": True}}
+            good.data.dataset_index,
+            good.data.fmt_images,
+            deep_merge(TRAIN, {"mlflow.enabled": True}),
         )
     assert time.monotonic() - t0 < 60
     # Back up on the same store: nothing moved.

@@ -9,36 +9,34 @@ import numpy as np
 import pytest
 import torch
 from support import model_data
+from support.params import deep_merge, stage_params
 
 from plants_mlops.contracts import LABELS, ONNX_INPUT, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_LOGITS
-from plants_mlops.model import registry, tracking
+from plants_mlops.model import artifact, registry, tracking
 from plants_mlops.model.architectures import SPECS, build_model
 from plants_mlops.model.data import load_splits
-from plants_mlops.model.export import (
-    check_serving_model,
-    load_checkpoint,
-    onnx_predict_proba,
-    onnx_session,
-)
+from plants_mlops.model.export import load_checkpoint
 from plants_mlops.model.metrics import classification_metrics
+from plants_mlops.params import Gate
 from plants_mlops.pipelines.evaluation.nodes import evaluate_baselines
 from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
 
-TINY = {
-    "architecture": "small_cnn",
-    "weights": None,
-    "image_size": 64,
-    "epochs": 3,
-    "batch_size": 16,
-    "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
-    "scheduler": "cosine",
-    "early_stopping": {"patience": 3},
-    "augment": {"crop_scale": [0.7, 1.0], "hflip": True, "color_jitter": 0.1},
-    "seed": 7,
-    "device": "cpu",
-    "quiet": True,
-    "mlflow": {"enabled": False},
-}
+TINY = stage_params(
+    "training",
+    architecture="small_cnn",
+    weights=None,
+    image_size=64,
+    epochs=3,
+    batch_size=16,
+    optimizer={"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
+    scheduler="cosine",
+    early_stopping={"patience": 3},
+    augment={"crop_scale": [0.7, 1.0], "hflip": True, "color_jitter": 0.1},
+    seed=7,
+    device="cpu",
+    quiet=True,
+    mlflow={"enabled": False},
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +79,16 @@ def test_training_history_records_epochs_split_sizes_and_serving_preprocessing(d
 
 def test_early_stopping_stops_when_validation_f1_stalls(data):
     # lr 0 and BatchNorm momentum 0: the model never changes, so neither F1 nor loss improve.
-    params = {
-        **TINY,
-        "epochs": 10,
-        "optimizer": {"name": "sgd", "lr": 0.0},
-        "bn_momentum": 0.0,
-        "early_stopping": {"patience": 2},
-        "augment": {"hflip": False},
-    }
+    params = deep_merge(
+        TINY,
+        {
+            "epochs": 10,
+            "optimizer": {"name": "sgd", "lr": 0.0},
+            "bn_momentum": 0.0,
+            "early_stopping": {"patience": 2},
+            "augment": {"hflip": False},
+        },
+    )
     _, hist = train_model(data.dataset_index, data.fmt_images, params)
     assert hist["best_epoch"] == 1
     assert len(hist["epochs"]) == 3  # stopped after `patience` epochs without improvement
@@ -96,8 +96,8 @@ def test_early_stopping_stops_when_validation_f1_stalls(data):
 
 def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data):
     ckpt, hist = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
-    onnx_model = export_serving_model(ckpt, {})
-    session = onnx_session(onnx_model)
+    onnx_model = export_serving_model(ckpt, TINY)
+    session = artifact.open_session(onnx_model)
     assert [i.name for i in session.get_inputs()] == [ONNX_INPUT]
     assert [o.name for o in session.get_outputs()] == [ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING]
     model, cfg, _ = load_checkpoint(ckpt)
@@ -109,12 +109,17 @@ def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data
     assert ort_emb.shape == (3, SPECS["small_cnn"].embedding_dim)
     test = load_splits(data.dataset_index, data.fmt_images, ("test",))["test"]
     meta = {
+        "labels": list(LABELS),
         "resize_size": hist["resize_size"],
         "image_size": cfg["image_size"],
         "mean": hist["mean"],
         "std": hist["std"],
     }
-    proba = onnx_predict_proba(session, test.images, meta)
+    proba = (
+        artifact.ServingArtifact(session, artifact.ServingMeta.parse(meta))
+        .predict_images(test.images)
+        .probabilities
+    )
     assert proba.shape == (len(test), len(LABELS))
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
 
@@ -124,7 +129,11 @@ def test_every_architecture_trains_from_random_weights_and_exports(architecture,
     data = model_data.build(per_label=8)
     params = {**TINY, "architecture": architecture, "epochs": 1, "batch_size": 4}
     ckpt, _ = train_model(data.dataset_index, data.fmt_images, params)
-    check_serving_model(onnx_session(export_serving_model(ckpt, {})), 64)
+    onnx_model = export_serving_model(ckpt, params)
+    meta = artifact.ServingMeta(
+        labels=LABELS, image_size=64, resize_size=160, mean=(0, 0, 0), std=(1, 1, 1)
+    )
+    assert artifact.check_contract(artifact.open_session(onnx_model), meta) > 0
 
 
 def test_efficientnet_lite0_loads_the_bundled_imagenet_weights_offline():
@@ -182,7 +191,10 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
 
 
 def test_baselines_are_measured_on_the_test_split(data):
-    out = evaluate_baselines(data.dataset_index, data.fmt_images, {"histogram_bins": 4}, {})
+    params = stage_params("evaluation", baselines={"histogram_bins": 4})
+    out = evaluate_baselines(
+        data.dataset_index, data.fmt_images, params["baselines"], params["subset"]
+    )
     n_test = int((data.dataset_index["split"] == "test").sum())
     assert out["majority_class"]["n"] == out["colour_histogram_logreg"]["n"] == n_test
     # Dandelions are yellow: colour alone beats always answering the majority label.
@@ -200,9 +212,8 @@ def test_baselines_are_measured_on_the_test_split(data):
     ],
 )
 def test_gate_needs_threshold_baseline_and_champion(f1, baseline, champion, verdict, failed):
-    out = registry.evaluate_gate(
-        f1, baseline, champion, {"min_f1": 0.9, "champion_tolerance": 0.01}
-    )
+    gate = stage_params("registry", gate={"min_f1": 0.9, "champion_tolerance": 0.01})["gate"]
+    out = registry.evaluate_gate(f1, baseline, champion, Gate(**gate))
     assert out["verdict"] == verdict
     assert [c["name"] for c in out["checks"] if not c["passed"]] == failed
 
@@ -213,7 +224,7 @@ def test_training_fails_fast_when_the_tracking_server_is_unreachable(data, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
-        train_model(data.dataset_index, data.fmt_images, {**TINY, "mlflow": {"enabled": True}})
+        train_model(data.dataset_index, data.fmt_images, deep_merge(TINY, {"mlflow.enabled": True}))
     assert time.monotonic() - t0 < 30
 
 

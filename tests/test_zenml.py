@@ -149,6 +149,10 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
                    "training_meta": dict(r.steps["training"].run_metadata),
                    "mv_meta": dict(mv.run_metadata),
                    "mv_tags": [t.name for t in mv.tags],
+                   "validation_outputs": {{n: [v.uri for v in vs] for n, vs in
+                                           r.steps["validation"].outputs.items()}},
+                   "report_visualizations": [v.type.value for v in r.steps["validation"]
+                       .outputs["validation_report_html"][0].visualizations or []],
                    "local_stacks": len([x for x in client.list_stacks(size=100).items
                                         if x.name == "local"]),
                    "components": {{t.value: [c.name for c in cs] for t, cs in
@@ -158,6 +162,13 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
         project,
     )
     assert seen["steps"] == sorted(run["stages"])
+    # Each step shows the Kedro datasets it wrote, by their own URI (nothing copied), and
+    # its HTML report as a visualization.
+    reporting = project.resolve() / "data" / "08_reporting"
+    outputs = seen["validation_outputs"]
+    assert outputs["kedro.validation_report"] == [str(reporting / "validation_report.json")]
+    assert outputs["kedro.validation_report_html"] == [str(reporting / "validation_report.html")]
+    assert seen["report_visualizations"] == ["html"]
     # `--stack local` registered the stack a second time: still one stack, same components.
     assert seen["local_stacks"] == 1
     assert seen["components"] == {

@@ -19,3 +19,20 @@ ALIAS_CHALLENGER = "challenger"
 ONNX_INPUT = "image"  # float32 [N, 3, H, W], normalised as ServingMeta says
 ONNX_OUTPUT_LOGITS = "logits"  # float32 [N, len(LABELS)]
 ONNX_OUTPUT_EMBEDDING = "embedding"  # float32 [N, D], penultimate layer
+
+# Stages, in the order of the end-to-end run (`kedro run`, the ZenML pipeline, the demo).
+# Monitoring is not part of it: it needs a prediction log, which exists once the API served.
+STAGES = ("ingestion", "formatting", "validation", "training", "evaluation", "registry")
+# ZenML stacks `plants-mlops stack register` knows (orchestration/stacks.py builds them).
+STACK_NAMES = ("local", "minio", "gpu")
+
+# Embedded defaults, relative to the project root (where kedro and plants-mlops run).
+DEFAULT_DB_URL = "sqlite:///data/plants.db"
+DEFAULT_TRACKING_URI = "sqlite:///data/mlflow.db"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{ALIAS_CHAMPION}"
+
+# The prediction log the API writes and monitoring reads (SQL table or parquet dataset):
+# one row per prediction, image statistics as `stat_<name>` (imaging.STAT_COLUMNS),
+# `embedding` as float32 bytes.
+PREDICTION_LOG_TABLE = "prediction_log"
+PREDICTION_LOG_STAT_PREFIX = "stat_"

@@ -30,7 +30,7 @@ from plants_mlops.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_URL = "sqlite:///data/plants.db"
+DEFAULT_DB_URL = contracts.DEFAULT_DB_URL
 TABLE_NAME = "plants_data"
 # A unique index on url_source must fit MySQL/MariaDB's 3072-byte key limit (utf8mb4).
 MAX_URL_LENGTH = 700

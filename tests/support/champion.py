@@ -76,8 +76,9 @@ def export_onnx(model, path: Path, image_size: int) -> None:
 
 
 def serving_meta(
-    image_size: int, run_id: str, resize_size: int, architecture: str = "tiny-cnn"
+    image_size: int, run_id: str | None, resize_size: int, architecture: str = "tiny-cnn"
 ) -> dict:
+    """Serving meta in the shape training writes (``model/artifact.ServingMeta``)."""
     return {
         "labels": list(contracts.LABELS),
         "image_size": image_size,
@@ -86,7 +87,7 @@ def serving_meta(
         "std": list(IMAGENET_STD),
         "architecture": architecture,
         "dataset_fingerprint": "test-fingerprint-" + architecture,
-        "test_metrics": {"accuracy": 0.5, "f1": 0.5},
+        "test_metrics": {"accuracy": 0.5, "f1_macro": 0.5},
         "mlflow_run_id": run_id,
     }
 
@@ -102,31 +103,60 @@ def register_champion(
     experiment: str = "serving-tests",
     name: str = contracts.REGISTERED_MODEL_NAME,
 ) -> RegisteredChampion:
-    """Log + register a new version and (by default) make it the champion.
+    """Log + register a new version exactly as the training and registry stages do
+    (``model/artifact.log_serving_model``, ``model/registry.register_version``) and, by
+    default, make it the champion (an audited alias move).
 
     ``broken=True`` registers a valid ONNX graph that breaks the serving contract (for
-    the failed-to-load tests); the version is still a real registry entry.
+    the failed-to-load tests); the version is still a real registry entry, logged as a
+    plain MLflow artifact because the artifact module refuses to log such a graph.
     """
-    import mlflow
-    import onnx
+    from plants_mlops.model import artifact, registry, tracking
 
-    from plants_mlops.serving.publish import log_serving_model, register_as_champion
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+    cl = tracking.client(tracking_uri)
+    run = cl.create_run(tracking.experiment_id(cl, experiment))
+    run_id = run.info.run_id
+    meta = serving_meta(image_size, run_id, resize_size)
+    tracking.Run(cl, run_id, run.info.experiment_id).log_metrics(
+        {f"test_{k}": v for k, v in meta["test_metrics"].items()}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
-        meta = serving_meta(image_size, run.info.run_id, resize_size)
-        model_proto = _contract_breaking_model() if broken else onnx.load(str(onnx_path))
-        mlflow.log_metrics({f"test_{k}": v for k, v in meta["test_metrics"].items()})
-        info = log_serving_model(model_proto, meta)
-        run_id = run.info.run_id
+        if broken:
+            logged = _log_broken(cl, run_id, meta)
+        else:
+            logged = artifact.log_serving_model(cl, run_id, onnx_path.read_bytes(), meta)
+    cl.set_terminated(run_id, "FINISHED")
+    version = registry.register_version(cl, logged, {"verdict": "test"}, name)
     if set_alias:
-        version = register_as_champion(tracking_uri, info.model_uri, name, contracts.ALIAS_CHAMPION)
-    else:
-        version = str(mlflow.register_model(info.model_uri, name).version)
+        registry.move_alias(
+            cl, contracts.ALIAS_CHAMPION, version, action="test", reason="test setup", name=name
+        )
     return RegisteredChampion(version=version, run_id=run_id, meta=meta)
+
+
+def _log_broken(cl, run_id: str, meta: dict):
+    """A logged model folder whose graph breaks the serving contract."""
+    import json
+
+    import onnx
+
+    from plants_mlops.model import artifact
+
+    logged = cl.create_logged_model(
+        experiment_id=cl.get_run(run_id).info.experiment_id,
+        name=artifact.ARTIFACT_NAME,
+        source_run_id=run_id,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        onnx.save(_contract_breaking_model(), str(folder / artifact.ONNX_FILE))
+        (folder / artifact.META_FILE).write_text(json.dumps(meta))
+        cl.log_model_artifacts(logged.model_id, str(folder))
+    return artifact.LoggedArtifact(
+        logged.model_id, f"models:/{logged.model_id}", run_id, logged.artifact_location
+    )
 
 
 def _contract_breaking_model():

@@ -235,7 +235,11 @@ def _dashboards(args: argparse.Namespace) -> int:
         for line in dashboards.stop_all(project):
             print(line)
         return 0
-    for name, url in dashboards.start_all(project, only=args.only).items():
+    urls = dashboards.start_all(project, only=args.only)
+    for name, url in urls.items():
         print(f"{name:<10} {url}")
+    if "zenml" in urls:
+        latest = dashboards.latest_run_url(urls["zenml"])
+        print(f"{'latest run':<10} {latest or '(no pipeline run yet)'}")
     print("stop them with `plants-mlops dashboards --stop`")
     return 0

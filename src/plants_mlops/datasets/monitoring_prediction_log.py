@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
-from plants_mlops import imaging
+from plants_mlops import contracts, imaging
 
-STAT_PREFIX = "stat_"
+STAT_PREFIX = contracts.PREDICTION_LOG_STAT_PREFIX
 
 
 def _decode_embedding(value: Any) -> np.ndarray:
@@ -33,7 +33,7 @@ class PredictionLogDataset(AbstractDataset[None, pd.DataFrame]):
         self,
         *,
         source: str = "sql",
-        table: str = "prediction_log",
+        table: str = contracts.PREDICTION_LOG_TABLE,
         path: str | None = None,
         last_n: int = 100_000,
         credentials: dict[str, Any] | None = None,
@@ -126,18 +126,13 @@ class ChampionModelDataset(AbstractDataset[None, Any]):
         return {"model_uri": self._model_uri, "tracking_uri": self._tracking_uri}
 
     def _load(self):
-        from plants_mlops.serving.model import ModelLoadError, Registry
+        from plants_mlops.model import artifact, tracking
 
         try:
-            registry = Registry(self._tracking_uri, self._model_uri)
-            version, run_id = registry.target_version()
-            return registry.load(version, run_id, threads=2)
-        except ModelLoadError as exc:
+            cl = tracking.client(self._tracking_uri)
+            return artifact.load_registered(cl, self._model_uri, threads=2)
+        except Exception as exc:  # store unreachable, alias missing, broken model
             raise DatasetError(f"cannot load {self._model_uri}: {exc}") from exc
-        except Exception as exc:  # registry unreachable, alias missing
-            raise DatasetError(
-                f"cannot resolve {self._model_uri} on {self._tracking_uri}: {exc}"
-            ) from exc
 
     def _save(self, data: Any) -> None:
         raise DatasetError("the champion is registered by the registry stage, not saved here")

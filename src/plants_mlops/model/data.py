@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from PIL import Image
 
 from plants_mlops import imaging
 from plants_mlops.contracts import LABELS
+from plants_mlops.params import Augment
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,26 @@ def load_splits(
     return out
 
 
+class Subset(Protocol):
+    """What picks a split's images: ``params:training`` and ``params:evaluation.subset``."""
+
+    max_images_per_split: int | None
+    seed: int
+
+
+def load_subset(
+    dataset_index: pd.DataFrame, fmt_images: Mapping, splits: tuple[str, ...], subset: Subset
+) -> dict[str, SplitImages]:
+    """:func:`load_splits` with the subset its parameters choose."""
+    return load_splits(
+        dataset_index,
+        fmt_images,
+        splits,
+        max_per_split=subset.max_images_per_split,
+        seed=subset.seed,
+    )
+
+
 def eval_tensor(split: SplitImages, *, image_size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """The serving view of every image in the split: float32 [N, 3, S, S]."""
     arrays = [
@@ -120,7 +141,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         image_size: int,
         mean: tuple,
         std: tuple,
-        augment: Mapping[str, Any],
+        augment: Augment,
     ) -> None:
         from torchvision.transforms import v2
 
@@ -129,13 +150,13 @@ class AugmentedDataset(torch.utils.data.Dataset):
         ]
         self.labels = torch.from_numpy(split.labels)
         steps: list = []
-        scale = tuple(augment.get("crop_scale", (0.7, 1.0)))
+        scale = tuple(augment.crop_scale)
         steps.append(v2.RandomResizedCrop(image_size, scale=scale, antialias=True))
-        if augment.get("hflip", True):
+        if augment.hflip:
             steps.append(v2.RandomHorizontalFlip())
-        if augment.get("vflip", False):
+        if augment.vflip:
             steps.append(v2.RandomVerticalFlip())
-        jitter = float(augment.get("color_jitter", 0.0))
+        jitter = augment.color_jitter
         if jitter > 0:
             steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

@@ -18,17 +18,16 @@ import getpass
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, REGISTERED_MODEL_NAME
 from plants_mlops.errors import UserFacingError
-from plants_mlops.model import tracking
+from plants_mlops.model import artifact, tracking
+from plants_mlops.model.artifact import LoggedArtifact, ServingMeta
+from plants_mlops.params import Gate
 
 AUDIT_PREFIX = "audit."
-SERVING_META_FILE = "serving_meta.json"
 
 
 class RegistryError(UserFacingError):
@@ -36,11 +35,9 @@ class RegistryError(UserFacingError):
 
 
 def client(uri: str | None = None, must_exist: bool = False):
-    """A client for the resolved tracking URI, after checking that it answers."""
-    from mlflow import MlflowClient
-
-    uri = tracking.configure(uri, must_exist=must_exist)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """A client for the resolved tracking URI (registry on the same store), after checking
+    that it answers."""
+    return tracking.client(uri, must_exist=must_exist)
 
 
 def _not_found(exc: Exception) -> bool:
@@ -78,49 +75,15 @@ def ensure_registered_model(cl, name: str = REGISTERED_MODEL_NAME) -> None:
                 raise
 
 
-def download_model(cl, version: str, dest: Path, name: str = REGISTERED_MODEL_NAME) -> Path:
-    """Download a version's model folder (model.onnx, serving_meta.json, MLmodel)."""
-    import mlflow
-
-    mv = cl.get_model_version(name, version)
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.source,
-            dst_path=str(dest),
-            tracking_uri=cl._tracking_client.tracking_uri,
-        )
-    )
-
-
-def load_serving_model(folder: Path):
-    """(ORT session, serving meta) of a downloaded model folder; ValueError when broken."""
-    from plants_mlops.model.export import check_serving_model, onnx_session
-
-    meta_path = folder / SERVING_META_FILE
-    onnx_path = folder / "model.onnx"
-    if not onnx_path.is_file() or not meta_path.is_file():
-        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise ValueError(f"model folder lacks model.onnx or {SERVING_META_FILE} (has {present})")
-    meta = json.loads(meta_path.read_text())
-    try:
-        session = onnx_session(str(onnx_path))
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ValueError(f"ONNX Runtime cannot load model.onnx: {exc}") from exc
-    check_serving_model(session, int(meta["image_size"]))
-    return session, meta
-
-
-def verify_loadable(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> dict:
+def verify_loadable(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> ServingMeta:
     """Download and run the version once; RegistryError when it fails. Returns its meta."""
-    with tempfile.TemporaryDirectory(prefix="plants-model-") as tmp:
-        try:
-            _, meta = load_serving_model(download_model(cl, version, Path(tmp), name))
-        except Exception as exc:
-            raise RegistryError(
-                f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
-                "aliases left unchanged"
-            ) from exc
-    return meta
+    try:
+        return artifact.load_version(cl, name, version, threads=1).meta
+    except Exception as exc:
+        raise RegistryError(
+            f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
+            "aliases left unchanged"
+        ) from exc
 
 
 def _actor() -> str:
@@ -176,21 +139,20 @@ def evaluate_gate(
     candidate_f1: float,
     baseline_f1: float | None,
     champion_f1: float | None,
-    gate: Mapping[str, Any],
+    gate: Gate,
 ) -> dict:
-    """The promotion gate. Returns ``{verdict: pass|fail, checks: [...]}``; every check says
-    its inputs, so the verdict can be explained from the version's tags alone."""
-    min_f1 = float(gate.get("min_f1", 0.9))
-    margin = float(gate.get("baseline_margin", 0.0))
-    tolerance = float(gate.get("champion_tolerance", 0.01))
+    """The promotion gate (thresholds from ``params:registry.gate``). Returns
+    ``{verdict: pass|fail, checks: [...]}``; every check says its inputs, so the verdict can
+    be explained from the version's tags alone."""
     checks = [
         {
             "name": "min_f1",
-            "passed": candidate_f1 >= min_f1,
-            "detail": f"f1 {candidate_f1:.4f} >= threshold {min_f1:.4f}",
+            "passed": candidate_f1 >= gate.min_f1,
+            "detail": f"f1 {candidate_f1:.4f} >= threshold {gate.min_f1:.4f}",
         }
     ]
-    if gate.get("require_beat_baseline", True) and baseline_f1 is not None:
+    if gate.require_beat_baseline and baseline_f1 is not None:
+        margin = gate.baseline_margin
         checks.append(
             {
                 "name": "baseline",
@@ -199,6 +161,7 @@ def evaluate_gate(
             }
         )
     if champion_f1 is not None:
+        tolerance = gate.champion_tolerance
         checks.append(
             {
                 "name": "champion",
@@ -219,20 +182,19 @@ def evaluate_gate(
 
 def register_version(
     cl,
-    model_uri: str,
-    run_id: str | None,
+    logged: LoggedArtifact,
     tags: Mapping[str, Any],
     name: str = REGISTERED_MODEL_NAME,
 ) -> str:
-    """A new version of ``name`` from a logged model URI (``models:/m-...`` or ``runs:/``)."""
-    import mlflow
-
+    """A new version of ``name`` from a logged serving model."""
     ensure_registered_model(cl, name)
-    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    if run_id and mv.run_id and mv.run_id != run_id:
-        raise RegistryError(
-            f"registered version {mv.version} belongs to run {mv.run_id}, not {run_id}"
-        )
+    mv = cl.create_model_version(
+        name,
+        source=logged.artifact_location,
+        run_id=logged.run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        model_id=logged.model_id,
+    )
     return str(mv.version)
 
 

@@ -3,27 +3,35 @@
 Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else the configured value, else the
 embedded ``sqlite:///data/mlflow.db`` (MLflow 3's ``./mlruns`` file store refuses runs).
 A server URL works the same way; its artifacts may live on S3 (``MLFLOW_S3_ENDPOINT_URL``).
+
+Everything here goes through an explicit :class:`mlflow.MlflowClient` built for one URI:
+nothing sets MLflow's process-wide tracking or registry URI, so one process (a test
+session, a ZenML step) can talk to several stores without one call redirecting another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from plants_mlops.contracts import DEFAULT_TRACKING_URI
 from plants_mlops.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///data/mlflow.db"
 # Fail within seconds, not minutes, when the server is gone (MLflow's default is 7 retries
 # with exponential backoff). Users can still override both through the environment.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class TrackingUnavailableError(UserFacingError):
@@ -61,72 +69,138 @@ def ensure_reachable(uri: str, timeout: float = 5.0, must_exist: bool = False) -
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def configure(uri: str | None = None, must_exist: bool = False) -> str:
-    """Point MLflow at the resolved URI (unless a run is already active: a wrapping ZenML
-    step owns the tracking URI then) and check that it answers."""
-    import mlflow
+def client(uri: str | None = None, must_exist: bool = False):
+    """A client for ``uri`` (an explicit choice: a flag, a test), else for
+    :func:`tracking_uri`, with the registry on the same store, after checking that the
+    store answers. Stage nodes pass ``tracking_uri(params.mlflow.tracking_uri)``, so that
+    ``MLFLOW_TRACKING_URI`` wins over the YAML."""
+    from mlflow import MlflowClient
 
-    active = mlflow.active_run()
-    uri = mlflow.get_tracking_uri() if active else tracking_uri(uri)
+    uri = uri or tracking_uri()
     ensure_reachable(uri, must_exist=must_exist)
-    if not active:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    return uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(name: str, uri: str) -> str:
-    import mlflow
+def experiment_id(cl, name: str) -> str:
+    """The id of experiment ``name``, created on first use.
 
-    exp = mlflow.get_experiment_by_name(name)
+    In an embedded SQLite store artifacts go to ``mlartifacts/`` beside the database. When
+    the store's URI is relative (the default ``sqlite:///data/mlflow.db``, relative to the
+    project root where every command runs), so is the artifact location recorded for the
+    experiment, and with it every run's and model's: a copied or moved project (``data/``
+    with it) keeps working. MLflow itself always records an absolute path, so the row is
+    rewritten right after creation."""
+    exp = cl.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
+    uri = cl.tracking_uri
     if uri.startswith("sqlite:///"):
-        # Local store: artifacts next to the database, absolute so `mlflow ui` finds them.
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        location = (db.parent / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+        db = Path(uri.removeprefix("sqlite:///"))
+        location = (db.parent.resolve() / "mlartifacts").as_uri()
+    try:
+        exp_id = cl.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = cl.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+    if uri.startswith("sqlite:///") and not db.is_absolute():
+        _relative_artifact_location(
+            uri, exp_id, f"{(db.parent / 'mlartifacts').as_posix()}/{exp_id}"
+        )
+    return exp_id
+
+
+def _relative_artifact_location(uri: str, exp_id: str, location: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE experiments SET artifact_location = :loc WHERE experiment_id = :id"
+                ),
+                {"loc": location, "id": int(exp_id)},
+            )
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One MLflow run, logged into through its client (the fluent API's process-wide
+    state is never used)."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-call limit
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, data: Any, path: str) -> None:
+        self.client.log_dict(self.run_id, data, path)
+
+    def log_png(self, png: bytes, path: str) -> None:
+        from PIL import Image
+
+        self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), artifact_file=path)
+
+    def log_file(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
 
 
 @contextlib.contextmanager
-def run(
-    experiment: str, uri: str, run_name: str | None = None, run_id: str | None = None
-) -> Iterator:
+def open_run(
+    cl, experiment: str, run_name: str | None = None, run_id: str | None = None
+) -> Iterator[Run]:
     """The MLflow run a stage logs into.
 
-    - ``run_id`` given: resume that run (evaluation adds to the training run).
-    - ``MLFLOW_RUN_ID`` set (a ZenML step hands its experiment tracker's run over that way):
-      resume that run.
-    - a run is already active (a ZenML step with the MLflow experiment tracker): log into
-      it and leave it open for its owner.
-    - otherwise: a new run in ``experiment``, ended (FAILED on error) on exit.
+    - ``run_id`` given: that run (evaluation adds to the training run); left as it was.
+    - ``MLFLOW_RUN_ID`` set (a ZenML step hands its experiment tracker's run over that
+      way): that run, left open for its owner.
+    - otherwise: a new run in ``experiment``, ended FINISHED (FAILED on error) on exit.
     """
-    import mlflow
-
-    active = mlflow.active_run()
-    if run_id is None and active is None and os.environ.get("MLFLOW_RUN_ID"):
-        run_id = os.environ["MLFLOW_RUN_ID"]
-        log.info("resuming the MLflow run %s handed over through MLFLOW_RUN_ID", run_id)
-    if run_id is None and active is not None:
-        log.info("logging into the already active MLflow run %s", active.info.run_id)
-        yield active
-        return
-    if active is not None and active.info.run_id == run_id:
-        yield active
-        return
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     if run_id is not None:
-        # start_run refuses to resume a run of another experiment than the process's
-        # active one (set_experiment elsewhere): make the run's experiment the active one.
-        mlflow.set_experiment(
-            experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id
-        )
-        with mlflow.start_run(run_id=run_id, nested=active is not None) as r:
-            yield r
+        info = cl.get_run(run_id).info
+        yield Run(cl, run_id, info.experiment_id)
         return
-    exp_id = _experiment_id(experiment, uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as r:
-        yield r
+    exp_id = experiment_id(cl, experiment)
+    created = cl.create_run(exp_id, run_name=run_name)
+    run = Run(cl, created.info.run_id, exp_id)
+    try:
+        yield run
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed
+            cl.set_terminated(run.run_id, "FAILED")
+        raise
+    cl.set_terminated(run.run_id, "FINISHED")
 
 
 def _git(cwd: str | Path | None, *argv: str) -> str:

@@ -12,7 +12,6 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from plants_mlops.model.architectures import SPECS, PlantsNet, build_model
 from plants_mlops.model.data import AugmentedDataset, SplitImages, eval_tensor
 from plants_mlops.model.metrics import classification_metrics
+from plants_mlops.params import Optimizer, TrainingParams
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,12 @@ class TrainResult:
     val_metrics: dict = field(default_factory=dict)
 
 
-def _optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    name = cfg.get("name", "adamw").lower()
-    lr = float(cfg.get("lr", 1e-3))
-    wd = float(cfg.get("weight_decay", 0.0))
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd
-        )
-    raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
+def _optimizer(model: nn.Module, cfg: Optimizer) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
 
 
 @torch.no_grad()
@@ -96,23 +91,23 @@ def _nll(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)).mean())
 
 
-def train(splits: Mapping[str, SplitImages], params: Mapping[str, Any]) -> TrainResult:
+def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainResult:
     """Train on ``splits['train']``, select the epoch on ``splits['val']``."""
-    device = select_device(str(params.get("device", "auto")))
-    if params.get("num_threads"):
-        torch.set_num_threads(int(params["num_threads"]))
-    gen = seed_everything(int(params.get("seed", 42)), device)
-    arch = params["architecture"]
-    image_size = int(params["image_size"])
+    device = select_device(params.device)
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    gen = seed_everything(params.seed, device)
+    arch = params.architecture
+    image_size = params.image_size
     spec = SPECS.get(arch)
     if spec is None:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPECS)}")
     model = build_model(
         arch,
         image_size=image_size,
-        weights=params.get("weights"),
-        dropout=float(params.get("dropout", 0.2)),
-        bn_momentum=params.get("bn_momentum", 0.1),
+        weights=params.weights,
+        dropout=params.dropout,
+        bn_momentum=params.bn_momentum,
     ).to(device, memory_format=torch.channels_last)
 
     train_ds = AugmentedDataset(
@@ -120,34 +115,33 @@ def train(splits: Mapping[str, SplitImages], params: Mapping[str, Any]) -> Train
         image_size=image_size,
         mean=spec.mean,
         std=spec.std,
-        augment=params.get("augment") or {},
+        augment=params.augment,
     )
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
         train_ds,
-        batch_size=int(params.get("batch_size", 32)),
+        batch_size=params.batch_size,
         shuffle=True,
         generator=gen,
-        num_workers=int(params.get("num_workers", 4 if cuda else 0)),
+        num_workers=params.loader_workers(cuda),
         pin_memory=cuda,
-        drop_last=len(train_ds) > int(params.get("batch_size", 32)),
+        drop_last=len(train_ds) > params.batch_size,
         persistent_workers=False,
     )
     val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
     val_y = splits["val"].labels
 
-    epochs = int(params.get("epochs", 10))
-    optimizer = _optimizer(model, params.get("optimizer") or {})
+    epochs = params.epochs
+    optimizer = _optimizer(model, params.optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-        if params.get("scheduler", "cosine") == "cosine"
+        if params.scheduler == "cosine"
         else None
     )
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(params.get("label_smoothing", 0.0)))
-    stop_cfg = params.get("early_stopping") or {}
-    patience = int(stop_cfg.get("patience", 3))
-    min_delta = float(stop_cfg.get("min_delta", 0.0))
+    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    patience = params.early_stopping.patience
+    min_delta = params.early_stopping.min_delta
 
     history: list[dict[str, float]] = []
     best: tuple[float, float] | None = None  # (val f1, -val loss)
@@ -164,7 +158,7 @@ def train(splits: Mapping[str, SplitImages], params: Mapping[str, Any]) -> Train
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
             leave=False,
-            disable=bool(params.get("quiet", False)),
+            disable=params.quiet,
         )
         for xb, yb in bar:
             xb = xb.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

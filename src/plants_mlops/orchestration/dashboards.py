@@ -167,6 +167,39 @@ def skip_onboarding(url: str) -> None:
         print(f"note: could not skip the ZenML onboarding form: {exc}", file=sys.stderr)
 
 
+def latest_run_url(url: str) -> str | None:
+    """The dashboard page of the newest pipeline run on the ZenML server at ``url``."""
+    try:
+        token = zenml_token(url)
+        r = httpx.get(
+            f"{url}/api/v1/runs",
+            params={"sort_by": "desc:created", "size": 1, "hydrate": False},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        items = r.json().get("items") or []
+    except httpx.HTTPError:
+        return None
+    if not items:
+        return None
+    project = (items[0].get("body") or {}).get("project_id") or "default"
+    return f"{url}/projects/{_project_name(url, token, project)}/runs/{items[0]['id']}"
+
+
+def _project_name(url: str, token: str, project_id: str) -> str:
+    try:
+        r = httpx.get(
+            f"{url}/api/v1/projects/{project_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        return r.json().get("name") or "default"
+    except httpx.HTTPError:
+        return "default"
+
+
 STARTERS = {"zenml": start_zenml, "kedro-viz": start_kedro_viz, "mlflow": start_mlflow_ui}
 
 

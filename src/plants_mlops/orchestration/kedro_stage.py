@@ -7,18 +7,21 @@ and ``kedro run --pipelines NAME --env ENV`` do exactly the same work.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plants_mlops.orchestration.summaries import StageSummary, summarize
+from plants_mlops.orchestration.summaries import StepSummary, step_summary
+from plants_mlops.summaries import dataset_name
 
 log = logging.getLogger(__name__)
 
-# Dataset types whose outputs are small JSON documents worth putting in a step summary.
-_SUMMARY_TYPE_HINTS = ("JSONDataset", "JsonDataset", "json_dataset")
+# The installed package: the code a stage runs is read from here for the cache key.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bootstrap(project: Path) -> None:
@@ -71,21 +74,6 @@ def parameter(project: Path, env: str, dotted: str) -> Any:
     return node
 
 
-def json_outputs(catalog, names: set[str]) -> dict[str, Any]:
-    """Load the JSON datasets among ``names`` (small by construction); skip what is absent."""
-    found: dict[str, Any] = {}
-    for name in sorted(names):
-        kind = catalog.get_type(name) or ""
-        if not any(h in kind for h in _SUMMARY_TYPE_HINTS):
-            continue
-        try:
-            if catalog.exists(name):
-                found[name] = catalog.load(name)
-        except Exception as exc:  # a summary that cannot be read must not fail the run
-            log.warning("could not read %s for the step summary: %s", name, exc)
-    return found
-
-
 def persisted_outputs_exist(project: Path, env: str, stages: list[str]) -> dict[str, bool]:
     """Whether every persisted output of ``stages`` exists now (``{dataset: exists}``)."""
     _bootstrap(project)
@@ -104,17 +92,106 @@ def persisted_outputs_exist(project: Path, env: str, stages: list[str]) -> dict[
     return state
 
 
-def config_hash(project: Path, env: str, stage: str) -> str:
-    """Hash of what a stage's result depends on besides data: conf (base + env) and its code."""
+# --- the cache key: configuration and every module the stage's code imports -------------
+
+
+def _module_file(dotted: str, root: Path) -> Path | None:
+    """The file of module ``dotted`` (``plants_mlops.x.y``) under ``root`` (the package)."""
+    parts = dotted.split(".")
+    if parts[0] != root.name:
+        return None
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, root: Path) -> set[Path]:
+    """Project modules ``path`` imports, at module level or inside functions."""
+    package = [root.name, *path.relative_to(root).parent.parts]
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            if (file := _module_file(name, root)) is not None:
+                found.add(file)
+    return found
+
+
+def stage_modules(stage: str, root: Path | None = None) -> list[Path]:
+    """Every project module the ``stage`` pipeline's code reaches through imports: for
+    training that is its nodes plus ``model/*`` (architectures, data, train, export,
+    artifact...), ``imaging.py``, ``params.py``, ``contracts.py``."""
+    root = root or PACKAGE_ROOT
+    todo = sorted((root / "pipelines" / stage).glob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(sorted(_imports(path, root) - seen))
+    return sorted(seen)
+
+
+def config_hash(project: Path, env: str, stage: str, root: Path | None = None) -> str:
+    """Hash of what a stage's result depends on besides data: conf (base + env) and the
+    code of every module the stage imports, transitively."""
+    root = root or PACKAGE_ROOT
     digest = hashlib.sha256()
     files = sorted((project / "conf" / "base").rglob("*.yml"))
     files += sorted((project / "conf" / env).rglob("*.yml"))
-    code = Path(__file__).resolve().parents[1] / "pipelines" / stage
-    files += sorted(code.rglob("*.py"))
     for path in files:
-        digest.update(str(path.name).encode())
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for path in stage_modules(stage, root):
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# --- running a stage ---------------------------------------------------------------------
+
+
+@dataclass
+class DatasetRecord:
+    """A catalog dataset a stage wrote, for ZenML to register by URI (no copy)."""
+
+    name: str
+    uri: str
+    kind: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    html: str | None = None  # the page itself, for an HTML report
+
+
+@dataclass
+class StageRun:
+    summary: StepSummary
+    datasets: list[DatasetRecord]
+
+
+def _dataset_uri(catalog, name: str, project: Path) -> str | None:
+    """Where a file-backed dataset lives (``filepath`` or ``path``; a local one as an
+    absolute path: the catalog's are relative to the project), else None."""
+    try:
+        desc = catalog.get(name)._describe()
+    except Exception:  # not in the catalog (memory) or not describable
+        return None
+    location = desc.get("filepath") or desc.get("path")
+    if not location:
+        return None
+    protocol = desc.get("protocol")
+    location = str(location)
+    if protocol and protocol not in ("file", "local"):
+        return location if "://" in location else f"{protocol}://{location}"
+    return str((project / location).resolve())
 
 
 def run_stage(
@@ -122,9 +199,10 @@ def run_stage(
     project: str | Path,
     env: str,
     params: dict[str, Any] | None = None,
-    upstream: StageSummary | None = None,
-) -> StageSummary:
-    """``kedro run --pipelines STAGE --env ENV --params ...`` in-process, then summarise."""
+    upstream: StepSummary | None = None,
+) -> StageRun:
+    """``kedro run --pipelines STAGE --env ENV --params ...`` in-process, then read the
+    stage's own ``<stage>_summary`` and list the file-backed datasets it wrote."""
     project = Path(project).resolve()
     _bootstrap(project)
     from kedro.framework.session import KedroSession
@@ -139,5 +217,16 @@ def run_stage(
         session.run(pipeline_names=[stage])
         catalog = session.load_context().catalog
     duration = time.perf_counter() - started
-    outputs = json_outputs(catalog, set(pipelines[stage].all_outputs()))
-    return summarize(stage, env, outputs, duration, upstream)
+    summary = step_summary(catalog.load(dataset_name(stage)), env, duration, upstream)
+    records = []
+    for name in sorted(pipelines[stage].all_outputs()):
+        uri = _dataset_uri(catalog, name, project)
+        if uri is None:
+            continue
+        kind = (catalog.get_type(name) or "").rsplit(".", 1)[-1]
+        record = DatasetRecord(name, uri, kind)
+        if name.endswith("_html"):
+            record.html = catalog.load(name)
+            record.metadata["size_bytes"] = len(record.html.encode())
+        records.append(record)
+    return StageRun(summary, records)

@@ -1,7 +1,8 @@
 """The ZenML pipeline over the Kedro pipelines, and the function that runs it.
 
 ``run_pipeline()`` is what ``plants-mlops pipeline run`` and ``plants-mlops demo`` call. It
-runs any subset of :data:`STAGES` that exists as a Kedro pipeline, in order, each stage's
+runs any subset of the stages (``contracts.STAGES``, plus ``monitoring`` on request) that
+exists as a Kedro pipeline, in order, each stage's
 summary feeding the next step so the dashboard shows one connected flow.
 """
 
@@ -16,16 +17,13 @@ from typing import Any
 from zenml import Model, pipeline
 from zenml.config import ResourceSettings
 
-from plants_mlops.contracts import REGISTERED_MODEL_NAME
+from plants_mlops.contracts import REGISTERED_MODEL_NAME, STAGES
 from plants_mlops.orchestration import kedro_stage
 from plants_mlops.orchestration.steps import CACHED_STAGES, STEPS
-from plants_mlops.pipeline_registry import DEFAULT_ORDER
 
 log = logging.getLogger(__name__)
 
 PIPELINE_NAME = "plants_mlops"
-# The one list of stages the ZenML pipeline knows, in run order (shared with `kedro run`).
-STAGES: tuple[str, ...] = DEFAULT_ORDER
 # Stack label naming the Kedro environment a stack runs (set by `plants-mlops stack register`).
 KEDRO_ENV_LABEL = "plants_mlops_kedro_env"
 GPU_LABEL = "plants_mlops_gpu"
@@ -182,9 +180,10 @@ def prepare_run(
     labels = stack.labels or {}
     env = env or labels.get(KEDRO_ENV_LABEL) or "local"
     wanted = tuple(stages or STAGES)
-    unknown = [s for s in wanted if s not in STAGES]
+    unknown = [s for s in wanted if s not in STEPS]
     if unknown:
-        raise UserFacingError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        raise UserFacingError(f"unknown stage(s) {unknown}; choose from {list(STEPS)}")
+    wanted = tuple(s for s in STEPS if s in wanted)  # run order, whatever the order asked
     present = kedro_stage.available_stages(project, wanted)
     skipped = [s for s in wanted if s not in present]
     if skipped:

@@ -1,12 +1,14 @@
-"""One ZenML step per Kedro pipeline. Each runs its pipeline in a ``KedroSession`` and
-returns a :class:`StageSummary`; heavy data stays in the Kedro catalog.
+"""One ZenML step per Kedro pipeline, all made by :func:`make_step`. Each runs its pipeline
+in a ``KedroSession`` and returns the stage's own ``<stage>_summary`` as a
+:class:`StepSummary`; heavy data stays in the Kedro catalog (its URIs go into the step's
+metadata).
 
-Caching (see docs/zenml.md): ingestion, formatting, validation, evaluation and registry
-read or write state outside ZenML (the plants_data table, remote URLs, the MLflow registry)
-and never cache. Training caches on the *value* of the validated dataset's fingerprint
-(:class:`SummaryMaterializer` hashes only ``data_key``), its parameters and a hash of its
-configuration and code; the pipeline turns that cache off when the Kedro outputs it would
-reuse are missing. Evaluation and registry cache on the training artifact's ID, so they are
+Caching (docs/zenml.md): ingestion, formatting and validation read or write state outside
+ZenML (the plants_data table, remote URLs) and never cache. Training caches on the *value*
+of the validated dataset's fingerprint (:class:`SummaryMaterializer` hashes only
+``data_key``), its parameters and ``config_hash`` (conf + the code of every module the
+stage imports); the pipeline turns that cache off when the Kedro outputs it would reuse
+are missing. Evaluation and registry cache on the training artifact's ID, so they are
 reused exactly when training was.
 """
 
@@ -15,96 +17,110 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
 from zenml import get_step_context, log_metadata, step
 from zenml.config.cache_policy import CachePolicy
 from zenml.materializers.pydantic_materializer import PydanticMaterializer
 
-from plants_mlops.orchestration.kedro_stage import run_stage
-from plants_mlops.orchestration.summaries import StageSummary, data_key_hash
+from plants_mlops.contracts import REGISTERED_MODEL_NAME, STAGES
+from plants_mlops.orchestration.kedro_stage import DatasetRecord, run_stage
+from plants_mlops.orchestration.summaries import StepSummary, data_key_hash
 
 log = logging.getLogger(__name__)
 
 
 class SummaryMaterializer(PydanticMaterializer):
-    """Stores a :class:`StageSummary` as JSON; its cache identity is its ``data_key`` only."""
+    """Stores a :class:`StepSummary` as JSON; its cache identity is its ``data_key`` only."""
 
-    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (StageSummary,)
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (StepSummary,)
 
-    def compute_content_hash(self, data: StageSummary) -> str | None:
+    def compute_content_hash(self, data: StepSummary) -> str | None:
         return data_key_hash(data)
 
 
 def _execute(
-    stage: str, project: str, env: str, params: dict[str, Any] | None, upstream: StageSummary | None
-) -> StageSummary:
-    summary = run_stage(stage, project, env, params or None, upstream)
+    stage: str, project: str, env: str, params: dict[str, Any] | None, upstream: StepSummary | None
+) -> StepSummary:
+    result = run_stage(stage, project, env, params or None, upstream)
+    summary = result.summary
     if not summary.dataset_fingerprint:
         # Without a fingerprint nothing proves the data is unchanged: never let a later
         # step's cache key on this summary.
         summary.data_key = f"no-fingerprint:{uuid.uuid4()}"
-    log_metadata(metadata=summary.metadata())
+    metadata = summary.metadata()
+    metadata["kedro_datasets"] = {d.name: d.uri for d in result.datasets}
+    log_metadata(metadata=metadata)
+    publish_datasets(stage, result.datasets)
     log.info("%s: %s", stage, summary.metadata())
     return summary
 
 
-_NO_CACHE = {"enable_cache": False, "output_materializers": SummaryMaterializer}
+def publish_datasets(stage: str, datasets: list[DatasetRecord]) -> None:
+    """Show what the stage wrote in the ZenML dashboard, as outputs of this step run.
 
-
-@step(**_NO_CACHE)
-def ingestion(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "ingestion"]:
-    """Download the pending images of the plants_data table into 01_raw."""
-    return _execute("ingestion", project, env, params, upstream)
-
-
-@step(**_NO_CACHE)
-def formatting(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "formatting"]:
-    """Raw -> formatted images -> dataset index + fingerprint (03_primary)."""
-    return _execute("formatting", project, env, params, upstream)
-
-
-@step(**_NO_CACHE)
-def validation(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "validation"]:
-    """Pandera checks on every index; a failure stops the run before training."""
-    return _execute("validation", project, env, params, upstream)
-
-
-@step(
-    output_materializers=SummaryMaterializer,
-    cache_policy=CachePolicy(include_artifact_values=True, include_artifact_ids=False),
-)
-def training(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "training"]:
-    """Train the classifier; logs into the stack's MLflow experiment tracker run if any.
-
-    The tracker starts its run before the step; the local orchestrator runs the step and
-    its Kedro nodes in this process, and the nodes' ``tracking.run`` logs into an active run
-    (or resumes ``MLFLOW_RUN_ID``, exported here for runners that start new processes).
+    - every file-backed Kedro dataset becomes an artifact version *by URI*: ZenML records
+      where the catalog put it (local disk or S3) with its metadata; nothing is copied;
+    - every HTML report (``*_html``) is also saved as an ``HTMLString`` artifact, whose
+      visualization the dashboard renders (a visualization must live in the artifact store,
+      and a report is a few kB).
     """
+    from zenml import save_artifact
+    from zenml.types import HTMLString
+
+    for record in datasets:
+        try:
+            _register_by_uri(stage, record)
+            if record.name.endswith("_html") and record.html is not None:
+                save_artifact(HTMLString(record.html), name=record.name, tags=[stage])
+        except Exception as exc:  # the dashboard view must never fail the pipeline
+            log.warning("could not publish %s to ZenML: %s", record.name, exc)
+
+
+def _register_by_uri(stage: str, record: DatasetRecord) -> None:
+    """An artifact version pointing at the Kedro dataset's own URI (no copy)."""
+    from pathlib import Path
+
+    from zenml.artifacts.utils import _link_artifact_version_to_the_step_and_model
+    from zenml.client import Client
+    from zenml.enums import ArtifactSaveType, ArtifactType
+    from zenml.materializers.path_materializer import PathMaterializer
+    from zenml.metadata.metadata_types import Uri
+    from zenml.models import ArtifactVersionRequest
+    from zenml.utils import source_utils
+
+    client = Client()
+    request = ArtifactVersionRequest(
+        artifact_name=f"kedro.{record.name}",
+        type=ArtifactType.MODEL if record.name in MODEL_DATASETS else ArtifactType.DATA,
+        uri=record.uri,
+        materializer=source_utils.resolve(PathMaterializer),
+        data_type=source_utils.resolve(Path),
+        save_type=ArtifactSaveType.PREEXISTING,
+        has_custom_name=True,
+        tags=[stage, "kedro"],
+        project=client.active_project.id,
+        metadata={
+            "kedro_dataset": record.name,
+            "kedro_type": record.kind,
+            "uri": Uri(record.uri),
+            **record.metadata,
+        },
+    )
+    version = client.zen_store.create_artifact_version(artifact_version=request)
+    _link_artifact_version_to_the_step_and_model(artifact_version=version)
+
+
+MODEL_DATASETS = ("serving_model", "model_checkpoint")
+
+
+def _run_training(
+    project: str, env: str, params: dict[str, Any], upstream: StepSummary | None
+) -> StepSummary:
+    """The tracker starts its run before the step; the local orchestrator runs the step and
+    its Kedro nodes in this process. The nodes log through their own MLflow client into the
+    run named by ``MLFLOW_RUN_ID`` on ``MLFLOW_TRACKING_URI``: hand the tracker's run over."""
     import mlflow
 
     active = mlflow.active_run()
@@ -120,40 +136,78 @@ def training(
     return summary
 
 
-@step(output_materializers=SummaryMaterializer)
-def evaluation(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "evaluation"]:
-    """Test metrics of the new model against the baseline and the current champion."""
-    return _execute("evaluation", project, env, params, upstream)
-
-
-@step(output_materializers=SummaryMaterializer)
-def registry(
-    project: str,
-    env: str,
-    params: dict[str, Any],
-    config_hash: str,
-    upstream: StageSummary | None = None,
-) -> Annotated[StageSummary, "registry"]:
-    """Register the model in MLflow, apply the gate, move `champion`; link the ZenML model."""
+def _run_registry(
+    project: str, env: str, params: dict[str, Any], upstream: StepSummary | None
+) -> StepSummary:
     summary = _execute("registry", project, env, params, upstream)
     _link_zenml_model_version(summary)
     return summary
 
 
-STEPS = {f.name: f for f in (ingestion, formatting, validation, training, evaluation, registry)}
+# Caching (docs/zenml.md): stages that read or write state outside ZenML (the table,
+# remote URLs, the registry) never cache; training caches on the value of the validated
+# fingerprint, its parameters and config_hash (conf + every module it imports); evaluation
+# and registry cache on the training artifact, so they are reused exactly when it was.
 CACHED_STAGES = ("training", "evaluation", "registry")
+_DOCS = {
+    "ingestion": "Download the pending images of the plants_data table into 01_raw.",
+    "formatting": "Raw -> formatted images -> dataset index + fingerprint (03_primary).",
+    "validation": "Pandera checks on every index; a failure stops the run before training.",
+    "training": "Train the classifier; logs into the stack's MLflow tracker run if any.",
+    "evaluation": "Test metrics of the new model against the baselines and the champion.",
+    "registry": "Register the model in MLflow, apply the gate, move `champion`.",
+    "monitoring": "Evidently drift report of the prediction log against the training data.",
+}
+_RUNNERS: dict[str, Callable[..., StepSummary]] = {
+    "training": _run_training,
+    "registry": _run_registry,
+}
+
+
+def make_step(stage: str):
+    """The ZenML step of one Kedro pipeline: runs it, returns its :class:`StepSummary`
+    (output artifact named after the stage)."""
+    runner = _RUNNERS.get(stage)
+
+    def stage_step(
+        project: str,
+        env: str,
+        params: dict[str, Any],
+        config_hash: str,
+        upstream: StepSummary | None = None,
+    ) -> Annotated[StepSummary, stage]:
+        if runner is not None:
+            return runner(project, env, params, upstream)
+        return _execute(stage, project, env, params, upstream)
+
+    stage_step.__name__ = stage_step.__qualname__ = stage
+    stage_step.__doc__ = _DOCS[stage]
+    stage_step.__module__ = __name__
+    options: dict[str, Any] = {"output_materializers": SummaryMaterializer}
+    if stage == "training":
+        options["cache_policy"] = CachePolicy(
+            include_artifact_values=True, include_artifact_ids=False
+        )
+    elif stage not in CACHED_STAGES:
+        options["enable_cache"] = False
+    return step(**options)(stage_step)
+
+
+# ZenML imports steps by module attribute: each one must be a module-level name.
+ingestion = make_step("ingestion")
+formatting = make_step("formatting")
+validation = make_step("validation")
+training = make_step("training")
+evaluation = make_step("evaluation")
+registry = make_step("registry")
+monitoring = make_step("monitoring")  # on request (`--pipelines monitoring`), never by default
+STEPS = {name: globals()[name] for name in (*STAGES, "monitoring")}
 
 
 # --- ZenML Model Control Plane <-> MLflow Model Registry ---------------------------------
 
 
-def _link_zenml_model_version(summary: StageSummary) -> None:
+def _link_zenml_model_version(summary: StepSummary) -> None:
     """Tag and annotate this run's ZenML model version with the MLflow registry version."""
     from zenml.client import Client
 
@@ -161,7 +215,7 @@ def _link_zenml_model_version(summary: StageSummary) -> None:
     if model_version is None:
         return
     meta: dict[str, Any] = {
-        "mlflow_registered_model": _registered_model_name(),
+        "mlflow_registered_model": REGISTERED_MODEL_NAME,
         "mlflow_model_version": summary.model_version or "none",
         "mlflow_run_id": summary.mlflow_run_id or "none",
         "gate_verdict": summary.verdict or "none",
@@ -178,9 +232,3 @@ def _link_zenml_model_version(summary: StageSummary) -> None:
             version_name_or_id=model_version.id,
             add_tags=tags,
         )
-
-
-def _registered_model_name() -> str:
-    from plants_mlops.contracts import REGISTERED_MODEL_NAME
-
-    return REGISTERED_MODEL_NAME

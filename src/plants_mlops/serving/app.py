@@ -9,13 +9,13 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from plants_mlops.orchestration.retrain import RetrainRunner
 from plants_mlops.serving import errors
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.middleware import RequestContextMiddleware
 from plants_mlops.serving.model import ModelManager
 from plants_mlops.serving.predlog import PredictionLogWriter, make_sink
-from plants_mlops.serving.retrain import RetrainRunner
 from plants_mlops.serving.routes import admin, ops, predict, ui
 from plants_mlops.serving.service import PredictionService
 

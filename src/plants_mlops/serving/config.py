@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plants_mlops import contracts, imaging
+from plants_mlops import imaging
+from plants_mlops.contracts import DEFAULT_DB_URL, DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI
 from plants_mlops.errors import UserFacingError
-
-DEFAULT_MODEL_URI = f"models:/{contracts.REGISTERED_MODEL_NAME}@{contracts.ALIAS_CHAMPION}"
+from plants_mlops.orchestration.retrain import default_retrain_command
 
 
 def _env_float(name: str, default: float) -> float:
@@ -46,30 +44,10 @@ def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     return frozenset(k for k in keys if k and not k.startswith("#"))
 
 
-def _script(name: str) -> str:
-    """A console script of this environment (the venv's bin), else whatever PATH has."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
-
-
-def default_retrain_command() -> list[str]:
-    """``plants-mlops pipeline run`` (the ZenML pipeline) when that command exists, else
-    ``kedro run`` (the default Kedro pipeline)."""
-    try:
-        from plants_mlops.cli import build_parser
-
-        sub = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
-        if "pipeline" in sub:
-            return [_script("plants-mlops"), "pipeline", "run"]
-    except Exception:  # noqa: BLE001 - fall back to plain kedro
-        pass
-    return [_script("kedro"), "run"]
-
-
 @dataclass(frozen=True)
 class ServingConfig:
     model_uri: str = DEFAULT_MODEL_URI
-    tracking_uri: str | None = None
+    tracking_uri: str = DEFAULT_TRACKING_URI
     poll_seconds: float = 30.0  # 0 disables polling (POST /admin/reload still works)
     api_keys: frozenset[str] = field(default_factory=frozenset)
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -77,7 +55,7 @@ class ServingConfig:
     max_pixels: int = imaging.MAX_PIXELS
     ort_threads: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
-    db_url: str = "sqlite:///data/plants.db"
+    db_url: str = DEFAULT_DB_URL
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
     log_batch_size: int = 64
     log_flush_seconds: float = 1.0
@@ -93,7 +71,7 @@ class ServingConfig:
             raise UserFacingError(f"PLANTS_PREDICTION_LOG must be sql, s3 or off, not {log_kind}")
         values = dict(
             model_uri=os.environ.get("PLANTS_MODEL_URI", DEFAULT_MODEL_URI),
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///data/mlflow.db",
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
             poll_seconds=_env_float("PLANTS_MODEL_POLL_SECONDS", 30.0),
             api_keys=read_api_keys(),
             max_upload_bytes=_env_int("PLANTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
@@ -101,7 +79,7 @@ class ServingConfig:
             max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
             prediction_log=log_kind,
-            db_url=os.environ.get("PLANTS_DB_URL") or "sqlite:///data/plants.db",
+            db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
             log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 64),
             log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),

@@ -7,157 +7,32 @@ finish on the old session, new ones start on the new session, nothing is dropped
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from plants_mlops import contracts, imaging
+from plants_mlops.model.artifact import (
+    ModelLoadError,
+    RegisteredArtifact,
+    parse_model_uri,
+    resolve,
+)
 
 log = logging.getLogger("plants_mlops.serving.model")
 
-
-class ModelLoadError(RuntimeError):
-    """A registry version could not be turned into a working serving model."""
-
-
-@dataclass(frozen=True)
-class ServingMeta:
-    labels: tuple[str, ...]
-    image_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    architecture: str = "unknown"
-    dataset_fingerprint: str | None = None
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ServingMeta:
-        try:
-            labels = tuple(raw["labels"])
-            image_size = int(raw["image_size"])
-            return cls(
-                labels=labels,
-                image_size=image_size,
-                resize_size=int(raw.get("resize_size") or image_size),
-                mean=tuple(float(v) for v in raw["mean"]),
-                std=tuple(float(v) for v in raw["std"]),
-                architecture=str(raw.get("architecture", "unknown")),
-                dataset_fingerprint=_fingerprint(raw.get("dataset_fingerprint")),
-                test_metrics={
-                    k: float(v)
-                    for k, v in (raw.get("test_metrics") or {}).items()
-                    if isinstance(v, int | float)
-                },
-                mlflow_run_id=raw.get("mlflow_run_id"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"serving_meta is incomplete or malformed: {exc!r}") from exc
-
-
-def _fingerprint(value: Any) -> str | None:
-    if isinstance(value, dict):  # the dataset_fingerprint.json document itself
-        value = value.get("fingerprint")
-    return None if value is None else str(value)
+__all__ = ["ModelLoadError", "ModelManager", "Registry", "ServingModel"]
 
 
 @dataclass
-class Prediction:
-    probabilities: np.ndarray  # [N, C]
-    embeddings: np.ndarray  # [N, D]
+class ServingModel(RegisteredArtifact):
+    """One registry version being served, with where it came from."""
 
-
-class ServingModel:
-    """One loaded registry version: an ONNX Runtime session plus its serving metadata."""
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        version: str,
-        run_id: str | None,
-        source: str,
-        meta: ServingMeta,
-        onnx_path: Path,
-        threads: int = 1,
-        lineage: dict[str, Any] | None = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        self.name = name
-        self.version = version
-        self.run_id = run_id
-        self.source = source
-        self.meta = meta
-        self.lineage = lineage or {}
-        self.loaded_at = datetime.now(UTC)
-        opts = ort.SessionOptions()
-        # 2 cores shared by uvicorn, decoding and ORT: one intra-op thread per request and
-        # no spinning (spinning threads fight the decoder threads; see docs/serving.md).
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [
-            p
-            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-            if p in ort.get_available_providers()
-        ]
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"onnxruntime cannot load the model: {exc}") from exc
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [contracts.ONNX_INPUT] or not {
-            contracts.ONNX_OUTPUT_LOGITS,
-            contracts.ONNX_OUTPUT_EMBEDDING,
-        } <= set(outputs):
-            raise ModelLoadError(
-                f"model breaks the serving contract: inputs {inputs}, outputs {outputs} "
-                f"(want input {contracts.ONNX_INPUT!r}, outputs "
-                f"{contracts.ONNX_OUTPUT_LOGITS!r} and {contracts.ONNX_OUTPUT_EMBEDDING!r})"
-            )
-        if list(meta.labels) != list(contracts.LABELS):
-            raise ModelLoadError(f"model labels {meta.labels} differ from {contracts.LABELS}")
-        # Warm up (first run allocates) and check the shapes once.
-        probe = self.run(np.zeros((1, 3, meta.image_size, meta.image_size), np.float32))
-        if probe.probabilities.shape != (1, len(meta.labels)):
-            raise ModelLoadError(f"logits have shape {probe.probabilities.shape}")
-        self.embedding_dim = int(probe.embeddings.shape[1])
-
-    def preprocess(self, img) -> tuple[np.ndarray, Any]:
-        """RGB PIL image -> (model input CHW, the fmt-size image monitoring computes stats on)."""
-        fmt = imaging.square_resize(img, self.meta.resize_size)
-        x = imaging.to_model_input(
-            fmt,
-            resize_size=self.meta.resize_size,
-            image_size=self.meta.image_size,
-            mean=self.meta.mean,
-            std=self.meta.std,
-        )
-        return x, fmt
-
-    def run(self, batch: np.ndarray) -> Prediction:
-        logits, emb = self.session.run(
-            [contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING],
-            {contracts.ONNX_INPUT: batch},
-        )
-        logits = logits.astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        return Prediction(probabilities=probs, embeddings=np.asarray(emb, dtype=np.float32))
+    source: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -177,48 +52,10 @@ class ServingModel:
         }
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    if not uri.startswith("models:/"):
-        raise ModelLoadError(f"model URI must look like models:/NAME@ALIAS, got {uri!r}")
-    rest = uri[len("models:/") :]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, None
-    name, _, version = rest.partition("/")
-    if not version:
-        raise ModelLoadError(f"model URI {uri!r} names neither an alias nor a version")
-    return name, None, version
-
-
-def _read_meta(folder: Path) -> dict[str, Any]:
-    for candidate in (folder / "serving_meta.json", folder / "extra_files" / "serving_meta.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    mlmodel = folder / "MLmodel"
-    if mlmodel.is_file():
-        import yaml
-
-        meta = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata")
-        if meta:
-            return meta
-    raise ModelLoadError(f"no serving_meta.json in the model folder {folder}")
-
-
-def _find_onnx(folder: Path) -> Path:
-    direct = folder / "model.onnx"
-    if direct.is_file():
-        return direct
-    found = sorted(folder.rglob("*.onnx"))
-    if not found:
-        raise ModelLoadError(f"no .onnx file in the model folder {folder}")
-    return found[0]
-
-
 class Registry:
-    """The few MLflow registry calls the service needs (mlflow imported lazily)."""
+    """The few MLflow registry calls the service needs, through one explicit client."""
 
-    def __init__(self, tracking_uri: str | None, model_uri: str) -> None:
+    def __init__(self, tracking_uri: str, model_uri: str) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -228,45 +65,29 @@ class Registry:
 
     def target_version(self) -> tuple[str, str | None]:
         """(version, run_id) that the model URI points at now."""
-        if self.alias:
-            mv = self.client.get_model_version_by_alias(self.name, self.alias)
-        else:
-            mv = self.client.get_model_version(self.name, self.version)
-        return str(mv.version), mv.run_id
+        _, version, run_id = resolve(self.client, self.model_uri)
+        return version, run_id
 
     def load(self, version: str, run_id: str | None, threads: int) -> ServingModel:
-        import os
+        from plants_mlops.model import artifact
 
-        import mlflow
-
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mlflow.set_tracking_uri(self.tracking_uri)
-        uri = f"models:/{self.name}/{version}"
-        with tempfile.TemporaryDirectory(prefix="plants-serving-") as tmp:
-            try:
-                folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-            except Exception as exc:  # noqa: BLE001 - any transport/registry error
-                raise ModelLoadError(f"cannot download {uri}: {exc}") from exc
-            meta = ServingMeta.from_dict(_read_meta(folder))
-            onnx_path = _find_onnx(folder)
-            lineage = self._lineage(run_id or meta.mlflow_run_id)
-            return ServingModel(
-                name=self.name,
-                version=version,
-                run_id=run_id or meta.mlflow_run_id,
-                source=uri,
-                meta=meta,
-                onnx_path=onnx_path,
-                threads=threads,
-                lineage=lineage,
-            )
+        loaded = artifact.load_version(self.client, self.name, version, threads=threads)
+        run_id = run_id or loaded.meta.mlflow_run_id
+        return ServingModel(
+            artifact=loaded,
+            name=self.name,
+            version=version,
+            run_id=run_id,
+            source=f"models:/{self.name}/{version}",
+            lineage=self._lineage(run_id),
+        )
 
     def _lineage(self, run_id: str | None) -> dict[str, Any]:
         if not run_id:
             return {}
         try:
             run = self.client.get_run(run_id)
-        except Exception as exc:  # noqa: BLE001 - lineage is informative only
+        except Exception as exc:  # lineage is informative only
             return {"run_id": run_id, "error": str(exc)}
         base = (self.tracking_uri or "").rstrip("/")
         link = (
@@ -348,7 +169,7 @@ class ModelManager:
             try:
                 registry = self.registry()
                 version, run_id = registry.target_version()
-            except Exception as exc:  # noqa: BLE001 - registry down, alias missing...
+            except Exception as exc:  # registry down, alias missing...
                 return self._failed(None, f"cannot resolve {self.config.model_uri}: {exc}")
             current = self.current
             if current is not None and current.version == version:
@@ -364,7 +185,7 @@ class ModelManager:
             started = time.perf_counter()
             try:
                 model = registry.load(version, run_id, self.config.ort_threads)
-            except Exception as exc:  # noqa: BLE001 - keep serving the old model
+            except Exception as exc:  # keep serving the old model
                 return self._failed(version, str(exc))
             self.current = model  # the atomic swap
             self.last_error = None

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from plants_mlops import imaging
+from plants_mlops import contracts, imaging
 
 log = logging.getLogger("plants_mlops.serving.predlog")
 
-TABLE = "prediction_log"
-STAT_PREFIX = "stat_"
+TABLE = contracts.PREDICTION_LOG_TABLE
+STAT_PREFIX = contracts.PREDICTION_LOG_STAT_PREFIX
 SPILL_DIR = Path("data") / "prediction_log_spill"
 
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from plants_mlops import imaging
+from plants_mlops.orchestration.retrain import RetrainRunner
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.model import ModelManager, ServingModel
 from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord
-from plants_mlops.serving.retrain import RetrainRunner
 from plants_mlops.serving.schemas import BatchItem, ErrorResponse, PredictionResponse
 
 

@@ -4,29 +4,23 @@ all on the same test split, through the serving preprocessing."""
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from plants_mlops.contracts import ALIAS_CHAMPION, LABELS, REGISTERED_MODEL_NAME
+from plants_mlops.contracts import ALIAS_CHAMPION, LABELS
 from plants_mlops.model import tracking
+from plants_mlops.params import Baselines, EvaluationParams, EvaluationSubset, parse
+from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
 
 
-def _splits(dataset_index, fmt_images, names, subset: dict[str, Any]):
-    from plants_mlops.model.data import load_splits
+def _splits(dataset_index, fmt_images, names, subset: EvaluationSubset):
+    from plants_mlops.model.data import load_subset
 
-    return load_splits(
-        dataset_index,
-        fmt_images,
-        names,
-        max_per_split=subset.get("max_images_per_split"),
-        seed=int(subset.get("seed") or 42),
-    )
+    return load_subset(dataset_index, fmt_images, names, subset)
 
 
 def evaluate_candidate(
@@ -37,12 +31,13 @@ def evaluate_candidate(
     subset: dict[str, Any],
 ) -> dict:
     """Metrics of the exported ONNX model on the test split."""
-    from plants_mlops.model.export import onnx_predict_proba, onnx_session
+    from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.metrics import classification_metrics
 
+    subset = parse(EvaluationSubset, subset, "evaluation.subset")
     test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
-    proba = onnx_predict_proba(onnx_session(serving_model), test.images, serving_meta)
-    return classification_metrics(test.labels, proba)
+    model = ServingArtifact.from_bytes(serving_model, serving_meta)
+    return classification_metrics(test.labels, model.predict_images(test.images).probabilities)
 
 
 def colour_histogram(images, bins: int) -> np.ndarray:
@@ -60,6 +55,8 @@ def evaluate_baselines(
     dataset_index: pd.DataFrame, fmt_images: dict, params: dict[str, Any], subset: dict[str, Any]
 ) -> dict:
     """Majority class (of the train split) and a colour-histogram logistic regression."""
+    params = parse(Baselines, params, "evaluation.baselines")
+    subset = parse(EvaluationSubset, subset, "evaluation.subset")
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -71,10 +68,8 @@ def evaluate_baselines(
     counts = np.bincount(train.labels, minlength=len(LABELS))
     majority = np.zeros((len(test), len(LABELS)))
     majority[:, int(counts.argmax())] = 1.0
-    bins = int(params.get("histogram_bins", 4))
-    clf = make_pipeline(
-        StandardScaler(), LogisticRegression(C=float(params.get("C", 1.0)), max_iter=2000)
-    )
+    bins = params.histogram_bins
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=params.C, max_iter=2000))
     clf.fit(colour_histogram(train.images, bins), train.labels)
     proba = clf.predict_proba(colour_histogram(test.images, bins))
     return {
@@ -99,14 +94,15 @@ def evaluate_champion(
     cannot be loaded (the gate then skips the comparison and says so). An unreachable
     tracking server is an error: no fair gate without it.
     """
-    if not params.get("compare_champion", True):
+    p = parse(EvaluationParams, params, "evaluation")
+    subset = parse(EvaluationSubset, subset, "evaluation.subset")
+    if not p.compare_champion:
         return {"version": None, "skipped": "compare_champion is false"}
-    from plants_mlops.model import registry
-    from plants_mlops.model.export import onnx_predict_proba
+    from plants_mlops.model import artifact, registry
     from plants_mlops.model.metrics import classification_metrics
 
-    name = params.get("model_name") or REGISTERED_MODEL_NAME
-    cl = registry.client((params.get("mlflow") or {}).get("tracking_uri"))
+    name = p.model_name
+    cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
     version = registry.alias_version(cl, ALIAS_CHAMPION, name)
     if version is None:
         return {"version": None}
@@ -115,31 +111,31 @@ def evaluate_champion(
     if mv.run_id and mv.run_id == serving_meta.get("mlflow_run_id"):
         out["note"] = "the champion is this very run's model"
     try:
-        with tempfile.TemporaryDirectory(prefix="plants-champion-") as tmp:
-            session, meta = registry.load_serving_model(
-                registry.download_model(cl, version, Path(tmp), name)
-            )
-            test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
-            proba = onnx_predict_proba(session, test.images, meta)
+        champion = artifact.load_version(cl, name, version)
+        test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
+        proba = champion.predict_images(test.images).probabilities
     except Exception as exc:  # a broken champion must not block evaluating the candidate
         log.warning("champion version %s could not be evaluated: %s", version, exc)
         out["error"] = f"{type(exc).__name__}: {exc}"
         return out
-    out["architecture"] = meta.get("architecture")
+    out["architecture"] = champion.meta.architecture
     out.update(classification_metrics(test.labels, proba))
     return out
 
 
 def compile_report(
-    candidate: dict, baselines: dict, champion: dict, training_summary: dict, params: dict[str, Any]
-) -> dict:
-    """One JSON report; also logged to the training run (``eval_*`` metrics + the JSON)."""
+    candidate: dict, baselines: dict, champion: dict, training_report: dict, params: dict[str, Any]
+) -> tuple[dict, str, dict]:
+    """One JSON report (also logged to the training run: ``eval_*`` metrics + the JSON), its
+    HTML page and the stage summary."""
     from plants_mlops.model.metrics import confusion_matrix_png, scalar_metrics
 
+    p = parse(EvaluationParams, params, "evaluation")
     best_baseline = max(baselines.values(), key=lambda m: m["f1_macro"])
+    run_id = training_report.get("mlflow_run_id")
     report = {
-        "mlflow_run_id": training_summary.get("mlflow_run_id"),
-        "dataset_fingerprint": training_summary.get("dataset_fingerprint"),
+        "mlflow_run_id": run_id,
+        "dataset_fingerprint": training_report.get("dataset_fingerprint"),
         "test_size": candidate["n"],
         "model": candidate,
         "baselines": baselines,
@@ -150,24 +146,17 @@ def compile_report(
             for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
         },
     }
-    run_id = training_summary.get("mlflow_run_id")
-    if run_id and (params.get("mlflow") or {}).get("log_to_run", True):
-        import mlflow
-
-        uri = tracking.configure((params.get("mlflow") or {}).get("tracking_uri"))
-        with tracking.run("plants-classifier", uri, run_id=run_id):
-            mlflow.log_metrics(scalar_metrics(candidate, "eval_"))
+    if run_id and p.mlflow.log_to_run:
+        cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
+        with tracking.open_run(cl, p.model_name, run_id=run_id) as run:
+            run.log_metrics(scalar_metrics(candidate, "eval_"))
             for name, m in baselines.items():
-                mlflow.log_metrics(scalar_metrics(m, f"baseline_{name}_"))
+                run.log_metrics(scalar_metrics(m, f"baseline_{name}_"))
             if champion.get("f1_macro") is not None:
-                mlflow.log_metrics(scalar_metrics(champion, "champion_"))
-            mlflow.log_dict(report, "evaluation/evaluation_report.json")
-            from plants_mlops.pipelines.training.nodes import _png_image
-
-            mlflow.log_image(
-                _png_image(
-                    confusion_matrix_png(candidate["confusion_matrix"], "ONNX model, test split")
-                ),
+                run.log_metrics(scalar_metrics(champion, "champion_"))
+            run.log_dict(report, "evaluation/evaluation_report.json")
+            run.log_png(
+                confusion_matrix_png(candidate["confusion_matrix"], "ONNX model, test split"),
                 "figures/eval_confusion_matrix.png",
             )
     log.info(
@@ -178,4 +167,19 @@ def compile_report(
         if champion.get("f1_macro") is not None
         else champion.get("version") or "none",
     )
-    return report
+    metrics = {f"test_{k}": float(v) for k, v in report["metrics"].items()}
+    metrics["best_baseline_f1_macro"] = float(best_baseline["f1_macro"])
+    if champion.get("f1_macro") is not None:
+        metrics["champion_f1_macro"] = float(champion["f1_macro"])
+    summary = StageSummary(
+        stage="evaluation",
+        counts={"test_images": int(candidate["n"])},
+        dataset_fingerprint=report["dataset_fingerprint"],
+        mlflow_run_id=run_id,
+        champion_version=champion.get("version"),
+        metrics=metrics,
+        outputs=["evaluation_report", "evaluation_report_html"],
+    )
+    from plants_mlops.reports import evaluation_html
+
+    return report, evaluation_html(report), summary.to_json()

@@ -35,10 +35,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "evaluation_candidate",
                     "evaluation_baselines",
                     "evaluation_champion",
-                    "training_summary",
+                    "training_report",
                     "params:evaluation",
                 ],
-                "evaluation_report",
+                ["evaluation_report", "evaluation_report_html", "evaluation_summary"],
                 name="compile_evaluation_report",
             ),
         ]

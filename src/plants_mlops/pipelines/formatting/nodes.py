@@ -203,3 +203,20 @@ def build_dataset_index(
     log.info("formatting: dataset index %s", json.dumps(fingerprint["per_split_label"]))
     log.info("dataset fingerprint %s (%d images)", fingerprint["fingerprint"], len(index))
     return index, fingerprint, report
+
+
+def summarize_formatting(
+    formatting_report: dict[str, Any], dataset_fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """The stage summary: images formatted, indexed per split, and the fingerprint."""
+    from plants_mlops.summaries import StageSummary, integers
+
+    counts = integers(formatting_report)
+    for split, labels in dataset_fingerprint["per_split_label"].items():
+        counts[f"{split}_images"] = int(sum(labels.values()))
+    return StageSummary(
+        stage="formatting",
+        counts=counts,
+        dataset_fingerprint=dataset_fingerprint["fingerprint"],
+        outputs=["formatting_report", "dataset_index"],
+    ).to_json()

@@ -1,6 +1,10 @@
 from kedro.pipeline import Pipeline, node
 
-from plants_mlops.pipelines.formatting.nodes import build_dataset_index, format_images
+from plants_mlops.pipelines.formatting.nodes import (
+    build_dataset_index,
+    format_images,
+    summarize_formatting,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,8 +19,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 build_dataset_index,
                 inputs=["fmt_index", "fmt_report", "params:formatting"],
-                outputs=["dataset_index", "dataset_fingerprint", "formatting_summary"],
+                outputs=["dataset_index", "dataset_fingerprint", "formatting_report"],
                 name="build_dataset_index",
+            ),
+            node(
+                summarize_formatting,
+                inputs=["formatting_report", "dataset_fingerprint"],
+                outputs="formatting_summary",
+                name="summarize_formatting",
             ),
         ]
     )

@@ -249,3 +249,18 @@ def _update(row_id, status, error, sha256, url_s3, ingested_at) -> dict:
         "url_s3": url_s3,
         "ingested_at": ingested_at,
     }
+
+
+def summarize_ingestion(ingestion_report: dict[str, Any]) -> dict[str, Any]:
+    """The stage summary: how many rows were fetched, stored, skipped and failed."""
+    from plants_mlops.summaries import StageSummary, integers
+
+    counts = integers(ingestion_report)
+    counts.update({f"failed_{k}": v for k, v in ingestion_report["failed_by_reason"].items()})
+    return StageSummary(
+        stage="ingestion",
+        counts=counts,
+        metrics={"images_per_s": float(ingestion_report["images_per_s"] or 0.0)},
+        verdict="failures" if ingestion_report["failed"] else "ok",
+        outputs=["ingestion_report"],
+    ).to_json()

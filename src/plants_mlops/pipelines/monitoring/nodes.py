@@ -275,8 +275,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     """Start the retraining command in the background when drift is found and enabled."""
     import shlex
 
-    from plants_mlops.serving.config import default_retrain_command
-    from plants_mlops.serving.retrain import start_retrain
+    from plants_mlops.orchestration.retrain import default_retrain_command, start_retrain
 
     cfg = params.get("retrain") or {}
     enabled = _truthy(cfg.get("enabled", False))
@@ -315,3 +314,26 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
         detail="retraining started in the background",
     )
     return record
+
+
+def summarize_monitoring(verdict: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
+    """The stage summary: the verdict, window sizes, drift scores, whether retraining began."""
+    from plants_mlops.summaries import StageSummary
+
+    metrics: dict[str, float] = {}
+    if "embeddings" in verdict:
+        metrics["embeddings_drift_score"] = float(verdict["embeddings"]["score"])
+    share = (verdict.get("data_drift") or {}).get("share_drifted")
+    if share is not None:
+        metrics["share_drifted_columns"] = float(share)
+    return StageSummary(
+        stage="monitoring",
+        counts={
+            "current_rows": int(verdict["n_current"]),
+            "reference_rows": int(verdict["n_reference"]),
+            "retraining_started": int(bool(trigger.get("started"))),
+        },
+        metrics=metrics,
+        verdict=verdict["status"],
+        outputs=["monitoring_report_html", "monitoring_verdict"],
+    ).to_json()

@@ -5,6 +5,7 @@ from plants_mlops.pipelines.monitoring.nodes import (
     decide_drift,
     drift_report,
     select_current_window,
+    summarize_monitoring,
     trigger_retraining,
 )
 
@@ -27,12 +28,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 drift_report,
                 inputs=["monitoring_current", "monitoring_reference", "params:monitoring"],
-                outputs=["monitoring_report_html", "monitoring_report_json", "monitoring_summary"],
+                outputs=["monitoring_report_html", "monitoring_report_json", "monitoring_drift"],
                 name="drift_report",
             ),
             node(
                 decide_drift,
-                inputs=["monitoring_summary", "params:monitoring"],
+                inputs=["monitoring_drift", "params:monitoring"],
                 outputs="monitoring_verdict",
                 name="decide_drift",
             ),
@@ -41,6 +42,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["monitoring_verdict", "params:monitoring"],
                 outputs="monitoring_retrain_trigger",
                 name="trigger_retraining",
+            ),
+            node(
+                summarize_monitoring,
+                inputs=["monitoring_verdict", "monitoring_retrain_trigger"],
+                outputs="monitoring_summary",
+                name="summarize_monitoring",
             ),
         ]
     )

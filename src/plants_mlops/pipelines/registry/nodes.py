@@ -6,43 +6,53 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, REGISTERED_MODEL_NAME
+from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION
+from plants_mlops.model import tracking
+from plants_mlops.params import RegistryParams, parse
+from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
 
 
 def register_and_gate(
-    training_summary: dict, evaluation_report: dict, params: dict[str, Any]
-) -> dict:
+    training_report: dict, evaluation_report: dict, params: dict[str, Any]
+) -> tuple[dict, dict]:
     """Register, check the model loads, gate, move an alias, record why.
 
     Raises (champion untouched) when MLflow is unreachable, the training run logged no
     model, or the new version fails to load.
     """
     from plants_mlops.model import registry
+    from plants_mlops.model.artifact import LoggedArtifact
 
-    model_uri = training_summary.get("model_uri")
-    run_id = training_summary.get("mlflow_run_id")
-    if not model_uri:
+    p = parse(RegistryParams, params, "registry")
+    run_id = training_report.get("mlflow_run_id")
+    if not training_report.get("model_id") or not training_report.get("artifact_location"):
         raise registry.RegistryError(
-            "training_summary has no model_uri: the training run logged no MLflow model "
+            "training_report names no logged model: the training run logged no MLflow model "
             "(training.mlflow.enabled false?); nothing to register"
         )
+    logged = LoggedArtifact(
+        model_id=training_report["model_id"],
+        model_uri=training_report["model_uri"],
+        run_id=run_id,
+        artifact_location=training_report["artifact_location"],
+    )
     if evaluation_report.get("mlflow_run_id") != run_id:
         raise registry.RegistryError(
             f"evaluation_report is for run {evaluation_report.get('mlflow_run_id')}, "
-            f"training_summary for {run_id}: run the evaluation pipeline first"
+            f"training_report for {run_id}: run the evaluation pipeline first"
         )
-    name = params.get("model_name", REGISTERED_MODEL_NAME)
-    cl = registry.client((params.get("mlflow") or {}).get("tracking_uri"))
+    name = p.model_name
+    cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
     champion = evaluation_report.get("champion") or {}
     candidate_f1 = float(evaluation_report["metrics"]["f1_macro"])
     baseline_f1 = evaluation_report.get("best_baseline_f1_macro")
     champion_f1 = champion.get("f1_macro")
     if champion.get("note"):  # the champion is this very model: nothing to compare
         champion_f1 = None
-    gate_cfg = params.get("gate") or {}
-    decision = registry.evaluate_gate(candidate_f1, baseline_f1, champion_f1, gate_cfg)
+    gate = p.gate
+    decision = registry.evaluate_gate(candidate_f1, baseline_f1, champion_f1, gate)
     metrics = evaluation_report["metrics"]
     tags = {
         "verdict": decision["verdict"],
@@ -54,16 +64,16 @@ def register_and_gate(
         "gate.baseline_f1": "none" if baseline_f1 is None else f"{baseline_f1:.6f}",
         "gate.champion_f1": "none" if champion_f1 is None else f"{champion_f1:.6f}",
         "gate.champion_version": champion.get("version") or "none",
-        "gate.min_f1": str(gate_cfg.get("min_f1", 0.9)),
-        "gate.baseline_margin": str(gate_cfg.get("baseline_margin", 0.0)),
-        "gate.champion_tolerance": str(gate_cfg.get("champion_tolerance", 0.01)),
+        "gate.min_f1": str(gate.min_f1),
+        "gate.baseline_margin": str(gate.baseline_margin),
+        "gate.champion_tolerance": str(gate.champion_tolerance),
         "gate.checks": "; ".join(
             f"{c['name']}={'pass' if c['passed'] else 'FAIL'} ({c['detail']})"
             for c in decision["checks"]
         ),
     }
     previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
-    version = registry.register_version(cl, model_uri, run_id, tags, name)
+    version = registry.register_version(cl, logged, tags, name)
     # A model that fails to load gets no alias: the champion stays where it was.
     registry.verify_loadable(cl, version, name)
     reason = f"registry pipeline gate {decision['verdict']}: {tags['gate.checks']}"
@@ -86,7 +96,8 @@ def register_and_gate(
         aliases,
         registry.alias_version(cl, ALIAS_CHAMPION, name),
     )
-    return {
+    champion_now = registry.alias_version(cl, ALIAS_CHAMPION, name)
+    decision_doc = {
         "model_name": name,
         "model_version": version,
         "mlflow_run_id": run_id,
@@ -94,8 +105,19 @@ def register_and_gate(
         "checks": decision["checks"],
         "aliases": aliases,
         "previous_champion": previous,
-        "champion": registry.alias_version(cl, ALIAS_CHAMPION, name),
+        "champion": champion_now,
         "audit": entry,
         "metrics": {"f1_macro": candidate_f1, "accuracy": metrics["accuracy"]},
         "dataset_fingerprint": evaluation_report.get("dataset_fingerprint"),
     }
+    summary = StageSummary(
+        stage="registry",
+        dataset_fingerprint=evaluation_report.get("dataset_fingerprint"),
+        mlflow_run_id=run_id,
+        model_version=version,
+        champion_version=champion_now,
+        metrics={"test_f1_macro": candidate_f1, "test_accuracy": float(metrics["accuracy"])},
+        verdict=decision["verdict"],
+        outputs=["registry_decision"],
+    )
+    return decision_doc, summary.to_json()

@@ -10,8 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 register_and_gate,
-                ["training_summary", "evaluation_report", "params:registry"],
-                "registry_decision",
+                ["training_report", "evaluation_report", "params:registry"],
+                ["registry_decision", "registry_summary"],
                 name="register_and_gate",
             ),
         ]

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from plants_mlops.contracts import LABELS, ONNX_INPUT, SPLITS
+from plants_mlops.contracts import LABELS, SPLITS
 from plants_mlops.model import tracking
+from plants_mlops.params import TrainingParams, parse
+from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,8 @@ CONFIG_KEYS = (
 )
 
 
-def _config(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: params.get(k) for k in CONFIG_KEYS}
+def _config(params: TrainingParams) -> dict[str, Any]:
+    return params.model_dump(mode="json", include=set(CONFIG_KEYS))
 
 
 def require_valid_data(
@@ -72,26 +71,19 @@ def train_model(
     dataset_index: pd.DataFrame, fmt_images: dict, params: dict[str, Any]
 ) -> tuple[bytes, dict]:
     """Fit on the train split, early-stop on val; returns (checkpoint bytes, history)."""
-    from plants_mlops.model.data import load_splits
+    from plants_mlops.model.data import load_subset
     from plants_mlops.model.export import checkpoint_bytes
     from plants_mlops.model.train import train
 
-    if params.get("mlflow", {}).get("enabled", True):
-        tracking.ensure_reachable(
-            tracking.tracking_uri(params.get("mlflow", {}).get("tracking_uri"))
-        )
+    p = parse(TrainingParams, params, "training")
+    if p.mlflow.enabled:
+        tracking.ensure_reachable(tracking.tracking_uri(p.mlflow.tracking_uri))
     t0 = time.perf_counter()
-    splits = load_splits(
-        dataset_index,
-        fmt_images,
-        ("train", "val"),
-        max_per_split=params.get("max_images_per_split"),
-        seed=int(params.get("seed", 42)),
-    )
+    splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
     resize_size = splits["train"].images[0].width
-    result = train(splits, params)
+    result = train(splits, p)
     history = {
-        "config": _config(params),
+        "config": _config(p),
         "epochs": result.history,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -107,7 +99,7 @@ def train_model(
     }
     ckpt = checkpoint_bytes(
         result.model,
-        _config(params),
+        _config(p),
         {
             "resize_size": resize_size,
             "mean": list(result.mean),
@@ -119,34 +111,25 @@ def train_model(
 
 
 def export_serving_model(model_checkpoint: bytes, params: dict[str, Any]) -> bytes:
-    """The checkpoint as an ONNX graph with the serving contract's input/outputs."""
-    from plants_mlops.model.export import (
-        check_serving_model,
-        load_checkpoint,
-        onnx_bytes,
-        onnx_session,
+    """The checkpoint as an ONNX graph with the serving contract's input/outputs (checked:
+    a graph that breaks the contract fails here, not in the API)."""
+    from plants_mlops.model import artifact
+    from plants_mlops.model.export import load_checkpoint, onnx_bytes
+
+    p = parse(TrainingParams, params, "training")
+    model, cfg, meta = load_checkpoint(model_checkpoint)
+    data = onnx_bytes(model, int(cfg["image_size"]), opset=p.onnx_opset)
+    artifact.check_contract(
+        artifact.open_session(data, threads=1),
+        artifact.ServingMeta(
+            labels=LABELS,
+            image_size=int(cfg["image_size"]),
+            resize_size=int(meta["resize_size"]),
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+        ),
     )
-
-    model, cfg, _ = load_checkpoint(model_checkpoint)
-    data = onnx_bytes(model, int(cfg["image_size"]), opset=int(params.get("onnx_opset", 17)))
-    check_serving_model(onnx_session(data), int(cfg["image_size"]))
     return data
-
-
-def _test_predictions(
-    serving_model: bytes, meta: dict, dataset_index: pd.DataFrame, fmt_images: dict, params: dict
-) -> tuple[np.ndarray, np.ndarray]:
-    from plants_mlops.model.data import load_splits
-    from plants_mlops.model.export import onnx_predict_proba, onnx_session
-
-    test = load_splits(
-        dataset_index,
-        fmt_images,
-        ("test",),
-        max_per_split=params.get("max_images_per_split"),
-        seed=int(params.get("seed", 42)),
-    )["test"]
-    return test.labels, onnx_predict_proba(onnx_session(serving_model), test.images, meta)
 
 
 def log_training_run(
@@ -157,39 +140,40 @@ def log_training_run(
     fmt_images: dict,
     dataset_fingerprint: dict,
     params: dict[str, Any],
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, dict]:
     """Test the ONNX model on the test split (serving preprocessing) and log the run:
     params, per-epoch metrics, fingerprint and split sizes, git commit, figures, and the
-    model (ONNX flavour, signature + input example, ``serving_meta.json``).
+    model (``model/artifact.py``: ONNX flavour, signature, input example, serving meta).
 
-    Returns (serving_meta, training_summary).
+    Returns (serving_meta, training_report, training_summary).
     """
-    from plants_mlops.model.metrics import (
-        classification_metrics,
-        confusion_matrix_png,
-        curves_png,
-        scalar_metrics,
-    )
+    from plants_mlops.model import artifact
+    from plants_mlops.model.data import load_subset
+    from plants_mlops.model.metrics import classification_metrics, scalar_metrics
 
+    p = parse(TrainingParams, params, "training")
     cfg = training_history["config"]
     fingerprint = (dataset_fingerprint or {}).get("fingerprint")
-    meta = {
-        "labels": list(LABELS),
-        "image_size": int(cfg["image_size"]),
-        "resize_size": int(training_history["resize_size"]),
-        "mean": training_history["mean"],
-        "std": training_history["std"],
-        "architecture": cfg["architecture"],
-        "dataset_fingerprint": fingerprint,
-        "model_sha256": hashlib.sha256(serving_model).hexdigest(),
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    y_test, proba = _test_predictions(serving_model, meta, dataset_index, fmt_images, params)
-    test = classification_metrics(y_test, proba)
-    meta["test_metrics"] = scalar_metrics(test)
+    meta = artifact.ServingMeta(
+        labels=LABELS,
+        image_size=int(cfg["image_size"]),
+        resize_size=int(training_history["resize_size"]),
+        mean=tuple(training_history["mean"]),
+        std=tuple(training_history["std"]),
+        architecture=cfg["architecture"],
+        dataset_fingerprint=fingerprint,
+        model_sha256=hashlib.sha256(serving_model).hexdigest(),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    test = load_subset(dataset_index, fmt_images, ("test",), p)["test"]
+    served = artifact.ServingArtifact.from_bytes(serving_model, meta)
+    proba = served.predict_images(test.images).probabilities
+    y_test = test.labels
+    metrics = classification_metrics(y_test, proba)
+    meta = meta.model_copy(update={"test_metrics": scalar_metrics(metrics)})
     split_sizes = {s: int((dataset_index["split"] == s).sum()) for s in SPLITS}
     used_sizes = {**training_history["split_sizes"], "test": int(len(y_test))}
-    summary = {
+    report = {
         "architecture": cfg["architecture"],
         "image_size": cfg["image_size"],
         "dataset_fingerprint": fingerprint,
@@ -203,105 +187,106 @@ def log_training_run(
         "model_size_bytes": len(serving_model),
         "checkpoint_size_bytes": len(model_checkpoint),
         "val_metrics": scalar_metrics(training_history.get("val_metrics") or {}),
-        "test_metrics": meta["test_metrics"],
-        "confusion_matrix": test["confusion_matrix"],
+        "test_metrics": meta.test_metrics,
+        "confusion_matrix": metrics["confusion_matrix"],
         "git_commit": tracking.git_commit(),
         "mlflow_run_id": None,
+        "model_id": None,
         "model_uri": None,
+        "artifact_location": None,
     }
-    mlflow_cfg = params.get("mlflow") or {}
-    if not mlflow_cfg.get("enabled", True):
-        meta["mlflow_run_id"] = None
-        return meta, summary
+    if p.mlflow.enabled:
+        report.update(
+            _log_run(
+                p, meta, serving_model, training_history, report, dataset_fingerprint, y_test, proba
+            )
+        )
+        meta = meta.model_copy(update={"mlflow_run_id": report["mlflow_run_id"]})
+        log.info(
+            "MLflow run %s: test f1_macro=%.4f accuracy=%.4f, model %s",
+            report["mlflow_run_id"],
+            metrics["f1_macro"],
+            metrics["accuracy"],
+            report["model_uri"],
+        )
+    summary = StageSummary(
+        stage="training",
+        counts={f"{k}_images": v for k, v in used_sizes.items()},
+        dataset_fingerprint=fingerprint,
+        mlflow_run_id=report["mlflow_run_id"],
+        metrics={f"test_{k}": v for k, v in meta.test_metrics.items()},
+        outputs=["serving_model", "model_checkpoint", "training_report"],
+    )
+    return meta.to_dict(), report, summary.to_json()
 
-    import mlflow
-    import onnx
-    from mlflow.models import infer_signature
 
-    uri = tracking.configure(mlflow_cfg.get("tracking_uri"))
-    with tracking.run(
-        mlflow_cfg.get("experiment", "plants-classifier"), uri, run_name=mlflow_cfg.get("run_name")
-    ) as run:
-        run_id = run.info.run_id
-        meta["mlflow_run_id"] = run_id
-        mlflow.log_params(_flat_params(cfg))
-        mlflow.log_params({f"split_size_{k}": v for k, v in split_sizes.items()})
-        mlflow.set_tags(
+def _log_run(
+    p: TrainingParams,
+    meta,
+    serving_model: bytes,
+    history: dict,
+    report: dict,
+    fingerprint_doc: dict | None,
+    y_test: np.ndarray,
+    proba: np.ndarray,
+) -> dict[str, Any]:
+    """Everything about the run into MLflow through one explicit client."""
+    from plants_mlops.model import artifact
+    from plants_mlops.model.metrics import (
+        classification_metrics,
+        confusion_matrix_png,
+        curves_png,
+        scalar_metrics,
+    )
+
+    cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
+    cfg = history["config"]
+    test = classification_metrics(y_test, proba)
+    with tracking.open_run(cl, p.mlflow.experiment, run_name=p.mlflow.run_name) as run:
+        meta = meta.model_copy(update={"mlflow_run_id": run.run_id})
+        run.log_params(_flat_params(cfg))
+        run.log_params({f"split_size_{k}": v for k, v in report["split_sizes"].items()})
+        run.set_tags(
             {
-                "dataset_fingerprint": fingerprint or "unknown",
-                "git_commit": summary["git_commit"] or "unknown",
+                "dataset_fingerprint": meta.dataset_fingerprint or "unknown",
+                "git_commit": report["git_commit"] or "unknown",
                 "architecture": cfg["architecture"],
-                "device": training_history["device"],
+                "device": history["device"],
                 "plants.stage": "training",
             }
         )
-        for row in training_history["epochs"]:
-            mlflow.log_metrics(
+        for row in history["epochs"]:
+            run.log_metrics(
                 {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
             )
-        mlflow.log_metrics(scalar_metrics(test, "test_"))
-        mlflow.log_metrics(scalar_metrics(training_history.get("val_metrics") or {}, "best_val_"))
-        mlflow.log_metrics(
+        run.log_metrics(scalar_metrics(test, "test_"))
+        run.log_metrics(scalar_metrics(history.get("val_metrics") or {}, "best_val_"))
+        run.log_metrics(
             {
                 "model_size_mb": len(serving_model) / 1e6,
-                "train_seconds": training_history["train_seconds"],
-                "train_images_per_second": training_history["images_per_second"],
-                "best_epoch": training_history["best_epoch"],
+                "train_seconds": history["train_seconds"],
+                "train_images_per_second": history["images_per_second"],
+                "best_epoch": history["best_epoch"],
             }
         )
-        mlflow.log_dict(dataset_fingerprint or {}, "dataset/dataset_fingerprint.json")
-        mlflow.log_dict(training_history, "training/history.json")
-        mlflow.log_image(
-            _png_image(confusion_matrix_png(test["confusion_matrix"], "Test confusion matrix")),
+        run.log_dict(fingerprint_doc or {}, "dataset/dataset_fingerprint.json")
+        run.log_dict(history, "training/history.json")
+        run.log_png(
+            confusion_matrix_png(test["confusion_matrix"], "Test confusion matrix"),
             "figures/confusion_matrix.png",
         )
         for name, png in curves_png(y_test, proba).items():
-            mlflow.log_image(_png_image(png), f"figures/{name}")
-
-        example = np.zeros((1, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
-        from plants_mlops.model.export import onnx_session
-
-        outputs = onnx_session(serving_model).run(None, {ONNX_INPUT: example})
-        signature = infer_signature(
-            {ONNX_INPUT: example}, {"logits": outputs[0], "embedding": outputs[1]}
-        )
-        info = mlflow.onnx.log_model(
-            onnx.load_from_string(serving_model),
-            name="model",
-            signature=signature,
-            input_example={ONNX_INPUT: example},
-            metadata=meta,
-            save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            meta_path = Path(tmp) / "serving_meta.json"
-            meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-            mlflow.MlflowClient().log_model_artifact(info.model_id, str(meta_path))
-            mlflow.log_artifact(str(meta_path), "serving")
-    summary.update(
-        mlflow_run_id=run_id,
-        model_uri=info.model_uri,
-        model_id=info.model_id,
-        tracking_uri=uri,
-        experiment_id=run.info.experiment_id,
-    )
-    log.info(
-        "MLflow run %s: test f1_macro=%.4f accuracy=%.4f, model %s",
-        run_id,
-        test["f1_macro"],
-        test["accuracy"],
-        info.model_uri,
-    )
-    return meta, summary
-
-
-def _png_image(png: bytes):
-    import io
-
-    from PIL import Image
-
-    return Image.open(io.BytesIO(png))
+            run.log_png(png, f"figures/{name}")
+        logged = artifact.log_serving_model(cl, run.run_id, serving_model, meta)
+        run.log_dict(meta.to_dict(), f"serving/{artifact.META_FILE}")
+    return {
+        "mlflow_run_id": logged.run_id,
+        "model_id": logged.model_id,
+        "model_uri": logged.model_uri,
+        "artifact_location": logged.artifact_location,
+        "tracking_uri": cl.tracking_uri,
+        "experiment_id": run.experiment_id,
+    }
 
 
 def _flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:

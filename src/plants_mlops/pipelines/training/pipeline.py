@@ -38,7 +38,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_fingerprint",
                     "params:training",
                 ],
-                outputs=["serving_meta", "training_summary"],
+                outputs=["serving_meta", "training_report", "training_summary"],
                 name="log_training_run",
             ),
         ]

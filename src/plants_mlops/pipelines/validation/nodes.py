@@ -293,12 +293,15 @@ def validate_and_report(
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``validate_data`` with the report returned twice: once for 08_reporting (saved before
-    the gate can stop the run) and once, in memory, for the gate, so that no node reads the
-    reporting layer to write the primary one (kedro-viz drops layers on such a loop)."""
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """``validate_data`` with the report returned twice and rendered once: the JSON and HTML
+    for 08_reporting (saved before the gate can stop the run) and, in memory, for the gate,
+    so that no node reads the reporting layer to write the primary one (kedro-viz drops
+    layers on such a loop)."""
+    from plants_mlops.reports import validation_html
+
     report = validate_data(plants_data, fmt_index, dataset_index, params, formatting)
-    return report, report
+    return report, validation_html(report), report
 
 
 def enforce_validation(
@@ -323,3 +326,18 @@ def enforce_validation(
         f"data validation failed ({len(failed)} of {len(validation_report['checks'])} checks; "
         "full report in 08_reporting/validation_report.json):\n" + "\n".join(lines)
     )
+
+
+def summarize_validation(
+    validation_passed: dict[str, Any], validation_report: dict[str, Any]
+) -> dict[str, Any]:
+    """The stage summary of a passing validation (a failing one stops the run first)."""
+    from plants_mlops.summaries import StageSummary
+
+    return StageSummary(
+        stage="validation",
+        counts={"checks": len(validation_report["checks"]), **validation_report["n_rows"]},
+        dataset_fingerprint=validation_passed["dataset_fingerprint"],
+        verdict="passed" if validation_passed["passed"] else "failed",
+        outputs=["validation_report", "validation_report_html"],
+    ).to_json()

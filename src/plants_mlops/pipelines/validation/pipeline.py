@@ -1,6 +1,10 @@
 from kedro.pipeline import Pipeline, node
 
-from plants_mlops.pipelines.validation.nodes import enforce_validation, validate_and_report
+from plants_mlops.pipelines.validation.nodes import (
+    enforce_validation,
+    summarize_validation,
+    validate_and_report,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:validation",
                     "params:formatting",
                 ],
-                outputs=["validation_report", "validation_results"],
+                outputs=["validation_report", "validation_report_html", "validation_results"],
                 name="validate_data",
             ),
             # A second node, so the report is saved before a failure stops the run.
@@ -24,6 +28,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["validation_results", "dataset_fingerprint"],
                 outputs="validation_passed",
                 name="enforce_validation",
+            ),
+            node(
+                summarize_validation,
+                inputs=["validation_passed", "validation_results"],
+                outputs="validation_summary",
+                name="summarize_validation",
             ),
         ]
     )

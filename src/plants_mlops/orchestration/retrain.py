@@ -2,13 +2,16 @@
 
 Used by the API's ``POST /admin/retrain`` and by the monitoring pipeline's drift verdict.
 The command is configurable (``PLANTS_RETRAIN_COMMAND``); by default it is the ZenML
-pipeline (``plants-mlops pipeline run``) when that command exists, else ``kedro run``.
+pipeline, ``plants-mlops pipeline run``, of this environment. Importing this module is
+cheap (no ZenML, no Kedro): the API and the monitoring nodes both use it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -16,6 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("plants_mlops.retrain")
+
+
+def default_retrain_command() -> list[str]:
+    """``plants-mlops pipeline run``: the venv's console script when this interpreter has
+    one (the API may run without the venv on PATH), else whatever PATH has."""
+    local = Path(sys.executable).parent / "plants-mlops"
+    script = str(local) if local.exists() else (shutil.which("plants-mlops") or "plants-mlops")
+    return [script, "pipeline", "run"]
 
 
 @dataclass

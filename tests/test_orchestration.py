@@ -1,0 +1,116 @@
+"""The orchestration layer's own logic, in process and without a ZenML server: the cache key
+of a stage, the summaries its steps return, and the layering rules stage code follows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from plants_mlops.contracts import STAGES
+from plants_mlops.orchestration import kedro_stage
+from plants_mlops.orchestration.summaries import step_summary
+from plants_mlops.pipelines.evaluation.nodes import compile_report
+from plants_mlops.summaries import StageSummary
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "plants_mlops"
+
+
+@pytest.fixture
+def package_copy(tmp_path) -> Path:
+    dest = tmp_path / "plants_mlops"
+    shutil.copytree(PACKAGE, dest, ignore=shutil.ignore_patterns("__pycache__", "static", "data"))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "module", ["model/train.py", "model/architectures.py", "model/data.py", "imaging.py"]
+)
+def test_training_cache_key_changes_with_every_module_that_shapes_the_model(package_copy, module):
+    before = kedro_stage.config_hash(ROOT, "local", "training", root=package_copy)
+    with open(package_copy / module, "a") as f:
+        f.write("\n# a change that could change the model\n")
+    after = kedro_stage.config_hash(ROOT, "local", "training", root=package_copy)
+    assert before != after, f"a change to {module} must not reuse a cached model"
+
+
+def test_training_cache_key_ignores_code_training_never_runs(package_copy):
+    before = kedro_stage.config_hash(ROOT, "local", "training", root=package_copy)
+    with open(package_copy / "serving" / "app.py", "a") as f:
+        f.write("\n# the API changed, the model did not\n")
+    assert kedro_stage.config_hash(ROOT, "local", "training", root=package_copy) == before
+
+
+def test_stage_modules_follow_imports_inside_functions_and_relative_ones():
+    names = {str(p.relative_to(PACKAGE)) for p in kedro_stage.stage_modules("training")}
+    # pipeline.py imports .nodes (relative); nodes import model.* inside functions
+    assert {
+        "pipelines/training/pipeline.py",
+        "pipelines/training/nodes.py",
+        "model/train.py",
+        "model/architectures.py",
+        "model/artifact.py",
+        "imaging.py",
+        "params.py",
+    } <= names
+
+
+@pytest.mark.parametrize("stage", [*STAGES, "monitoring"])
+def test_stage_code_never_imports_serving_or_the_cli(stage):
+    reached = {str(p.relative_to(PACKAGE)) for p in kedro_stage.stage_modules(stage)}
+    offenders = sorted(
+        m for m in reached if m.startswith(("serving/", "commands/")) or m == "cli.py"
+    )
+    assert not offenders, f"{stage} reaches {offenders}"
+
+
+def test_datasets_never_import_serving():
+    for path in sorted((PACKAGE / "datasets").glob("*.py")):
+        reached = kedro_stage._imports(path, PACKAGE)
+        assert not [p for p in reached if "serving" in p.parts], path.name
+
+
+def _evaluation_summary(champion: dict) -> dict:
+    candidate = {
+        "n": 59,
+        "accuracy": 0.95,
+        "precision_macro": 0.95,
+        "recall_macro": 0.95,
+        "f1_macro": 0.949,
+        "roc_auc": 0.99,
+        "confusion_matrix": [[28, 2], [1, 28]],
+    }
+    baselines = {"majority_class": {"f1_macro": 0.3}, "colour_histogram_logreg": {"f1_macro": 0.8}}
+    training_report = {"mlflow_run_id": "run-new", "dataset_fingerprint": "f" * 64}
+    from support.params import stage_params
+
+    params = stage_params("evaluation", mlflow={"log_to_run": False})
+    return compile_report(candidate, baselines, champion, training_report, params)[2]
+
+
+def test_an_evaluation_step_never_reports_the_champion_version_as_its_own():
+    champion = {"version": "3", "run_id": "run-old", "f1_macro": 0.93}
+    summary = step_summary(_evaluation_summary(champion), "local", 1.0)
+    assert summary.model_version is None  # evaluation registers nothing
+    assert summary.champion_version == "3"
+    assert summary.mlflow_run_id == "run-new"
+    assert summary.metrics["test_f1_macro"] == pytest.approx(0.949)
+    assert summary.metrics["champion_f1_macro"] == pytest.approx(0.93)
+
+
+def test_a_step_summary_carries_the_fingerprint_forward_and_keys_the_cache_on_it():
+    upstream = step_summary(
+        StageSummary(stage="formatting", dataset_fingerprint="a" * 64), "local", 2.0
+    )
+    ingestion_like = StageSummary(stage="validation", counts={"checks": 12}, verdict="passed")
+    summary = step_summary(ingestion_like, "local", 0.5, upstream)
+    assert summary.dataset_fingerprint == "a" * 64
+    assert summary.data_key == f"{'a' * 64}:"
+    assert summary.metadata()["count_checks"] == 12
+
+
+def test_a_stage_summary_refuses_fields_it_does_not_know():
+    with pytest.raises(ValueError, match="extra"):
+        StageSummary.model_validate({"stage": "registry", "version": "3"})

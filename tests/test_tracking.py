@@ -1,0 +1,62 @@
+"""MLflow through explicit clients: the embedded store and the one artifact format."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+from support.champion import register_champion
+
+from plants_mlops.contracts import ALIAS_CHAMPION, REGISTERED_MODEL_NAME
+from plants_mlops.model import artifact, registry, tracking
+
+EMBEDDED = "sqlite:///data/mlflow.db"
+
+
+def test_the_embedded_store_records_artifacts_relative_to_the_project_so_a_copy_works(
+    tmp_path, monkeypatch
+):
+    first = tmp_path / "first"
+    (first / "data").mkdir(parents=True)
+    monkeypatch.chdir(first)
+    champion = register_champion(EMBEDDED)
+    cl = tracking.client(EMBEDDED, must_exist=True)
+    location = cl.get_experiment_by_name("serving-tests").artifact_location
+    assert (
+        location == f"data/mlartifacts/{cl.get_experiment_by_name('serving-tests').experiment_id}"
+    )
+
+    # The project (data/ with it) is copied elsewhere and the original removed.
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    shutil.rmtree(first)
+    monkeypatch.chdir(second)
+    cl = tracking.client(EMBEDDED, must_exist=True)
+    loaded = artifact.load_registered(cl, f"models:/{REGISTERED_MODEL_NAME}@{ALIAS_CHAMPION}")
+    assert loaded.version == champion.version and loaded.meta.mlflow_run_id == champion.run_id
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == champion.version
+
+
+def test_clients_never_touch_mlflow_process_state(tmp_path, monkeypatch):
+    """Logging, registering and loading through two stores in one process leaves MLflow's
+    process-wide tracking URI and active run alone (no reset fixture is needed)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    a = register_champion(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    b = register_champion(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", seed=1)
+    assert mlflow.get_tracking_uri() == before and mlflow.active_run() is None
+    for store, champion in (("a", a), ("b", b)):
+        cl = tracking.client(f"sqlite:///{tmp_path / store / 'mlflow.db'}", must_exist=True)
+        assert registry.alias_version(cl, ALIAS_CHAMPION) == champion.version == "1"
+
+
+def test_a_graph_that_breaks_the_contract_is_refused_before_it_is_logged(tmp_path):
+    from support.champion import _contract_breaking_model, serving_meta
+
+    cl = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = cl.create_run(tracking.experiment_id(cl, "contract"))
+    broken = _contract_breaking_model().SerializeToString()
+    with pytest.raises(artifact.ModelLoadError, match="breaks the serving contract"):
+        artifact.log_serving_model(cl, run.info.run_id, broken, serving_meta(64, None, 160))
+    assert cl.search_logged_models([run.info.experiment_id]) == []
