@@ -1,0 +1,270 @@
+"""Typed views of the stage parameters (``params:<stage>`` in ``conf/base/parameters_*.yml``).
+
+One pydantic model per stage mirrors its YAML block key for key. The models carry no
+defaults: the YAML is the only place a default lives, so a field the YAML lacks is an
+error, and so is a key the model does not know (``extra="forbid"`` catches typos).
+Nodes call ``parse`` at entry and read attributes instead of ``params.get(key, default)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from plants_mlops.errors import UserFacingError
+
+
+class Params(BaseModel):
+    """Base of every parameter model: unknown keys are errors; values are read-only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# -- ingestion ---------------------------------------------------------------------------
+
+
+class Mirror(Params):
+    prefix: str
+    to: str | None  # an empty or null target disables the mirror
+
+
+class IngestionParams(Params):
+    raw_root: str
+    mirrors: list[Mirror]
+    concurrency: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    max_bytes: int
+    retry_failed: bool
+    progress: bool
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+class SplitShares(Params):
+    train: float
+    val: float
+    test: float
+    salt: str
+
+
+class FormattingParams(Params):
+    image_size: int
+    workers: int
+    split: SplitShares
+
+
+# -- validation --------------------------------------------------------------------------
+
+
+class ValidationParams(Params):
+    min_images_per_class: int
+    min_class_ratio: float
+    split_tolerance: float
+    max_missing_rate: float
+    min_source_side: int
+    max_failing_rows_listed: int
+
+
+# -- training ----------------------------------------------------------------------------
+
+
+class Optimizer(Params):
+    name: Literal["adamw", "sgd"]
+    lr: float
+    weight_decay: float
+    momentum: float  # sgd only
+
+
+class EarlyStopping(Params):
+    patience: int
+    min_delta: float
+
+
+class Augment(Params):
+    crop_scale: tuple[float, float]
+    hflip: bool
+    vflip: bool
+    color_jitter: float
+
+
+class TrainingMlflow(Params):
+    enabled: bool
+    tracking_uri: str | None
+    experiment: str
+    run_name: str | None
+
+
+class TrainingParams(Params):
+    architecture: str
+    weights: str | None
+    image_size: int
+    dropout: float
+    bn_momentum: float | None
+    epochs: int
+    batch_size: int
+    optimizer: Optimizer
+    scheduler: Literal["cosine"] | None
+    label_smoothing: float
+    early_stopping: EarlyStopping
+    augment: Augment
+    seed: int
+    device: str
+    num_threads: int | None
+    num_workers: int | None
+    max_images_per_split: int | None
+    onnx_opset: int
+    quiet: bool
+    mlflow: TrainingMlflow
+
+    def loader_workers(self, cuda: bool) -> int:
+        """DataLoader worker processes: ``num_workers``, or when null 4 on CUDA (keep the
+        GPU fed) and 0 on CPU (workers only compete with the training threads)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return 4 if cuda else 0
+
+
+# -- evaluation --------------------------------------------------------------------------
+
+
+class EvaluationSubset(Params):
+    max_images_per_split: int | None
+    seed: int
+
+
+class Baselines(Params):
+    histogram_bins: int
+    C: float
+
+
+class EvaluationMlflow(Params):
+    tracking_uri: str | None
+    log_to_run: bool
+
+
+class EvaluationParams(Params):
+    compare_champion: bool
+    model_name: str
+    subset: EvaluationSubset
+    baselines: Baselines
+    mlflow: EvaluationMlflow
+
+
+# -- registry ----------------------------------------------------------------------------
+
+
+class Gate(Params):
+    min_f1: float
+    require_beat_baseline: bool
+    baseline_margin: float
+    champion_tolerance: float
+
+
+class RegistryMlflow(Params):
+    tracking_uri: str | None
+
+
+class RegistryParams(Params):
+    model_name: str
+    gate: Gate
+    mlflow: RegistryMlflow
+
+
+# -- monitoring --------------------------------------------------------------------------
+
+
+class Window(Params):
+    hours: float | None
+    last_n: int | None
+    model_version: int | str | None
+
+
+class Reference(Params):
+    split: Literal["train", "val", "test"]
+    max_rows: int | None
+
+
+class Embeddings(Params):
+    method: Literal["model", "mmd", "distance", "ratio"]
+    bootstrap: bool | None
+    threshold: float | None
+    pca_components: int | None
+
+
+class Verdict(Params):
+    use_prediction_drift: bool
+
+
+class Retrain(Params):
+    enabled: bool  # "true"/"false" from PLANTS_MONITORING_RETRAIN are accepted
+    command: str | list[str] | None
+    log_dir: str
+
+
+class MonitoringParams(Params):
+    window: Window
+    min_current_rows: int
+    reference: Reference
+    stat_columns: list[str]
+    stat_test: str | None
+    stat_threshold: float | None
+    drift_share: float
+    embeddings: Embeddings
+    verdict: Verdict
+    retrain: Retrain
+
+
+# The model of each ``params:<stage>`` block.
+STAGES: dict[str, type[Params]] = {
+    "ingestion": IngestionParams,
+    "formatting": FormattingParams,
+    "validation": ValidationParams,
+    "training": TrainingParams,
+    "evaluation": EvaluationParams,
+    "registry": RegistryParams,
+    "monitoring": MonitoringParams,
+}
+
+
+def parse(model: type[M], params: Mapping[str, Any] | M, key: str) -> M:
+    """``params`` (what Kedro passes for ``params:<key>``) validated as ``model``.
+
+    An instance of ``model`` is returned as is. On failure raises ``UserFacingError`` with
+    one line per problem, naming the YAML key path and the file it comes from, e.g.
+    ``params:training.optimizer.lr: Input should be a valid number, got 'fast'
+    (conf/base/parameters_training.yml)``.
+    """
+    if isinstance(params, model):
+        return params
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise UserFacingError(_describe(exc, key)) from None
+
+
+def _describe(exc: ValidationError, key: str) -> str:
+    source = f"conf/base/parameters_{key.split('.', 1)[0]}.yml"
+    lines = []
+    for err in exc.errors():
+        path = ".".join([key, *(str(p) for p in err["loc"])])
+        problem = err["msg"]
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            err["input"], Mapping
+        ):
+            problem = f"{problem.split(',', 1)[0]}, got {err['input']!r}"
+        elif err["type"] == "missing":
+            problem = "missing (every parameter is set in the YAML)"
+        elif err["type"] == "extra_forbidden":
+            problem = "unknown parameter (a typo?)"
+        lines.append(f"params:{path}: {problem} ({source})")
+    return "\n".join(lines)
