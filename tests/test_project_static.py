@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import prereqs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,12 +28,11 @@ def test_compose_file_matches_the_compose_spec():
 
 
 def test_compose_config_resolves_with_the_example_env(tmp_path):
-    if not shutil.which("docker-compose"):
-        pytest.skip("docker-compose (Debian package) not installed; the schema check still ran")
+    compose = prereqs.need("docker-compose")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ROOT / "deploy" / "env.example", tmp_path / ".env")
-    proc = _run(["docker-compose", "config"], cwd=tmp_path)
+    proc = _run([compose, "config"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     assert {"minio", "mysql", "mlflow", "zenml", "api"} <= set(services)
@@ -40,11 +40,10 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
 
 
 def test_compose_refuses_to_start_without_secrets(tmp_path):
-    if not shutil.which("docker-compose"):
-        pytest.skip("docker-compose (Debian package) not installed")
+    compose = prereqs.need("docker-compose")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MINIO", "MYSQL", "PLANTS_API"))}
-    proc = _run(["docker-compose", "config", "-q"], cwd=tmp_path, env=env)
+    proc = _run([compose, "config", "-q"], cwd=tmp_path, env=env)
     assert proc.returncode != 0
     assert "set MINIO_ROOT_USER in .env" in proc.stderr
 
@@ -81,7 +80,7 @@ def test_ci_run_calls_exactly_the_readme_test_command():
 def test_no_secrets_or_local_config_are_tracked():
     tracked = _run(["git", "ls-files"]).stdout.splitlines()
     if not tracked:
-        pytest.skip("not a git checkout")
+        prereqs.missing("a git checkout (`git ls-files` lists nothing)")
     assert not [f for f in tracked if f.startswith("conf/local/") and not f.endswith(".gitkeep")]
     assert ".env" not in tracked
     ignored = _run(["git", "check-ignore", "conf/local/credentials.yml", ".env"]).stdout.split()
