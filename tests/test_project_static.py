@@ -4,6 +4,7 @@ schemas and linters; and the repository's own promises (two commands, no secrets
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,33 @@ def test_no_secrets_or_local_config_are_tracked():
     assert ".env" not in tracked
     ignored = _run(["git", "check-ignore", "conf/local/credentials.yml", ".env"]).stdout.split()
     assert ignored == ["conf/local/credentials.yml", ".env"]
+
+
+_MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
+_DOC_MENTION = re.compile(r"\bdocs/[\w.-]+\.md\b")
+
+
+def test_relative_markdown_links_resolve():
+    pages = [ROOT / "README.md", ROOT / "PROBLEM.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in _MD_LINK.findall(page.read_text()):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor on the same page
+            if not (page.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
+def test_every_docs_page_named_in_the_repository_exists():
+    named = []
+    for folder in ("src", "conf", "scripts", "tests", "docs"):
+        named += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".yml", ".md"}]
+    named += [ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "Makefile"]
+    missing = [
+        f"{path.relative_to(ROOT)}: {doc}"
+        for path in named
+        for doc in _DOC_MENTION.findall(path.read_text(errors="replace"))
+        if not (ROOT / doc).exists()
+    ]
+    assert missing == []
