@@ -12,11 +12,13 @@ named at the start and at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,10 +189,27 @@ def setup_logging(path: Path, console: TextIO | None = None) -> DemoLogging:
     return state
 
 
+# Kedro applies a logging configuration when it is imported, with a console handler on the
+# root logger (rich); this one has none (the demo adds its own handlers afterwards).
+_KEDRO_LOGGING = """version: 1
+disable_existing_loggers: false
+loggers:
+  kedro:
+    level: INFO
+root:
+  level: INFO
+  handlers: []
+"""
+_KEDRO_LOGGING_PATH = Path(tempfile.gettempdir()) / "plants-mlops-demo-logging.yml"
+
+
 def _quiet_environment() -> None:
     """Before Kedro, ZenML or MLflow is imported: their records go to logging (then the
     file), not to consoles of their own."""
     os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+    if "KEDRO_LOGGING_CONFIG" not in os.environ:
+        _KEDRO_LOGGING_PATH.write_text(_KEDRO_LOGGING)
+        os.environ["KEDRO_LOGGING_CONFIG"] = str(_KEDRO_LOGGING_PATH)
     os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "INFO")  # NOTSET would disable logging
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # mlflow's own stderr handler
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -219,12 +238,14 @@ def run_demo(args: argparse.Namespace) -> int:
     log.info("full log: %s", logs.path)
     try:
         _demo(args, project, logs)
-    except BaseException as exc:
-        log.error("demo stopped: %s", exc if isinstance(exc, UserFacingError) else repr(exc))
-        logging.getLogger(__name__).exception("demo stopped")  # traceback: the file only
-        log.info("full log: %s", logs.path)
+    except Exception as exc:
+        logging.getLogger("plants_mlops.demo.detail").exception("demo stopped")  # file only
         logs.close()
-        raise
+        if isinstance(exc, UserFacingError):
+            raise UserFacingError(f"{exc} (full log: {logs.path})") from None
+        raise UserFacingError(
+            f"demo stopped: {type(exc).__name__}: {exc} (traceback in {logs.path})"
+        ) from None
     log.info(
         "demo finished in %.0f s; `plants-mlops serve` keeps the API up, "
         "`plants-mlops dashboards` opens the UIs.",
@@ -303,11 +324,18 @@ def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging)
     base = f"http://127.0.0.1:{port}"
     serve_log = logs.path.with_suffix(".serve.log")
     cli = str(BIN / "plants-mlops")
+    # The API logs to its own console (captured here), not through the demo's Kedro setting.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k == "KEDRO_LOGGING_CONFIG" and v == str(_KEDRO_LOGGING_PATH))
+    }
     with open(serve_log, "wb") as out:
         server = subprocess.Popen(
             [cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             wait_http(f"{base}/ready", timeout=120, proc=server)  # 503 until the model loads
@@ -350,13 +378,14 @@ def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging)
             server.wait(timeout=60)
             _append(logs, serve_log)
 
-    summary = run_stage("monitoring", project, "local")
-    verdict = summary.outputs.get("monitoring_verdict") or {}
+    started = time.perf_counter()
+    run_stage("monitoring", project, "local")
+    verdict = json.loads((REPORTING / "monitoring_verdict.json").read_text())
     log.info(
         "monitoring ... %s (%s predictions in the window) in %.1f s",
         verdict.get("status", "done"),
         verdict.get("n_current", "?"),
-        summary.duration_s,
+        time.perf_counter() - started,
     )
     for report in sorted(REPORTING.glob("*drift*.html")):
         log.info("drift report: %s", report)
