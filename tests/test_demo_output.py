@@ -62,7 +62,7 @@ def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
     meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_n_checks": 12}
     logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
-    assert console.getvalue() == "[3/6] validation ... passed (12 checks) in 3.1 s\n"
+    assert console.getvalue().endswith("[3/6] validation ... passed (12 checks) in 3.1 s\n")
 
 
 def test_close_puts_the_root_logger_back(tmp_path):
@@ -70,3 +70,18 @@ def test_close_puts_the_root_logger_back(tmp_path):
     before = list(root.handlers)
     demo.setup_logging(tmp_path / "demo.log", console=io.StringIO()).close()
     assert root.handlers == before
+
+
+def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
+    state, console = demo_logging
+    steps = logging.getLogger(demo.STEP_LOGGER)
+    for stage in ("ingestion", "formatting", "validation"):
+        steps.info("%s: %s", stage, {"stage": stage, "duration_s": 1.0})
+    steps.info("%s: %s", "evaluation", {"stage": "evaluation", "duration_s": 2.0})
+    state.progress.catch_up()
+    lines = console.getvalue().splitlines()
+    assert [ln.split(" ... ")[0] for ln in lines] == [
+        f"[{i}/6] {stage}" for i, stage in enumerate(demo.STAGES, 1)
+    ]
+    assert lines[3] == "[4/6] training ... cached"
+    assert lines[5] == "[6/6] registry ... cached"

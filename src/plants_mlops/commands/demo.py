@@ -108,8 +108,8 @@ def stage_line(index: int, total: int, meta: dict[str, Any]) -> str:
             shown.append(f"{label} {value}")
     verdict = meta.get("verdict") or "done"
     extra = f" ({', '.join(shown)})" if shown else ""
-    seconds = float(meta.get("duration_s") or 0.0)
-    return f"[{index}/{total}] {stage} ... {verdict}{extra} in {seconds:.1f} s"
+    took = f" in {float(meta['duration_s']):.1f} s" if "duration_s" in meta else ""
+    return f"[{index}/{total}] {stage} ... {verdict}{extra}{took}"
 
 
 class StageProgress(logging.Handler):
@@ -128,8 +128,17 @@ class StageProgress(logging.Handler):
         stage, meta = args
         if stage not in self.stages:
             return
+        self.catch_up(self.stages.index(stage))
         self.seen.append(stage)
         log.info(stage_line(self.stages.index(stage) + 1, len(self.stages), meta))
+
+    def catch_up(self, upto: int | None = None) -> None:
+        """A line for each stage before ``upto`` (all when None) that logged nothing: a
+        step ZenML took from its cache does not run."""
+        for i, stage in enumerate(self.stages[:upto]):
+            if stage not in self.seen:
+                self.seen.append(stage)
+                log.info(stage_line(i + 1, len(self.stages), {"stage": stage, "verdict": "cached"}))
 
 
 @dataclass
@@ -239,7 +248,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         _demo(args, project, logs)
     except Exception as exc:
-        logging.getLogger("plants_mlops.demo.detail").exception("demo stopped")  # file only
+        detail.exception("demo stopped")  # the traceback: the file only
         logs.close()
         if isinstance(exc, UserFacingError):
             raise UserFacingError(f"{exc} (full log: {logs.path})") from None
@@ -303,10 +312,7 @@ def _run_zenml(
         alembic.removeHandler(handler)
     log.info("ZenML stack %s active (Kedro env %s)", spec.name, spec.kedro_env)
     result = run_pipeline(project, params=params)
-    for i, stage in enumerate(result.stages, 1):
-        if stage not in logs.progress.seen:  # a cached step does not run, so it logs nothing
-            meta = {"stage": stage, "verdict": "cached"}
-            log.info(stage_line(i, len(result.stages), meta))
+    logs.progress.catch_up()
     log.info("ZenML run %s: %s", result.run_name, result.status)
     if result.status != "completed":
         raise UserFacingError(f"the ZenML run {result.run_name} ended {result.status}")
