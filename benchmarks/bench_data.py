@@ -29,6 +29,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 import boto3  # noqa: E402
 import pandas as pd  # noqa: E402
 from support import servers  # noqa: E402
+from support.params import stage_params  # noqa: E402
 
 from plants_mlops import db  # noqa: E402
 from plants_mlops.datasets.data_raw_store import BlobStoreDataset  # noqa: E402
@@ -124,7 +125,7 @@ def formatting_table(rows, base, s3_raw, repeat) -> None:
             for workers in (1, 2, 4, 8):
                 secs, (fmt, _, _) = timed(
                     lambda w=workers, r=raw_store: format_images(
-                        r.load(), table, {"image_size": 160, "workers": w}
+                        r.load(), table, stage_params("formatting", image_size=160, workers=w)
                     ),
                     repeat,
                 )
@@ -133,12 +134,13 @@ def formatting_table(rows, base, s3_raw, repeat) -> None:
 
 
 def _params(target: str, threads: int) -> dict:
-    return {
-        "raw_root": "bench",
-        "mirrors": [{"prefix": PREFIX, "to": target}],
-        "concurrency": threads,
-        "progress": False,
-    }
+    return stage_params(
+        "ingestion",
+        raw_root="bench",
+        mirrors=[{"prefix": PREFIX, "to": target}],
+        concurrency=threads,
+        progress=False,
+    )
 
 
 def main() -> None:

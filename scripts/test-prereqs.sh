@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Machine-level prerequisites of the test suite (the servers themselves are started by
-# pytest fixtures): the local PostgreSQL and MariaDB servers, and Debian's Chromium for
-# the browser tests. Idempotent; prints what it did.
+# pytest fixtures): the local PostgreSQL and MariaDB servers, and the Debian packages the
+# tests call. Idempotent; prints what it did. With CI=true, a package still missing after
+# the attempt is an error (exit 1), since a test skipped in CI is a test that did not run.
 set -euo pipefail
 
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
@@ -12,17 +13,32 @@ fi
 if [ -x /usr/sbin/mariadbd ] && ! (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
 fi
-# Debian packages: chromium (browser tests), docker-compose (static `docker-compose config`;
-# no engine is needed or used).
-missing=()
-command -v chromium >/dev/null || missing+=(chromium)
-command -v docker-compose >/dev/null || missing+=(docker-compose)
+# Debian packages, by the command each provides: chromium + chromium-driver (browser
+# tests over WebDriver), docker-compose (static `docker-compose config`; no engine is
+# needed or used). apt-get runs only when one is missing.
+declare -A provides=([chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose)
+absent() {
+  local cmd
+  for cmd in chromium chromedriver docker-compose; do
+    command -v "$cmd" >/dev/null || echo "${provides[$cmd]}"
+  done
+}
+mapfile -t missing < <(absent)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian packages: ${missing[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "WARNING: could not install ${missing[*]}; the tests that need them will be skipped"
+      || echo "could not install ${missing[*]}"
   else
-    echo "WARNING: ${missing[*]} missing and not root; the tests that need them will be skipped"
+    echo "${missing[*]} missing and not root: cannot install them"
   fi
+  mapfile -t missing < <(absent)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  case "${CI:-}" in
+    1|true|TRUE|True|yes)
+      echo "ERROR: test prerequisites missing (Debian packages): ${missing[*]}" >&2
+      exit 1 ;;
+  esac
+  echo "WARNING: ${missing[*]} missing; the tests that need them will be skipped"
 fi

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from data_testlib import read_json
 from PIL import Image
+from support.params import stage_params
 
 from plants_mlops import contracts, imaging
 from plants_mlops.pipelines.formatting.nodes import (
@@ -102,7 +103,9 @@ def test_fmt_images_are_square_rgb_and_only_ok_rows_with_raw_bytes_count():
             ("grass", None, "failed"),
         ]
     )
-    fmt, index, report = format_images(raw, table, {"image_size": 32, "workers": 2})
+    fmt, index, report = format_images(
+        raw, table, stage_params("formatting", image_size=32, workers=2)
+    )
     assert sorted(fmt) == sorted([f"dandelion/{sha['a']}", f"grass/{sha['b']}"])
     assert all(im.mode == "RGB" and im.size == (32, 32) for im in fmt.values())
     # transparent PNG composited on white, as a browser shows it
@@ -133,7 +136,7 @@ def _fmt_index(shas_labels):
 def test_adding_images_never_moves_existing_ones_between_splits():
     shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(600)]
     labels = [contracts.LABELS[i % 2] for i in range(600)]
-    params = {"image_size": 160, "split": SPLIT}
+    params = stage_params("formatting", image_size=160, split=SPLIT)
     small, fp_small, _ = build_dataset_index(
         _fmt_index(list(zip(shas[:200], labels, strict=False))), {}, params
     )
@@ -152,7 +155,8 @@ def test_adding_images_never_moves_existing_ones_between_splits():
 def test_duplicate_bytes_are_kept_once_and_contradicting_labels_dropped():
     a, b = "a" * 64, "b" * 64
     fmt = _fmt_index([(a, "dandelion"), (b, "dandelion"), (b, "grass")])
-    index, fingerprint, report = build_dataset_index(fmt, {}, {"image_size": 160, "split": SPLIT})
+    params = stage_params("formatting", image_size=160, split=SPLIT)
+    index, fingerprint, report = build_dataset_index(fmt, {}, params)
     assert list(index["sha256"]) == [a]
     assert {d["image_key"] for d in report["duplicates_dropped"]} == {
         f"dandelion/{b}",
@@ -166,5 +170,5 @@ def test_split_proportions_must_sum_to_one():
         build_dataset_index(
             _fmt_index([("a" * 64, "grass")]),
             {},
-            {"image_size": 160, "split": {"train": 0.8, "val": 0.15, "test": 0.15}},
+            stage_params("formatting", split={"train": 0.8, "val": 0.15, "test": 0.15}),
         )

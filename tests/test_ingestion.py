@@ -20,12 +20,19 @@ from data_testlib import (
     table,
     write_params,
 )
+from support.params import stage_params
 
 from plants_mlops import contracts
+from plants_mlops.params import IngestionParams, parse
 from plants_mlops.pipelines.ingestion import fetch as fetching
 from plants_mlops.pipelines.ingestion.nodes import ingest_images
 
 ROOT_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "samples", "plants")
+
+
+def _policy(**overrides) -> fetching.FetchPolicy:
+    params = parse(IngestionParams, stage_params("ingestion", **overrides), "ingestion")
+    return fetching.FetchPolicy.from_params(params)
 
 
 def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twice(
@@ -107,11 +114,12 @@ def _rows_frame(rows, status=contracts.STATUS_PENDING):
 
 def test_content_already_in_the_raw_layer_is_not_fetched_even_with_a_fresh_table(tmp_path):
     rows = manifest_rows(per_label=3)
-    params = {
-        "raw_root": "data/01_raw",
-        "mirrors": [{"prefix": PUBLIC_PREFIX, "to": str(tmp_path / "nowhere")}],
-        "progress": False,
-    }
+    params = stage_params(
+        "ingestion",
+        raw_root="data/01_raw",
+        mirrors=[{"prefix": PUBLIC_PREFIX, "to": str(tmp_path / "nowhere")}],
+        progress=False,
+    )
     new, updates, summary = ingest_images(_rows_frame(rows), _sample_inventory(rows), params)
     assert new == {}
     assert summary["fetched"] == 0 and summary["already_stored"] == 6
@@ -123,11 +131,12 @@ def test_local_folder_mirror_checks_the_expected_sha256(tmp_path):
     rows = manifest_rows(per_label=2)
     rows[0] = {**rows[0], "sha256": "0" * 64}
     rows[1] = {**rows[1], "url_source": PUBLIC_PREFIX + "dandelion/does-not-exist.jpg"}
-    params = {
-        "raw_root": "s3://bucket/01_raw",
-        "mirrors": [{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
-        "progress": False,
-    }
+    params = stage_params(
+        "ingestion",
+        raw_root="s3://bucket/01_raw",
+        mirrors=[{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
+        progress=False,
+    )
     new, updates, summary = ingest_images(_rows_frame(rows), {}, params)
     by_id = updates.set_index("id")
     assert by_id.loc[1, "error"].startswith("checksum_mismatch:")
@@ -142,7 +151,7 @@ def test_local_folder_mirror_checks_the_expected_sha256(tmp_path):
 
 
 def test_fetch_retries_server_errors_with_backoff_but_never_a_404(http_mirror):
-    policy = fetching.FetchPolicy(max_attempts=3, backoff_s=0.01, read_timeout_s=5)
+    policy = _policy(max_attempts=3, backoff_s=0.01, read_timeout_s=5)
     with httpx.Client(timeout=5) as client:
         with pytest.raises(fetching.FetchError) as err:
             fetching.fetch(f"{http_mirror}faults/always500.jpg", client, policy)
@@ -156,7 +165,7 @@ def test_fetch_retries_server_errors_with_backoff_but_never_a_404(http_mirror):
 def test_a_closed_port_is_a_connection_failure_not_a_crash():
     from support.servers import free_port
 
-    policy = fetching.FetchPolicy(max_attempts=2, backoff_s=0.01, connect_timeout_s=1)
+    policy = _policy(max_attempts=2, backoff_s=0.01, connect_timeout_s=1)
     with httpx.Client(timeout=2) as client, pytest.raises(fetching.FetchError) as err:
         fetching.fetch(f"http://127.0.0.1:{free_port()}/x.jpg", client, policy)
     assert err.value.reason == "connection" and err.value.attempts == 2

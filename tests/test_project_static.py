@@ -4,6 +4,7 @@ schemas and linters; and the repository's own promises (two commands, no secrets
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import prereqs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,12 +29,11 @@ def test_compose_file_matches_the_compose_spec():
 
 
 def test_compose_config_resolves_with_the_example_env(tmp_path):
-    if not shutil.which("docker-compose"):
-        pytest.skip("docker-compose (Debian package) not installed; the schema check still ran")
+    compose = prereqs.need("docker-compose")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ROOT / "deploy" / "env.example", tmp_path / ".env")
-    proc = _run(["docker-compose", "config"], cwd=tmp_path)
+    proc = _run([compose, "config"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     assert {"minio", "mysql", "mlflow", "zenml", "api"} <= set(services)
@@ -40,11 +41,10 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
 
 
 def test_compose_refuses_to_start_without_secrets(tmp_path):
-    if not shutil.which("docker-compose"):
-        pytest.skip("docker-compose (Debian package) not installed")
+    compose = prereqs.need("docker-compose")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MINIO", "MYSQL", "PLANTS_API"))}
-    proc = _run(["docker-compose", "config", "-q"], cwd=tmp_path, env=env)
+    proc = _run([compose, "config", "-q"], cwd=tmp_path, env=env)
     assert proc.returncode != 0
     assert "set MINIO_ROOT_USER in .env" in proc.stderr
 
@@ -81,8 +81,38 @@ def test_ci_run_calls_exactly_the_readme_test_command():
 def test_no_secrets_or_local_config_are_tracked():
     tracked = _run(["git", "ls-files"]).stdout.splitlines()
     if not tracked:
-        pytest.skip("not a git checkout")
+        prereqs.missing("a git checkout (`git ls-files` lists nothing)")
     assert not [f for f in tracked if f.startswith("conf/local/") and not f.endswith(".gitkeep")]
     assert ".env" not in tracked
     ignored = _run(["git", "check-ignore", "conf/local/credentials.yml", ".env"]).stdout.split()
     assert ignored == ["conf/local/credentials.yml", ".env"]
+
+
+_MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
+_DOC_MENTION = re.compile(r"\bdocs/[\w.-]+\.md\b")
+
+
+def test_relative_markdown_links_resolve():
+    pages = [ROOT / "README.md", ROOT / "PROBLEM.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in _MD_LINK.findall(page.read_text()):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor on the same page
+            if not (page.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
+def test_every_docs_page_named_in_the_repository_exists():
+    named = []
+    for folder in ("src", "conf", "scripts", "tests", "docs"):
+        named += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".yml", ".md"}]
+    named += [ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "Makefile"]
+    missing = [
+        f"{path.relative_to(ROOT)}: {doc}"
+        for path in named
+        for doc in _DOC_MENTION.findall(path.read_text(errors="replace"))
+        if not (ROOT / doc).exists()
+    ]
+    assert missing == []

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image
 from support import images
 from support.champion import register_champion, unique_model_name
 from support.serving import running_api
-from support.webdriver import CHROMEDRIVER, CHROMIUM, chromium
+from support.webdriver import binaries, chromium
 
 from plants_mlops import contracts
-
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
-    reason="needs Debian's chromium and chromium-driver",
-)
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, mlflow_tracking_uri):
+    binaries()  # before the slow part: no browser, no point starting the API
     name = unique_model_name()
     version = register_champion(mlflow_tracking_uri, name=name).version
     root = tmp_path_factory.mktemp("upload-page")

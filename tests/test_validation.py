@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 from data_testlib import SUBSET_VALIDATION, manifest_rows, read_json, seed, write_params
+from support.params import stage_params
 
 from plants_mlops import contracts, imaging
 from plants_mlops.pipelines.validation.nodes import (
@@ -16,15 +17,13 @@ from plants_mlops.pipelines.validation.nodes import (
     validate_data,
 )
 
-PARAMS = {
-    "min_images_per_class": 3,
-    "min_class_ratio": 0.5,
-    "split_tolerance": 0.5,
-    "max_missing_rate": 0.2,
-    "min_source_side": 32,
-    "max_failing_rows_listed": 20,
-}
-FORMATTING = {"image_size": 160, "split": {"train": 0.7, "val": 0.15, "test": 0.15}}
+# A dozen images: small classes, loose split shares, a few missing rows are fine.
+PARAMS = stage_params(
+    "validation", min_images_per_class=3, split_tolerance=0.5, max_missing_rate=0.2
+)
+FORMATTING = stage_params(
+    "formatting", image_size=160, split={"train": 0.7, "val": 0.15, "test": 0.15}
+)
 
 
 def _good(n_per_label=6):

@@ -13,7 +13,7 @@ class ProjectHooks:
     """Logs which environment and pipeline a run uses, so every log file says where data went."""
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:  # noqa: ARG002
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         log.info(
             "plants-mlops run: pipeline=%s env=%s",
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",

@@ -28,14 +28,6 @@ STAT_COLUMNS = (
     "sharpness",
 )
 
-_MAGIC = {
-    b"\xff\xd8\xff": "jpg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-    b"BM": "bmp",
-}
-
 
 class ImageDecodeError(ValueError):
     """The bytes are not a complete image we can use; ``reason`` is a short machine tag."""
@@ -51,16 +43,6 @@ class DecodedImage:
     image: Image.Image  # RGB, EXIF orientation applied
     format: str  # file extension of the original encoding: jpg, png, webp, ...
     original_size: tuple[int, int]
-
-
-def sniff_extension(data: bytes) -> str | None:
-    """Extension from the magic bytes, or None when the bytes are no image we know."""
-    for magic, ext in _MAGIC.items():
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:

@@ -38,7 +38,7 @@ def make_handler(root: Path, sample: Path):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == "/health":
                 return self._send(200, b"ok", "text/plain")

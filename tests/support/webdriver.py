@@ -12,11 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from support import servers
+from support import prereqs, servers
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 class Browser:
@@ -63,12 +61,19 @@ class Browser:
         return path
 
 
+def binaries() -> tuple[str, str]:
+    """``(chromium, chromedriver)`` from PATH (Debian's chromium and chromium-driver); a
+    missing one skips the test, or fails it under CI=true."""
+    return prereqs.need("chromium"), prereqs.need("chromedriver")
+
+
 @contextlib.contextmanager
 def chromium(profile_dir: Path, log_dir: Path) -> Iterator[Browser]:
+    browser_bin, driver_bin = binaries()
     port = servers.free_port()
     driver = servers.ManagedProcess(
         "chromedriver",
-        [CHROMEDRIVER, f"--port={port}"],
+        [driver_bin, f"--port={port}"],
         health_url=f"http://127.0.0.1:{port}/status",
         log_path=log_dir / "chromedriver.log",
     ).start(timeout=30)
@@ -78,7 +83,7 @@ def chromium(profile_dir: Path, log_dir: Path) -> Iterator[Browser]:
             "alwaysMatch": {
                 "browserName": "chrome",
                 "goog:chromeOptions": {
-                    "binary": CHROMIUM,
+                    "binary": browser_bin,
                     "args": [
                         "--headless=new",
                         "--no-sandbox",

@@ -1,47 +1,230 @@
 """``plants-mlops demo``: the whole flow, end to end, offline, on the embedded default.
 
 seed the plants_data table -> run every pipeline (through ZenML on the ``local`` stack, or
-plain ``kedro run`` with ``--kedro``) -> list the registry -> start the API on the champion,
-predict a few held-out images -> run the monitoring pipeline -> stop what it started.
-Each step is a real command a user could type; the demo prints them as it goes.
+plain Kedro sessions with ``--kedro``) -> start the API on the champion, predict a few
+held-out images -> run the monitoring pipeline -> stop what it started.
+
+The console shows one line per stage (and per training epoch) and the results; everything
+else Kedro, ZenML, MLflow and the API log goes to ``data/08_reporting/demo-<UTC time>.log``,
+named at the start and at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
-import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TextIO
 
 from plants_mlops.errors import UserFacingError
 
 BIN = Path(sys.executable).parent
+REPORTING = Path("data") / "08_reporting"
+STAGES = ("ingestion", "formatting", "validation", "training", "evaluation", "registry")
+
+log = logging.getLogger("plants_mlops.demo")
+# Per-prediction lines: the log file only.
+detail = logging.getLogger("plants_mlops.demo.detail")
+# Training logs one line per epoch there; the console shows those lines too.
+EPOCH_LOGGER = "plants_mlops.model.train"
+# Each ZenML step logs "<stage>: <summary metadata>" there when its stage has run.
+STEP_LOGGER = "plants_mlops.orchestration.steps"
+
+# What the stage line shows, from a stage summary's metadata: (key, label).
+_DETAILS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ingestion": (
+        ("count_rows", "rows"),
+        ("count_fetched", "fetched"),
+        ("count_already_stored", "already stored"),
+        ("count_failed", "failed"),
+    ),
+    "formatting": (("count_dataset_images", "images"),),
+    "validation": (("count_n_checks", "checks"),),
+    "training": (("metric_f1_macro", "test F1"),),
+    "evaluation": (("metric_f1_macro", "test F1"), ("metric_accuracy", "accuracy")),
+    "registry": (("model_version", "version"),),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole flow end to end on the local default")
-    p.add_argument("--kedro", action="store_true",
-                   help="run the pipelines with plain `kedro run` instead of ZenML")
+    p.add_argument(
+        "--kedro",
+        action="store_true",
+        help="run the pipelines with plain Kedro sessions instead of ZenML",
+    )
     p.add_argument("--no-serve", action="store_true", help="skip the API and monitoring part")
-    p.add_argument("--predictions", type=int, default=60,
-                   help="held-out test images to send to the API (monitoring needs >= 30)")
+    p.add_argument(
+        "--predictions",
+        type=int,
+        default=60,
+        help="held-out test images to send to the API (monitoring needs >= 30)",
+    )
     p.set_defaults(handler=run_demo)
 
 
-def _step(title: str) -> None:
-    print(f"\n=== {title}", flush=True)
+# -- logging: progress on the console, everything in the file ---------------------------
 
 
-def _sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
-    print("$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
-    proc = subprocess.run(argv, **kw)
-    if proc.returncode != 0:
-        raise UserFacingError(f"step failed ({proc.returncode}): {' '.join(argv)}")
-    return proc
+class ConsoleFilter(logging.Filter):
+    """Lets through the demo's own lines and training's one line per epoch, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == log.name:
+            return True
+        return record.name == EPOCH_LOGGER and str(record.msg).startswith(
+            ("epoch ", "early stopping")
+        )
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.name == log.name else f"      {text}"
+
+
+def stage_line(index: int, total: int, meta: dict[str, Any]) -> str:
+    """``[3/6] validation ... passed (12 checks) in 3.1 s`` from a stage summary's metadata."""
+    stage = str(meta.get("stage", "?"))
+    shown = []
+    for key, label in _DETAILS.get(stage, ()):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if key.startswith("metric_"):
+            shown.append(f"{label} {float(value):.4f}")
+        elif key.startswith("count_"):
+            shown.append(f"{value} {label}")
+        else:
+            shown.append(f"{label} {value}")
+    verdict = meta.get("verdict") or "done"
+    extra = f" ({', '.join(shown)})" if shown else ""
+    took = f" in {float(meta['duration_s']):.1f} s" if "duration_s" in meta else ""
+    return f"[{index}/{total}] {stage} ... {verdict}{extra}{took}"
+
+
+class StageProgress(logging.Handler):
+    """Turns the summary each ZenML step logs (``"%s: %s", stage, metadata``) into the
+    demo's stage line, so the console follows a pipeline that runs inside ZenML."""
+
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        super().__init__(logging.INFO)
+        self.stages = stages
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], dict)):
+            return
+        stage, meta = args
+        if stage not in self.stages:
+            return
+        self.catch_up(self.stages.index(stage))
+        self.seen.append(stage)
+        log.info(stage_line(self.stages.index(stage) + 1, len(self.stages), meta))
+
+    def catch_up(self, upto: int | None = None) -> None:
+        """A line for each stage before ``upto`` (all when None) that logged nothing: a
+        step ZenML took from its cache does not run."""
+        for i, stage in enumerate(self.stages[:upto]):
+            if stage not in self.seen:
+                self.seen.append(stage)
+                log.info(stage_line(i + 1, len(self.stages), {"stage": stage, "verdict": "cached"}))
+
+
+@dataclass
+class DemoLogging:
+    """The handlers :func:`setup_logging` installed; ``close`` puts the root logger back."""
+
+    path: Path
+    added: list[logging.Handler]
+    removed: list[logging.Handler]
+    root_level: int
+    progress: StageProgress = field(default_factory=StageProgress)
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        logging.getLogger(STEP_LOGGER).removeHandler(self.progress)
+        for handler in self.added:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in self.removed:
+            root.addHandler(handler)
+        root.setLevel(self.root_level)
+
+
+def _keeps(handler: logging.Handler) -> bool:
+    # ZenML's log-storage handler stores step logs with the run (no console output).
+    return type(handler).__name__ == "ZenMLLoggingHandler"
+
+
+def setup_logging(path: Path, console: TextIO | None = None) -> DemoLogging:
+    """Console: the demo's lines and training epochs. File: every record at INFO or above,
+    from every logger (Kedro, ZenML, MLflow included).
+
+    Call it after Kedro's project and ZenML are imported: both put their own console
+    handlers on the root logger (Kedro's ``dictConfig`` on import and on the first
+    ``bootstrap_project``, ZenML's ``init_logging`` on ``import zenml``). Those are taken
+    off here; their records still reach the root logger, hence the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    saved_level = root.level
+    removed = [h for h in root.handlers if not _keeps(h)]
+    for handler in removed:
+        root.removeHandler(handler)
+    root.setLevel(logging.INFO)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_console = logging.StreamHandler(console or sys.stdout)
+    to_console.addFilter(ConsoleFilter())
+    to_console.setFormatter(_ConsoleFormatter())
+    for handler in (to_file, to_console):
+        root.addHandler(handler)
+    for name in (log.name, EPOCH_LOGGER, STEP_LOGGER):
+        logging.getLogger(name).setLevel(logging.INFO)
+    state = DemoLogging(path, [to_file, to_console], removed, saved_level)
+    logging.getLogger(STEP_LOGGER).addHandler(state.progress)
+    return state
+
+
+# Kedro applies a logging configuration when it is imported, with a console handler on the
+# root logger (rich); this one has none (the demo adds its own handlers afterwards).
+_KEDRO_LOGGING = """version: 1
+disable_existing_loggers: false
+loggers:
+  kedro:
+    level: INFO
+root:
+  level: INFO
+  handlers: []
+"""
+_KEDRO_LOGGING_PATH = Path(tempfile.gettempdir()) / "plants-mlops-demo-logging.yml"
+
+
+def _quiet_environment() -> None:
+    """Before Kedro, ZenML or MLflow is imported: their records go to logging (then the
+    file), not to consoles of their own."""
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+    if "KEDRO_LOGGING_CONFIG" not in os.environ:
+        _KEDRO_LOGGING_PATH.write_text(_KEDRO_LOGGING)
+        os.environ["KEDRO_LOGGING_CONFIG"] = str(_KEDRO_LOGGING_PATH)
+    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "INFO")  # NOTSET would disable logging
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # mlflow's own stderr handler
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# -- the demo ---------------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -52,74 +235,172 @@ def _free_port() -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
-    cli = str(BIN / "plants-mlops")
+    _quiet_environment()
+    project = Path.cwd()
+    from kedro.framework.startup import bootstrap_project
 
-    _step("1/5 seed the plants_data table from the shipped manifest")
-    _sh([cli, "db", "seed"])
-
-    if args.kedro:
-        _step("2/5 run the pipelines with kedro")
-        _sh([str(BIN / "kedro"), "run"])
-    else:
-        _step("2/5 run the pipelines through ZenML on the `local` stack")
-        _sh([cli, "stack", "register", "local"])
-        _sh([cli, "pipeline", "run", "--stack", "local"])
-
-    _step("3/5 the model registry")
-    _sh([cli, "registry", "list"])
-
-    if not args.no_serve:
-        _serve_predict_monitor(cli, args.predictions)
-
-    _step("summary")
-    _sh([cli, "db", "status"])
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s; "
-          "`plants-mlops serve` keeps the API up, `plants-mlops dashboards` opens the UIs.")
+    bootstrap_project(project)
+    if not args.kedro:
+        import zenml  # noqa: F401  (its logging setup must happen before ours)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = setup_logging(REPORTING / f"demo-{stamp}.log")
+    log.info("full log: %s", logs.path)
+    try:
+        _demo(args, project, logs)
+    except Exception as exc:
+        detail.exception("demo stopped")  # the traceback: the file only
+        logs.close()
+        if isinstance(exc, UserFacingError):
+            raise UserFacingError(f"{exc} (full log: {logs.path})") from None
+        raise UserFacingError(
+            f"demo stopped: {type(exc).__name__}: {exc} (traceback in {logs.path})"
+        ) from None
+    log.info(
+        "demo finished in %.0f s; `plants-mlops serve` keeps the API up, "
+        "`plants-mlops dashboards` opens the UIs.",
+        time.monotonic() - started,
+    )
+    log.info("full log: %s", logs.path)
+    logs.close()
     return 0
 
 
-def _serve_predict_monitor(cli: str, n_predictions: int) -> None:
+def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
+    from plants_mlops import db
+
+    report = db.seed(db.make_engine(None))
+    log.info("plants_data: %s", report.lines()[0])
+    # No progress bars on the console; each stage and epoch has its line.
+    params = {"ingestion": {"progress": False}, "training": {"quiet": True}}
+    summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
+
+    registry = summaries.get("registry", {})
+    evaluation = summaries.get("evaluation", {})
+    f1 = (evaluation.get("metrics") or {}).get("f1_macro")
+    log.info(
+        "registry: version %s %s%s",
+        registry.get("model_version", "?"),
+        registry.get("verdict", "?"),
+        f" (test F1 {f1:.4f})" if f1 is not None else "",
+    )
+    if not args.no_serve:
+        _serve_predict_monitor(project, args.predictions, logs)
+
+
+def _run_kedro(project: Path, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from plants_mlops.orchestration.kedro_stage import run_stage
+
+    summaries: dict[str, dict[str, Any]] = {}
+    upstream = None
+    for i, stage in enumerate(STAGES, 1):
+        upstream = run_stage(stage, project, "local", params, upstream)
+        summaries[stage] = upstream.model_dump(exclude={"outputs"})
+        log.info(stage_line(i, len(STAGES), upstream.metadata()))
+    return summaries
+
+
+def _run_zenml(
+    project: Path, params: dict[str, Any], logs: DemoLogging
+) -> dict[str, dict[str, Any]]:
+    from plants_mlops.orchestration.pipeline import run_pipeline
+    from plants_mlops.orchestration.stacks import register_stack
+
+    spec = register_stack("local", project)
+    # ZenML gives alembic a console handler of its own when it migrates its store.
+    alembic = logging.getLogger("alembic")
+    for handler in [h for h in alembic.handlers if type(h).__name__ == "ZenMLConsoleHandler"]:
+        alembic.removeHandler(handler)
+    log.info("ZenML stack %s active (Kedro env %s)", spec.name, spec.kedro_env)
+    result = run_pipeline(project, params=params)
+    logs.progress.catch_up()
+    log.info("ZenML run %s: %s", result.run_name, result.status)
+    if result.status != "completed":
+        raise UserFacingError(f"the ZenML run {result.run_name} ended {result.status}")
+    return result.summaries
+
+
+def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging) -> None:
     import httpx
     import pandas as pd
 
     from plants_mlops.orchestration.dashboards import wait_http
+    from plants_mlops.orchestration.kedro_stage import run_stage
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    _step(f"4/5 start the API on the champion ({base}) and predict held-out images")
-    log = open(Path("data") / "08_reporting" / "demo-serve.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:  # /ready answers 503 until the champion is loaded, then 200
-            wait_http(f"{base}/ready", timeout=120, proc=server)
+    serve_log = logs.path.with_suffix(".serve.log")
+    cli = str(BIN / "plants-mlops")
+    # The API logs to its own console (captured here), not through the demo's Kedro setting.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k == "KEDRO_LOGGING_CONFIG" and v == str(_KEDRO_LOGGING_PATH))
+    }
+    with open(serve_log, "wb") as out:
+        server = subprocess.Popen(
+            [cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_http(f"{base}/ready", timeout=120, proc=server)  # 503 until the model loads
+            model = httpx.get(f"{base}/model", timeout=10).json()
+            index = pd.read_parquet(Path("data") / "03_primary" / "dataset_index.parquet")
+            test = index[index["split"] == "test"].head(n_predictions)
+            correct, latencies = 0, []
+            for row in test.itertuples():
+                path = next((Path("data") / "01_raw" / row.label).glob(f"{row.sha256}.*"))
+                r = httpx.post(
+                    f"{base}/predict",
+                    timeout=30,
+                    files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+                )
+                r.raise_for_status()
+                body = r.json()
+                correct += body["label"] == row.label
+                latencies.append(float(body.get("latency_ms", 0.0)))
+                detail.info(
+                    "%s true=%s predicted=%s p=%.3f %.1f ms",
+                    path.name,
+                    row.label,
+                    body["label"],
+                    max(body["probabilities"].values()),
+                    latencies[-1],
+                )
+            p50 = sorted(latencies)[len(latencies) // 2] if latencies else 0.0
+            log.info(
+                "API %s: model version %s, %d/%d held-out images correct, p50 %.1f ms",
+                base,
+                model.get("version"),
+                correct,
+                len(latencies),
+                p50,
+            )
         except UserFacingError as exc:
-            raise UserFacingError(f"{exc}; see data/08_reporting/demo-serve.log") from None
-        model = httpx.get(f"{base}/model", timeout=10).json()
-        print(f"serving model version {model.get('version')} "
-              f"(run {model.get('mlflow_run_id') or model.get('run_id')})")
-        index = pd.read_parquet(Path("data") / "03_primary" / "dataset_index.parquet")
-        test = index[index["split"] == "test"].head(n_predictions)
-        raw = {r.sha256: r for r in test.itertuples()}
-        correct = 0
-        for sha, row in raw.items():
-            path = next((Path("data") / "01_raw" / row.label).glob(f"{sha}.*"))
-            r = httpx.post(f"{base}/predict", timeout=30,
-                           files={"file": (path.name, path.read_bytes(), "image/jpeg")})
-            r.raise_for_status()
-            body = r.json()
-            correct += body["label"] == row.label
-            print(f"  {path.name[:12]}... true={row.label:<9} predicted={body['label']:<9} "
-                  f"p={max(body['probabilities'].values()):.3f} "
-                  f"{body.get('latency_ms', 0):.1f} ms")
-        print(f"{correct}/{len(raw)} correct")
-    finally:
-        server.terminate()  # clean stop: the prediction log is flushed
-        server.wait(timeout=60)
-        log.close()
+            raise UserFacingError(f"{exc}; see {serve_log}") from None
+        finally:
+            server.terminate()  # clean stop: the prediction log is flushed
+            server.wait(timeout=60)
+            _append(logs, serve_log)
 
-    _step("5/5 monitoring: Evidently drift report on the prediction log")
-    _sh([str(BIN / "kedro"), "run", "--pipelines", "monitoring"])
-    for report in sorted((Path("data") / "08_reporting").glob("*drift*")):
-        print(f"  report: {report}")
+    started = time.perf_counter()
+    run_stage("monitoring", project, "local")
+    verdict = json.loads((REPORTING / "monitoring_verdict.json").read_text())
+    log.info(
+        "monitoring ... %s (%s predictions in the window) in %.1f s",
+        verdict.get("status", "done"),
+        verdict.get("n_current", "?"),
+        time.perf_counter() - started,
+    )
+    for report in sorted(REPORTING.glob("*drift*.html")):
+        log.info("drift report: %s", report)
+
+
+def _append(logs: DemoLogging, serve_log: Path) -> None:
+    """The API's own log goes into the demo's log file, after what the demo logged so far."""
+    text = serve_log.read_text(errors="replace") if serve_log.exists() else ""
+    logging.getLogger("plants_mlops.demo.serve").info(
+        "---- plants-mlops serve output ----\n%s---- end of plants-mlops serve output ----", text
+    )
+    serve_log.unlink(missing_ok=True)

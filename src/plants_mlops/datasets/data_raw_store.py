@@ -45,10 +45,6 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         self._fs = fsspec.filesystem(protocol, **(deepcopy(credentials) or {}), **fs_args)
         self.metadata = metadata
 
-    @property
-    def fs(self) -> fsspec.AbstractFileSystem:
-        return self._fs
-
     def uri(self, key: str) -> str:
         """Where ``key`` lives, as a URL (``s3://bucket/01_raw/...``) or a local path."""
         full = f"{self._root}/{key}"

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from plants_mlops import contracts, imaging
+from plants_mlops.params import FormattingParams, parse
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def format_images(
     Returns (fmt images keyed ``{label}/{sha256}``, fmt index, a report of what was skipped).
     """
     t0 = time.perf_counter()
-    size = int(params["image_size"])
+    p = parse(FormattingParams, params, "formatting")
+    size = p.image_size
     sources = _sources(plants_data)
     stored: dict[tuple[str, str], Callable[[], bytes]] = {}
     for key, load in raw_images.items():
@@ -79,7 +81,7 @@ def format_images(
         except imaging.ImageDecodeError as exc:
             return k, None, f"{exc.reason}: {exc.detail}"
 
-    workers = max(1, int(params.get("workers", 4)))
+    workers = max(1, p.workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
         results = list(pool.map(work, todo))
 
@@ -132,7 +134,7 @@ def format_images(
 
 def split_of(sha256: str, split: dict[str, Any]) -> str:
     """train/val/test from a salted hash of the content: stable as the dataset grows."""
-    digest = hashlib.sha256(f"{split.get('salt', '')}:{sha256}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{split['salt']}:{sha256}".encode()).hexdigest()
     u = int(digest[:15], 16) / float(16**15)
     edge = 0.0
     for name in contracts.SPLITS[:-1]:
@@ -171,7 +173,8 @@ def build_dataset_index(
 
     Identical bytes under two labels are contradictory: every copy is dropped and reported.
     """
-    split = params["split"]
+    p = parse(FormattingParams, params, "formatting")
+    split = p.split.model_dump()
     total = sum(float(split[s]) for s in contracts.SPLITS)
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"formatting.split proportions must sum to 1 (got {total:g}: {split})")
@@ -181,7 +184,7 @@ def build_dataset_index(
     index = fmt_index[~fmt_index["sha256"].isin(conflicted)].drop_duplicates("sha256").copy()
     index["split"] = [split_of(sha, split) for sha in index["sha256"]]
     index = index.sort_values("image_key").reset_index(drop=True)[DATASET_INDEX_COLUMNS]
-    fingerprint = fingerprint_of(index, int(params["image_size"]))
+    fingerprint = fingerprint_of(index, p.image_size)
     report = {
         **fmt_report,
         "dataset_images": len(index),

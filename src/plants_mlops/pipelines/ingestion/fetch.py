@@ -13,22 +13,30 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
+from plants_mlops.params import IngestionParams
+
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 15.0
-    max_attempts: int = 4
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    max_bytes: int = 20_000_000
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+    max_bytes: int
 
     @classmethod
-    def from_params(cls, params: dict) -> FetchPolicy:
-        fields = cls.__dataclass_fields__
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in params.items() if k in fields})
+    def from_params(cls, params: IngestionParams) -> FetchPolicy:
+        return cls(
+            connect_timeout_s=params.connect_timeout_s,
+            read_timeout_s=params.read_timeout_s,
+            max_attempts=params.max_attempts,
+            backoff_s=params.backoff_s,
+            backoff_max_s=params.backoff_max_s,
+            max_bytes=params.max_bytes,
+        )
 
 
 class FetchError(Exception):

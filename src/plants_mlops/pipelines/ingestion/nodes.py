@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from plants_mlops import contracts, imaging
 from plants_mlops.db import utcnow
+from plants_mlops.params import IngestionParams, parse
 from plants_mlops.pipelines.ingestion import fetch as fetching
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,12 @@ def plan(
 
 
 def fetch_rows(
-    rows: list[dict], params: dict, progress: Callable[[Outcome], None] | None = None
+    rows: list[dict], params: IngestionParams, progress: Callable[[Outcome], None] | None = None
 ) -> list[Outcome]:
     """Fetch and check every row concurrently; never raises for a bad URL."""
     policy = fetching.FetchPolicy.from_params(params)
-    mirrors = fetching.parse_mirrors(params.get("mirrors"))
-    concurrency = max(1, int(params.get("concurrency", 8)))
+    mirrors = _mirrors(params)
+    concurrency = max(1, params.concurrency)
 
     def one(row: dict, client) -> Outcome:
         sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
@@ -146,9 +147,10 @@ def ingest_images(
 ) -> tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]:
     """The ingestion node: returns (new raw files, plants_data status updates, summary)."""
     started, t0 = utcnow(), time.perf_counter()
-    raw_root = str(params["raw_root"]).rstrip("/")
+    p = parse(IngestionParams, params, "ingestion")
+    raw_root = p.raw_root.rstrip("/")
     stored = inventory_index(raw_inventory)
-    to_fetch, already, skipped = plan(plants_data, stored, bool(params.get("retry_failed", True)))
+    to_fetch, already, skipped = plan(plants_data, stored, p.retry_failed)
     log.info(
         "ingestion: %d rows; %d already stored, %d to fetch, %d failed rows left alone",
         len(plants_data),
@@ -161,7 +163,7 @@ def ingest_images(
         total=len(to_fetch),
         desc="ingestion",
         unit="img",
-        disable=not params.get("progress", True) or not to_fetch,
+        disable=not p.progress or not to_fetch,
     )
     fails = Counter()
 
@@ -172,7 +174,7 @@ def ingest_images(
         bar.update()
 
     try:
-        outcomes = fetch_rows(to_fetch, params, progress=on_done)
+        outcomes = fetch_rows(to_fetch, p, progress=on_done)
     finally:
         bar.close()
 
@@ -224,7 +226,7 @@ def ingest_images(
             for r in skipped
         ],
         "raw_root": raw_root,
-        "mirrors": [m.__dict__ for m in fetching.parse_mirrors(params.get("mirrors"))],
+        "mirrors": [m.__dict__ for m in _mirrors(p)],
     }
     log.info(
         "ingestion summary: fetched %d (%d new files, %.1f images/s), already stored %d, "
@@ -238,6 +240,10 @@ def ingest_images(
         summary["skipped_failed"],
     )
     return raw_images, pd.DataFrame(updates, columns=UPDATE_COLUMNS), summary
+
+
+def _mirrors(params: IngestionParams) -> list[fetching.Mirror]:
+    return fetching.parse_mirrors([m.model_dump() for m in params.mirrors])
 
 
 def _update(row_id, status, error, sha256, url_s3, ingested_at) -> dict:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from plants_mlops.params import Embeddings, MonitoringParams, parse
+
 log = logging.getLogger(__name__)
 
 EMBEDDING_NAME = "embedding"
@@ -38,20 +40,21 @@ def _expand_embeddings(frame: pd.DataFrame) -> pd.DataFrame:
 def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     """The predictions monitoring judges: last ``window.hours``, newest ``window.last_n``,
     optionally one model version."""
-    window = params.get("window") or {}
-    stat_columns = list(params["stat_columns"])
+    p = parse(MonitoringParams, params, "monitoring")
+    window = p.window
+    stat_columns = list(p.stat_columns)
     columns = ["request_id", "created_at", "model_version", *PREDICTION_COLUMNS, *stat_columns]
     if prediction_log.empty:
         log.warning("the prediction log is empty: nothing to monitor yet")
         return pd.DataFrame(columns=columns)
     frame = prediction_log
-    if window.get("hours"):
-        since = datetime.now(UTC) - timedelta(hours=float(window["hours"]))
+    if window.hours:
+        since = datetime.now(UTC) - timedelta(hours=window.hours)
         frame = frame[frame["created_at"] >= since]
-    if window.get("model_version") not in (None, ""):
-        frame = frame[frame["model_version"].astype(str) == str(window["model_version"])]
-    if window.get("last_n"):
-        frame = frame.tail(int(window["last_n"]))
+    if window.model_version not in (None, ""):
+        frame = frame[frame["model_version"].astype(str) == str(window.model_version)]
+    if window.last_n:
+        frame = frame.tail(window.last_n)
     frame = frame[[*columns, "embedding"]].reset_index(drop=True)
     log.info("current window: %d predictions (of %d logged)", len(frame), len(prediction_log))
     return _expand_embeddings(frame)
@@ -61,11 +64,11 @@ def build_reference(
     dataset_index: pd.DataFrame, fmt_images: dict[str, Any], champion, params: dict[str, Any]
 ) -> pd.DataFrame:
     """Training reference: stats from the index + the champion's view of the same images."""
-    ref = params.get("reference") or {}
-    split = ref.get("split", "train")
+    p = parse(MonitoringParams, params, "monitoring")
+    split, max_rows = p.reference.split, p.reference.max_rows
     rows = dataset_index[dataset_index["split"] == split]
-    if ref.get("max_rows") and len(rows) > int(ref["max_rows"]):
-        rows = rows.sample(int(ref["max_rows"]), random_state=0)
+    if max_rows and len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=0)
     rows = rows[rows["image_key"].isin(fmt_images.keys())]
     if rows.empty:
         raise ValueError(f"no {split!r} images in dataset_index/fmt_images: run the data pipeline")
@@ -82,7 +85,7 @@ def build_reference(
         embs.append(out.embeddings)
     probabilities = np.concatenate(probs)
     labels = np.asarray(champion.meta.labels)
-    frame = rows.loc[keep, ["image_key", *params["stat_columns"]]].reset_index(drop=True)
+    frame = rows.loc[keep, ["image_key", *p.stat_columns]].reset_index(drop=True)
     frame["label"] = labels[probabilities.argmax(axis=1)]
     frame["confidence"] = probabilities.max(axis=1)
     frame["model_version"] = str(champion.version)
@@ -97,25 +100,23 @@ def build_reference(
     return _expand_embeddings(frame)
 
 
-def _embedding_method(cfg: dict[str, Any]):
+def _embedding_method(cfg: Embeddings):
     from evidently.legacy.metrics.data_drift import embedding_drift_methods as m
 
-    name = (cfg.get("method") or "model").lower()
+    name = cfg.method
     kwargs: dict[str, Any] = {}
-    if cfg.get("threshold") is not None and name != "ratio":
-        kwargs["threshold"] = float(cfg["threshold"])
-    if name in ("model", "mmd", "distance") and cfg.get("bootstrap") is not None:
-        kwargs["bootstrap"] = bool(cfg["bootstrap"])
-    if name in ("model", "mmd", "ratio") and cfg.get("pca_components"):
-        kwargs["pca_components"] = int(cfg["pca_components"])
+    if cfg.threshold is not None and name != "ratio":
+        kwargs["threshold"] = cfg.threshold
+    if name in ("model", "mmd", "distance") and cfg.bootstrap is not None:
+        kwargs["bootstrap"] = cfg.bootstrap
+    if name in ("model", "mmd", "ratio") and cfg.pca_components:
+        kwargs["pca_components"] = cfg.pca_components
     factories = {"model": m.model, "mmd": m.mmd, "distance": m.distance, "ratio": m.ratio}
-    if name not in factories:
-        raise ValueError(f"monitoring.embeddings.method must be one of {sorted(factories)}")
     return factories[name](**kwargs)
 
 
-def _insufficient(current: pd.DataFrame, params: dict[str, Any]) -> str | None:
-    need = int(params.get("min_current_rows", 30))
+def _insufficient(current: pd.DataFrame, params: MonitoringParams) -> str | None:
+    need = params.min_current_rows
     if len(current) < need:
         return (
             f"only {len(current)} predictions in the current window; monitoring needs at "
@@ -128,7 +129,8 @@ def drift_report(
     current: pd.DataFrame, reference: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Evidently report (HTML + JSON) and a summary of what drifted."""
-    reason = _insufficient(current, params)
+    p = parse(MonitoringParams, params, "monitoring")
+    reason = _insufficient(current, p)
     if reason:
         log.warning("skipping the drift report: %s", reason)
         html = f"<!doctype html><html><body><h1>No drift report</h1><p>{reason}</p></body></html>"
@@ -142,7 +144,7 @@ def drift_report(
     from evidently.metrics import EmbeddingsDrift, ValueDrift
     from evidently.presets import DataDriftPreset
 
-    stat_columns = list(params["stat_columns"])
+    stat_columns = list(p.stat_columns)
     emb_cols = [c for c in reference.columns if c.startswith("emb_")]
     if [c for c in current.columns if c.startswith("emb_")] != emb_cols:
         raise ValueError(
@@ -157,17 +159,13 @@ def drift_report(
     keep = [*stat_columns, *PREDICTION_COLUMNS, *emb_cols]
     cur_ds = Dataset.from_pandas(current[keep].copy(), data_definition=definition)
     ref_ds = Dataset.from_pandas(reference[keep].copy(), data_definition=definition)
-    method = _embedding_method(params.get("embeddings") or {})
+    method = _embedding_method(p.embeddings)
     stat_kwargs = {
-        k: params[p]
-        for k, p in (("method", "stat_test"), ("threshold", "stat_threshold"))
-        if params.get(p) is not None
+        k: v for k, v in (("method", p.stat_test), ("threshold", p.stat_threshold)) if v is not None
     }
     report = Report(
         [
-            DataDriftPreset(
-                columns=stat_columns, drift_share=float(params["drift_share"]), **stat_kwargs
-            ),
+            DataDriftPreset(columns=stat_columns, drift_share=p.drift_share, **stat_kwargs),
             EmbeddingsDrift(embeddings_name=EMBEDDING_NAME, drift_method=method),
             ValueDrift(column="label"),
             ValueDrift(column="confidence"),
@@ -221,6 +219,7 @@ def _summarise(
 def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """One verdict: drift = dataset drift on image stats or embeddings drift (or, when
     configured, prediction drift)."""
+    p = parse(MonitoringParams, params, "monitoring")
     now = datetime.now(UTC).isoformat()
     if "skipped" in summary:
         return {
@@ -236,13 +235,13 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
         drifted = [c for c, v in data["columns"].items() if v["drift"]]
         reasons.append(
             f"image statistics drifted: {', '.join(drifted)} "
-            f"(share {data['share_drifted']:.2f} >= {params['drift_share']})"
+            f"(share {data['share_drifted']:.2f} >= {p.drift_share})"
         )
     emb = summary["embeddings"]
     if emb["drift"]:
         reasons.append(f"embeddings drifted ({emb['method']} score {emb['score']:.3f})")
     pred_drifted = [c for c, v in summary["prediction_drift"].items() if v["drift"]]
-    use_pred = bool((params.get("verdict") or {}).get("use_prediction_drift"))
+    use_pred = p.verdict.use_prediction_drift
     if pred_drifted and use_pred:
         reasons.append(f"predictions drifted: {', '.join(pred_drifted)}")
     drift = bool(reasons)
@@ -267,18 +266,14 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     return verdict
 
 
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Start the retraining command in the background when drift is found and enabled."""
     import shlex
 
     from plants_mlops.orchestration.retrain import default_retrain_command, start_retrain
 
-    cfg = params.get("retrain") or {}
-    enabled = _truthy(cfg.get("enabled", False))
+    cfg = parse(MonitoringParams, params, "monitoring").retrain
+    enabled = cfg.enabled
     record = {
         "drift": verdict["drift"],
         "enabled": enabled,
@@ -288,7 +283,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     if not verdict["drift"]:
         record["detail"] = "no drift: nothing to do"
         return record
-    command = cfg.get("command")
+    command = cfg.command
     argv = (
         shlex.split(command)
         if isinstance(command, str) and command
@@ -304,7 +299,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     run = start_retrain(
         argv,
         reason="; ".join(verdict["reasons"]),
-        log_dir=Path(cfg.get("log_dir") or "data/retrain_logs"),
+        log_dir=Path(cfg.log_dir),
     )
     record.update(
         started=True,

@@ -15,6 +15,7 @@ import pandera.pandas as pa
 
 from plants_mlops import contracts
 from plants_mlops.db import STATUSES, utcnow
+from plants_mlops.params import FormattingParams, ValidationParams, parse
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,13 @@ def dataset_rules(
     plants_data: pd.DataFrame,
     fmt_index: pd.DataFrame,
     index: pd.DataFrame,
-    params: dict,
+    params: ValidationParams,
     split: dict,
 ) -> list[dict[str, Any]]:
     """Rules on the whole dataset: class sizes, balance, split proportions, missing rate."""
     checks = []
     counts = {lab: int((index["label"] == lab).sum()) for lab in contracts.LABELS}
-    minimum = int(params["min_images_per_class"])
+    minimum = params.min_images_per_class
     short = [lab for lab, n in counts.items() if n < minimum]
     checks.append(
         _check(
@@ -178,7 +179,7 @@ def dataset_rules(
         )
     )
     ratio = min(counts.values()) / max(max(counts.values()), 1)
-    min_ratio = float(params["min_class_ratio"])
+    min_ratio = params.min_class_ratio
     checks.append(
         _check(
             "dataset_index",
@@ -189,7 +190,7 @@ def dataset_rules(
         )
     )
     n = max(len(index), 1)
-    tol = float(params["split_tolerance"])
+    tol = params.split_tolerance
     off = {}
     for s in contracts.SPLITS:
         share = float((index["split"] == s).sum()) / n
@@ -232,7 +233,7 @@ def dataset_rules(
         ]
     ]
     rate = len(missing) / max(len(plants_data), 1)
-    max_rate = float(params["max_missing_rate"])
+    max_rate = params.max_missing_rate
     reasons = missing["error"].fillna(missing["status"]).str.split(":").str[0].value_counts()
     checks.append(
         _check(
@@ -241,7 +242,7 @@ def dataset_rules(
             rate <= max_rate,
             f"{len(missing)} of {len(plants_data)} rows have no formatted image ({rate:.1%}; "
             f"maximum {max_rate:.1%}); reasons {reasons.to_dict()}",
-            [int(i) for i in missing["id"].head(int(params["max_failing_rows_listed"]))],
+            [int(i) for i in missing["id"].head(params.max_failing_rows_listed)],
             len(missing),
         )
     )
@@ -256,15 +257,18 @@ def validate_data(
     formatting: dict,
 ) -> dict[str, Any]:
     """Every check on every dataset; returns the report (never raises for bad data)."""
-    size, min_side = int(formatting["image_size"]), int(params["min_source_side"])
-    max_rows = int(params["max_failing_rows_listed"])
+    p = parse(ValidationParams, params, "validation")
+    fmt = parse(FormattingParams, formatting, "formatting")
+    split = fmt.split.model_dump()
+    size, min_side = fmt.image_size, p.min_source_side
+    max_rows = p.max_failing_rows_listed
     pdata = plants_data.copy()
     pdata["id"] = pdata["id"].astype("int64")
     checks = (
         schema_checks(pdata, plants_data_schema(), "id", max_rows)
         + schema_checks(fmt_index, fmt_index_schema(size, min_side), "image_key", max_rows)
         + schema_checks(dataset_index, dataset_index_schema(size, min_side), "image_key", max_rows)
-        + dataset_rules(pdata, fmt_index, dataset_index, params, formatting["split"])
+        + dataset_rules(pdata, fmt_index, dataset_index, p, split)
     )
     report = {
         "passed": all(c["passed"] for c in checks),
@@ -274,7 +278,7 @@ def validate_data(
             "fmt_index": len(fmt_index),
             "dataset_index": len(dataset_index),
         },
-        "thresholds": {**params, "image_size": size, "split": formatting["split"]},
+        "thresholds": {**p.model_dump(), "image_size": size, "split": split},
         "checks": checks,
     }
     failed = [c for c in checks if not c["passed"]]

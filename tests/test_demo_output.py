@@ -1,0 +1,87 @@
+"""What `make demo` prints: its own progress lines on the console, every log in the file."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from plants_mlops.commands import demo
+
+
+@pytest.fixture
+def demo_logging(tmp_path):
+    import zenml  # noqa: F401  (puts ZenML's console handler on the root logger, as in a demo)
+
+    console = io.StringIO()
+    state = demo.setup_logging(tmp_path / "demo.log", console=console)
+    yield state, console
+    state.close()
+
+
+def _file(state) -> str:
+    for handler in state.added:
+        handler.flush()
+    return state.path.read_text()
+
+
+def test_kedro_and_zenml_records_reach_the_file_and_not_the_console(demo_logging, capsys):
+    state, console = demo_logging
+    logging.getLogger("kedro.runner.sequential_runner").info("Completed 3 out of 3 tasks")
+    logging.getLogger("zenml.orchestrators.step_launcher").info("Step ingestion has started.")
+    logging.getLogger("mlflow.tracking").warning("an mlflow warning")
+    text = _file(state)
+    assert "Completed 3 out of 3 tasks" in text
+    assert "Step ingestion has started." in text
+    assert "an mlflow warning" in text
+    assert console.getvalue() == ""
+    out, err = capsys.readouterr()
+    assert "Step ingestion" not in out + err  # ZenML's own console handler is off
+    names = [type(h).__name__ for h in logging.getLogger().handlers]
+    assert "ZenMLConsoleHandler" not in names and "ZenMLLoggingHandler" in names
+
+
+def test_progress_lines_and_epochs_reach_both(demo_logging):
+    state, console = demo_logging
+    demo.log.info("[1/6] ingestion ... done (400 rows) in 2.0 s")
+    logging.getLogger(demo.EPOCH_LOGGER).info("epoch %d/%d: val_f1=%.4f", 1, 12, 0.9)
+    logging.getLogger(demo.EPOCH_LOGGER).info("building the model")  # not an epoch line
+    demo.detail.info("dandelion.jpg true=dandelion predicted=dandelion")
+    shown = console.getvalue().splitlines()
+    assert shown == [
+        "[1/6] ingestion ... done (400 rows) in 2.0 s",
+        "      epoch 1/12: val_f1=0.9000",
+    ]
+    text = _file(state)
+    assert "[1/6] ingestion" in text and "epoch 1/12" in text
+    assert "building the model" in text and "predicted=dandelion" in text
+
+
+def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
+    _, console = demo_logging
+    meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_n_checks": 12}
+    logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
+    assert console.getvalue().endswith("[3/6] validation ... passed (12 checks) in 3.1 s\n")
+
+
+def test_close_puts_the_root_logger_back(tmp_path):
+    root = logging.getLogger()
+    before = list(root.handlers)
+    demo.setup_logging(tmp_path / "demo.log", console=io.StringIO()).close()
+    assert root.handlers == before
+
+
+def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
+    state, console = demo_logging
+    steps = logging.getLogger(demo.STEP_LOGGER)
+    for stage in ("ingestion", "formatting", "validation"):
+        steps.info("%s: %s", stage, {"stage": stage, "duration_s": 1.0})
+    steps.info("%s: %s", "evaluation", {"stage": "evaluation", "duration_s": 2.0})
+    state.progress.catch_up()
+    lines = console.getvalue().splitlines()
+    assert [ln.split(" ... ")[0] for ln in lines] == [
+        f"[{i}/6] {stage}" for i, stage in enumerate(demo.STAGES, 1)
+    ]
+    assert lines[3] == "[4/6] training ... cached"
+    assert lines[5] == "[6/6] registry ... cached"
