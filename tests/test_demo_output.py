@@ -60,7 +60,7 @@ def test_progress_lines_and_epochs_reach_both(demo_logging):
 
 def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
-    meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_n_checks": 12}
+    meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_checks": 12}
     logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
     assert console.getvalue().endswith("[3/6] validation ... passed (12 checks) in 3.1 s\n")
 

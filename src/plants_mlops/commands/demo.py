@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from plants_mlops.contracts import STAGES
 from plants_mlops.errors import UserFacingError
 
 BIN = Path(sys.executable).parent
 REPORTING = Path("data") / "08_reporting"
-STAGES = ("ingestion", "formatting", "validation", "training", "evaluation", "registry")
 
 log = logging.getLogger("plants_mlops.demo")
 # Per-prediction lines: the log file only.
@@ -48,9 +48,13 @@ _DETAILS: dict[str, tuple[tuple[str, str], ...]] = {
         ("count_failed", "failed"),
     ),
     "formatting": (("count_dataset_images", "images"),),
-    "validation": (("count_n_checks", "checks"),),
-    "training": (("metric_f1_macro", "test F1"),),
-    "evaluation": (("metric_f1_macro", "test F1"), ("metric_accuracy", "accuracy")),
+    "validation": (("count_checks", "checks"),),
+    "training": (("metric_test_f1_macro", "test F1"),),
+    "evaluation": (
+        ("metric_test_f1_macro", "test F1"),
+        ("metric_test_accuracy", "accuracy"),
+        ("champion_version", "champion"),
+    ),
     "registry": (("model_version", "version"),),
 }
 
@@ -276,7 +280,7 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
 
     registry = summaries.get("registry", {})
     evaluation = summaries.get("evaluation", {})
-    f1 = (evaluation.get("metrics") or {}).get("f1_macro")
+    f1 = (evaluation.get("metrics") or {}).get("test_f1_macro")
     log.info(
         "registry: version %s %s%s",
         registry.get("model_version", "?"),
@@ -293,8 +297,8 @@ def _run_kedro(project: Path, params: dict[str, Any]) -> dict[str, dict[str, Any
     summaries: dict[str, dict[str, Any]] = {}
     upstream = None
     for i, stage in enumerate(STAGES, 1):
-        upstream = run_stage(stage, project, "local", params, upstream)
-        summaries[stage] = upstream.model_dump(exclude={"outputs"})
+        upstream = run_stage(stage, project, "local", params, upstream).summary
+        summaries[stage] = upstream.model_dump()
         log.info(stage_line(i, len(STAGES), upstream.metadata()))
     return summaries
 

@@ -175,11 +175,21 @@ def make_step(stage: str):
         params: dict[str, Any],
         config_hash: str,
         upstream: StepSummary | None = None,
-    ) -> Annotated[StepSummary, stage]:
+    ):
         if runner is not None:
             return runner(project, env, params, upstream)
         return _execute(stage, project, env, params, upstream)
 
+    # Real objects, not the strings `from __future__ import annotations` leaves: ZenML reads
+    # them, and the output's name (the stage) is only known here.
+    stage_step.__annotations__ = {
+        "project": str,
+        "env": str,
+        "params": dict[str, Any],
+        "config_hash": str,
+        "upstream": StepSummary | None,
+        "return": Annotated[StepSummary, stage],
+    }
     stage_step.__name__ = stage_step.__qualname__ = stage
     stage_step.__doc__ = _DOCS[stage]
     stage_step.__module__ = __name__
