@@ -7,7 +7,17 @@ import re
 
 import httpx
 import pytest
-from zenml_testlib import ALL_STAGES, cli, pipeline_run, rendered_text, small_project, zenml_env
+from zenml_testlib import (
+    ALL_STAGES,
+    cli,
+    pipeline_run,
+    rendered_text,
+    small_project,
+    zenml_env,
+    zenml_query,
+)
+
+from plants_mlops.orchestration.dashboards import zenml_token
 
 
 def _urls(stdout: str) -> dict[str, str]:
@@ -37,6 +47,28 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_p
         assert (
             latest and latest.group(1) == f"{urls['zenml']}/projects/default/runs/{run['run_id']}"
         )
+
+        # The Kedro datasets the steps wrote and the validation report's HTML are artifacts
+        # of the run, and the report renders as a visualization.
+        artifacts_page = rendered_text(f"{urls['zenml']}/projects/default/artifacts")
+        assert "validation_report_html" in artifacts_page
+        assert "kedro.dataset_index" in artifacts_page
+        version_id = zenml_query(
+            f"""
+        r = client.get_pipeline_run("{run["run_id"]}")
+        result = str(r.steps["validation"].outputs["validation_report_html"][0].id)
+    """,
+            env,
+            project,
+        )
+        token = zenml_token(urls["zenml"])
+        shown = httpx.get(
+            f"{urls['zenml']}/api/v1/artifact_versions/{version_id}/visualize",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        assert shown["type"] == "html" and "Validation report" in shown["value"]
+        assert "checks passed" in shown["value"]
 
         # kedro-viz: every pipeline and the nodes of the default one, on five layers.
         viz = rendered_text(urls["kedro-viz"])

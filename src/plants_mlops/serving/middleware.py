@@ -88,7 +88,7 @@ class RequestContextMiddleware:
                     f"request body exceeds the limit of {limit} bytes",
                     rid,
                 )
-        except Exception:  # noqa: BLE001 - log the traceback, never send it
+        except Exception:  # log the traceback, never send it
             log.exception(
                 "unhandled error", extra={"event": "unhandled_error", "path": scope["path"]}
             )

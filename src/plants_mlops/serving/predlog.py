@@ -199,7 +199,7 @@ class PredictionLogWriter:
             elif item is not None:
                 try:
                     rows.append(item.to_row())
-                except Exception:  # noqa: BLE001 - one bad record must not stop the log
+                except Exception:  # one bad record must not stop the log
                     log.exception("cannot build a prediction log row for %s", item.request_id)
             if rows and (stopping or len(rows) >= self.batch_size or time.monotonic() >= deadline):
                 rows = self._write(rows, final=stopping)
@@ -215,7 +215,7 @@ class PredictionLogWriter:
                 self.sink.write(rows)
                 self.written += len(rows)
                 return []
-            except Exception as exc:  # noqa: BLE001 - store down: keep rows, retry later
+            except Exception as exc:  # store down: keep rows, retry later
                 self.failed_writes += 1
                 log.warning(
                     "prediction log write of %d rows failed (%s)",

@@ -215,6 +215,7 @@ def summarize_formatting(
     from plants_mlops.summaries import StageSummary, integers
 
     counts = integers(formatting_report)
+    counts["n_images"] = int(dataset_fingerprint["n_images"])
     for split, labels in dataset_fingerprint["per_split_label"].items():
         counts[f"{split}_images"] = int(sum(labels.values()))
     return StageSummary(
