@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import sys
 
 import pytest
 
@@ -85,3 +87,11 @@ def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     ]
     assert lines[3] == "[4/6] training ... cached"
     assert lines[5] == "[6/6] registry ... cached"
+
+
+def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, capsys):
+    state, console = demo_logging
+    with contextlib.redirect_stderr(demo._LogStream(logging.WARNING)):
+        print("Created version '1' of model 'plants-classifier'.", file=sys.stderr)
+    assert "Created version '1'" in _file(state)
+    assert console.getvalue() == "" and capsys.readouterr().err == ""
