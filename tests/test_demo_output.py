@@ -32,11 +32,9 @@ def test_kedro_and_zenml_records_reach_the_file_and_not_the_console(demo_logging
     state, console = demo_logging
     logging.getLogger("kedro.runner.sequential_runner").info("Completed 3 out of 3 tasks")
     logging.getLogger("zenml.orchestrators.step_launcher").info("Step ingestion has started.")
-    logging.getLogger("mlflow.tracking").warning("an mlflow warning")
     text = _file(state)
     assert "Completed 3 out of 3 tasks" in text
     assert "Step ingestion has started." in text
-    assert "an mlflow warning" in text
     assert console.getvalue() == ""
     out, err = capsys.readouterr()
     assert "Step ingestion" not in out + err  # ZenML's own console handler is off
