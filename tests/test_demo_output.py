@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import sys
 
 import pytest
 
@@ -30,11 +32,9 @@ def test_kedro_and_zenml_records_reach_the_file_and_not_the_console(demo_logging
     state, console = demo_logging
     logging.getLogger("kedro.runner.sequential_runner").info("Completed 3 out of 3 tasks")
     logging.getLogger("zenml.orchestrators.step_launcher").info("Step ingestion has started.")
-    logging.getLogger("mlflow.tracking").warning("an mlflow warning")
     text = _file(state)
     assert "Completed 3 out of 3 tasks" in text
     assert "Step ingestion has started." in text
-    assert "an mlflow warning" in text
     assert console.getvalue() == ""
     out, err = capsys.readouterr()
     assert "Step ingestion" not in out + err  # ZenML's own console handler is off
@@ -85,3 +85,11 @@ def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     ]
     assert lines[3] == "[4/6] training ... cached"
     assert lines[5] == "[6/6] registry ... cached"
+
+
+def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, capsys):
+    state, console = demo_logging
+    with contextlib.redirect_stderr(demo._LogStream(logging.WARNING)):
+        print("Created version '1' of model 'plants-classifier'.", file=sys.stderr)
+    assert "Created version '1'" in _file(state)
+    assert console.getvalue() == "" and capsys.readouterr().err == ""

@@ -12,6 +12,8 @@ named at the start and at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -228,6 +230,25 @@ def _quiet_environment() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+class _LogStream(io.TextIOBase):
+    """A stdout/stderr stand-in that turns each printed line into a log record."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                logging.getLogger("plants_mlops.demo.output").log(self.level, "%s", line)
+        return len(text)
+
+
 # -- the demo ---------------------------------------------------------------------------
 
 
@@ -276,17 +297,21 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     log.info("plants_data: %s", report.lines()[0])
     # No progress bars on the console; each stage and epoch has its line.
     params = {"ingestion": {"progress": False}, "training": {"quiet": True}}
-    summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
+    # What libraries print (MLflow's "Created version ...") goes to the file too.
+    with (
+        contextlib.redirect_stdout(_LogStream(logging.INFO)),
+        contextlib.redirect_stderr(_LogStream(logging.WARNING)),
+    ):
+        summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
 
     registry = summaries.get("registry", {})
-    evaluation = summaries.get("evaluation", {})
-    f1 = (evaluation.get("metrics") or {}).get("test_f1_macro")
-    log.info(
-        "registry: version %s %s%s",
-        registry.get("model_version", "?"),
-        registry.get("verdict", "?"),
-        f" (test F1 {f1:.4f})" if f1 is not None else "",
-    )
+    f1 = (summaries.get("evaluation", {}).get("metrics") or {}).get("test_f1_macro")
+    score = f" (test F1 {f1:.4f})" if f1 is not None else ""
+    version, verdict = registry.get("model_version", "?"), registry.get("verdict")
+    if verdict == "pass":
+        log.info("champion: version %s%s", version, score)
+    else:
+        log.info("registry: version %s %s%s; the champion stays", version, verdict, score)
     if not args.no_serve:
         _serve_predict_monitor(project, args.predictions, logs)
 
