@@ -31,8 +31,7 @@ ROOT_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "samples", "plants"
 
 
 def _policy(**overrides) -> fetching.FetchPolicy:
-    params = parse(IngestionParams, stage_params("ingestion", **overrides), "ingestion")
-    return fetching.FetchPolicy.from_params(params)
+    return parse(IngestionParams, stage_params("ingestion", **overrides), "ingestion")
 
 
 def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twice(

@@ -33,16 +33,21 @@ class Mirror(Params):
     to: str | None  # an empty or null target disables the mirror
 
 
-class IngestionParams(Params):
-    raw_root: str
-    mirrors: list[Mirror]
-    concurrency: int
+class FetchPolicy(Params):
+    """How one URL is fetched (the part of ``params:ingestion`` ``fetch.py`` needs)."""
+
     connect_timeout_s: float
     read_timeout_s: float
     max_attempts: int
     backoff_s: float
     backoff_max_s: float
     max_bytes: int
+
+
+class IngestionParams(FetchPolicy):
+    raw_root: str
+    mirrors: list[Mirror]
+    concurrency: int
     retry_failed: bool
     progress: bool
 

@@ -13,30 +13,9 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from plants_mlops.params import IngestionParams
+from plants_mlops.params import FetchPolicy
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    connect_timeout_s: float
-    read_timeout_s: float
-    max_attempts: int
-    backoff_s: float
-    backoff_max_s: float
-    max_bytes: int
-
-    @classmethod
-    def from_params(cls, params: IngestionParams) -> FetchPolicy:
-        return cls(
-            connect_timeout_s=params.connect_timeout_s,
-            read_timeout_s=params.read_timeout_s,
-            max_attempts=params.max_attempts,
-            backoff_s=params.backoff_s,
-            backoff_max_s=params.backoff_max_s,
-            max_bytes=params.max_bytes,
-        )
 
 
 class FetchError(Exception):

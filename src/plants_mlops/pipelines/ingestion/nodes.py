@@ -102,7 +102,7 @@ def fetch_rows(
     rows: list[dict], params: IngestionParams, progress: Callable[[Outcome], None] | None = None
 ) -> list[Outcome]:
     """Fetch and check every row concurrently; never raises for a bad URL."""
-    policy = fetching.FetchPolicy.from_params(params)
+    policy: fetching.FetchPolicy = params  # IngestionParams is a FetchPolicy
     mirrors = _mirrors(params)
     concurrency = max(1, params.concurrency)
 
