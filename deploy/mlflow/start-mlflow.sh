@@ -4,8 +4,8 @@
 # and by the Kubernetes Deployment (mounted from a ConfigMap). Everything comes from the
 # environment; nothing secret is written anywhere but the ini file in $TMPDIR (the auth
 # database URI carries a password), which lives in the container's scratch space.
-#   MLFLOW_BACKEND_STORE_URI       tracking store, e.g. postgresql://plants:...@postgres/mlflow
-#   MLFLOW_AUTH_DATABASE_URI       users and permissions, e.g. postgresql://.../mlflow_auth
+#   MLFLOW_BACKEND_STORE_URI       tracking store: a SQLAlchemy URL of the mlflow database
+#   MLFLOW_AUTH_DATABASE_URI       users and permissions: a URL of another database
 #   MLFLOW_AUTH_ADMIN_PASSWORD     the admin user's password on first start (MLflow reads it)
 #   MLFLOW_FLASK_SERVER_SECRET_KEY CSRF key, the same on every replica
 #   MLFLOW_ARTIFACTS_DESTINATION   e.g. s3://plants-mlops/mlflow-artifacts
