@@ -197,6 +197,13 @@ def run_monitoring_tail(pushgateway_url: str, work: Path) -> dict:
     return catalog.load("monitoring_verdict")
 
 
+def _start_on(port: int, log: Path, binary: str, *args: str) -> servers.ManagedProcess:
+    """Prometheus or the Pushgateway on 127.0.0.1:port (both answer /-/ready)."""
+    argv = [binary, *args, f"--web.listen-address=127.0.0.1:{port}"]
+    ready = f"http://127.0.0.1:{port}/-/ready"
+    return servers.ManagedProcess(Path(binary).name, argv, ready, log_path=log).start(60)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, mlflow_tracking_uri) -> Iterator[MonitoringStack]:
     prometheus = need("prometheus", "Debian package prometheus (scripts/test-prereqs.sh)")
@@ -208,30 +215,14 @@ def stack(tmp_path_factory, mlflow_tracking_uri) -> Iterator[MonitoringStack]:
     version = register_champion(mlflow_tracking_uri, name=name).version
     with contextlib.ExitStack() as stop:
         pgw_port = servers.free_port()
-        gateway = servers.ManagedProcess(
-            "pushgateway",
-            [pushgateway, f"--web.listen-address=127.0.0.1:{pgw_port}"],
-            health_url=f"http://127.0.0.1:{pgw_port}/-/ready",
-            log_path=work / "pushgateway.log",
-        ).start(timeout=30)
-        stop.callback(gateway.stop)
+        stop.callback(_start_on(pgw_port, work / "pushgateway.log", pushgateway).stop)
         api = stop.enter_context(
             running_api(work / "api", tracking_uri=mlflow_tracking_uri, model_name=name)
         )
         prom_port = servers.free_port()
         config = render_config(work, api.url.removeprefix("http://"), pgw_port, prom_port)
-        server = servers.ManagedProcess(
-            "prometheus",
-            [
-                prometheus,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            health_url=f"http://127.0.0.1:{prom_port}/-/ready",
-            log_path=work / "prometheus.log",
-        ).start(timeout=60)
-        stop.callback(server.stop)
+        args = (f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}")
+        stop.callback(_start_on(prom_port, work / "prometheus.log", prometheus, *args).stop)
         yield MonitoringStack(
             api_url=api.url,
             prometheus_url=f"http://127.0.0.1:{prom_port}",
