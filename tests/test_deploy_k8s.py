@@ -106,6 +106,7 @@ def test_overlay_renders_the_whole_production_path(rendered, overlay):
         ("StatefulSet", "postgres"),
         ("Job", "storage-init"),
         ("CronJob", "monitoring"),
+        ("CronJob", "train"),
         ("StatefulSet", "prometheus"),
         ("Deployment", "pushgateway"),
         ("Deployment", "grafana"),
