@@ -163,11 +163,11 @@ def _frames(stat_columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
             data[c] = data[c] * shift
         data["label"] = rng.choice(list(contracts.LABELS), n)
         data["confidence"] = rng.uniform(0.6, 1.0, n)
-        for j in range(16):
+        for j in range(8):
             data[f"emb_{j:04d}"] = rng.normal(0.0 if shift == 1.0 else 1.5, 1.0, n)
         return pd.DataFrame(data)
 
-    return frame(60, 0.45), frame(200, 1.0)
+    return frame(40, 0.45), frame(120, 1.0)  # min_current_rows is 30
 
 
 def run_monitoring_tail(pushgateway_url: str, work: Path) -> dict:
@@ -337,3 +337,30 @@ def test_every_grafana_panel_query_returns_data(stack):
     for title, legend, values in report:
         print(f"{title} [{legend}]: {values}")
     assert len({r[0] for r in report}) == len(dashboard["panels"])
+
+
+def test_without_a_pushgateway_url_the_metrics_dataset_is_configured_to_push_nothing():
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from plants_mlops.pipelines.monitoring.metrics import verdict_metrics
+    from plants_mlops.settings import CONFIG_LOADER_ARGS
+
+    env = {k: v for k, v in os.environ.items() if k != "PLANTS_PUSHGATEWAY_URL"}
+    with mock.patch.dict(os.environ, env, clear=True):
+        loader = OmegaConfigLoader(conf_source=str(ROOT / "conf"), **CONFIG_LOADER_ARGS)
+        entry = loader["catalog"]["monitoring_metrics"]
+    assert entry["gateway"] is None
+    catalog = DataCatalog.from_config({"monitoring_metrics": entry})
+    verdict = {
+        "status": "insufficient_data",
+        "n_current": 3,
+        "n_reference": 200,
+        "at": "2026-11-23T12:00:00+00:00",
+    }
+    metrics = verdict_metrics(verdict)
+    assert metrics["plants_monitoring_verdict"]["samples"] == [
+        {"labels": {"status": s}, "value": float(s == "insufficient_data")}
+        for s in ("drift", "no_drift", "insufficient_data")
+    ]
+    catalog.save("monitoring_metrics", metrics)  # no gateway: a no-op, not an error
