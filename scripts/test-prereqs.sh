@@ -15,11 +15,15 @@ if [ -x /usr/sbin/mariadbd ] && ! (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null; 
 fi
 # Debian packages, by the command each provides: chromium + chromium-driver (browser
 # tests over WebDriver), docker-compose (static `docker-compose config`; no engine is
-# needed or used). apt-get runs only when one is missing.
-declare -A provides=([chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose)
+# needed or used), prometheus (with promtool) and prometheus-pushgateway (the live
+# Prometheus tests). apt-get runs only when one is missing.
+declare -A provides=(
+  [chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose
+  [promtool]=prometheus [prometheus-pushgateway]=prometheus-pushgateway
+)
 absent() {
   local cmd
-  for cmd in chromium chromedriver docker-compose; do
+  for cmd in chromium chromedriver docker-compose promtool prometheus-pushgateway; do
     command -v "$cmd" >/dev/null || echo "${provides[$cmd]}"
   done
 }

@@ -18,7 +18,7 @@ import click
 from plants_mlops.errors import UserFacingError
 
 # Order shown in --help.
-COMMAND_MODULES = ("data", "registry", "stack", "serve", "demo")
+COMMAND_MODULES = ("data", "registry", "stack", "storage", "serve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from zenml import Model, pipeline
-from zenml.config import ResourceSettings
 
 from plants_mlops.contracts import REGISTERED_MODEL_NAME, STAGES
 from plants_mlops.orchestration import kedro_stage
+from plants_mlops.orchestration.gpu import training_step_settings
 from plants_mlops.orchestration.steps import CACHED_STAGES, STEPS
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def plants_mlops_pipeline(
                     )
                 }
             if gpu:
-                options.setdefault("settings", {})["resources"] = ResourceSettings(gpu_count=1)
+                options.setdefault("settings", {}).update(training_step_settings())
             if options:
                 step_fn = step_fn.with_options(**options)
         if stage in CACHED_STAGES and not reuse_models:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from plants_mlops.errors import UserFacingError
+from plants_mlops.orchestration.gpu import orchestrator_config
 from plants_mlops.orchestration.pipeline import GPU_LABEL, KEDRO_ENV_LABEL
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def stack_spec(name: str, project: Path) -> StackSpec:
                         "kubernetes_namespace": os.environ.get(
                             "PLANTS_KUBE_NAMESPACE", "plants-mlops"
                         ),
+                        **orchestrator_config(),
                     },
                 ),
                 Component("container_registry", "plants-registry", "default", {"uri": registry}),
@@ -163,6 +165,14 @@ def stack_spec(name: str, project: Path) -> StackSpec:
     raise UserFacingError(f"unknown stack {name!r}; choose from {list(STACK_NAMES)}")
 
 
+def init_bucket_for(store: Component) -> None:
+    from plants_mlops.storage import StorageSettings, init_bucket
+
+    bucket = store.config["path"].removeprefix("s3://").split("/", 1)[0]
+    for line in init_bucket(StorageSettings.from_env(bucket=bucket)).lines():
+        log.info(line)
+
+
 def register_stack(name: str, project: Path, activate: bool = True) -> StackSpec:
     """Create or update the stack's secrets, components and the stack; activate it."""
     from zenml.client import Client
@@ -170,6 +180,8 @@ def register_stack(name: str, project: Path, activate: bool = True) -> StackSpec
     from zenml.exceptions import EntityExistsError
 
     spec = stack_spec(name, project)
+    if name == "minio":  # its bucket exists, versioned, before a run writes to it
+        init_bucket_for(next(c for c in spec.components if c.type == "artifact_store"))
     client = Client()
     for secret_name, values in spec.secrets.items():
         try:

@@ -1,5 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
+from plants_mlops.pipelines.monitoring.metrics import verdict_metrics
 from plants_mlops.pipelines.monitoring.nodes import (
     build_reference,
     decide_drift,
@@ -48,6 +49,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["monitoring_verdict", "monitoring_retrain_trigger"],
                 outputs="monitoring_summary",
                 name="summarize_monitoring",
+            ),
+            node(
+                verdict_metrics,
+                inputs="monitoring_verdict",
+                outputs="monitoring_metrics",
+                name="verdict_metrics",
             ),
         ]
     )
