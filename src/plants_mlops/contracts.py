@@ -25,6 +25,10 @@ ONNX_OUTPUT_EMBEDDING = "embedding"  # float32 [N, D], penultimate layer
 STAGES = ("ingestion", "formatting", "validation", "training", "evaluation", "registry")
 # ZenML stacks `plants-mlops stack register` knows (orchestration/stacks.py builds them).
 STACK_NAMES = ("local", "minio", "gpu")
+# Credentials by name, never by value: ZenML secrets and the Kubernetes secrets of the same
+# names (docs/deploy.md) hold the object store's keys and the MLflow server's login.
+S3_SECRET = "plants-s3"
+MLFLOW_SECRET = "plants-mlflow"
 
 # Embedded defaults, relative to the project root (where kedro and plants-mlops run).
 DEFAULT_DB_URL = "sqlite:///data/plants.db"

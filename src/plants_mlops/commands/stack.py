@@ -17,12 +17,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from plants_mlops.contracts import STACK_NAMES as STACKS
 from plants_mlops.errors import UserFacingError
 
-STACKS = ("local", "minio", "gpu")
-# Counts worth a place on the one-line step summary.
-KEY_METRICS = ("accuracy", "f1_macro", "roc_auc")
-COUNTS = ("rows", "fetched", "already_stored", "failed", "formatted", "n_images")
+# Metrics and counts worth a place on the one-line step summary.
+KEY_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "champion_f1_macro")
+COUNTS = ("rows", "fetched", "already_stored", "failed", "n_images", "checks")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +171,13 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     for stage in result.stages:
         summary = result.summaries.get(stage, {})
         flags = " (cached)" if stage in result.cached else ""
-        keys = ("dataset_fingerprint", "mlflow_run_id", "model_version", "verdict")
+        keys = (
+            "dataset_fingerprint",
+            "mlflow_run_id",
+            "model_version",
+            "champion_version",
+            "verdict",
+        )
         shown = {k: summary[k] for k in keys if summary.get(k)}
         metrics = summary.get("metrics") or {}
         shown.update({k: round(v, 4) for k, v in metrics.items() if k in KEY_METRICS})

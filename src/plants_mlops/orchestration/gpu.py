@@ -19,10 +19,10 @@ import os
 import uuid
 from typing import Any
 
-# Kubernetes secrets in the pipeline's namespace (docs/deploy.md creates them). Their keys
-# are the ZenML secrets' keys of the same names (orchestration/stacks.py).
-S3_SECRET = "plants-s3"
-MLFLOW_SECRET = "plants-mlflow"
+from plants_mlops.contracts import MLFLOW_SECRET, S3_SECRET
+
+# Kubernetes secrets in the pipeline's namespace (docs/deploy.md creates them), keyed as
+# the ZenML secrets of the same names (orchestration/stacks.py).
 SECRET_ENV = (
     ("AWS_ACCESS_KEY_ID", S3_SECRET, "aws_access_key_id"),
     ("AWS_SECRET_ACCESS_KEY", S3_SECRET, "aws_secret_access_key"),

@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plants_mlops.contracts import MLFLOW_SECRET, S3_SECRET, STACK_NAMES
 from plants_mlops.errors import UserFacingError
 from plants_mlops.orchestration.gpu import orchestrator_config
 from plants_mlops.orchestration.pipeline import GPU_LABEL, KEDRO_ENV_LABEL
 
 log = logging.getLogger(__name__)
-
-STACK_NAMES = ("local", "minio", "gpu")
-S3_SECRET = "plants-s3"
-MLFLOW_SECRET = "plants-mlflow"
 
 
 @dataclass
