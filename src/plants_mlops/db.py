@@ -80,7 +80,7 @@ def redact(url: str) -> str:
     """The URL with its password hidden, for logs and messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return "<unparseable database URL>"
 
 
@@ -89,8 +89,12 @@ def make_engine(url: str | None = None) -> sa.Engine:
     url = resolve_url(url)
     try:
         parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise UserFacingError(f"not a database URL: {url!r} ({exc})") from None
+    except (sa.exc.ArgumentError, ValueError):
+        # SQLAlchemy's message repeats the string, password included: say where it came from.
+        raise UserFacingError(
+            "not a database URL (PLANTS_DB_URL or --db-url; the value is not shown because it "
+            "may hold a password): expected e.g. postgresql+psycopg2://user:pass@host/db"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(parsed, pool_pre_ping=True)
@@ -154,31 +158,69 @@ def read_manifest(text: str, report: SeedReport) -> list[dict[str, Any]]:
         )
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for line, raw in enumerate(reader, start=2):
+    line = 1  # the header
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # an oversized field, a NUL byte: refuse that line only
+            line += 1
+            report.refused.append(
+                {"line": line, "url_source": "", "reason": f"unreadable CSV line: {exc}"}
+            )
+            continue
+        line = reader.line_num
         rec = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
         url, label, sha = rec.get("url_source", ""), rec.get("label", ""), rec.get("sha256", "")
-        reason = _refusal(url, label, sha, seen)
+        if any(_UNDECODABLE.search(v) for v in rec.values()):
+            reason = "line is not valid UTF-8"
+        else:
+            reason = _refusal(url, label, sha, seen)
         if reason:
-            report.refused.append({"line": line, "url_source": url, "reason": reason})
+            report.refused.append({"line": line, "url_source": redact_url(url), "reason": reason})
             continue
         seen.add(url)
         rows.append({"url_source": url, "label": label, "sha256": sha.lower() or None})
     return rows
 
 
+# Bytes that are not UTF-8 decode to lone surrogates (errors="surrogateescape").
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***`` (for messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}{port}"))
+    except ValueError:
+        return "<unparseable URL>"
+
+
 def _refusal(url: str, label: str, sha: str, seen: set[str]) -> str | None:
     if not url:
         return "empty url_source"
+    if _CONTROL.search(url):
+        return "url_source contains a control character (NUL, tab, newline...)"
+    shown = redact_url(url)
     if not re.match(r"^(https?|file)://", url):
-        return f"url_source {url!r} is not an http(s):// or file:// URL"
+        return f"url_source {shown!r} is not an http(s):// or file:// URL"
     if len(url) > MAX_URL_LENGTH:
         return f"url_source longer than {MAX_URL_LENGTH} characters"
     if label not in contracts.LABELS:
-        return f"label {label!r} is not one of {', '.join(contracts.LABELS)} (url {url})"
+        return f"label {label!r} is not one of {', '.join(contracts.LABELS)} (url {shown})"
     if sha and not _SHA256.match(sha.lower()):
         return f"sha256 {sha!r} is not 64 hex characters"
     if url in seen:
-        return f"url_source {url} appears twice in this CSV"
+        return f"url_source {shown} appears twice in this CSV"
     return None
 
 
@@ -193,7 +235,9 @@ def seed(
             path = Path(csv_path)
             if not path.is_file():
                 raise UserFacingError(f"no such CSV file: {path}")
-            text, source = path.read_text(encoding="utf-8-sig"), str(path)
+            # A line with bytes that are not UTF-8 is refused by itself (read_manifest).
+            raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+            text, source = raw.decode("utf-8", errors="surrogateescape"), str(path)
     else:
         source = str(csv_path or "<text>")
     report = SeedReport(source=source)
@@ -224,7 +268,7 @@ def seed(
                 report.conflicts.append(
                     {
                         "id": old.id,
-                        "url_source": old.url_source,
+                        "url_source": redact_url(old.url_source),
                         "table_label": old.label,
                         "csv_label": row["label"],
                     }

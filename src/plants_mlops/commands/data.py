@@ -49,7 +49,8 @@ def seed_command(args: argparse.Namespace) -> int:
     else:
         print(f"database: {db.redact(db.resolve_url(args.db_url))}")
         print("\n".join(report.lines()))
-    return 1 if report.refused else 0
+    # Refused lines and label conflicts both need a person: a script must not read success.
+    return 1 if report.refused or report.conflicts else 0
 
 
 def status_command(args: argparse.Namespace) -> int:
