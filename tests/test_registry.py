@@ -201,6 +201,7 @@ def test_promote_rollback_and_audit_commands(
         model_name,
         "promote",
         v2,
+        "--force",  # v2 failed the gate: only an explicit, recorded override promotes it
         "--reason",
         "hotfix for a new camera",
     )
@@ -224,7 +225,7 @@ def test_promote_rollback_and_audit_commands(
     assert [(e["action"], e["alias"], e["from_version"], e["to_version"]) for e in trail] == [
         ("gate-pass", "champion", None, v1),
         ("gate-fail", "challenger", None, v2),
-        ("promote", "champion", v1, v2),
+        ("force-promote", "champion", v1, v2),
         ("rollback", "champion", v2, v1),
         ("rollback", "champion", v1, v2),
     ]

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    # MLflow logs every database error with its SQL before raising it; main() reports it
+    # in one line (database_error).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -53,6 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        message = database_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def database_error(exc: BaseException) -> str | None:
+    """One line for an operational database error anywhere in ``exc``'s chain (a locked
+    SQLite store, a server gone), or None when the error is something else."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "OperationalError":
+            detail = str(getattr(current, "orig", None) or current).splitlines()[0]
+            if "locked" in detail:
+                return (
+                    f"the store is locked by another process ({detail}); "
+                    "retry when that process has finished"
+                )
+            return f"database error: {detail}"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @click.group(name="plants_mlops")

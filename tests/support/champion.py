@@ -111,7 +111,38 @@ def register_champion(
     the failed-to-load tests); the version is still a real registry entry, logged as a
     plain MLflow artifact because the artifact module refuses to log such a graph.
     """
-    from plants_mlops.model import artifact, registry, tracking
+    from plants_mlops.model import registry, tracking
+
+    cl = tracking.client(tracking_uri)
+    logged, meta = log_candidate(
+        tracking_uri,
+        seed=seed,
+        image_size=image_size,
+        resize_size=resize_size,
+        broken=broken,
+        experiment=experiment,
+    )
+    run_id = logged.run_id
+    version = registry.register_version(cl, logged, {"verdict": "test"}, name)
+    if set_alias:
+        registry.move_alias(
+            cl, contracts.ALIAS_CHAMPION, version, action="test", reason="test setup", name=name
+        )
+    return RegisteredChampion(version=version, run_id=run_id, meta=meta)
+
+
+def log_candidate(
+    tracking_uri: str,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    resize_size: int = 160,
+    broken: bool = False,
+    experiment: str = "serving-tests",
+):
+    """A finished MLflow run with a logged (not registered) serving model, as the training
+    stage leaves it; returns (LoggedArtifact, serving meta)."""
+    from plants_mlops.model import artifact, tracking
 
     cl = tracking.client(tracking_uri)
     run = cl.create_run(tracking.experiment_id(cl, experiment))
@@ -128,12 +159,7 @@ def register_champion(
         else:
             logged = artifact.log_serving_model(cl, run_id, onnx_path.read_bytes(), meta)
     cl.set_terminated(run_id, "FINISHED")
-    version = registry.register_version(cl, logged, {"verdict": "test"}, name)
-    if set_alias:
-        registry.move_alias(
-            cl, contracts.ALIAS_CHAMPION, version, action="test", reason="test setup", name=name
-        )
-    return RegisteredChampion(version=version, run_id=run_id, meta=meta)
+    return logged, meta
 
 
 def _log_broken(cl, run_id: str, meta: dict):

@@ -33,12 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("promote", help="make VERSION the champion (after checking it loads)")
     p.add_argument("version")
-    p.add_argument("--reason", default="manual promotion", help="recorded in the audit trail")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote a version that failed the gate (needs --reason; marked in the audit)",
+    )
+    p.add_argument("--reason", help="recorded in the audit trail (default: manual promotion)")
     p.set_defaults(handler=promote_command)
 
     p = sub.add_parser("rollback", help="return the champion alias to the previous champion")
     p.add_argument("--to", metavar="VERSION", help="roll back to this version instead")
-    p.add_argument("--reason", default="manual rollback", help="recorded in the audit trail")
+    p.add_argument("--reason", help="recorded in the audit trail (default: manual rollback)")
     p.set_defaults(handler=rollback_command)
 
     p = sub.add_parser("audit", help="every alias move: who, when, why")
@@ -99,7 +104,9 @@ def _print_move(entry: dict) -> None:
 def promote_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    _print_move(registry.promote(_client(args), args.version, args.reason, args.model))
+    _print_move(
+        registry.promote(_client(args), args.version, args.reason, args.model, force=args.force)
+    )
     return 0
 
 

@@ -96,7 +96,14 @@ def _actor() -> str:
 
 
 def move_alias(
-    cl, alias: str, version: str, *, action: str, reason: str, name: str = REGISTERED_MODEL_NAME
+    cl,
+    alias: str,
+    version: str,
+    *,
+    action: str,
+    reason: str,
+    name: str = REGISTERED_MODEL_NAME,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """Point ``alias`` at ``version`` and append the move to the audit trail."""
     previous = alias_version(cl, alias, name)
@@ -110,6 +117,7 @@ def move_alias(
         "from_version": previous,
         "to_version": str(version),
         "reason": reason,
+        **(extra or {}),
     }
     key = f"{AUDIT_PREFIX}{now.strftime('%Y%m%dT%H%M%S.%fZ')}.{secrets.token_hex(3)}"
     cl.set_registered_model_tag(name, key, json.dumps(entry, sort_keys=True))
@@ -198,37 +206,84 @@ def register_version(
     return str(mv.version)
 
 
-def promote(cl, version: str, reason: str, name: str = REGISTERED_MODEL_NAME) -> dict:
-    """Make ``version`` the champion (after checking it loads)."""
+def version_of_run(cl, run_id: str, name: str = REGISTERED_MODEL_NAME):
+    """The version ``run_id``'s model is registered as, or None: one run, one version."""
+    for mv in cl.search_model_versions(f"run_id='{run_id}'"):
+        if mv.name == name:
+            return mv
+    return None
+
+
+def promote(
+    cl,
+    version: str,
+    reason: str | None = None,
+    name: str = REGISTERED_MODEL_NAME,
+    force: bool = False,
+) -> dict:
+    """Make ``version`` the champion (after checking it loads). A version the gate failed
+    is promoted only with ``force`` and a ``reason``, and the audit entry says so."""
     version = str(version)
     try:
-        cl.get_model_version(name, version)
+        mv = cl.get_model_version(name, version)
     except Exception as exc:
         raise RegistryError(f"{name} has no version {version} ({exc})") from exc
     if alias_version(cl, ALIAS_CHAMPION, name) == version:
         raise RegistryError(f"version {version} is already the champion")
+    verdict = (mv.tags or {}).get("verdict")
+    action = "promote"
+    if verdict == "fail":
+        if not force:
+            raise RegistryError(
+                f"version {version} failed the gate ({(mv.tags or {}).get('gate.checks', '')}); "
+                "to promote it anyway use --force --reason TEXT"
+            )
+        if not reason:
+            raise RegistryError("--force needs --reason TEXT: the audit trail records why")
+        action = "force-promote"
     verify_loadable(cl, version, name)
-    entry = move_alias(cl, ALIAS_CHAMPION, version, action="promote", reason=reason, name=name)
+    entry = move_alias(
+        cl,
+        ALIAS_CHAMPION,
+        version,
+        action=action,
+        reason=reason or "manual promotion",
+        name=name,
+        extra={"gate_verdict": verdict} if verdict else None,
+    )
     if alias_version(cl, ALIAS_CHALLENGER, name) == version:
         cl.delete_registered_model_alias(name, ALIAS_CHALLENGER)
-    cl.set_model_version_tag(name, version, "promoted_reason", reason)
+    cl.set_model_version_tag(name, version, "promoted_reason", entry["reason"])
     return entry
 
 
+def champion_history(cl, name: str = REGISTERED_MODEL_NAME) -> list[str]:
+    """The champions in order, as a stack: a move pushes its version, a rollback pops back
+    to its target. The last entry is the current champion."""
+    stack: list[str] = []
+    for entry in audit_trail(cl, name):
+        if entry.get("alias") != ALIAS_CHAMPION or not entry.get("to_version"):
+            continue
+        target = str(entry["to_version"])
+        if entry.get("action") == "rollback" and target in stack:
+            del stack[stack.index(target) + 1 :]
+        else:
+            stack.append(target)
+    return stack
+
+
 def previous_champion(cl, name: str = REGISTERED_MODEL_NAME) -> str | None:
-    """The version that was champion before the current one, from the audit trail."""
+    """The champion before the current one in the champion history (rollbacks undone)."""
     current = alias_version(cl, ALIAS_CHAMPION, name)
-    for entry in reversed(audit_trail(cl, name)):
-        if (
-            entry.get("alias") == ALIAS_CHAMPION
-            and entry.get("to_version") == current
-            and entry.get("from_version") not in (None, current)
-        ):
-            return entry["from_version"]
-    return None
+    history = champion_history(cl, name)
+    while history and history[-1] == current:
+        history.pop()
+    return history[-1] if history else None
 
 
-def rollback(cl, to: str | None, reason: str, name: str = REGISTERED_MODEL_NAME) -> dict:
+def rollback(
+    cl, to: str | None, reason: str | None = None, name: str = REGISTERED_MODEL_NAME
+) -> dict:
     current = alias_version(cl, ALIAS_CHAMPION, name)
     target = str(to) if to is not None else previous_champion(cl, name)
     if target is None:
@@ -243,7 +298,9 @@ def rollback(cl, to: str | None, reason: str, name: str = REGISTERED_MODEL_NAME)
     except Exception as exc:
         raise RegistryError(f"{name} has no version {target} ({exc})") from exc
     verify_loadable(cl, target, name)
-    return move_alias(cl, ALIAS_CHAMPION, target, action="rollback", reason=reason, name=name)
+    return move_alias(
+        cl, ALIAS_CHAMPION, target, action="rollback", reason=reason or "manual rollback", name=name
+    )
 
 
 def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:

@@ -44,6 +44,22 @@ def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     return frozenset(k for k in keys if k and not k.startswith("#"))
 
 
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# (environment variable, field, lowest, highest, unit): what a running service can live with.
+_BOUNDS = (
+    ("PLANTS_MODEL_POLL_SECONDS", "poll_seconds", 1.0, 86_400.0, "seconds (or 0: off)"),
+    ("PLANTS_MAX_UPLOAD_BYTES", "max_upload_bytes", 1024, 100 * 1024 * 1024, "bytes"),
+    ("PLANTS_MAX_BATCH_FILES", "max_batch_files", 1, 256, "files"),
+    ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
+    ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
+    ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 10_000, "rows"),
+    ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
+)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     model_uri: str = DEFAULT_MODEL_URI
@@ -92,7 +108,22 @@ class ServingConfig:
             raise UserFacingError(
                 "PLANTS_PREDICTION_LOG=s3 needs PLANTS_PREDICTION_LOG_URI=s3://..."
             )
+        problems = config.problems()
+        if problems:
+            raise UserFacingError("bad serving settings:\n" + "\n".join(problems))
         return config
+
+    def problems(self) -> list[str]:
+        """One line per setting outside its sane range (a 0 s flush interval spins a core,
+        a 1 ms poll hammers the registry, a negative upload limit refuses everything)."""
+        out = []
+        for name, field_name, low, high, unit in _BOUNDS:
+            value = getattr(self, field_name)
+            if field_name == "poll_seconds" and value == 0:
+                continue  # 0 = polling off, the admin reload route still works
+            if not low <= value <= high:
+                out.append(f"{name}={_num(value)} is outside {_num(low)}..{_num(high)} {unit}")
+        return out
 
     def effective_retrain_command(self) -> list[str]:
         return list(self.retrain_command) or default_retrain_command()

@@ -15,6 +15,23 @@ from plants_mlops.serving.metrics import ServiceMetrics
 log = logging.getLogger("plants_mlops.serving.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
+# On every response: no MIME sniffing, never framed, no referrer leaks.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# The upload page (/ and /static/) loads only its own files; the preview is a blob: URL.
+PAGE_CSP = (
+    b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    page = path == "/" or path.startswith("/static/")
+    return [*SECURITY_HEADERS, *([(b"content-security-policy", PAGE_CSP)] if page else [])]
+
 
 class BodyTooLarge(Exception):
     pass
@@ -50,7 +67,11 @@ class RequestContextMiddleware:
                 state["status"] = message["status"]
                 state["started"] = True
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", rid.encode()),
+                    *security_headers(scope["path"]),
+                ]
             await send(message)
 
         received = 0
@@ -135,6 +156,7 @@ class RequestContextMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *SECURITY_HEADERS,
                 ],
             }
         )

@@ -45,7 +45,18 @@ def register_and_gate(
         )
     name = p.model_name
     cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
+    existing = registry.version_of_run(cl, run_id, name)
+    if existing is not None:  # one training run, one version: a rerun changes nothing
+        return _already_registered(cl, existing, evaluation_report)
     champion = evaluation_report.get("champion") or {}
+    evaluated = champion.get("version")
+    current = registry.alias_version(cl, ALIAS_CHAMPION, name)
+    if (evaluated or None) != current:
+        raise registry.RegistryError(
+            f"the champion moved from {evaluated or 'none'} to {current or 'none'} since "
+            "evaluation: run the evaluation pipeline again so the gate compares against "
+            "the champion as it is now; nothing was registered"
+        )
     candidate_f1 = float(evaluation_report["metrics"]["f1_macro"])
     baseline_f1 = evaluation_report.get("best_baseline_f1_macro")
     champion_f1 = champion.get("f1_macro")
@@ -121,3 +132,37 @@ def register_and_gate(
         outputs=["registry_decision"],
     )
     return decision_doc, summary.to_json()
+
+
+def _already_registered(cl, mv, evaluation_report: dict) -> tuple[dict, dict]:
+    from plants_mlops.model import registry
+
+    name, version = mv.name, str(mv.version)
+    tags = mv.tags or {}
+    champion = registry.alias_version(cl, ALIAS_CHAMPION, name)
+    detail = (
+        f"run {mv.run_id} is already registered as {name} version {version} "
+        f"(gate {tags.get('verdict', '?')}); nothing changed"
+    )
+    log.info(detail)
+    decision = {
+        "model_name": name,
+        "model_version": version,
+        "mlflow_run_id": mv.run_id,
+        "verdict": tags.get("verdict"),
+        "already_registered": True,
+        "detail": detail,
+        "aliases": sorted(cl.get_model_version(name, version).aliases or []),
+        "champion": champion,
+        "dataset_fingerprint": evaluation_report.get("dataset_fingerprint"),
+    }
+    summary = StageSummary(
+        stage="registry",
+        dataset_fingerprint=evaluation_report.get("dataset_fingerprint"),
+        mlflow_run_id=mv.run_id,
+        model_version=version,
+        champion_version=champion,
+        verdict=tags.get("verdict"),
+        outputs=["registry_decision"],
+    )
+    return decision, summary.to_json()
