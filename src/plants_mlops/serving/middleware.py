@@ -59,10 +59,27 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         started = time.perf_counter()
-        state = {"status": 500, "started": False}
+        state = {"status": 500, "started": False, "too_large": False}
         limit = self.max_body_bytes(scope["path"])
 
         async def send_wrapper(message) -> None:
+            if state["too_large"]:
+                # The body went over the limit while the app read it (a chunked upload has
+                # no Content-Length to refuse up front). FastAPI turns any error while
+                # parsing a body into its own 400: answer what happened instead, once.
+                if message["type"] == "http.response.start":
+                    state["too_large"] = False
+                    await self._json(
+                        send_wrapper,
+                        413,
+                        "too_large",
+                        f"request body exceeds the limit of {limit} bytes",
+                        rid,
+                    )
+                    state["too_large"] = None  # drop the rest of the app's response
+                return
+            if state["too_large"] is None:
+                return
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
@@ -82,6 +99,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    state["too_large"] = True
                     raise BodyTooLarge()
             return message
 
@@ -101,6 +119,7 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
+            state["too_large"] = False
             if not state["started"]:
                 await self._json(
                     send_wrapper,
@@ -156,7 +175,6 @@ class RequestContextMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
-                    *SECURITY_HEADERS,
                 ],
             }
         )

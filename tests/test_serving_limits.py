@@ -1,4 +1,5 @@
-"""Serving settings are checked at start: one clear line per bad value, nothing started."""
+"""Serving settings are checked at start (one clear line per bad value), and what the API
+answers to requests it must refuse."""
 
 from __future__ import annotations
 
@@ -70,3 +71,37 @@ def test_responses_carry_security_headers_and_the_page_a_csp(tmp_path):
     csp = page.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "content-security-policy" not in health.headers
+
+
+def test_a_chunked_upload_over_the_limit_gets_413_too_large(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from plants_mlops.serving.app import create_app
+
+    config = ServingConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        prediction_log="off",
+        poll_seconds=0,
+        startup_retry_seconds=3600,
+        max_upload_bytes=1024,
+    )
+    boundary = "plantsboundary"
+
+    def chunks():  # no Content-Length: the limit can only be enforced while reading
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        for _ in range(40):
+            yield b"\xff" * 8192
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with TestClient(create_app(config)) as client:
+        response = client.post(
+            "/predict",
+            content=chunks(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    assert response.headers["x-content-type-options"] == "nosniff"
