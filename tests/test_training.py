@@ -240,13 +240,36 @@ def test_model_files_round_trip_bytes_on_s3(s3_endpoint, s3_bucket):
     assert ds.load() == payload
 
 
-def test_training_refuses_a_dataset_that_has_not_passed_validation():
-    import pandas as pd
-
+def test_training_refuses_a_dataset_that_has_not_passed_validation(data):
     from plants_mlops.pipelines.training.nodes import require_valid_data
 
-    index = pd.DataFrame({"sha256": ["a"], "label": ["grass"], "split": ["train"]})
-    passed = {"passed": True, "dataset_fingerprint": "f" * 64}
-    assert require_valid_data(passed, {"fingerprint": "f" * 64}, index) is index
+    index, images = data.dataset_index, data.fmt_images
+    fp = data.dataset_fingerprint
+    passed = {"passed": True, "dataset_fingerprint": fp["fingerprint"]}
+    assert require_valid_data(passed, fp, index, images) is index
     with pytest.raises(ValueError, match="has not passed validation"):
-        require_valid_data(passed, {"fingerprint": "0" * 64}, index)  # data changed since
+        require_valid_data(passed, {**fp, "fingerprint": "0" * 64}, index, images)  # changed
+
+
+def test_training_refuses_an_index_changed_since_validation(data):
+    """Every label flipped in dataset_index.parquet, the JSON records left as they were."""
+    from plants_mlops.pipelines.training.nodes import require_valid_data
+
+    fp = data.dataset_fingerprint
+    passed = {"passed": True, "dataset_fingerprint": fp["fingerprint"]}
+    flipped = data.dataset_index.copy()
+    flipped["label"] = flipped["label"].map({"dandelion": "grass", "grass": "dandelion"})
+    with pytest.raises(ValueError, match="dataset_index differs from what validation passed"):
+        require_valid_data(passed, fp, flipped, data.fmt_images)
+
+
+def test_training_refuses_index_rows_without_a_formatted_image(data):
+    """A formatting run killed half way: index rows whose fmt image was never written."""
+    from plants_mlops.pipelines.training.nodes import require_valid_data
+
+    fp = data.dataset_fingerprint
+    passed = {"passed": True, "dataset_fingerprint": fp["fingerprint"]}
+    keys = list(data.dataset_index["image_key"])
+    partial = {k: v for k, v in data.fmt_images.items() if k not in keys[:5]}
+    with pytest.raises(ValueError, match="5 of .* index rows have no formatted image"):
+        require_valid_data(passed, fp, data.dataset_index, partial)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from plants_mlops import imaging
 from plants_mlops.contracts import LABELS
+from plants_mlops.fingerprint import fingerprint_of
 
 
 @dataclass
@@ -65,11 +66,4 @@ def from_folder(
                 }
             )
     index = pd.DataFrame(rows)
-    digest = hashlib.sha256("\n".join(sorted(index["sha256"] + ":" + index["split"])).encode())
-    fingerprint = {
-        "fingerprint": digest.hexdigest(),
-        "n_images": len(index),
-        "per_split": {k: int(v) for k, v in index["split"].value_counts().items()},
-        "per_label": {k: int(v) for k, v in index["label"].value_counts().items()},
-    }
-    return DevDataset(index, images, fingerprint)
+    return DevDataset(index, images, fingerprint_of(index, size))

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from plants_mlops import contracts, imaging
+from plants_mlops.fingerprint import fingerprint_of
 from plants_mlops.params import FormattingParams, parse
 
 log = logging.getLogger(__name__)
@@ -142,28 +143,6 @@ def split_of(sha256: str, split: dict[str, Any]) -> str:
         if u < edge:
             return name
     return contracts.SPLITS[-1]
-
-
-def fingerprint_of(index: pd.DataFrame, image_size: int) -> dict[str, Any]:
-    """A sha256 over (image size, every image's sha256/label/split), plus the counts."""
-    h = hashlib.sha256(f"image_size={image_size}\n".encode())
-    for row in index.sort_values("sha256")[["sha256", "label", "split"]].itertuples(index=False):
-        h.update(f"{row.sha256},{row.label},{row.split}\n".encode())
-    per_split_label = {
-        s: {
-            lab: int(((index["split"] == s) & (index["label"] == lab)).sum())
-            for lab in contracts.LABELS
-        }
-        for s in contracts.SPLITS
-    }
-    return {
-        "fingerprint": h.hexdigest(),
-        "n_images": len(index),
-        "image_size": image_size,
-        "per_split": {s: int((index["split"] == s).sum()) for s in contracts.SPLITS},
-        "per_label": {lab: int((index["label"] == lab).sum()) for lab in contracts.LABELS},
-        "per_split_label": per_split_label,
-    }
 
 
 def build_dataset_index(

@@ -48,21 +48,47 @@ def _config(params: TrainingParams) -> dict[str, Any]:
 
 
 def require_valid_data(
-    validation_passed: dict, dataset_fingerprint: dict, dataset_index: pd.DataFrame
+    validation_passed: dict,
+    dataset_fingerprint: dict,
+    dataset_index: pd.DataFrame,
+    fmt_images: dict,
 ) -> pd.DataFrame:
-    """Refuse to train on a dataset that has not passed validation; pass the index through.
+    """Refuse to train on data that is not what validation passed; pass the index through.
 
     ``validation_passed`` is written by the validation pipeline only when every check
     passed, with the fingerprint of the dataset it checked: taking it as an input orders
-    training after validation in a full ``kedro run``, and ``--pipelines training`` alone
-    refuses data that changed (or failed) since the last successful validation.
+    training after validation in a full ``kedro run``. The JSON records alone prove
+    nothing about the files, so this node also re-checks, cheaply, what it will read:
+
+    - the fingerprint recomputed from ``dataset_index`` itself must be the validated one
+      (a label flipped or a row added in the parquet file changes it);
+    - every index row must have its formatted image (a killed formatting run leaves
+      index rows without one).
     """
+    from plants_mlops.fingerprint import fingerprint_of
+
     validated = validation_passed.get("dataset_fingerprint")
     current = dataset_fingerprint.get("fingerprint")
     if not validation_passed.get("passed") or validated != current:
         raise ValueError(
             f"refusing to train: dataset {str(current)[:12]} has not passed validation "
             f"(last validated: {str(validated)[:12]}); run `kedro run --pipelines validation`"
+        )
+    image_size = int(dataset_fingerprint.get("image_size") or 0)
+    actual = fingerprint_of(dataset_index, image_size)["fingerprint"]
+    if actual != validated:
+        raise ValueError(
+            f"refusing to train: dataset_index differs from what validation passed (its "
+            f"content hashes to {actual[:12]}, validated {str(validated)[:12]}); run "
+            "`kedro run --pipelines formatting validation`"
+        )
+    missing = sorted(set(dataset_index["image_key"]) - set(fmt_images))
+    if missing:
+        raise ValueError(
+            f"refusing to train: {len(missing)} of {len(dataset_index)} index rows have no "
+            f"formatted image (e.g. {', '.join(missing[:3])}): the formatting run was "
+            "interrupted or the fmt layer changed; run `kedro run --pipelines formatting "
+            "validation`"
         )
     return dataset_index
 

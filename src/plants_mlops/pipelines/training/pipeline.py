@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 require_valid_data,
-                inputs=["validation_passed", "dataset_fingerprint", "dataset_index"],
+                inputs=["validation_passed", "dataset_fingerprint", "dataset_index", "fmt_images"],
                 outputs="validated_dataset_index",
                 name="require_valid_data",
             ),
