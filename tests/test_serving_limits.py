@@ -73,7 +73,7 @@ def test_responses_carry_security_headers_and_the_page_a_csp(tmp_path):
     assert "content-security-policy" not in health.headers
 
 
-def test_a_chunked_upload_over_the_limit_gets_413_too_large(tmp_path):
+def _client(tmp_path, **settings):
     from fastapi.testclient import TestClient
 
     from plants_mlops.serving.app import create_app
@@ -83,9 +83,26 @@ def test_a_chunked_upload_over_the_limit_gets_413_too_large(tmp_path):
         prediction_log="off",
         poll_seconds=0,
         startup_retry_seconds=3600,
-        max_upload_bytes=1024,
+        **settings,
     )
-    boundary = "plantsboundary"
+    return TestClient(create_app(config))
+
+
+BOUNDARY = "plantsboundary"
+
+
+def _part(name: str = "file", filename: str = "big.jpg") -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+
+
+MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def test_a_chunked_upload_over_the_limit_gets_413_too_large(tmp_path):
+    boundary = BOUNDARY
 
     def chunks():  # no Content-Length: the limit can only be enforced while reading
         yield (
@@ -96,12 +113,76 @@ def test_a_chunked_upload_over_the_limit_gets_413_too_large(tmp_path):
             yield b"\xff" * 8192
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    with TestClient(create_app(config)) as client:
-        response = client.post(
-            "/predict",
-            content=chunks(),
-            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-        )
+    with _client(tmp_path, max_upload_bytes=1024) as client:
+        response = client.post("/predict", content=chunks(), headers=MULTIPART)
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_batch_is_bounded_in_total_bytes_not_only_per_file(tmp_path):
+    files = [("files", (f"{i}.jpg", b"\xff" * 60_000, "image/jpeg")) for i in range(4)]
+    with _client(tmp_path, max_batch_bytes=128 * 1024) as client:
+        response = client.post("/predict/batch", files=files)
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"x-flood-{i}": "1" for i in range(200)},
+        {"x-huge": "a" * 100_000},
+    ],
+    ids=["200 headers", "100 kB header"],
+)
+def test_header_floods_get_431(tmp_path, headers):
+    with _client(tmp_path) as client:
+        response = client.get("/health", headers=headers)
+    assert response.status_code == 431 and response.json()["error"] == "headers_too_large"
+
+
+def test_a_client_that_stops_sending_the_body_gets_408(tmp_path):
+    """The app called as the ASGI server calls it, with a client that sends the first part
+    of a multipart body and then nothing (an HTTP client in process would buffer it)."""
+    import asyncio
+    import json
+
+    from plants_mlops.serving.app import create_app
+
+    config = ServingConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        prediction_log="off",
+        body_timeout_seconds=1.0,
+    )
+    app = create_app(config)
+    parts = [_part(), None]  # then silence
+
+    async def receive():
+        chunk = parts.pop(0) if parts else None
+        if chunk is None:
+            await asyncio.sleep(30)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", MULTIPART["content-type"].encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408 and json.loads(body)["error"] == "request_timeout"

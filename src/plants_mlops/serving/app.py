@@ -76,11 +76,13 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     )
     errors.install(app)
     upload_limit = config.max_upload_bytes + 64 * 1024  # multipart overhead
-    batch_limit = upload_limit * config.max_batch_files
+    # A batch is bounded in total, not only per file: 32 x 10 MB would be 320 MB in memory.
+    batch_limit = min(upload_limit * config.max_batch_files, config.max_batch_bytes)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=lambda path: batch_limit if path == "/predict/batch" else upload_limit,
+        body_timeout=config.body_timeout_seconds,
     )
     app.include_router(ui.router)
     app.include_router(predict.router)

@@ -53,6 +53,8 @@ _BOUNDS = (
     ("PLANTS_MODEL_POLL_SECONDS", "poll_seconds", 1.0, 86_400.0, "seconds (or 0: off)"),
     ("PLANTS_MAX_UPLOAD_BYTES", "max_upload_bytes", 1024, 100 * 1024 * 1024, "bytes"),
     ("PLANTS_MAX_BATCH_FILES", "max_batch_files", 1, 256, "files"),
+    ("PLANTS_MAX_BATCH_BYTES", "max_batch_bytes", 1024, 1024 * 1024 * 1024, "bytes"),
+    ("PLANTS_BODY_TIMEOUT_SECONDS", "body_timeout_seconds", 1.0, 600.0, "seconds"),
     ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
     ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
     ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 10_000, "rows"),
@@ -68,6 +70,8 @@ class ServingConfig:
     api_keys: frozenset[str] = field(default_factory=frozenset)
     max_upload_bytes: int = 10 * 1024 * 1024
     max_batch_files: int = 32
+    max_batch_bytes: int = 32 * 1024 * 1024
+    body_timeout_seconds: float = 30.0  # a client silent this long while sending: 408
     max_pixels: int = imaging.MAX_PIXELS
     ort_threads: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
@@ -92,6 +96,8 @@ class ServingConfig:
             api_keys=read_api_keys(),
             max_upload_bytes=_env_int("PLANTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
             max_batch_files=_env_int("PLANTS_MAX_BATCH_FILES", 32),
+            max_batch_bytes=_env_int("PLANTS_MAX_BATCH_BYTES", 32 * 1024 * 1024),
+            body_timeout_seconds=_env_float("PLANTS_BODY_TIMEOUT_SECONDS", 30.0),
             max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
             prediction_log=log_kind,

@@ -3,6 +3,7 @@ and a JSON 500 instead of a traceback if anything below fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -33,8 +34,13 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     return [*SECURITY_HEADERS, *([(b"content-security-policy", PAGE_CSP)] if page else [])]
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    """Raised into the app when a body goes over its limit or its client goes silent."""
+
+
+# Request headers: a browser sends about 20 and a few kB; refuse floods before any work.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class RequestContextMiddleware:
@@ -44,10 +50,12 @@ class RequestContextMiddleware:
         *,
         metrics: ServiceMetrics,
         max_body_bytes,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes  # callable(path) -> int
+        self.body_timeout = body_timeout  # seconds a client may stay silent mid-body
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -59,26 +67,34 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         started = time.perf_counter()
-        state = {"status": 500, "started": False, "too_large": False}
+        # "refused": why the body stopped being read ("too_large", "timeout"), then None
+        # once that answer went out.
+        state = {"status": 500, "started": False, "refused": ""}
         limit = self.max_body_bytes(scope["path"])
+        refusals = {
+            "too_large": (413, f"request body exceeds the limit of {limit} bytes"),
+            "timeout": (
+                408,
+                f"the client sent nothing for {self.body_timeout:g} s while sending the body",
+            ),
+        }
+
+        async def refuse(reason: str) -> None:
+            state["refused"] = ""
+            status, detail = refusals[reason]
+            code = "request_timeout" if reason == "timeout" else reason
+            await self._json(send_wrapper, status, code, detail, rid)
+            state["refused"] = None  # drop whatever the app still sends
 
         async def send_wrapper(message) -> None:
-            if state["too_large"]:
-                # The body went over the limit while the app read it (a chunked upload has
-                # no Content-Length to refuse up front). FastAPI turns any error while
-                # parsing a body into its own 400: answer what happened instead, once.
-                if message["type"] == "http.response.start":
-                    state["too_large"] = False
-                    await self._json(
-                        send_wrapper,
-                        413,
-                        "too_large",
-                        f"request body exceeds the limit of {limit} bytes",
-                        rid,
-                    )
-                    state["too_large"] = None  # drop the rest of the app's response
+            if state["refused"] is None:
                 return
-            if state["too_large"] is None:
+            if state["refused"]:
+                # The body was refused while the app read it (a chunked upload has no
+                # Content-Length to refuse up front; a client went silent). FastAPI turns
+                # any error while parsing a body into its own 400: answer what happened.
+                if message["type"] == "http.response.start":
+                    await refuse(state["refused"])
                 return
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
@@ -95,20 +111,35 @@ class RequestContextMiddleware:
 
         async def receive_wrapper():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                state["refused"] = "timeout"
+                raise BodyRefused() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    state["too_large"] = True
-                    raise BodyTooLarge()
+                    state["refused"] = "too_large"
+                    raise BodyRefused()
             return message
 
         try:
             declared = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
             declared = 0
+        raw_headers = scope.get("headers") or ()
+        header_bytes = sum(len(k) + len(v) for k, v in raw_headers)
         try:
-            if declared > limit:
+            if len(raw_headers) > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
+                await self._json(
+                    send_wrapper,
+                    431,
+                    "headers_too_large",
+                    f"{len(raw_headers)} headers, {header_bytes} bytes: the limits are "
+                    f"{MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes",
+                    rid,
+                )
+            elif declared > limit:
                 await self._json(
                     send_wrapper,
                     413,
@@ -118,16 +149,9 @@ class RequestContextMiddleware:
                 )
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
-        except BodyTooLarge:
-            state["too_large"] = False
-            if not state["started"]:
-                await self._json(
-                    send_wrapper,
-                    413,
-                    "too_large",
-                    f"request body exceeds the limit of {limit} bytes",
-                    rid,
-                )
+        except BodyRefused:  # the app let it through: answer here, unless it already did
+            if state["refused"] and not state["started"]:
+                await refuse(state["refused"])
         except Exception:  # log the traceback, never send it
             log.exception(
                 "unhandled error", extra={"event": "unhandled_error", "path": scope["path"]}
