@@ -18,7 +18,7 @@ from plants_mlops.serving.config import ServingConfig
         ),
         (
             {"PLANTS_MODEL_POLL_SECONDS": "0.001"},
-            "PLANTS_MODEL_POLL_SECONDS=0.001 is outside 1..86400 seconds (or 0: off)",
+            "PLANTS_MODEL_POLL_SECONDS=0.001 is outside 0.1..86400 seconds (or 0: off)",
         ),
         (
             {"PLANTS_MAX_UPLOAD_BYTES": "-1"},

@@ -39,7 +39,13 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         sink = make_sink(config)
         writer = (
             PredictionLogWriter(
-                sink, batch_size=config.log_batch_size, flush_seconds=config.log_flush_seconds
+                sink,
+                batch_size=config.log_batch_size,
+                flush_seconds=config.log_flush_seconds,
+                retention={
+                    "max_age_days": config.log_retention_days,
+                    "max_rows": config.log_max_rows,
+                },
             )
             if sink is not None
             else None

@@ -50,15 +50,17 @@ def _num(value: float) -> str:
 
 # (environment variable, field, lowest, highest, unit): what a running service can live with.
 _BOUNDS = (
-    ("PLANTS_MODEL_POLL_SECONDS", "poll_seconds", 1.0, 86_400.0, "seconds (or 0: off)"),
+    ("PLANTS_MODEL_POLL_SECONDS", "poll_seconds", 0.1, 86_400.0, "seconds (or 0: off)"),
     ("PLANTS_MAX_UPLOAD_BYTES", "max_upload_bytes", 1024, 100 * 1024 * 1024, "bytes"),
     ("PLANTS_MAX_BATCH_FILES", "max_batch_files", 1, 256, "files"),
     ("PLANTS_MAX_BATCH_BYTES", "max_batch_bytes", 1024, 1024 * 1024 * 1024, "bytes"),
     ("PLANTS_BODY_TIMEOUT_SECONDS", "body_timeout_seconds", 1.0, 600.0, "seconds"),
     ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
     ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
-    ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 10_000, "rows"),
+    ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
+    ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
+    ("PLANTS_PREDICTION_LOG_MAX_ROWS", "log_max_rows", 1_000, 100_000_000, "rows"),
 )
 
 
@@ -79,6 +81,8 @@ class ServingConfig:
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
     log_batch_size: int = 64
     log_flush_seconds: float = 1.0
+    log_retention_days: float = 30.0  # SQL rows older than this are deleted
+    log_max_rows: int = 1_000_000  # ... and the oldest beyond this count
     retrain_command: tuple[str, ...] = ()
     retrain_cwd: str | None = None
     startup_retry_seconds: float = 5.0
@@ -105,6 +109,8 @@ class ServingConfig:
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
             log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 64),
             log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),
+            log_retention_days=_env_float("PLANTS_PREDICTION_LOG_RETENTION_DAYS", 30.0),
+            log_max_rows=_env_int("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000_000),
             retrain_command=tuple(shlex.split(retrain)) if retrain else (),
             retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
         )

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,27 @@ class SqlSink:
         with self.engine.begin() as conn:
             conn.execute(self.table.insert(), rows)
 
+    def prune(self, *, max_age_days: float, max_rows: int) -> int:
+        """Delete rows older than ``max_age_days``, then the oldest beyond ``max_rows``."""
+        import sqlalchemy as sa
+
+        if not self.created:
+            if not sa.inspect(self.engine).has_table(TABLE):
+                return 0
+            self.created = True
+        t = self.table
+        cutoff = datetime.now(UTC) - timedelta(days=max_age_days)
+        with self.engine.begin() as conn:
+            removed = conn.execute(sa.delete(t).where(t.c.created_at < cutoff)).rowcount or 0
+            count = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            if count > max_rows:
+                # the id of the oldest row to keep; everything older goes
+                keep_from = conn.execute(
+                    sa.select(t.c.id).order_by(t.c.id.desc()).offset(max_rows - 1).limit(1)
+                ).scalar_one()
+                removed += conn.execute(sa.delete(t).where(t.c.id < keep_from)).rowcount or 0
+        return int(removed)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -143,6 +164,11 @@ class S3ParquetSink:
             with self.fs.open(path.removeprefix("s3://"), "wb") as fh:
                 pq.write_table(table, fh)
 
+    def prune(self, **_: Any) -> int:
+        """Retention on object storage is the bucket's lifecycle rule for this prefix
+        (``plants-mlops storage init``), not a scan from the API."""
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -158,34 +184,81 @@ def make_sink(config):
 
 
 class PredictionLogWriter:
+    """Requests hand records over without waiting; one thread writes them in batches.
+
+    Memory stays bounded whatever the store does: the hand-over queue holds at most
+    ``max_queue`` records (more are dropped and counted, the request is never slowed), and
+    while the store is down at most ``max_pending_rows`` rows wait in memory; older ones
+    go to a spill file, so nothing that was accepted is lost. An outage is logged once when
+    it starts and once when it ends, not once per batch. With ``retention`` the SQL table is
+    pruned every ``prune_seconds``.
+    """
+
     _STOP = object()
 
     def __init__(
-        self, sink, *, batch_size: int = 64, flush_seconds: float = 1.0, spill_dir: Path = SPILL_DIR
+        self,
+        sink,
+        *,
+        batch_size: int = 64,
+        flush_seconds: float = 1.0,
+        spill_dir: Path = SPILL_DIR,
+        max_queue: int = 10_000,
+        max_pending_rows: int = 10_000,
+        retention: dict[str, float] | None = None,
+        prune_seconds: float = 600.0,
     ) -> None:
         self.sink = sink
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.spill_dir = spill_dir
-        self.queue: queue.Queue = queue.Queue()
+        self.max_pending_rows = max_pending_rows
+        self.retention = retention
+        self.prune_seconds = prune_seconds
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.written = 0
         self.failed_writes = 0
+        self.dropped = 0
+        self.spilled = 0
+        self.pruned = 0
+        self._rows: list[dict[str, Any]] = []
+        self._outage_failures = 0
+        self._full_warned = False
+        self._next_prune = 0.0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, record: PredictionRecord) -> None:
-        self.queue.put(record)
+    def submit(self, record: PredictionRecord) -> bool:
+        """Queue ``record``; False (and counted in ``dropped``) when the queue is full."""
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if not self._full_warned:
+                self._full_warned = True
+                log.warning(
+                    "prediction log queue full (%d records): dropping records until the "
+                    "writer catches up",
+                    self.queue.maxsize,
+                    extra={"event": "prediction_log_queue_full"},
+                )
+            return False
+        self._full_warned = False
+        return True
 
     def pending(self) -> int:
         return self.queue.qsize()
 
+    def buffered(self) -> int:
+        """Rows taken from the queue and not yet written (waiting for the store)."""
+        return len(self._rows)
+
     def close(self, timeout: float = 60.0) -> None:
-        self.queue.put(self._STOP)
+        self.queue.put(self._STOP)  # blocks only while the queue is full
         self._thread.join(timeout=timeout)
         self.sink.close()
 
     def _run(self) -> None:
-        rows: list[dict[str, Any]] = []
         deadline = time.monotonic() + self.flush_seconds
         stopping = False
         while not stopping:
@@ -198,40 +271,70 @@ class PredictionLogWriter:
                 stopping = True
             elif item is not None:
                 try:
-                    rows.append(item.to_row())
+                    self._rows.append(item.to_row())
                 except Exception:  # one bad record must not stop the log
                     log.exception("cannot build a prediction log row for %s", item.request_id)
+            rows = self._rows
             if rows and (stopping or len(rows) >= self.batch_size or time.monotonic() >= deadline):
-                rows = self._write(rows, final=stopping)
+                self._rows = self._write(rows, final=stopping)
+                if len(self._rows) > self.max_pending_rows:
+                    overflow = len(self._rows) - self.max_pending_rows
+                    self._spill(self._rows[:overflow], reason="store down")
+                    self._rows = self._rows[overflow:]
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.flush_seconds
-        if rows:
-            self._spill(rows)
+            self._maybe_prune()
+        if self._rows:
+            self._spill(self._rows, reason="store unreachable at shutdown")
+            self._rows = []
+
+    def _maybe_prune(self) -> None:
+        if not self.retention or self._outage_failures or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.prune_seconds
+        try:
+            removed = self.sink.prune(**self.retention)
+        except Exception as exc:  # retention must never stop the log
+            log.warning("prediction log retention failed: %s", exc)
+            return
+        self.pruned += removed
+        if removed:
+            log.info(
+                "prediction log retention removed %d rows",
+                removed,
+                extra={"event": "prediction_log_pruned", "rows": removed, **self.retention},
+            )
 
     def _write(self, rows: list[dict[str, Any]], final: bool) -> list[dict[str, Any]]:
         attempts = 3 if final else 1
         for attempt in range(attempts):
             try:
                 self.sink.write(rows)
-                self.written += len(rows)
-                return []
             except Exception as exc:  # store down: keep rows, retry later
                 self.failed_writes += 1
-                log.warning(
-                    "prediction log write of %d rows failed (%s)",
-                    len(rows),
-                    exc,
-                    extra={
-                        "event": "prediction_log_write_failed",
-                        "rows": len(rows),
-                        "attempt": attempt + 1,
-                    },
-                )
+                self._outage_failures += 1
+                if self._outage_failures == 1:
+                    log.warning(
+                        "prediction log write failed (%s); keeping rows and retrying quietly "
+                        "until the store is back",
+                        exc,
+                        extra={"event": "prediction_log_write_failed", "rows": len(rows)},
+                    )
                 if final:
                     time.sleep(0.5 * (attempt + 1))
-        return rows  # kept in memory: the next flush (or the spill file) takes them
+                continue
+            self.written += len(rows)
+            if self._outage_failures:
+                log.info(
+                    "prediction log store recovered after %d failed writes",
+                    self._outage_failures,
+                    extra={"event": "prediction_log_recovered", "rows": len(rows)},
+                )
+                self._outage_failures = 0
+            return []
+        return rows  # kept in memory (bounded): the next flush or the spill file takes them
 
-    def _spill(self, rows: list[dict[str, Any]]) -> None:
+    def _spill(self, rows: list[dict[str, Any]], reason: str) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = (
             self.spill_dir / f"spill-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
@@ -242,8 +345,10 @@ class PredictionLogWriter:
                 out["created_at"] = row["created_at"].isoformat()
                 out["embedding"] = np.frombuffer(row["embedding"], dtype=np.float32).tolist()
                 fh.write(json.dumps(out) + "\n")
+        self.spilled += len(rows)
         log.error(
-            "prediction log store unreachable at shutdown: %d rows spilled to %s",
+            "prediction log %s: %d rows spilled to %s",
+            reason,
             len(rows),
             path,
             extra={"event": "prediction_log_spilled", "rows": len(rows)},
