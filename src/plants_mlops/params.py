@@ -42,6 +42,8 @@ class FetchPolicy(Params):
     backoff_s: float
     backoff_max_s: float
     max_bytes: int
+    total_timeout_s: float
+    allow_private_networks: bool
 
 
 class IngestionParams(FetchPolicy):

@@ -17,6 +17,8 @@ FAULTS = {
     "/faults/truncated.jpg": "the first half of a real JPEG",
     "/faults/empty.jpg": "zero bytes with status 200",
     "/faults/always500.jpg": "500 every time",
+    "/faults/trickle.jpg": "a real JPEG at 1 byte every 0.2 s (each read on time, the whole never)",
+    "/faults/redirect.jpg?to=URL": "302 to URL",
 }
 
 
@@ -67,6 +69,29 @@ def make_handler(root: Path, sample: Path):
                 return self._send(200, data[: len(data) // 2])
             if path == "/faults/empty.jpg":
                 return self._send(200, b"")
+            if path == "/faults/trickle.jpg":
+                data = sample.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for i in range(min(len(data), 300)):  # bounded: 60 s at most
+                    try:
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up: the point of the fault
+                        return None
+                    time.sleep(0.2)
+                return None
+            if path == "/faults/redirect.jpg":
+                from urllib.parse import parse_qs
+
+                target = parse_qs(self.path.split("?", 1)[1])["to"][0]
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
             return super().do_GET()
 
     return Handler

@@ -5,7 +5,9 @@ Kept apart from the Kedro nodes so the policy reads in one place and is testable
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +43,52 @@ def parse_mirrors(raw: list[dict] | None) -> list[Mirror]:
 
 
 def resolve(url: str, mirrors: list[Mirror]) -> str:
-    """Where to actually read ``url`` from: the first (longest) matching mirror, else itself."""
+    """Where to actually read ``url`` from: the first (longest) matching mirror, else itself.
+    A mirror folder is never escaped (``../``, encoded or not): FetchError ``forbidden_path``."""
     for m in mirrors:
         if url.startswith(m.prefix):
             rest = url[len(m.prefix) :]
             if m.target.startswith(("http://", "https://")):
                 return m.target.rstrip("/") + "/" + rest.lstrip("/")
-            return str(Path(m.target) / unquote(rest))
+            base = Path(m.target).resolve()
+            path = (base / unquote(rest)).resolve()
+            if not path.is_relative_to(base):
+                raise FetchError("forbidden_path", f"{url} leaves the mirror folder {base}")
+            return str(path)
     return url
+
+
+def trusted_hosts(mirrors: list[Mirror]) -> tuple[str, ...]:
+    """Hosts of the HTTP mirrors the configuration names: private addresses allowed."""
+    return tuple(
+        urlparse(m.target).hostname or ""
+        for m in mirrors
+        if m.target.startswith(("http://", "https://"))
+    )
+
+
+def check_address(url: str, policy: FetchPolicy, trusted: tuple[str, ...] = ()) -> None:
+    """Refuse a URL that is not http(s), or whose host resolves to a non-public address
+    (loopback, private, link-local, multicast, reserved), unless its host is a configured
+    mirror or ``allow_private_networks`` is on. Checked before connecting, on every hop."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError("forbidden_scheme", f"{parsed.scheme}:// is not fetched (http, https)")
+    host = parsed.hostname or ""
+    if policy.allow_private_networks or host in trusted:
+        return
+    try:
+        infos = socket.getaddrinfo(host, parsed.port or 80, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise FetchError("dns", f"{host}: {exc.strerror or exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global:
+            raise FetchError(
+                "forbidden_address",
+                f"{host} resolves to {address}, not a public address: refused (set "
+                "ingestion.allow_private_networks or make it a mirror to allow it)",
+            )
 
 
 def backoff_delay(policy: FetchPolicy, attempt: int, retry_after: str | None = None) -> float:
@@ -65,7 +105,11 @@ def fetch(source: str, client: httpx.Client, policy: FetchPolicy) -> tuple[bytes
     Retries 5xx/408/429, timeouts and connection errors; never other 4xx (a 404 is final).
     """
     if not source.startswith(("http://", "https://")):
-        return _read_local(source, policy), 1
+        if "://" in source:  # a URL of another scheme (file://...) named by the manifest
+            raise FetchError(
+                "forbidden_scheme", f"{source.split('://', 1)[0]}:// is not fetched (http, https)"
+            )
+        return _read_local(source, policy), 1  # a path inside a mirror folder (resolve)
     last: FetchError | None = None
     for attempt in range(1, policy.max_attempts + 1):
         retry_after = None
@@ -99,6 +143,7 @@ class _HTTPStatus(Exception):
 
 
 def _get(url: str, client: httpx.Client, policy: FetchPolicy) -> bytes:
+    deadline = time.monotonic() + policy.total_timeout_s
     with client.stream("GET", url) as resp:
         if resp.status_code != 200:
             raise _HTTPStatus(
@@ -111,6 +156,12 @@ def _get(url: str, client: httpx.Client, policy: FetchPolicy) -> bytes:
             raise FetchError("too_large", f"{url} declares {declared} bytes > {policy.max_bytes}")
         chunks, size = [], 0
         for chunk in resp.iter_bytes():
+            if time.monotonic() > deadline:
+                raise FetchError(
+                    "timeout",
+                    f"{url}: {size} bytes after {policy.total_timeout_s:g} s, the whole-download "
+                    "deadline (ingestion.total_timeout_s)",
+                )
             size += len(chunk)
             if size > policy.max_bytes:
                 raise FetchError("too_large", f"{url} sent more than {policy.max_bytes} bytes")
@@ -119,7 +170,7 @@ def _get(url: str, client: httpx.Client, policy: FetchPolicy) -> bytes:
 
 
 def _read_local(source: str, policy: FetchPolicy) -> bytes:
-    path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source)
+    path = Path(source)
     if not path.is_file():
         raise FetchError("not_found", f"no file at {path}")
     if path.stat().st_size > policy.max_bytes:
@@ -127,14 +178,24 @@ def _read_local(source: str, policy: FetchPolicy) -> bytes:
     return path.read_bytes()
 
 
-def make_client(policy: FetchPolicy, concurrency: int) -> httpx.Client:
+def make_client(
+    policy: FetchPolicy, concurrency: int, trusted_hosts: tuple[str, ...] = ()
+) -> httpx.Client:
+    """One pooled client; every request it sends, redirect hops included, is checked by
+    :func:`check_address` first."""
     timeout = httpx.Timeout(
         policy.read_timeout_s, connect=policy.connect_timeout_s, pool=policy.read_timeout_s * 4
     )
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    def check(request: httpx.Request) -> None:
+        check_address(str(request.url), policy, trusted_hosts)
+
     return httpx.Client(
         timeout=timeout,
         limits=limits,
         follow_redirects=True,
+        max_redirects=5,
+        event_hooks={"request": [check]},
         headers={"User-Agent": "plants-mlops-ingestion/0.1"},
     )

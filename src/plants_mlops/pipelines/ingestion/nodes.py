@@ -112,10 +112,11 @@ def fetch_rows(
             row_id=int(row["id"]),
             url_source=row["url_source"],
             label=row["label"],
-            source=fetching.resolve(row["url_source"], mirrors),
+            source=row["url_source"],
             sha256=sha,
         )
         try:
+            out.source = fetching.resolve(row["url_source"], mirrors)
             data, out.attempts = fetching.fetch(out.source, client, policy)
             out.sha256, ext = check_bytes(data, sha)
         except fetching.FetchError as exc:
@@ -130,7 +131,7 @@ def fetch_rows(
 
     outcomes: list[Outcome] = []
     with (
-        fetching.make_client(policy, concurrency) as client,
+        fetching.make_client(policy, concurrency, fetching.trusted_hosts(mirrors)) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ingest") as pool,
     ):
         futures = [pool.submit(one, row, client) for row in rows]
