@@ -6,9 +6,12 @@ so the raw layer uses this instead: the bytes a URL served are the bytes stored.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Mapping
 from copy import deepcopy
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -21,8 +24,9 @@ Blob = bytes | Callable[[], bytes]
 class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[], bytes]]]):
     """Loads ``{relative/key.ext: loader}`` (call a loader to read that file's bytes; nothing
     is read up front) and is empty when the folder is missing. Saving a mapping writes each
-    value's bytes (or the result of calling it) to ``path/key``; keys already present are
-    skipped, which is right for a content-addressed layout (same key, same bytes).
+    value's bytes (or the result of calling it) to ``path/key``, atomically; keys already
+    present with the same size are skipped, which is right for a content-addressed layout
+    (same key, same bytes), and an empty or damaged file is written again.
 
     Hidden files (``.gitkeep``) are ignored. ``credentials``/``fs_args`` go to fsspec, e.g.
     ``{key, secret, client_kwargs: {endpoint_url}}`` for S3.
@@ -50,35 +54,46 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         full = f"{self._root}/{key}"
         return full if self._protocol == "file" else f"{self._protocol}://{full}"
 
-    def keys(self) -> list[str]:
+    def sizes(self) -> dict[str, int]:
+        """``{key: size}`` of the stored files; an empty one (what a crash could leave
+        before writes were atomic) does not count, so the next save writes it again."""
         self._fs.invalidate_cache(self._root)
         if not self._fs.exists(self._root):
-            return []
+            return {}
         prefix = self._root + "/"
-        out = []
-        for found in self._fs.find(self._root):
+        out = {}
+        for found, info in self._fs.find(self._root, detail=True).items():
             key = found[len(prefix) :] if found.startswith(prefix) else found
-            if not any(part.startswith(".") for part in key.split("/")):
-                out.append(key)
-        return sorted(out)
+            size = int(info.get("size") or 0)
+            if size > 0 and not any(part.startswith(".") for part in key.split("/")):
+                out[key] = size
+        return dict(sorted(out.items()))
+
+    def keys(self) -> list[str]:
+        return list(self.sizes())
 
     def load(self) -> dict[str, Callable[[], bytes]]:
         return {key: partial(self._fs.cat_file, f"{self._root}/{key}") for key in self.keys()}
 
     def save(self, data: Mapping[str, Blob]) -> None:
-        present = set(self.keys())
-        todo = {
-            f"{self._root}/{key}": (value() if callable(value) else value)
-            for key, value in data.items()
-            if key not in present
-        }
+        present = self.sizes()
+        todo = {}
+        for key, value in data.items():
+            if key in present and callable(value):
+                continue  # a lazy copy of a stored file: not read just to compare
+            blob = value() if callable(value) else value
+            # Same key, same size: the same content (the key is its sha256). A stored file
+            # of another size is a damaged copy: written again.
+            if present.get(key) != len(blob):
+                todo[f"{self._root}/{key}"] = blob
         if not todo:
             return
         if self._protocol == "file":
             for path, blob in todo.items():
-                self._fs.pipe_file(path, blob)
+                _atomic_write(path, blob)
         else:
-            self._fs.pipe(todo)  # concurrent uploads on object stores (s3fs is async)
+            # One PUT per object: an object store shows the whole object or none of it.
+            self._fs.pipe(todo)  # concurrent uploads (s3fs is async)
         self._fs.invalidate_cache(self._root)
 
     def _exists(self) -> bool:
@@ -86,3 +101,20 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self.uri(""), "protocol": self._protocol}
+
+
+def _atomic_write(path: str, blob: bytes) -> None:
+    """Write to a hidden temporary name beside ``path``, then rename: a crash leaves the
+    old state or the whole file, never a partial one (the temporary name is ignored)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
