@@ -186,3 +186,64 @@ def test_a_client_that_stops_sending_the_body_gets_408(tmp_path):
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert start["status"] == 408 and json.loads(body)["error"] == "request_timeout"
+
+
+def test_concurrent_decodes_stay_within_the_pixel_budget():
+    import io
+    import threading
+
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (3000, 3000), (10, 200, 30, 128)).save(buf, "PNG")
+    data = buf.getvalue()
+    budget = imaging.DecodeBudget(10_000_000)  # room for one 9 Mpx image at a time
+    peak = {"pixels": 0}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak["pixels"] = max(peak["pixels"], budget.total - budget.free)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [
+        threading.Thread(target=imaging.decode_image, args=(data,), kwargs={"budget": budget})
+        for _ in range(4)
+    ]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    done.set()
+    watcher.join()
+    assert peak["pixels"] == 9_000_000  # one at a time, never two
+    assert budget.free == budget.total
+
+
+def test_a_budget_with_no_room_in_time_answers_busy():
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buf, "PNG")
+    budget = imaging.DecodeBudget(20_000, wait_seconds=0.2)
+    with budget.reserve(20_000), pytest.raises(imaging.ImageDecodeError) as caught:
+        imaging.decode_image(buf.getvalue(), budget=budget)
+    assert caught.value.reason == "busy"
+
+
+def test_alpha_is_composited_on_white_without_full_size_copies():
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    half_red = Image.new("RGBA", (4, 4), (255, 0, 0, 128))
+    rgb = imaging.to_rgb(half_red)
+    assert rgb.mode == "RGB"
+    r, g, b = rgb.getpixel((0, 0))
+    assert r == 255 and abs(g - 127) <= 1 and abs(b - 127) <= 1

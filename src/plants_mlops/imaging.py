@@ -6,7 +6,9 @@ trained on, what the API predicts on and what monitoring compares are computed t
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -45,12 +47,48 @@ class DecodedImage:
     original_size: tuple[int, int]
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+class DecodeBudget:
+    """At most ``pixels`` pixels being decoded at once, across threads.
+
+    A decode costs memory in proportion to its pixels (about 4 bytes each for an RGBA PNG,
+    plus the RGB result), whatever the size of the file: a 170 KB PNG of 6300x6300 takes
+    about 150 MB while it decodes. The API reserves each image's pixel count, read from the
+    header, before decoding it; uploads beyond the budget wait their turn (up to
+    ``wait_seconds``, then ``busy``), so concurrent maximum-size uploads cannot add up.
+    """
+
+    def __init__(self, pixels: int, wait_seconds: float = 30.0) -> None:
+        self.total = int(pixels)
+        self.free = int(pixels)
+        self.wait_seconds = wait_seconds
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int):
+        need = min(int(pixels), self.total)  # one image alone always fits
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.free >= need, self.wait_seconds):
+                raise ImageDecodeError(
+                    "busy", "too many large images being decoded; retry in a moment"
+                )
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None
+) -> DecodedImage:
     """Decode, fully verify and normalise image bytes.
 
-    Raises ImageDecodeError with reason ``empty``, ``not_an_image``, ``too_large`` or
-    ``truncated``. Greyscale, palette, CMYK and alpha images are converted to RGB (alpha
-    is composited on white, as a browser shows it).
+    Raises ImageDecodeError with reason ``empty``, ``not_an_image``, ``too_large``,
+    ``truncated`` (or ``busy`` when ``budget`` has no room in time). Greyscale, palette,
+    CMYK and alpha images are converted to RGB (alpha is composited on white, as a browser
+    shows it). The size is checked from the header, before any pixel is decoded.
     """
     if not data:
         raise ImageDecodeError("empty", "zero bytes")
@@ -68,8 +106,11 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                 )
             fmt = (probe.format or "").lower()
             probe.verify()  # structure check (truncated PNG chunks, bad CRCs)
-            img = Image.open(io.BytesIO(data))
-            img.load()  # full decode: truncated JPEG data raises here
+            with budget.reserve(width * height) if budget else contextlib.nullcontext():
+                img = Image.open(io.BytesIO(data))
+                img.load()  # full decode: truncated JPEG data raises here
+                ImageOps.exif_transpose(img, in_place=True)  # a copy only when it rotates
+                img = to_rgb(img)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -78,8 +119,6 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         raise ImageDecodeError("not_an_image", "bytes are not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("truncated", f"image data is damaged or incomplete ({exc})") from exc
-    img = ImageOps.exif_transpose(img)
-    img = to_rgb(img)
     ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt) or "bin"
     return DecodedImage(image=img, format=ext, original_size=(width, height))
 
@@ -88,9 +127,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # On white, as a browser shows it: pasted through its own alpha, which needs one
+        # RGB image more, not the three full-size RGBA copies alpha_composite takes.
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, (0, 0), rgba)
+        return out
     return img.convert("RGB")
 
 

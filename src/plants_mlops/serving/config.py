@@ -56,6 +56,7 @@ _BOUNDS = (
     ("PLANTS_MAX_BATCH_BYTES", "max_batch_bytes", 1024, 1024 * 1024 * 1024, "bytes"),
     ("PLANTS_BODY_TIMEOUT_SECONDS", "body_timeout_seconds", 1.0, 600.0, "seconds"),
     ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
+    ("PLANTS_DECODE_BUDGET_PIXELS", "decode_budget_pixels", 1_000_000, 1_000_000_000, "pixels"),
     ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
     ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
@@ -75,6 +76,9 @@ class ServingConfig:
     max_batch_bytes: int = 32 * 1024 * 1024
     body_timeout_seconds: float = 30.0  # a client silent this long while sending: 408
     max_pixels: int = imaging.MAX_PIXELS
+    # Pixels being decoded at once across requests (imaging.DecodeBudget): one 40 Mpx
+    # image, or many phone photos, decode together; more wait their turn.
+    decode_budget_pixels: int = 48_000_000
     ort_threads: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
     db_url: str = DEFAULT_DB_URL
@@ -103,6 +107,7 @@ class ServingConfig:
             max_batch_bytes=_env_int("PLANTS_MAX_BATCH_BYTES", 32 * 1024 * 1024),
             body_timeout_seconds=_env_float("PLANTS_BODY_TIMEOUT_SECONDS", 30.0),
             max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
+            decode_budget_pixels=_env_int("PLANTS_DECODE_BUDGET_PIXELS", 48_000_000),
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,

@@ -15,6 +15,7 @@ DECODE_STATUS = {
     "not_an_image": 415,
     "truncated": 400,
     "too_large": 413,
+    "busy": 503,
 }
 
 

@@ -40,11 +40,14 @@ class PredictionService:
         self.metrics = metrics
         self.writer = writer
         self.retrain = retrain
+        self.decode_budget = imaging.DecodeBudget(config.decode_budget_pixels)
 
     def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
         started = time.perf_counter()
         try:
-            decoded = imaging.decode_image(data, max_pixels=self.config.max_pixels)
+            decoded = imaging.decode_image(
+                data, max_pixels=self.config.max_pixels, budget=self.decode_budget
+            )
         except imaging.ImageDecodeError as exc:
             self.metrics.rejected.labels(reason=exc.reason).inc()
             raise ApiError.from_decode(exc) from None
