@@ -34,7 +34,7 @@ from support.params import stage_params  # noqa: E402
 from plants_mlops import db  # noqa: E402
 from plants_mlops.datasets.data_raw_store import BlobStoreDataset  # noqa: E402
 from plants_mlops.pipelines.formatting.nodes import format_images  # noqa: E402
-from plants_mlops.pipelines.ingestion.nodes import ingest_images  # noqa: E402
+from plants_mlops.pipelines.ingestion.nodes import ingest_all  # noqa: E402
 
 PREFIX = "https://raw.githubusercontent.com/btphan95/greenr-airflow/refs/heads/master/data/"
 
@@ -69,7 +69,7 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 
 def ingest_into(store: BlobStoreDataset, rows: pd.DataFrame, params: dict) -> int:
     """What `kedro run --pipelines ingestion` does on a fresh store: fetch, check, save."""
-    new, _, summary = ingest_images(rows, {}, params)
+    new, _, summary = ingest_all(rows, {}, params)
     store.save(new)
     return summary["fetched"]
 
@@ -114,7 +114,7 @@ def formatting_table(rows, base, s3_raw, repeat) -> None:
     n = len(rows)
     with tempfile.TemporaryDirectory() as d:
         store = BlobStoreDataset(path=f"{d}/01_raw")
-        new, updates, _ = ingest_images(rows, {}, _params(base, 8))
+        new, updates, _ = ingest_all(rows, {}, _params(base, 8))
         store.save(new)
         table = rows.set_index("id")
         table.update(updates.set_index("id")[["status", "sha256"]])

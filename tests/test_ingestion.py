@@ -25,7 +25,7 @@ from support.params import stage_params
 from plants_mlops import contracts
 from plants_mlops.params import IngestionParams, parse
 from plants_mlops.pipelines.ingestion import fetch as fetching
-from plants_mlops.pipelines.ingestion.nodes import ingest_images
+from plants_mlops.pipelines.ingestion.nodes import ingest_all
 
 ROOT_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "samples", "plants")
 
@@ -89,7 +89,16 @@ def test_faults_end_as_failed_rows_with_reasons_and_a_rerun_fetches_nothing_twic
 
 
 def _sample_inventory(rows):
-    return {f"{r['label']}/{r['sha256']}.jpg": None for r in rows}
+    """The raw layer as the catalog loads it: key -> loader of the stored bytes."""
+    from functools import partial
+    from pathlib import Path
+
+    from data_testlib import sample_path
+
+    return {
+        f"{r['label']}/{r['sha256']}.jpg": partial(Path(ROOT_SAMPLES + sample_path(r)).read_bytes)
+        for r in rows
+    }
 
 
 def _rows_frame(rows, status=contracts.STATUS_PENDING):
@@ -119,7 +128,7 @@ def test_content_already_in_the_raw_layer_is_not_fetched_even_with_a_fresh_table
         mirrors=[{"prefix": PUBLIC_PREFIX, "to": str(tmp_path / "nowhere")}],
         progress=False,
     )
-    new, updates, summary = ingest_images(_rows_frame(rows), _sample_inventory(rows), params)
+    new, updates, summary = ingest_all(_rows_frame(rows), _sample_inventory(rows), params)
     assert new == {}
     assert summary["fetched"] == 0 and summary["already_stored"] == 6
     assert set(updates["status"]) == {contracts.STATUS_OK}
@@ -136,7 +145,7 @@ def test_local_folder_mirror_checks_the_expected_sha256(tmp_path):
         mirrors=[{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
         progress=False,
     )
-    new, updates, summary = ingest_images(_rows_frame(rows), {}, params)
+    new, updates, summary = ingest_all(_rows_frame(rows), {}, params)
     by_id = updates.set_index("id")
     assert by_id.loc[1, "error"].startswith("checksum_mismatch:")
     assert by_id.loc[1, "sha256"] == "0" * 64  # the expectation is kept for the next run

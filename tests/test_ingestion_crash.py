@@ -56,3 +56,42 @@ def test_an_empty_file_from_an_older_crash_is_fetched_again(kedro_project):
     kedro_project.run("ingestion")
     assert victim.read_bytes() == good
     assert set(table(os.environ["PLANTS_DB_URL"])["status"]) == {"ok"}
+
+
+def test_a_killed_run_keeps_the_batches_it_already_saved(kedro_project, http_mirror, tmp_path):
+    """Results are saved as they arrive: a run killed while one slow URL is still being
+    fetched keeps every image fetched before, and the rerun does not fetch them again."""
+    from data_testlib import manifest_rows, mirror_counts, mirror_params, seed, write_params
+
+    good = manifest_rows()  # 400 rows
+    slow = {"url_source": f"{http_mirror}faults/trickle.jpg", "label": "dandelion"}
+    seed(os.environ["PLANTS_DB_URL"], [*good, slow], tmp_path)
+    write_params(kedro_project.path, "local", mirror_params(http_mirror, total_timeout_s=60))
+    before = mirror_counts(http_mirror)
+
+    proc = _start(kedro_project)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = table(os.environ["PLANTS_DB_URL"])
+        if (rows["status"] == "ok").sum() >= 400:
+            break  # every good row saved; the trickle row is still downloading
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    rows = table(os.environ["PLANTS_DB_URL"]).set_index("url_source")
+    assert rows.loc[slow["url_source"], "status"] == "pending"  # killed mid-download
+    files = [p for p in _raw_files(kedro_project) if not p.name.startswith(".")]
+    assert len(files) == 400
+
+    write_params(kedro_project.path, "local", mirror_params(http_mirror, total_timeout_s=1))
+    kedro_project.run("ingestion")
+    after = mirror_counts(http_mirror)
+    fetched_twice = [
+        path
+        for path, n in after.items()
+        if not path.startswith("/faults/") and n - before.get(path, 0) > 1
+    ]
+    assert fetched_twice == []
+    rows = table(os.environ["PLANTS_DB_URL"]).set_index("url_source")
+    assert rows.loc[slow["url_source"], "error"].startswith("timeout:")

@@ -15,9 +15,9 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -102,9 +102,13 @@ def fetch_rows(
     rows: list[dict], params: IngestionParams, progress: Callable[[Outcome], None] | None = None
 ) -> list[Outcome]:
     """Fetch and check every row concurrently; never raises for a bad URL."""
+    return sorted(stream_rows(rows, params, _fetcher(params), progress), key=lambda o: o.row_id)
+
+
+def _fetcher(params: IngestionParams) -> Callable[[dict, Any], Outcome]:
+    """``one(row, client) -> Outcome``: fetch and check one row; never raises."""
     policy: fetching.FetchPolicy = params  # IngestionParams is a FetchPolicy
     mirrors = _mirrors(params)
-    concurrency = max(1, params.concurrency)
 
     def one(row: dict, client) -> Outcome:
         sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
@@ -129,24 +133,37 @@ def fetch_rows(
         out.data, out.key = data, raw_key(row["label"], out.sha256, ext)
         return out
 
-    outcomes: list[Outcome] = []
+    return one
+
+
+def stream_rows(rows, params: IngestionParams, one, progress=None) -> Iterator[Outcome]:
+    """The outcomes of ``one(row, client)`` over ``rows``, as they complete."""
+    mirrors = _mirrors(params)
+    concurrency = max(1, params.concurrency)
     with (
-        fetching.make_client(policy, concurrency, fetching.trusted_hosts(mirrors)) as client,
+        fetching.make_client(params, concurrency, fetching.trusted_hosts(mirrors)) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ingest") as pool,
     ):
         futures = [pool.submit(one, row, client) for row in rows]
         for fut in as_completed(futures):
             outcome = fut.result()
-            outcomes.append(outcome)
             if progress:
                 progress(outcome)
-    return sorted(outcomes, key=lambda o: o.row_id)
+            yield outcome
+
+
+# Results are saved in batches as they arrive (a generator node: Kedro saves every
+# yielded chunk), so a killed run keeps what it fetched: at most one batch is lost.
+SAVE_EVERY_IMAGES = 100
+SAVE_EVERY_SECONDS = 5.0
 
 
 def ingest_images(
     plants_data: pd.DataFrame, raw_inventory: dict[str, Any], params: dict
-) -> tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]:
-    """The ingestion node: returns (new raw files, plants_data status updates, summary)."""
+) -> Iterator[tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]]:
+    """The ingestion node, a generator: yields (new raw files, plants_data status updates,
+    report so far) every ``SAVE_EVERY_IMAGES`` images or ``SAVE_EVERY_SECONDS``, and once
+    more at the end; Kedro saves each chunk as it comes (files first, then the table)."""
     started, t0 = utcnow(), time.perf_counter()
     p = parse(IngestionParams, params, "ingestion")
     raw_root = p.raw_root.rstrip("/")
@@ -169,6 +186,14 @@ def ingest_images(
         len(to_fetch),
         len(skipped),
     )
+    now = utcnow()
+    updates: list[dict] = []
+    for row in already:
+        url_s3 = f"{raw_root}/{row['key']}"
+        if row["status"] != contracts.STATUS_OK or row.get("url_s3") != url_s3:
+            updates.append(
+                _update(row["id"], contracts.STATUS_OK, None, row["sha256"], url_s3, now)
+            )
 
     bar = tqdm(
         total=len(to_fetch),
@@ -176,81 +201,129 @@ def ingest_images(
         unit="img",
         disable=not p.progress or not to_fetch,
     )
-    fails = Counter()
-
-    def on_done(o: Outcome) -> None:
-        if o.error:
-            fails[o.reason] += 1
-        bar.set_postfix(failed=sum(fails.values()), refresh=False)
-        bar.update()
-
+    tally = _Tally()
+    batch: dict[str, bytes] = {}
+    last_save = time.monotonic()
     try:
-        outcomes = fetch_rows(to_fetch, p, progress=on_done)
+        for o in stream_rows(to_fetch, p, _fetcher(p)):
+            tally.add(o)
+            bar.set_postfix(failed=tally.n_failed, refresh=False)
+            bar.update()
+            if o.error:
+                # keeps the expected sha256 (from the manifest) for the next attempt
+                updates.append(
+                    _update(o.row_id, contracts.STATUS_FAILED, o.error, o.sha256, None, None)
+                )
+                log.warning("ingestion: row %d failed (%s): %s", o.row_id, o.url_source, o.error)
+            else:
+                if o.key not in batch:
+                    tally.new_files += 1
+                batch.setdefault(o.key, o.data)
+                updates.append(
+                    _update(
+                        o.row_id,
+                        contracts.STATUS_OK,
+                        None,
+                        o.sha256,
+                        f"{raw_root}/{o.key}",
+                        utcnow(),
+                    )
+                )
+            due = time.monotonic() - last_save >= SAVE_EVERY_SECONDS
+            if len(batch) >= SAVE_EVERY_IMAGES or (due and (batch or updates)):
+                yield (
+                    batch,
+                    _frame(updates),
+                    tally.report(
+                        started, t0, plants_data, already, skipped, raw_root, p, final=False
+                    ),
+                )
+                batch, updates, last_save = {}, [], time.monotonic()
     finally:
         bar.close()
-
-    now = utcnow()
-    updates: list[dict] = []
-    raw_images: dict[str, bytes] = {}
-    for row in already:
-        url_s3 = f"{raw_root}/{row['key']}"
-        if row["status"] != contracts.STATUS_OK or row.get("url_s3") != url_s3:
-            updates.append(
-                _update(row["id"], contracts.STATUS_OK, None, row["sha256"], url_s3, now)
-            )
-    for o in outcomes:
-        if o.error:
-            # keeps the expected sha256 (from the manifest) for the next attempt
-            updates.append(
-                _update(o.row_id, contracts.STATUS_FAILED, o.error, o.sha256, None, None)
-            )
-            log.warning("ingestion: row %d failed (%s): %s", o.row_id, o.url_source, o.error)
-            continue
-        raw_images.setdefault(o.key, o.data)
-        updates.append(
-            _update(o.row_id, contracts.STATUS_OK, None, o.sha256, f"{raw_root}/{o.key}", now)
-        )
-
-    seconds = time.perf_counter() - t0
-    fetched = [o for o in outcomes if not o.error]
-    failed = [o for o in outcomes if o.error]
-    summary = {
-        "started_at": started.isoformat(),
-        "finished_at": utcnow().isoformat(),
-        "seconds": round(seconds, 3),
-        "rows": len(plants_data),
-        "fetched": len(fetched),
-        "new_files": len(raw_images),
-        "bytes_fetched": sum(len(o.data) for o in fetched),
-        "already_stored": len(already),
-        "skipped_failed": len(skipped),
-        "failed": len(failed),
-        "failed_by_reason": dict(sorted(Counter(o.reason for o in failed).items())),
-        "retried": sum(1 for o in outcomes if o.attempts > 1),
-        "images_per_s": round(len(fetched) / seconds, 2) if fetched and seconds else None,
-        "failures": [
-            {"id": o.row_id, "url_source": o.url_source, "source": o.source, "error": o.error}
-            for o in failed
-        ],
-        "skipped_failed_rows": [
-            {"id": int(r["id"]), "url_source": r["url_source"], "error": r.get("error")}
-            for r in skipped
-        ],
-        "raw_root": raw_root,
-        "mirrors": [m.__dict__ for m in _mirrors(p)],
-    }
+    report = tally.report(started, t0, plants_data, already, skipped, raw_root, p, final=True)
     log.info(
         "ingestion summary: fetched %d (%d new files, %.1f images/s), already stored %d, "
         "failed %d %s, failed rows left alone %d",
-        summary["fetched"],
-        summary["new_files"],
-        summary["images_per_s"] or 0.0,
-        summary["already_stored"],
-        summary["failed"],
-        summary["failed_by_reason"] or "",
-        summary["skipped_failed"],
+        report["fetched"],
+        report["new_files"],
+        report["images_per_s"] or 0.0,
+        report["already_stored"],
+        report["failed"],
+        report["failed_by_reason"] or "",
+        report["skipped_failed"],
     )
-    return raw_images, pd.DataFrame(updates, columns=UPDATE_COLUMNS), summary
+    yield batch, _frame(updates), report
+
+
+def _frame(updates: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(updates, columns=UPDATE_COLUMNS)
+
+
+@dataclass
+class _Tally:
+    """What the run did so far (outcomes are dropped once saved: memory stays flat)."""
+
+    fetched: int = 0
+    new_files: int = 0
+    bytes_fetched: int = 0
+    retried: int = 0
+    failures: list = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    def add(self, o: Outcome) -> None:
+        self.retried += o.attempts > 1
+        if o.error:
+            self.failures.append(
+                {"id": o.row_id, "url_source": o.url_source, "source": o.source, "error": o.error}
+            )
+        else:
+            self.fetched += 1
+            self.bytes_fetched += len(o.data)
+
+    def report(self, started, t0, plants_data, already, skipped, raw_root, p, final: bool):
+        seconds = time.perf_counter() - t0
+        reasons = Counter(f["error"].split(":", 1)[0] for f in self.failures)
+        return {
+            "started_at": started.isoformat(),
+            "finished_at": utcnow().isoformat() if final else None,
+            "complete": final,
+            "seconds": round(seconds, 3),
+            "rows": len(plants_data),
+            "fetched": self.fetched,
+            "new_files": self.new_files,
+            "bytes_fetched": self.bytes_fetched,
+            "already_stored": len(already),
+            "skipped_failed": len(skipped),
+            "failed": self.n_failed,
+            "failed_by_reason": dict(sorted(reasons.items())),
+            "retried": self.retried,
+            "images_per_s": round(self.fetched / seconds, 2) if self.fetched and seconds else None,
+            "failures": self.failures,
+            "skipped_failed_rows": [
+                {"id": int(r["id"]), "url_source": r["url_source"], "error": r.get("error")}
+                for r in skipped
+            ],
+            "raw_root": raw_root,
+            "mirrors": [m.__dict__ for m in _mirrors(p)],
+        }
+
+
+def ingest_all(
+    plants_data: pd.DataFrame, raw_inventory: dict[str, Any], params: dict
+) -> tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]:
+    """The node's chunks merged: (every new file, every update, the final report). For
+    callers outside Kedro (benchmarks, tests) that want the whole result at once."""
+    files: dict[str, bytes] = {}
+    frames, reports = [], []
+    for chunk, updates, report in ingest_images(plants_data, raw_inventory, params):
+        files.update(chunk)
+        frames.append(updates)
+        reports.append(report)
+    return files, pd.concat(frames, ignore_index=True), reports[-1]
 
 
 def _mirrors(params: IngestionParams) -> list[fetching.Mirror]:
@@ -288,4 +361,3 @@ def _intact(loader, row: dict) -> bool:
         return hashlib.sha256(loader()).hexdigest() == row["sha256"]
     except OSError:
         return False
-
