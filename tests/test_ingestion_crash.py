@@ -95,3 +95,54 @@ def test_a_killed_run_keeps_the_batches_it_already_saved(kedro_project, http_mir
     assert fetched_twice == []
     rows = table(os.environ["PLANTS_DB_URL"]).set_index("url_source")
     assert rows.loc[slow["url_source"], "error"].startswith("timeout:")
+
+
+def test_formatting_killed_at_random_never_trains_on_partial_data(kedro_project, tmp_path):
+    """Formatting is killed with SIGKILL at arbitrary moments; training then either refuses
+    in one clear line (the index or the fmt layer differs from what validation passed) or,
+    when the kill came after formatting finished, trains on every indexed image."""
+    import json
+
+    import pandas as pd
+    from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
+
+    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
+    write_params(kedro_project.path, "local", SUBSET_VALIDATION)
+    kedro_project.run("data")
+    fmt = kedro_project.path / "data" / "02_intermediate" / "fmt_images"
+    rng = random.Random(11)
+    tiny = {
+        "training.epochs": 1,
+        "training.architecture": "small_cnn",
+        "training.weights": "null",
+        "training.image_size": 64,
+        "training.mlflow.enabled": "false",
+    }
+    outcomes = []
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", "formatting"],
+            cwd=kedro_project.path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(2.0, 7.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        done = kedro_project.run("training", params=tiny, check=False)
+        index = pd.read_parquet(kedro_project.path / "data/03_primary/dataset_index.parquet")
+        on_disk = {p.relative_to(fmt).with_suffix("").as_posix() for p in fmt.rglob("*.jpg")}
+        complete = set(index["image_key"]) <= on_disk
+        if done.returncode != 0:
+            assert "refusing to train" in done.stderr, done.stderr[-2000:]
+            assert "Traceback" not in done.stderr.split("refusing to train")[-1][:300]
+            outcomes.append("refused")
+        else:
+            assert complete  # it trained: every indexed image was there
+            report = json.loads(
+                (kedro_project.path / "data/08_reporting/training_report.json").read_text()
+            )
+            assert report["split_sizes_used"]["train"] == int((index["split"] == "train").sum())
+            outcomes.append("trained")
+    assert outcomes  # each kill ended one way or the other, never in a partial training
