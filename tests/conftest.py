@@ -1,6 +1,6 @@
-"""Shared fixtures: every server here is real and runs in its own process on 127.0.0.1.
+"""Shared fixtures: every server here is real and listens on 127.0.0.1.
 
-- ``s3_endpoint``: moto_server (S3 API), stands in for MinIO.
+- ``s3_endpoint``: moto's S3 API server (threaded, real HTTP), stands in for MinIO.
 - ``http_mirror``: an HTTP server over samples/plants with fault routes.
 - ``mlflow_tracking_uri``: ``mlflow server`` (SQLite backend, artifacts on the S3 server).
 - ``postgres_url`` / ``mariadb_url``: a fresh database on the machine's servers.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +39,8 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(logs_dir) -> Iterator[str]:
-    with servers.moto_s3(logs_dir) as url:
+def s3_endpoint() -> Iterator[str]:
+    with servers.moto_s3() as url:
         yield url
 
 
@@ -58,22 +57,8 @@ def s3_bucket(s3_endpoint) -> str:
 @pytest.fixture(scope="session")
 def http_mirror(logs_dir) -> Iterator[str]:
     """Base URL of a real HTTP server mirroring the public dataset URLs (see FAULTS)."""
-    port = servers.free_port()
-    proc = servers.ManagedProcess(
-        "http mirror",
-        [
-            sys.executable,
-            str(ROOT / "tests" / "support" / "http_mirror.py"),
-            "--root",
-            str(SAMPLES),
-            "--port",
-            str(port),
-        ],
-        health_url=f"http://127.0.0.1:{port}/health",
-        log_path=logs_dir / "http-mirror.log",
-    ).start()
-    yield f"http://127.0.0.1:{port}/"
-    proc.stop()
+    with servers.http_mirror(SAMPLES, logs_dir / "http-mirror.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
