@@ -7,6 +7,8 @@
 - ``kedro_project``: a throw-away copy of this Kedro project (conf + empty data layers).
 - ``built_data`` / ``data_project``: the data layers of the full manifest, built once per
   session; a ``kedro_project`` with a copy of them.
+- ``small_data`` / ``small_model``: a 100-image in-memory dataset and a small CNN trained on
+  it, once per session, for the model-stage tests that call nodes directly.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ class KedroProject:
         runtime = OmegaConf.to_container(  # what the CLI's --params parses to
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in (params or {}).items()])
         )
-        with _environment(extra_env or {}), contextlib.chdir(self.path):
+        with environment(extra_env or {}), contextlib.chdir(self.path):
             bootstrap_project(self.path)
             try:
                 with KedroSession.create(
@@ -210,7 +212,8 @@ class KedroProject:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, as it was afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -267,3 +270,19 @@ def built_data(tmp_path_factory) -> KedroProject:
 def data_project(kedro_project, built_data) -> KedroProject:
     """``kedro_project`` with the data layers and table of ``built_data`` copied in."""
     return kedro_project.copy_data_from(built_data)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """100 sample images (50 per label) in the layout of the data layers, in memory."""
+    from support import model_data
+
+    return model_data.build(per_label=50)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_data):
+    """A small CNN trained and exported by the training nodes on ``small_data``."""
+    from support import model_data
+
+    return model_data.Trained(small_data, model_data.SMALL_MODEL)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 
 import httpx
 import pandas as pd
 import pytest
-from conftest import PUBLIC_PREFIX, SAMPLES, KedroProject, new_project
+from conftest import PUBLIC_PREFIX, SAMPLES, KedroProject, environment, new_project
 from PIL import Image, ImageEnhance, ImageFilter
 from support.champion import register_champion, unique_model_name
 from support.serving import running_api
@@ -39,9 +38,7 @@ def monitored(tmp_path_factory, mlflow_tracking_uri, built_data):
         "PLANTS_MODEL_URI": f"models:/{name}@champion",
         "KEDRO_DISABLE_TELEMETRY": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         register_champion(mlflow_tracking_uri, name=name)
         index = pd.read_parquet(project.path / "data" / "03_primary" / "dataset_index.parquet")
         with running_api(
@@ -51,12 +48,6 @@ def monitored(tmp_path_factory, mlflow_tracking_uri, built_data):
             db_url=env["PLANTS_DB_URL"],
         ) as api:
             yield project, env, index, api
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _test_images(index: pd.DataFrame) -> list[bytes]:
