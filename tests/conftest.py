@@ -32,6 +32,10 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("ZENML_AUTO_OPEN_DASHBOARD", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# As `plants-mlops demo` does: MLflow's import leaves the `mlflow` loggers alone (otherwise
+# they stop propagating to the root logger, and whether a test sees their records depends
+# on whether an earlier test imported mlflow first).
+os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 # Test credentials for the moto S3 server only; real ones never live in the repository.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
