@@ -10,6 +10,7 @@ moto is several times slower than MinIO: its S3 figure is a floor, not MinIO's s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -143,40 +144,45 @@ def _params(target: str, threads: int) -> dict:
     )
 
 
+@contextlib.contextmanager
+def moto_server(logs: Path):
+    """moto's S3 server in its own process (the tests run it on a thread; here it must not
+    share this process's GIL with the clients being timed)."""
+    port = servers.free_port()
+    server = servers.ManagedProcess(
+        "moto_server",
+        [str(servers.VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        health_url=f"http://127.0.0.1:{port}/moto-api/",
+        log_path=logs / "moto.log",
+    ).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     rows = manifest()
     logs = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    port = servers.free_port()
-    mirror = servers.ManagedProcess(
-        "http mirror",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/http_mirror.py"),
-            "--root",
-            str(ROOT / "samples/plants"),
-            "--port",
-            str(port),
-        ],
-        health_url=f"http://127.0.0.1:{port}/health",
-        log_path=logs / "mirror.log",
-    ).start()
-    base = f"http://127.0.0.1:{port}/"
     size = sum(p.stat().st_size for p in (ROOT / "samples/plants").rglob("*.jpg")) / 1e6
     print(
         f"data benchmark: {len(rows)} images ({size:.1f} MB), median of {args.repeat} runs, "
         f"{os.cpu_count()} CPUs"
     )
-    try:
-        with servers.moto_s3(logs) as s3_url:
-            s3_raw = ingestion_table(rows, base, port, s3_url, args.repeat)
-            formatting_table(rows, base, s3_raw, args.repeat)
-    finally:
-        mirror.stop()
-    print(f"\npeak RSS of the benchmark process (ingestion + formatting in-process): "
-          f"{peak_rss_mb():.0f} MiB")
+    with (
+        servers.http_mirror(ROOT / "samples/plants", logs / "mirror.log") as base,
+        moto_server(logs) as s3_url,
+    ):
+        port = int(base.rstrip("/").rsplit(":", 1)[1])
+        s3_raw = ingestion_table(rows, base, port, s3_url, args.repeat)
+        formatting_table(rows, base, s3_raw, args.repeat)
+    print(
+        f"\npeak RSS of the benchmark process (ingestion + formatting in-process): "
+        f"{peak_rss_mb():.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from memory import process_peak_rss_mb  # benchmarks/memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "plants"
-VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.servers import VENV_BIN, free_port  # noqa: E402  (the test suite's helpers)
 
 
 def register_benchmark_model(
@@ -173,11 +175,7 @@ def main() -> int:
                 tracking_uri, args.architecture, args.image_size, args.resize_size
             )
 
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,

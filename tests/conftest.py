@@ -1,18 +1,22 @@
-"""Shared fixtures: every server here is real and runs in its own process on 127.0.0.1.
+"""Shared fixtures: every server here is real and listens on 127.0.0.1.
 
-- ``s3_endpoint``: moto_server (S3 API), stands in for MinIO.
+- ``s3_endpoint``: moto's S3 API server (threaded, real HTTP), stands in for MinIO.
 - ``http_mirror``: an HTTP server over samples/plants with fault routes.
 - ``mlflow_tracking_uri``: ``mlflow server`` (SQLite backend, artifacts on the S3 server).
 - ``postgres_url`` / ``mariadb_url``: a fresh database on the machine's servers.
 - ``kedro_project``: a throw-away copy of this Kedro project (conf + empty data layers).
+- ``built_data`` / ``data_project``: the data layers of the full manifest, built once per
+  session; a ``kedro_project`` with a copy of them.
+- ``small_data`` / ``small_model``: a 100-image in-memory dataset and a small CNN trained on
+  it, once per session, for the model-stage tests that call nodes directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +32,10 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("ZENML_AUTO_OPEN_DASHBOARD", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# As `plants-mlops demo` does: MLflow's import leaves the `mlflow` loggers alone (otherwise
+# they stop propagating to the root logger, and whether a test sees their records depends
+# on whether an earlier test imported mlflow first).
+os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 # Test credentials for the moto S3 server only; real ones never live in the repository.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -40,8 +48,8 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(logs_dir) -> Iterator[str]:
-    with servers.moto_s3(logs_dir) as url:
+def s3_endpoint() -> Iterator[str]:
+    with servers.moto_s3() as url:
         yield url
 
 
@@ -58,22 +66,8 @@ def s3_bucket(s3_endpoint) -> str:
 @pytest.fixture(scope="session")
 def http_mirror(logs_dir) -> Iterator[str]:
     """Base URL of a real HTTP server mirroring the public dataset URLs (see FAULTS)."""
-    port = servers.free_port()
-    proc = servers.ManagedProcess(
-        "http mirror",
-        [
-            sys.executable,
-            str(ROOT / "tests" / "support" / "http_mirror.py"),
-            "--root",
-            str(SAMPLES),
-            "--port",
-            str(port),
-        ],
-        health_url=f"http://127.0.0.1:{port}/health",
-        log_path=logs_dir / "http-mirror.log",
-    ).start()
-    yield f"http://127.0.0.1:{port}/"
-    proc.stop()
+    with servers.http_mirror(SAMPLES, logs_dir / "http-mirror.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +130,13 @@ def mariadb_url() -> Iterator[str]:
     drop()
 
 
+class KedroRun:
+    """What a finished run left: its exit status and its output, from either runner."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 class KedroProject:
     """A copy of the project's configuration with empty data layers, in a temp folder."""
 
@@ -143,6 +144,39 @@ class KedroProject:
         self.path = path
 
     def run(
+        self,
+        pipeline: str,
+        env: str | None = None,
+        params: dict | None = None,
+        extra_env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> KedroRun:
+        """``kedro run --pipelines PIPELINE`` in this process: a ``KedroSession`` on this
+        project (cwd, environment and ``--params`` as the CLI would see them). A failed run
+        returns code 1 with the traceback as its stderr (or raises when ``check``)."""
+        import traceback
+
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+        from omegaconf import OmegaConf
+
+        runtime = OmegaConf.to_container(  # what the CLI's --params parses to
+            OmegaConf.from_dotlist([f"{k}={v}" for k, v in (params or {}).items()])
+        )
+        with environment(extra_env or {}), contextlib.chdir(self.path):
+            bootstrap_project(self.path)
+            try:
+                with KedroSession.create(
+                    project_path=self.path, env=env, runtime_params=runtime
+                ) as session:
+                    session.run(pipeline_names=pipeline.split(","))
+            except Exception:
+                if check:
+                    raise
+                return KedroRun(1, "", traceback.format_exc())
+        return KedroRun(0, "", "")
+
+    def run_cli(
         self,
         pipeline: str,
         env: str | None = None,
@@ -171,10 +205,33 @@ class KedroProject:
             )
         return proc
 
+    def copy_data_from(self, source: KedroProject) -> KedroProject:
+        """This project's data layers and SQLite table replaced by ``source``'s (built
+        once per session by ``built_data``), so a test starts where `kedro run --pipelines
+        data` left off without running it."""
+        data = self.path / "data"
+        shutil.rmtree(data)
+        shutil.copytree(source.path / "data", data)
+        return self
 
-@pytest.fixture
-def kedro_project(tmp_path, monkeypatch) -> KedroProject:
-    dest = tmp_path / "project"
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def new_project(dest: Path) -> KedroProject:
+    """A throw-away copy of this Kedro project: conf (no conf/local), empty data layers."""
     dest.mkdir()
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
@@ -184,7 +241,52 @@ def kedro_project(tmp_path, monkeypatch) -> KedroProject:
     (dest / "samples").symlink_to(ROOT / "samples")
     # kedro wants a source dir inside the project; the package itself is installed (-e)
     (dest / "src").mkdir()
-    # Isolate every store the project writes to from the developer's own.
-    monkeypatch.setenv("PLANTS_DB_URL", f"sqlite:///{dest / 'data' / 'plants.db'}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dest / 'data' / 'mlflow.db'}")
     return KedroProject(dest)
+
+
+def project_env(project: KedroProject) -> dict[str, str]:
+    """The stores a project copy writes to, isolated from the developer's own."""
+    data = project.path / "data"
+    return {
+        "PLANTS_DB_URL": f"sqlite:///{data / 'plants.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{data / 'mlflow.db'}",
+    }
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch) -> KedroProject:
+    project = new_project(tmp_path / "project")
+    for name, value in project_env(project).items():
+        monkeypatch.setenv(name, value)
+    return project
+
+
+@pytest.fixture(scope="session")
+def built_data(tmp_path_factory) -> KedroProject:
+    """`kedro run --pipelines data` on the full shipped manifest (400 images, offline from
+    the sample folder), once per session and in process; tests copy its data layers."""
+    project = new_project(tmp_path_factory.mktemp("built-data") / "project")
+    project.run("data", extra_env=project_env(project))
+    return project
+
+
+@pytest.fixture
+def data_project(kedro_project, built_data) -> KedroProject:
+    """``kedro_project`` with the data layers and table of ``built_data`` copied in."""
+    return kedro_project.copy_data_from(built_data)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """100 sample images (50 per label) in the layout of the data layers, in memory."""
+    from support import model_data
+
+    return model_data.build(per_label=50)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_data):
+    """A small CNN trained and exported by the training nodes on ``small_data``."""
+    from support import model_data
+
+    return model_data.Trained(small_data, model_data.SMALL_MODEL)

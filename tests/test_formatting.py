@@ -23,11 +23,11 @@ SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15, "salt": "plants-split-v1"}
 
 
 @pytest.mark.slow
-def test_offline_data_run_of_the_full_manifest_builds_every_layer(kedro_project):
-    """`kedro run --pipelines data` on a fresh project: seeds the table from the manifest,
-    reads the shipped sample folder (the default mirror), formats and validates."""
-    kedro_project.run("data")
-    data = kedro_project.path / "data"
+def test_offline_data_run_of_the_full_manifest_builds_every_layer(data_project):
+    """`kedro run --pipelines data` on a fresh project (the session's ``built_data``, copied
+    here): seeds the table from the manifest, reads the shipped sample folder (the default
+    mirror), formats and validates. Formatting again goes through the real CLI."""
+    data = data_project.path / "data"
 
     raw = sorted((data / "01_raw").rglob("*.jpg"))
     assert len(raw) == 400
@@ -58,7 +58,7 @@ def test_offline_data_run_of_the_full_manifest_builds_every_layer(kedro_project)
     assert report["passed"] is True, [c for c in report["checks"] if not c["passed"]]
 
     # Formatting again changes nothing: same index, same fingerprint.
-    kedro_project.run("formatting")
+    data_project.run_cli("formatting")
     again = read_json(data / "03_primary" / "dataset_fingerprint.json")
     assert again["fingerprint"] == fingerprint["fingerprint"]
 

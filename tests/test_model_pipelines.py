@@ -1,14 +1,15 @@
-"""End to end through the real ``kedro run`` CLI: the data pipelines, then training,
-evaluation and registry on the embedded SQLite MLflow store, then ``plants-mlops registry``."""
+"""End to end through Kedro sessions in process: the data layers (the session's
+``built_data`` copy, or the data pipeline on S3), then training, evaluation and registry on
+the embedded SQLite MLflow store or a tracking server, then ``plants-mlops registry``."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
-from support import servers
+
+from plants_mlops import cli
 
 # A quick model (small CNN, 64 px, a stratified subset) and a gate it can pass.
 TRAIN = {
@@ -24,16 +25,11 @@ GATE = {"registry.gate.min_f1": 0.0, "registry.gate.require_beat_baseline": "fal
 
 
 @pytest.mark.slow
-def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project, tmp_path):
-    from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
-
-    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=50), tmp_path)
-    write_params(kedro_project.path, "local", SUBSET_VALIDATION)
-    kedro_project.run("data")
+def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monkeypatch, capsys):
     for pipeline in ("training", "evaluation", "registry"):
-        kedro_project.run(pipeline, params={**TRAIN, **GATE})
+        data_project.run(pipeline, params={**TRAIN, **GATE})
 
-    data = kedro_project.path / "data"
+    data = data_project.path / "data"
     for name in ("model.onnx", "model_checkpoint.pt", "serving_meta.json"):
         assert (data / "06_models" / name).stat().st_size > 0
     summary = json.loads((data / "08_reporting" / "training_report.json").read_text())
@@ -54,16 +50,10 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(kedro_project, tmp
     assert decision["verdict"] == "pass"
     assert decision["champion"] == decision["model_version"] == "1"
 
-    listed = subprocess.run(
-        [str(servers.VENV_BIN / "plants-mlops"), "registry", "list", "--json"],
-        cwd=kedro_project.path,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    rows = json.loads(listed.stdout)
+    monkeypatch.chdir(data_project.path)
+    capsys.readouterr()
+    assert cli.main(["registry", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["aliases"], r["verdict"]) for r in rows] == [
         ("1", ["champion"], "pass")
     ]

@@ -1,20 +1,18 @@
-"""Monitoring for real: the data pipeline builds the training reference, the API serves a
-registered champion and logs what it sees, ``kedro run --pipelines monitoring`` judges it.
+"""Monitoring for real: the data pipeline builds the training reference (the session's
+``built_data``), the API serves a registered champion and logs what it sees, the
+monitoring pipeline (a Kedro session in process) judges it.
 Held-out test images must not flag drift; darkened, blurred or greyscale ones must."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-from conftest import PUBLIC_PREFIX, ROOT, SAMPLES, KedroProject
+from conftest import PUBLIC_PREFIX, SAMPLES, KedroProject, environment, new_project
 from PIL import Image, ImageEnhance, ImageFilter
 from support.champion import register_champion, unique_model_name
 from support.serving import running_api
@@ -28,23 +26,11 @@ SHIFTS = {
 }
 
 
-def _project(dest: Path) -> KedroProject:
-    dest.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    (dest / "src").mkdir()
-    for layer in ("01_raw", "02_intermediate", "03_primary", "06_models", "08_reporting"):
-        (dest / "data" / layer).mkdir(parents=True)
-    (dest / "samples").symlink_to(ROOT / "samples")
-    return KedroProject(dest)
-
-
 @pytest.fixture(scope="module")
-def monitored(tmp_path_factory, mlflow_tracking_uri):
+def monitored(tmp_path_factory, mlflow_tracking_uri, built_data):
     """A project with its data layers built, a champion, and the API logging into its DB."""
     root = tmp_path_factory.mktemp("monitoring")
-    project = _project(root / "project")
+    project = new_project(root / "project").copy_data_from(built_data)
     name = unique_model_name("plants-classifier-monitoring")
     env = {
         "PLANTS_DB_URL": f"sqlite:///{project.path / 'data' / 'plants.db'}",
@@ -52,10 +38,7 @@ def monitored(tmp_path_factory, mlflow_tracking_uri):
         "PLANTS_MODEL_URI": f"models:/{name}@champion",
         "KEDRO_DISABLE_TELEMETRY": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        project.run("data", extra_env=env)
+    with environment(env):
         register_champion(mlflow_tracking_uri, name=name)
         index = pd.read_parquet(project.path / "data" / "03_primary" / "dataset_index.parquet")
         with running_api(
@@ -65,12 +48,6 @@ def monitored(tmp_path_factory, mlflow_tracking_uri):
             db_url=env["PLANTS_DB_URL"],
         ) as api:
             yield project, env, index, api
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _test_images(index: pd.DataFrame) -> list[bytes]:

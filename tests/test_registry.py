@@ -28,53 +28,20 @@ from plants_mlops.pipelines.evaluation.nodes import (
     evaluate_champion,
 )
 from plants_mlops.pipelines.registry.nodes import register_and_gate
-from plants_mlops.pipelines.training.nodes import (
-    export_serving_model,
-    log_training_run,
-    train_model,
-)
+from plants_mlops.pipelines.training.nodes import log_training_run, train_model
 
-TRAIN = stage_params(
-    "training",
-    architecture="small_cnn",
-    weights=None,
-    image_size=64,
-    epochs=6,
-    batch_size=16,
-    optimizer={"name": "adamw", "lr": 0.003},
-    early_stopping={"patience": 6},
-    augment={"crop_scale": [0.7, 1.0], "hflip": True},
-    seed=3,
-    device="cpu",
-    quiet=True,
-    mlflow={"enabled": False},  # the fit itself needs no server; logging does
-)
+TRAIN = model_data.SMALL_MODEL  # what conftest's small_model was trained with
 # The gate the tests use: no absolute threshold (tiny models), the champion comparison on.
 GATE = {"min_f1": 0.0, "require_beat_baseline": False, "champion_tolerance": 0.01}
 EVAL = stage_params("evaluation", mlflow={"tracking_uri": None})
 
 
-class Trained:
-    def __init__(self, data: model_data.ModelData, params: dict) -> None:
-        self.data = data
-        self.checkpoint, self.history = train_model(data.dataset_index, data.fmt_images, params)
-        self.onnx = export_serving_model(self.checkpoint, params)
-
-
 @pytest.fixture(scope="module")
-def data() -> model_data.ModelData:
-    return model_data.build(per_label=50)
-
-
-@pytest.fixture(scope="module")
-def good(data) -> Trained:
-    return Trained(data, TRAIN)
-
-
-@pytest.fixture(scope="module")
-def worse(data) -> Trained:
+def worse(small_data) -> model_data.Trained:
     """Never trained (learning rate 0): the run the gate must refuse."""
-    return Trained(data, deep_merge(TRAIN, {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.0}}))
+    return model_data.Trained(
+        small_data, deep_merge(TRAIN, {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.0}})
+    )
 
 
 @pytest.fixture
@@ -82,7 +49,7 @@ def model_name() -> str:
     return f"plants-test-{uuid.uuid4().hex[:8]}"
 
 
-def log_run(trained: Trained, experiment: str) -> tuple[dict, dict, dict]:
+def log_run(trained: model_data.Trained, experiment: str) -> tuple[dict, dict, dict]:
     d = trained.data
     return log_training_run(
         trained.checkpoint,
@@ -95,7 +62,7 @@ def log_run(trained: Trained, experiment: str) -> tuple[dict, dict, dict]:
     )
 
 
-def evaluate(trained: Trained, meta: dict, summary: dict, model_name: str) -> dict:
+def evaluate(trained: model_data.Trained, meta: dict, summary: dict, model_name: str) -> dict:
     d = trained.data
     params = deep_merge(EVAL, {"model_name": model_name})
     subset, baselines = params["subset"], params["baselines"]
@@ -108,7 +75,7 @@ def evaluate(trained: Trained, meta: dict, summary: dict, model_name: str) -> di
     )[0]
 
 
-def lifecycle(trained: Trained, model_name: str) -> tuple[dict, dict, dict]:
+def lifecycle(trained: model_data.Trained, model_name: str) -> tuple[dict, dict, dict]:
     """training (logging) -> evaluation -> registry, as the three pipelines chain them."""
     meta, summary, _ = log_run(trained, model_name)
     report = evaluate(trained, meta, summary, model_name)
@@ -128,19 +95,21 @@ def run_cli(capsys, uri: str, model_name: str, *argv: str) -> tuple[int, str, st
 
 
 def test_training_run_logs_params_metrics_figures_and_the_model(
-    good, mlflow_tracking_uri, monkeypatch, model_name, tmp_path
+    small_model, mlflow_tracking_uri, monkeypatch, model_name, tmp_path
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
-    meta, summary, _ = log_run(good, model_name)
+    meta, summary, _ = log_run(small_model, model_name)
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["architecture"] == "small_cnn"
     assert run.data.params["optimizer.lr"] == "0.003"
     assert int(run.data.params["split_size_train"]) == summary["split_sizes"]["train"]
-    assert run.data.tags["dataset_fingerprint"] == good.data.dataset_fingerprint["fingerprint"]
+    assert (
+        run.data.tags["dataset_fingerprint"] == small_model.data.dataset_fingerprint["fingerprint"]
+    )
     assert len(run.data.tags["git_commit"]) >= 40
     history = client.get_metric_history(run.info.run_id, "val_f1_macro")
-    assert [m.step for m in history] == list(range(1, good.history["epochs_run"] + 1))
+    assert [m.step for m in history] == list(range(1, small_model.history["epochs_run"] + 1))
     assert run.data.metrics["test_f1_macro"] == pytest.approx(meta["test_metrics"]["f1_macro"])
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"confusion_matrix.png", "roc_curve.png", "pr_curve.png"} <= figures
@@ -153,21 +122,23 @@ def test_training_run_logs_params_metrics_figures_and_the_model(
     assert served["labels"] == ["dandelion", "grass"]
     info = mlflow.models.get_model_info(summary["model_uri"])
     assert info.signature is not None and info.saved_input_example_info is not None
-    assert info.metadata["dataset_fingerprint"] == good.data.dataset_fingerprint["fingerprint"]
+    assert (
+        info.metadata["dataset_fingerprint"] == small_model.data.dataset_fingerprint["fingerprint"]
+    )
     assert summary["model_size_bytes"] == (folder / "model.onnx").stat().st_size
 
 
 def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
-    good, worse, mlflow_tracking_uri, monkeypatch, model_name
+    small_model, worse, mlflow_tracking_uri, monkeypatch, model_name
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
-    _, report1, first = lifecycle(good, model_name)
+    _, report1, first = lifecycle(small_model, model_name)
     assert first["verdict"] == "pass" and first["aliases"] == [ALIAS_CHAMPION]
     assert report1["champion"] == {"version": None}
     tags = client.get_model_version(model_name, first["model_version"]).tags
     assert tags["verdict"] == "pass"
-    assert tags["dataset_fingerprint"] == good.data.dataset_fingerprint["fingerprint"]
+    assert tags["dataset_fingerprint"] == small_model.data.dataset_fingerprint["fingerprint"]
     assert {"gate.min_f1", "gate.champion_f1", "gate.checks"} <= set(tags)
 
     _, report2, second = lifecycle(worse, model_name)
@@ -182,12 +153,12 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
 
 
 def test_promote_rollback_and_audit_commands(
-    good, worse, mlflow_tracking_uri, monkeypatch, model_name, capsys
+    small_model, worse, mlflow_tracking_uri, monkeypatch, model_name, capsys
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     monkeypatch.setenv("PLANTS_MLOPS_ACTOR", "ci-tester")
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
-    v1 = lifecycle(good, model_name)[2]["model_version"]
+    v1 = lifecycle(small_model, model_name)[2]["model_version"]
     v2 = lifecycle(worse, model_name)[2]["model_version"]
 
     rc, out, _ = run_cli(capsys, mlflow_tracking_uri, model_name, "list", "--json")
@@ -234,13 +205,13 @@ def test_promote_rollback_and_audit_commands(
 
 
 def test_a_model_that_fails_to_load_is_never_promoted(
-    good, mlflow_tracking_uri, monkeypatch, model_name, capsys
+    small_model, mlflow_tracking_uri, monkeypatch, model_name, capsys
 ):
     from support.champion import register_champion
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
     client = MlflowClient(mlflow_tracking_uri, registry_uri=mlflow_tracking_uri)
-    v1 = lifecycle(good, model_name)[2]["model_version"]
+    v1 = lifecycle(small_model, model_name)[2]["model_version"]
     broken = register_champion(
         mlflow_tracking_uri, broken=True, set_alias=False, experiment=model_name, name=model_name
     ).version
@@ -263,14 +234,14 @@ def test_registry_commands_say_clearly_when_mlflow_is_unreachable(capsys):
 
 
 def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
-    good, worse, tmp_path, monkeypatch, model_name
+    small_model, worse, tmp_path, monkeypatch, model_name
 ):
     workdir = tmp_path / "mlflow"
     with servers.mlflow_server(workdir) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        v1 = lifecycle(good, model_name)[2]["model_version"]
-        meta, summary, _ = log_run(good, model_name)
-        report = evaluate(good, meta, summary, model_name)
+        v1 = lifecycle(small_model, model_name)[2]["model_version"]
+        meta, summary, _ = log_run(small_model, model_name)
+        report = evaluate(small_model, meta, summary, model_name)
     # The server is gone between evaluation and registry.
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
@@ -279,8 +250,8 @@ def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
         log_run(worse, model_name)
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
         train_model(
-            good.data.dataset_index,
-            good.data.fmt_images,
+            small_model.data.dataset_index,
+            small_model.data.fmt_images,
             deep_merge(TRAIN, {"mlflow.enabled": True}),
         )
     assert time.monotonic() - t0 < 60
@@ -292,11 +263,11 @@ def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
 
 
 def test_lifecycle_on_a_postgresql_backed_tracking_server(
-    good, postgres_url, tmp_path, monkeypatch, model_name, capsys
+    small_model, postgres_url, tmp_path, monkeypatch, model_name, capsys
 ):
     with servers.mlflow_server(tmp_path / "mlflow-pg", backend_uri=postgres_url) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        decision = lifecycle(good, model_name)[2]
+        decision = lifecycle(small_model, model_name)[2]
         assert decision["verdict"] == "pass" and decision["champion"] == decision["model_version"]
         rc, out, _ = run_cli(capsys, uri, model_name, "list")
         assert rc == 0 and "champion" in out

@@ -254,20 +254,16 @@ def test_each_prediction_is_logged_with_stats_probabilities_and_embedding(client
         ({"PLANTS_MODEL_POLL_SECONDS": "soon"}, "PLANTS_MODEL_POLL_SECONDS='soon' is not a number"),
     ],
 )
-def test_serve_refuses_bad_settings_with_a_one_line_error(tmp_path, env, message):
-    import os
-    import subprocess
+def test_serve_refuses_bad_settings_with_a_one_line_error(
+    tmp_path, env, message, monkeypatch, capsys
+):
+    from plants_mlops import cli
 
-    from support.servers import VENV_BIN
-
-    proc = subprocess.run(
-        [str(VENV_BIN / "plants-mlops"), "serve", "--port", "1"],
-        env={**os.environ, "PLANTS_PREDICTION_LOG_URI": "", **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"PLANTS_PREDICTION_LOG_URI": "", **env}.items():
+        monkeypatch.setenv(name, value)
+    returncode = cli.main(["serve", "--port", "1"])
+    stderr = capsys.readouterr().err
+    assert returncode == 1
+    assert message in stderr
+    assert "Traceback" not in stderr

@@ -21,21 +21,13 @@ from plants_mlops.params import Gate
 from plants_mlops.pipelines.evaluation.nodes import evaluate_baselines
 from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
 
-TINY = stage_params(
-    "training",
-    architecture="small_cnn",
-    weights=None,
-    image_size=64,
+TINY = model_data.small_cnn_params(
     epochs=3,
-    batch_size=16,
     optimizer={"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
     scheduler="cosine",
     early_stopping={"patience": 3},
     augment={"crop_scale": [0.7, 1.0], "hflip": True, "color_jitter": 0.1},
     seed=7,
-    device="cpu",
-    quiet=True,
-    mlflow={"enabled": False},
 )
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pandas as pd
 import pytest
-from data_testlib import SUBSET_VALIDATION, manifest_rows, read_json, seed, write_params
+from data_testlib import read_json
 from support.params import stage_params
 
 from plants_mlops import contracts, imaging
@@ -116,17 +115,15 @@ def test_dataset_rules_catch_imbalance_small_classes_skewed_splits_and_missing_i
     assert missing["failing_rows"] == [1, 2, 3, 4] and "http_404" in missing["detail"]
 
 
-def test_a_failing_check_stops_the_kedro_run_and_the_report_still_lands(kedro_project, tmp_path):
-    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
-    write_params(kedro_project.path, "local", SUBSET_VALIDATION)
-    kedro_project.run("ingestion,formatting")
-    proc = kedro_project.run(
-        "validation", params={"validation.min_images_per_class": 25}, check=False
+def test_a_failing_check_stops_the_kedro_run_and_the_report_still_lands(data_project):
+    """On the full manifest's layers (200 images per class), a threshold of 250 fails."""
+    proc = data_project.run(
+        "validation", params={"validation.min_images_per_class": 250}, check=False
     )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "DataValidationError" in output and "min_images_per_class" in output
-    report = read_json(kedro_project.path / "data" / "08_reporting" / "validation_report.json")
+    report = read_json(data_project.path / "data" / "08_reporting" / "validation_report.json")
     assert report["passed"] is False
     failed = _failed(report)
     assert set(failed) == {("dataset_index", "min_images_per_class")}
@@ -134,8 +131,8 @@ def test_a_failing_check_stops_the_kedro_run_and_the_report_still_lands(kedro_pr
         "dandelion",
         "grass",
     ]
-    # With the subset's thresholds the same data passes.
-    kedro_project.run("validation")
-    assert read_json(kedro_project.path / "data" / "08_reporting" / "validation_report.json")[
+    # With the shipped thresholds the same data passes.
+    data_project.run("validation")
+    assert read_json(data_project.path / "data" / "08_reporting" / "validation_report.json")[
         "passed"
     ]

@@ -1,5 +1,6 @@
-"""Real servers for the test suite: started as separate processes on 127.0.0.1 free ports,
-waited on through their health endpoints, stopped at the end. No in-process fakes."""
+"""Real servers for the test suite on 127.0.0.1 free ports, waited on through their health
+endpoints, stopped at the end: separate processes, except moto's S3 server, which is a
+real HTTP server on a thread of the test process (it starts in a fraction of the time)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from plants_mlops.orchestration.dashboards import wait_http
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -24,22 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited early with code {proc.returncode}")
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code < 500:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not healthy after {timeout}s (last error: {last})")
 
 
 @dataclass
@@ -85,27 +70,55 @@ class ManagedProcess:
 
 
 @contextlib.contextmanager
-def moto_s3(log_dir: Path) -> Iterator[str]:
-    """An S3 API server (moto_server); yields its endpoint URL."""
+def moto_s3() -> Iterator[str]:
+    """An S3 API server (moto's ``ThreadedMotoServer``: HTTP on a port, served from a thread
+    of this process); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
     port = free_port()
-    server = ManagedProcess(
-        "moto_server",
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        health_url=f"http://127.0.0.1:{port}/moto-api/",
-        log_path=log_dir / "moto.log",
-    ).start()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
     try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
+def http_mirror(root: Path, log_path: Path) -> Iterator[str]:
+    """tests/support/http_mirror.py serving ``root`` (with its fault routes); yields its
+    base URL (ending in ``/``)."""
+    port = free_port()
+    server = ManagedProcess(
+        "http mirror",
+        [
+            sys.executable,
+            str(Path(__file__).with_name("http_mirror.py")),
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+        ],
+        health_url=f"http://127.0.0.1:{port}/health",
+        log_path=log_path,
+    ).start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def mlflow_server(
-    workdir: Path, *, backend_uri: str | None = None, artifacts_destination: str | None = None,
+    workdir: Path,
+    *,
+    backend_uri: str | None = None,
+    artifacts_destination: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """A real ``mlflow server`` (one worker); yields its tracking URI."""
+    """A real ``mlflow server`` (one worker, no job runner: its huey consumers are five
+    more processes the tests never use); yields its tracking URI."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     backend_uri = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
@@ -113,15 +126,22 @@ def mlflow_server(
     server = ManagedProcess(
         "mlflow server",
         [
-            str(VENV_BIN / "mlflow"), "server",
-            "--backend-store-uri", backend_uri,
-            "--artifacts-destination", artifacts_destination,
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            artifacts_destination,
             "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
         health_url=f"http://127.0.0.1:{port}/health",
-        env=env or {},
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         log_path=workdir / "mlflow-server.log",
     ).start(timeout=120)
     try:
@@ -140,8 +160,15 @@ def ensure_local_databases() -> None:
             )
     if os.path.exists("/usr/sbin/mariadbd") and not _port_open(3306):
         subprocess.run(
-            ["start-stop-daemon", "--start", "--oknodo", "--background",
-             "--exec", "/usr/sbin/mariadbd"], check=False,
+            [
+                "start-stop-daemon",
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/mariadbd",
+            ],
+            check=False,
         )
         for _ in range(40):
             if _port_open(3306):

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from support import servers
 
@@ -31,15 +28,8 @@ class RunningApi:
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            last = httpx.get(f"{url}/ready", timeout=5)
-            if last.status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{url}/ready not 200 after {timeout}s: {last and last.text}")
+    """Until ``/ready`` stops answering 503 (the model is loaded)."""
+    servers.wait_http(f"{url}/ready", timeout=timeout)
 
 
 @contextlib.contextmanager
