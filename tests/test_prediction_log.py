@@ -8,27 +8,10 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import sqlalchemy as sa
-from PIL import Image
+from support.serving import prediction_record
 
-from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord, SqlSink
-
-
-def record(i: int, created_at: datetime | None = None) -> PredictionRecord:
-    return PredictionRecord(
-        request_id=f"r{i}",
-        created_at=created_at or datetime.now(UTC),
-        model_version="1",
-        label="grass",
-        probabilities={"dandelion": 0.2, "grass": 0.8},
-        latency_ms=3.0,
-        image_format="jpg",
-        orig_width=10,
-        orig_height=10,
-        image=Image.new("RGB", (16, 16), (0, 128, 0)),
-        embedding=np.arange(4, dtype=np.float32),
-    )
+from plants_mlops.serving.predlog import PredictionLogWriter, SqlSink
 
 
 class FlakySink:
@@ -70,7 +53,7 @@ def test_an_outage_warns_once_keeps_memory_bounded_and_loses_nothing(tmp_path, c
     )
     with caplog.at_level(logging.INFO, logger="plants_mlops.serving.predlog"):
         for i in range(100):
-            writer.submit(record(i))
+            writer.submit(prediction_record(i))
             time.sleep(0.002)
         _wait(lambda: writer.pending() == 0 and writer.spilled >= 75)
         assert writer.buffered() <= 25
@@ -118,9 +101,9 @@ def test_a_full_queue_drops_with_a_count_instead_of_growing(tmp_path):
     writer = PredictionLogWriter(
         sink, batch_size=1, flush_seconds=0.05, spill_dir=tmp_path, max_queue=5
     )
-    writer.submit(record(0))
+    writer.submit(prediction_record(0))
     _wait(lambda: writer.pending() == 0)  # the writer took it and is stuck in write()
-    accepted = sum(writer.submit(record(i)) for i in range(1, 21))
+    accepted = sum(writer.submit(prediction_record(i)) for i in range(1, 21))
     assert accepted == 5 and writer.dropped == 15
     sink.release.set()
     writer.close()
@@ -131,8 +114,8 @@ def test_old_rows_and_rows_over_the_cap_are_pruned(tmp_path):
     url = f"sqlite:///{tmp_path / 'log.db'}"
     sink = SqlSink(url)
     old = datetime.now(UTC) - timedelta(days=40)
-    sink.write([record(i, old).to_row() for i in range(5)])
-    sink.write([record(i + 5).to_row() for i in range(10)])
+    sink.write([prediction_record(i, old).to_row() for i in range(5)])
+    sink.write([prediction_record(i + 5).to_row() for i in range(10)])
     removed = sink.prune(max_age_days=30, max_rows=8)
     assert removed == 7  # 5 too old, then 2 over the cap (the oldest first)
     with sa.create_engine(url).connect() as conn:

@@ -189,12 +189,10 @@ def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_
 def test_rows_the_store_cannot_take_at_shutdown_are_spilled_to_a_file_not_lost(tmp_path):
     """A database that refuses connections: close() retries, then spills every row."""
     import json
-    from datetime import UTC, datetime
 
-    import numpy as np
-    from PIL import Image
+    from support.serving import prediction_record
 
-    from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord, SqlSink
+    from plants_mlops.serving.predlog import PredictionLogWriter, SqlSink
 
     port = servers.free_port()  # nothing listens there
     sink = SqlSink(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/none")
@@ -202,21 +200,7 @@ def test_rows_the_store_cannot_take_at_shutdown_are_spilled_to_a_file_not_lost(t
         sink, batch_size=1000, flush_seconds=3600, spill_dir=tmp_path / "spill"
     )
     for i in range(5):
-        writer.submit(
-            PredictionRecord(
-                request_id=f"r{i}",
-                created_at=datetime.now(UTC),
-                model_version="1",
-                label="grass",
-                probabilities={"dandelion": 0.2, "grass": 0.8},
-                latency_ms=3.0,
-                image_format="jpg",
-                orig_width=10,
-                orig_height=10,
-                image=Image.new("RGB", (16, 16), (0, 128, 0)),
-                embedding=np.arange(4, dtype=np.float32),
-            )
-        )
+        writer.submit(prediction_record(i))
     writer.close()
     lines = [
         json.loads(line)

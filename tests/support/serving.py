@@ -77,3 +77,27 @@ def running_api(
         yield api
     finally:
         proc.stop()
+
+
+def prediction_record(i: int, created_at=None):
+    """A small, valid record as the API hands it to the prediction log (``r{i}``)."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops.serving.predlog import PredictionRecord
+
+    return PredictionRecord(
+        request_id=f"r{i}",
+        created_at=created_at or datetime.now(UTC),
+        model_version="1",
+        label="grass",
+        probabilities={"dandelion": 0.2, "grass": 0.8},
+        latency_ms=3.0,
+        image_format="jpg",
+        orig_width=10,
+        orig_height=10,
+        image=Image.new("RGB", (16, 16), (0, 128, 0)),
+        embedding=np.arange(4, dtype=np.float32),
+    )
