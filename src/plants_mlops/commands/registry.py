@@ -52,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace):
-    from plants_mlops.model import registry
+    from plants_mlops.model import tracking
 
-    return registry.client(args.tracking_uri, must_exist=True)
+    return tracking.client(args.tracking_uri, must_exist=True)
 
 
 def _fmt(value: float | None) -> str:

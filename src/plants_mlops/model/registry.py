@@ -23,7 +23,7 @@ from typing import Any
 
 from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, REGISTERED_MODEL_NAME
 from plants_mlops.errors import UserFacingError
-from plants_mlops.model import artifact, tracking
+from plants_mlops.model import artifact
 from plants_mlops.model.artifact import LoggedArtifact, ServingMeta
 from plants_mlops.params import Gate
 
@@ -32,12 +32,6 @@ AUDIT_PREFIX = "audit."
 
 class RegistryError(UserFacingError):
     """A registry operation was refused; nothing was changed."""
-
-
-def client(uri: str | None = None, must_exist: bool = False):
-    """A client for the resolved tracking URI (registry on the same store), after checking
-    that it answers."""
-    return tracking.client(uri, must_exist=must_exist)
 
 
 def _not_found(exc: Exception) -> bool:

@@ -50,10 +50,9 @@ def _execute(
         # step's cache key on this summary.
         summary.data_key = f"no-fingerprint:{uuid.uuid4()}"
     metadata = summary.metadata()
-    metadata["kedro_datasets"] = {d.name: d.uri for d in result.datasets}
-    log_metadata(metadata=metadata)
+    log.info("%s: %s", stage, metadata)
+    log_metadata(metadata={**metadata, "kedro_datasets": {d.name: d.uri for d in result.datasets}})
     publish_datasets(stage, result.datasets)
-    log.info("%s: %s", stage, summary.metadata())
     return summary
 
 

@@ -224,7 +224,13 @@ def log_training_run(
     if p.mlflow.enabled:
         report.update(
             _log_run(
-                p, meta, serving_model, training_history, report, dataset_fingerprint, y_test, proba
+                p,
+                meta,
+                serving_model,
+                training_history,
+                report,
+                dataset_fingerprint,
+                (y_test, proba, metrics),
             )
         )
         meta = meta.model_copy(update={"mlflow_run_id": report["mlflow_run_id"]})
@@ -253,21 +259,18 @@ def _log_run(
     history: dict,
     report: dict,
     fingerprint_doc: dict | None,
-    y_test: np.ndarray,
-    proba: np.ndarray,
+    tested: tuple[np.ndarray, np.ndarray, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Everything about the run into MLflow through one explicit client."""
-    from plants_mlops.model import artifact
-    from plants_mlops.model.metrics import (
-        classification_metrics,
-        confusion_matrix_png,
-        curves_png,
-        scalar_metrics,
-    )
+    """Everything about the run into MLflow through one explicit client.
 
+    ``tested`` is (labels, probabilities, metrics) of the test split, computed once by the caller.
+    """
+    from plants_mlops.model import artifact
+    from plants_mlops.model.metrics import confusion_matrix_png, curves_png, scalar_metrics
+
+    y_test, proba, test = tested
     cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
     cfg = history["config"]
-    test = classification_metrics(y_test, proba)
     with tracking.open_run(cl, p.mlflow.experiment, run_name=p.mlflow.run_name) as run:
         meta = meta.model_copy(update={"mlflow_run_id": run.run_id})
         run.log_params(_flat_params(cfg))
