@@ -33,7 +33,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/test-prereqs.sh
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest --cov=plants_mlops --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --cov=plants_mlops --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

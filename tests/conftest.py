@@ -42,6 +42,20 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Modules holding a ``slow`` test first, the ZenML ones (the longest) leading: with
+    ``make test``'s workers (pytest-xdist, one module per worker at a time) the long
+    modules start at once instead of last, so they do not leave one worker running alone
+    at the end. The order within a module is unchanged."""
+    slow = {i.module.__name__ for i in items if i.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        name = item.module.__name__
+        return 0 if "zenml" in name else 1 if name in slow else 2
+
+    items.sort(key=rank)  # stable: collection order kept within each rank
+
+
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
@@ -274,6 +288,19 @@ def built_data(tmp_path_factory) -> KedroProject:
 def data_project(kedro_project, built_data) -> KedroProject:
     """``kedro_project`` with the data layers and table of ``built_data`` copied in."""
     return kedro_project.copy_data_from(built_data)
+
+
+@pytest.fixture(scope="session")
+def zenml_local(tmp_path_factory):
+    """``zenml_testlib.LocalZenml``: the `local` stack and one full ZenML pipeline run on a
+    40-image project copy, shared by the ZenML pipeline and dashboard tests."""
+    from zenml_testlib import LocalZenml, small_project, zenml_env
+
+    tmp = tmp_path_factory.mktemp("zenml-local")
+    project = new_project(tmp / "project")
+    stores = project_env(project)
+    small_project(project.path, "local", tmp, db_url=stores["PLANTS_DB_URL"])
+    return LocalZenml(project.path, zenml_env(tmp / "zenml-home", **stores), tmp)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The ZenML pipeline over the Kedro pipelines on the `local` stack, and the stack command.
+"""The ZenML pipeline over the Kedro pipelines on the `local` stack, the stack command, and
+`plants-mlops dashboards` (the ZenML dashboard, kedro-viz and the MLflow UI, checked in
+headless Chromium: the pipeline and run names must be in the rendered page).
 
 Real everything: the `plants-mlops` CLI in subprocesses, ZenML's local SQLite store in a
 per-session ZENML_CONFIG_PATH, MLflow's embedded SQLite store, the project's own Kedro
@@ -7,10 +9,11 @@ pipelines on a 40-image subset.
 
 from __future__ import annotations
 
-import os
+import re
 import sqlite3
 import subprocess
 
+import httpx
 import mlflow
 import pytest
 from support.servers import VENV_BIN
@@ -18,24 +21,18 @@ from zenml_testlib import (
     ALL_STAGES,
     TINY_TRAINING,
     cli,
-    pipeline_run,
+    rendered_text,
     run_json,
-    small_project,
     zenml_env,
     zenml_query,
 )
+
+from plants_mlops.orchestration.dashboards import zenml_token
 
 
 @pytest.fixture(scope="module")
 def zen_home(tmp_path_factory):
     return tmp_path_factory.mktemp("zenml-home")
-
-
-@pytest.fixture
-def small(kedro_project, tmp_path):
-    """The project copy with 40 seeded images and validation thresholds a subset can meet."""
-    small_project(kedro_project.path, "local", tmp_path)
-    return kedro_project
 
 
 def test_minio_stack_without_an_endpoint_is_refused_with_the_variable_to_set(
@@ -112,15 +109,13 @@ def test_schedule_on_the_local_orchestrator_prints_a_cron_line_running_the_pipel
 
 @pytest.mark.slow
 def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unchanged_data(
-    zen_home, small, tmp_path
+    zenml_local, tmp_path
 ):
-    env = zenml_env(zen_home)
-    project = small.path
-    out = tmp_path / "run1.json"
-    registered = cli(["stack", "register", "local"], env, project)
+    env, project = zenml_local.env, zenml_local.project
+    registered = zenml_local.registered
     assert "stack local registered and active" in registered.stdout
     assert "validation: ok" in registered.stdout
-    run = pipeline_run(["--stack", "local", "--params", *TINY_TRAINING], env, project, out)
+    run = zenml_local.first
     assert run["status"] == "completed" and run["stack"] == "local"
     assert run["stages"] == ALL_STAGES
     assert run["cached"] == []
@@ -134,7 +129,7 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     assert s["registry"]["model_version"] and s["registry"]["verdict"]
 
     # The Kedro nodes logged into the experiment tracker's run (ZenML tags it).
-    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     mlrun = client.get_run(run_id)
     assert mlrun.data.tags.get("zenml") and mlrun.info.run_name == run["run_name"]
     assert "test_f1_macro" in mlrun.data.metrics and "eval_f1_macro" in mlrun.data.metrics
@@ -193,8 +188,7 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     assert run["run_name"] in runs.stdout
 
     # Same data: training (and what depends only on it) comes from the cache.
-    out2 = tmp_path / "run2.json"
-    run2 = pipeline_run(["--params", *TINY_TRAINING], env, project, out2)
+    run2 = zenml_local.run(["--params", *TINY_TRAINING])
     assert {"training", "evaluation"} <= set(run2["cached"])
     assert not {"ingestion", "formatting", "validation"} & set(run2["cached"])
     assert run2["summaries"]["training"]["mlflow_run_id"] == run_id
@@ -211,16 +205,94 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
 
     # Changed data (one image of each label leaves the table): a new fingerprint, so
     # training runs again.
-    db_path = os.environ["PLANTS_DB_URL"].removeprefix("sqlite:///")
+    db_path = env["PLANTS_DB_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(db_path) as conn:
         conn.execute(
             "DELETE FROM plants_data WHERE id IN (SELECT max(id) FROM plants_data GROUP BY label)"
         )
-    out3 = tmp_path / "run3.json"
-    run3 = pipeline_run(["--params", *TINY_TRAINING], env, project, out3)
+    run3 = zenml_local.run(["--params", *TINY_TRAINING])
     assert (
         run3["summaries"]["formatting"]["dataset_fingerprint"]
         != s["formatting"]["dataset_fingerprint"]
     )
     assert "training" not in run3["cached"]
     assert run3["summaries"]["training"]["mlflow_run_id"] != run_id
+
+
+def _urls(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"^(zenml|kedro-viz|mlflow)\s+(http://\S+)$", stdout, re.M))
+
+
+@pytest.mark.slow
+def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(zenml_local, tmp_path):
+    # The session's ZenML home and project, where the full pipeline ran (and where the
+    # ZenML pipeline test may have made later runs: the link is to the latest).
+    project, env = zenml_local.project, zenml_local.env
+    run = zenml_local.latest
+
+    try:
+        started = cli(["dashboards"], env, project)
+        urls = _urls(started.stdout)
+        assert set(urls) == {"zenml", "kedro-viz", "mlflow"}
+        assert httpx.get(f"{urls['zenml']}/health", timeout=10).status_code == 200
+
+        # ZenML dashboard: the run list (not the onboarding survey) with our run.
+        runs_page = rendered_text(f"{urls['zenml']}/projects/default/runs")
+        assert "Survey" not in runs_page
+        assert run["run_name"] in runs_page and "plants_mlops" in runs_page
+        # ... and a direct link to the run just made.
+        latest = re.search(r"^latest run\s+(http://\S+)$", started.stdout, re.M)
+        assert (
+            latest and latest.group(1) == f"{urls['zenml']}/projects/default/runs/{run['run_id']}"
+        )
+
+        # The Kedro datasets the steps wrote and the validation report's HTML are outputs of
+        # the run's steps, and the report is served as the HTML visualization the dashboard
+        # shows, which renders in Chromium.
+        outputs = zenml_query(
+            f"""
+        r = client.get_pipeline_run("{run["run_id"]}")
+        result = {{n: str(vs[0].id) for n, vs in r.steps["validation"].outputs.items()}}
+    """,
+            env,
+            project,
+        )
+        assert {"validation", "kedro.validation_report", "validation_report_html"} <= set(outputs)
+        version_id = outputs["validation_report_html"]
+        token = zenml_token(urls["zenml"])
+        shown = httpx.get(
+            f"{urls['zenml']}/api/v1/artifact_versions/{version_id}/visualize",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        assert shown["type"] == "html"
+        page = tmp_path / "visualization.html"
+        page.write_text(shown["value"])
+        visible = rendered_text(page.as_uri(), budget_ms=2000)
+        assert "Validation report" in visible and "checks passed" in visible
+
+        # kedro-viz: every pipeline and the nodes of the default one, on five layers.
+        viz = rendered_text(urls["kedro-viz"])
+        for name in (
+            *ALL_STAGES,
+            "ingest_images",
+            "build_dataset_index",
+            "train_model",
+        ):
+            assert name in viz, name
+        layers = httpx.get(f"{urls['kedro-viz']}/api/main", timeout=30).json()["layers"]
+        assert layers == ["raw", "intermediate", "primary", "models", "reporting"]
+
+        # MLflow UI on the embedded store.
+        assert httpx.get(f"{urls['mlflow']}/health", timeout=10).status_code == 200
+        assert "MLflow" in httpx.get(urls["mlflow"], timeout=10).text
+
+        # Asking again reuses what runs.
+        again = cli(["dashboards"], env, project)
+        assert _urls(again.stdout) == urls
+    finally:
+        stopped = cli(["dashboards", "--stop"], env, project)
+    assert "stopped zenml" in stopped.stdout
+    for url in urls.values():
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, timeout=5)

@@ -117,9 +117,31 @@ def pipeline_run(args: list[str], env: dict[str, str], cwd: Path, out: Path) -> 
     return run_json(out)
 
 
-def small_project(project: Path, env_name: str, tmp_path: Path) -> None:
+def small_project(project: Path, env_name: str, tmp_path: Path, db_url: str | None = None) -> None:
     """Seed 40 images into the project's table, with validation thresholds a subset meets."""
     from data_testlib import SUBSET_VALIDATION, manifest_rows, seed, write_params
 
-    seed(os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
+    seed(db_url or os.environ["PLANTS_DB_URL"], manifest_rows(per_label=20), tmp_path)
     write_params(project, env_name, SUBSET_VALIDATION)
+
+
+class LocalZenml:
+    """A 40-image project copy, a ZenML home with the ``local`` stack registered, and the
+    runs made there: the first is the full pipeline, made once per session for the ZenML
+    pipeline and dashboard tests (each run costs the better part of a minute here)."""
+
+    def __init__(self, project: Path, env: dict[str, str], tmp: Path) -> None:
+        self.project, self.env, self.tmp = project, env, tmp
+        self.registered = cli(["stack", "register", "local"], env, project)
+        self.runs: list[dict] = []
+        self.first = self.run(["--stack", "local", "--params", *TINY_TRAINING])
+
+    def run(self, args: list[str]) -> dict:
+        """``plants-mlops pipeline run ARGS``; its summary, recorded as the latest run."""
+        out = self.tmp / f"run{len(self.runs) + 1}.json"
+        self.runs.append(pipeline_run(args, self.env, self.project, out))
+        return self.runs[-1]
+
+    @property
+    def latest(self) -> dict:
+        return self.runs[-1]
