@@ -32,6 +32,14 @@ def _env_int(name: str, default: int) -> int:
     return int(_env_float(name, default))
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     env = os.environ if env is None else env
     keys = [k.strip() for k in env.get("PLANTS_API_KEYS", "").split(",")]
@@ -61,6 +69,7 @@ _BOUNDS = (
     ("PLANTS_BATCH_WAIT_MS", "batch_wait_ms", 0.0, 50.0, "ms (or 0: off)"),
     ("PLANTS_BATCH_MAX", "batch_max", 1, 256, "images"),
     ("PLANTS_BATCH_RUNNERS", "batch_runners", 1, 64, "model calls at once"),
+    ("PLANTS_SERVE_WORKERS", "workers", 1, 64, "processes"),
     ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
     ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
@@ -88,7 +97,7 @@ class ServingConfig:
     # its largest size, and how many batches run at once.
     batch_wait_ms: float = 2.0
     batch_max: int = 16
-    batch_runners: int = 2
+    batch_runners: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
     db_url: str = DEFAULT_DB_URL
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
@@ -124,7 +133,11 @@ class ServingConfig:
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
             batch_wait_ms=_env_float("PLANTS_BATCH_WAIT_MS", 2.0),
             batch_max=_env_int("PLANTS_BATCH_MAX", 16),
-            batch_runners=_env_int("PLANTS_BATCH_RUNNERS", 2),
+            # One model call at a time per core, across the workers.
+            batch_runners=_env_int(
+                "PLANTS_BATCH_RUNNERS",
+                max(1, usable_cores() // max(1, _env_int("PLANTS_SERVE_WORKERS", 1))),
+            ),
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
