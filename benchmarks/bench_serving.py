@@ -1,10 +1,16 @@
 """Prediction API benchmark: cold start to ready, latency at concurrency 1, throughput at
-concurrency 8, over HTTP on 127.0.0.1 with real JPEG uploads (decode included).
+concurrency 8, over HTTP on 127.0.0.1 with real JPEG uploads (decode included), each
+figure also as a ratio to the in-process floor (decode + preprocess + model, no HTTP).
 
 By default it trains nothing: it builds the product architecture (efficientnet_lite0 with
 its bundled ImageNet weights and an untrained head, so the compute is exactly the real
 champion's), registers it in a throw-away local MLflow registry and serves it. Point it at
 an existing champion with ``--tracking-uri URI [--model-uri models:/plants-classifier@champion]``.
+
+The floor is measured in this process before the server starts, with the same ONNX Runtime
+session options the server uses: latency of one image at batch 1 on one thread, and the
+best images/s of one thread per core each decoding, preprocessing and predicting batches
+of 1, 2, 4, 8 or 16 images.
 
 The load generator is a raw asyncio HTTP/1.1 client sending pre-encoded multipart requests
 over keep-alive connections, so that the client costs little of the 2 shared cores.
@@ -23,9 +29,11 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 from memory import process_peak_rss_mb  # benchmarks/memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +41,14 @@ SAMPLES = ROOT / "samples" / "plants"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.servers import VENV_BIN, free_port  # noqa: E402  (the test suite's helpers)
+
+# Settings a benchmark run may vary (docs/serving.md); printed with the figures.
+SERVER_SETTINGS = (
+    "PLANTS_BATCH_WAIT_MS",
+    "PLANTS_BATCH_MAX",
+    "PLANTS_BATCH_RUNNERS",
+    "PLANTS_SERVE_WORKERS",
+)
 
 
 def register_benchmark_model(
@@ -65,6 +81,90 @@ def register_benchmark_model(
         cl, contracts.ALIAS_CHAMPION, version, action="benchmark", reason="benchmark", name=name
     )
     return f"models:/{name}@champion"
+
+
+def _floor_images(model, blobs: list[bytes], batch: int, offset: int) -> int:
+    """Decode, preprocess and predict ``batch`` images (the API's code path, no HTTP)."""
+    from plants_mlops import imaging
+
+    xs = [
+        model.preprocess(imaging.decode_image(blobs[(offset + i) % len(blobs)]).image)[0]
+        for i in range(batch)
+    ]
+    model.run(np.stack(xs))
+    return batch
+
+
+def measure_floor(
+    tracking_uri: str, model_uri: str, blobs: list[bytes], threads: int, seconds: float
+) -> dict:
+    """The in-process floor: batch-1 latency on one thread, and the best throughput of one
+    thread per core over batch sizes (each thread its own batches on the one session)."""
+    from plants_mlops.model import artifact, tracking
+
+    model = artifact.load_registered(tracking.client(tracking_uri), model_uri, threads=threads)
+    for i in range(30):  # warm-up
+        _floor_images(model, blobs, 1, i)
+    lat = []
+    for i in range(200):
+        t0 = time.perf_counter()
+        _floor_images(model, blobs, 1, i)
+        lat.append(time.perf_counter() - t0)
+    cores = os.cpu_count() or 1
+    rates, cpu_ms = {}, {}
+    for batch in (1, 2, 4, 8, 16):
+        counts = [0] * cores
+        cpu0 = time.process_time()
+        until = time.perf_counter() + seconds
+
+        def loop(slot: int, batch: int = batch, until: float = until, counts=counts) -> None:
+            i = slot * 997
+            while time.perf_counter() < until:
+                counts[slot] += _floor_images(model, blobs, batch, i)
+                i += batch
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(cores) as pool:
+            list(pool.map(loop, range(cores)))
+        rates[batch] = sum(counts) / (time.perf_counter() - started)
+        cpu_ms[batch] = (time.process_time() - cpu0) * 1000 / max(1, sum(counts))
+    best = max(rates, key=rates.get)
+    return {"lat": lat, "cores": cores, "rates": rates, "best": best, "cpu_ms": cpu_ms}
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's supervisor and its workers)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [c for c, ppid in parents.items() if ppid == p]
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (uvicorn's workers), from
+    /proc: a cost per request that other sessions' load on the shared cores barely moves."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total / tick
 
 
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
@@ -160,6 +260,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration at concurrency 8")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--ort-threads", default=os.environ.get("PLANTS_ORT_THREADS", "1"))
+    ap.add_argument("--floor-seconds", type=float, default=3.0, help="per batch size")
+    ap.add_argument("--no-floor", action="store_true", help="skip the in-process floor")
     args = ap.parse_args()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -174,6 +276,15 @@ def main() -> int:
             model_uri = register_benchmark_model(
                 tracking_uri, args.architecture, args.image_size, args.resize_size
             )
+
+    files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
+    blobs = [p.read_bytes() for p in files]
+    floor = None
+    if not args.no_floor:
+        print("measuring the in-process floor ...")
+        floor = measure_floor(
+            tracking_uri, model_uri, blobs, int(args.ort_threads), args.floor_seconds
+        )
 
     port = free_port()
     env = {
@@ -210,15 +321,18 @@ def main() -> int:
         cold = time.perf_counter() - t0
         model = httpx.get(f"http://127.0.0.1:{port}/model").json()
 
-        files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
-        requests = [multipart_request(port, p.read_bytes(), p.name) for p in files]
+        requests = [multipart_request(port, b, p.name) for p, b in zip(files, blobs, strict=True)]
         sizes = [p.stat().st_size for p in files]
         asyncio.run(run_load(port, requests, 1, count=50))  # warm-up
+        cpu0 = tree_cpu_seconds(proc.pid)
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
+        cpu1 = tree_cpu_seconds(proc.pid)
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
         )
-        server_rss = process_peak_rss_mb(proc.pid)
+        cpu8 = tree_cpu_seconds(proc.pid)
+        peaks = [process_peak_rss_mb(p) for p in process_tree(proc.pid)]
+        server_rss = sum(p for p in peaks if p is not None) if any(peaks) else None
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -228,22 +342,48 @@ def main() -> int:
         f"input {model['image_size']} px, resize {model['resize_size']} px), "
         f"ORT threads {args.ort_threads}"
     )
+    tuned = {k: v for k, v in sorted(os.environ.items()) if k in SERVER_SETTINGS}
+    print(f"server settings from the environment (else the defaults): {tuned or 'none'}")
     print(
         f"images: {len(files)} sample JPEGs, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
         f"decoded per request; prediction log on (SQLite)"
     )
     print(f"cold start to ready:     {cold:6.2f} s  (process start -> GET /ready 200)")
     if server_rss is not None:
-        print(f"server peak RSS:         {server_rss:6.0f} MiB (after the load)")
+        print(f"server peak RSS:         {server_rss:6.0f} MiB (after the load, all processes)")
     print(
         f"concurrency 1 ({len(lat1)} req): p50 {pct(lat1, 50):6.2f} ms   "
         f"p95 {pct(lat1, 95):6.2f} ms   p99 {pct(lat1, 99):6.2f} ms   failures {len(fail1)}"
     )
+    rate8 = len(lat8) / elapsed8
+    print(
+        f"server CPU per request: concurrency 1 {(cpu1 - cpu0) * 1000 / len(lat1):5.2f} ms, "
+        f"concurrency {args.concurrency} {(cpu8 - cpu1) * 1000 / len(lat8):5.2f} ms"
+    )
     print(
         f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "
-        f"{len(lat8) / elapsed8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "
+        f"{rate8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "
         f"p99 {pct(lat8, 99):6.2f} ms   failures {len(fail8)}"
     )
+    if floor is not None:
+        f50 = pct(floor["lat"], 50)
+        best = floor["best"]
+        rates = "  ".join(f"b{b} {r:.0f}" for b, r in floor["rates"].items())
+        print(
+            f"floor, in process, batch 1, 1 thread: p50 {f50:6.2f} ms   "
+            f"p99 {pct(floor['lat'], 99):6.2f} ms"
+        )
+        print(
+            f"floor, in process, {floor['cores']} threads: images/s {rates}  "
+            f"(best: batch {best}, {floor['rates'][best]:.0f}/s)"
+        )
+        cpu = "  ".join(f"b{b} {c:.2f}" for b, c in floor["cpu_ms"].items())
+        print(f"floor CPU per image (ms): {cpu}")
+        print(
+            f"HTTP / floor: concurrency-1 p50 {pct(lat1, 50) / f50:.2f}x the floor's latency; "
+            f"concurrency-{args.concurrency} throughput {rate8 / floor['rates'][best]:.0%} "
+            f"of the floor's best ({rate8 / floor['rates'][1]:.0%} of its batch-1 rate)"
+        )
     return 0 if not (fail1 or fail8) else 1
 
 

@@ -3,7 +3,6 @@ new champion, and a clean shutdown that flushes the prediction log."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import boto3
@@ -12,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from support import images, servers
 from support.champion import register_champion, set_champion, unique_model_name
-from support.serving import ADMIN_KEY, running_api, wait_ready
+from support.serving import ADMIN_KEY, predict_burst, running_api, wait_ready
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 
@@ -49,37 +48,20 @@ def test_a_new_champion_is_swapped_in_during_a_burst_with_zero_failed_requests(
     name = unique_model_name()
     v1 = register_champion(mlflow_tracking_uri, name=name, seed=1).version
     env = {"PLANTS_MODEL_POLL_SECONDS": "0.5"}
-    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
-        results: list[tuple[int, str | None]] = []
-        stop = threading.Event()
-
-        def hammer(worker: int) -> None:
-            with httpx.Client(base_url=api.url, timeout=30) as c:
-                i = worker
-                while not stop.is_set():
-                    r = _predict(c, i)
-                    version = r.json().get("model_version") if r.status_code == 200 else None
-                    results.append((r.status_code, version))
-                    i += 4
-
-        threads = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            time.sleep(1.0)
-            v2 = register_champion(mlflow_tracking_uri, name=name, seed=2).version
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if httpx.get(f"{api.url}/model").json()["version"] == v2:
-                    break
-                time.sleep(0.2)
-            time.sleep(1.0)  # keep the burst going on the new model
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-    statuses = [s for s, _ in results]
-    versions = [v for _, v in results]
+    with (
+        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api,
+        predict_burst(api.url) as results,
+    ):
+        time.sleep(1.0)
+        v2 = register_champion(mlflow_tracking_uri, name=name, seed=2).version
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if httpx.get(f"{api.url}/model").json()["version"] == v2:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # keep the burst going on the new model
+    statuses = [s for s, _, _ in results]
+    versions = [v for _, v, _ in results]
     assert statuses.count(200) == len(results), f"failed: {[s for s in statuses if s != 200]}"
     assert v1 in versions and v2 in versions
     # once the swap happened, no request went back to the old model

@@ -25,6 +25,12 @@ from plants_mlops.serving.config import ServingConfig
             "PLANTS_MAX_UPLOAD_BYTES=-1 is outside 1024..104857600 bytes",
         ),
         ({"PLANTS_ORT_THREADS": "0"}, "PLANTS_ORT_THREADS=0 is outside 1..64 threads"),
+        (
+            {"PLANTS_BATCH_WAIT_MS": "-1"},
+            "PLANTS_BATCH_WAIT_MS=-1 is outside 0..50 ms (or 0: off)",
+        ),
+        ({"PLANTS_BATCH_MAX": "0"}, "PLANTS_BATCH_MAX=0 is outside 1..256 images"),
+        ({"PLANTS_SERVE_WORKERS": "0"}, "PLANTS_SERVE_WORKERS=0 is outside 1..64 processes"),
     ],
 )
 def test_a_setting_outside_its_range_is_refused_in_one_line(monkeypatch, env, line):

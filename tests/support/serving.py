@@ -79,6 +79,41 @@ def running_api(
         proc.stop()
 
 
+@contextlib.contextmanager
+def predict_burst(url: str, clients: int = 4) -> Iterator[list[tuple[int, str | None, float]]]:
+    """``clients`` threads posting sample JPEGs to ``/predict`` until the block ends; yields
+    the list they fill with (status, model_version or None, time.monotonic())."""
+    import threading
+    import time
+
+    import httpx
+
+    from support import images
+
+    results: list[tuple[int, str | None, float]] = []
+    stop = threading.Event()
+
+    def hammer(worker: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            i = worker
+            while not stop.is_set():
+                data = images.sample_jpeg(i % 50, "dandelion" if i % 2 else "grass")
+                r = c.post("/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+                version = r.json().get("model_version") if r.status_code == 200 else None
+                results.append((r.status_code, version, time.monotonic()))
+                i += clients
+
+    threads = [threading.Thread(target=hammer, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def prediction_record(i: int, created_at=None):
     """A small, valid record as the API hands it to the prediction log (``r{i}``)."""
     from datetime import UTC, datetime

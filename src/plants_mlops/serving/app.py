@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from plants_mlops.orchestration.retrain import RetrainRunner
 from plants_mlops.serving import errors
+from plants_mlops.serving.batching import MicroBatcher
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.middleware import RequestContextMiddleware
@@ -51,6 +53,16 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             else None
         )
         app.state.service = PredictionService(config, manager, metrics, writer, retrain)
+        batcher = None
+        if config.batch_wait_ms > 0:
+            batcher = MicroBatcher(
+                max_batch=config.batch_max,
+                wait_ms=config.batch_wait_ms,
+                runners=config.batch_runners,
+                on_batch=metrics.batch_size.observe,
+            )
+            batcher.start()
+        app.state.batcher = batcher
         log.info(
             "starting: model %s, prediction log %s",
             config.model_uri,
@@ -65,7 +77,10 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if batcher is not None:
+                await batcher.stop()
             manager.stop()
+            metrics.worker_exiting()
             if writer is not None:
                 writer.close()
                 log.info(
@@ -96,3 +111,12 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one uvicorn worker process (``serve --workers N``): the settings come
+    from the environment the serve command prepared, logging as in the single process."""
+    from plants_mlops.serving.logs import configure_json_logging
+
+    configure_json_logging(int(os.environ.get("PLANTS_LOG_LEVEL", logging.INFO)))
+    return create_app(ServingConfig.from_env())

@@ -32,6 +32,14 @@ def _env_int(name: str, default: int) -> int:
     return int(_env_float(name, default))
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     env = os.environ if env is None else env
     keys = [k.strip() for k in env.get("PLANTS_API_KEYS", "").split(",")]
@@ -58,6 +66,10 @@ _BOUNDS = (
     ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
     ("PLANTS_DECODE_BUDGET_PIXELS", "decode_budget_pixels", 1_000_000, 1_000_000_000, "pixels"),
     ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
+    ("PLANTS_BATCH_WAIT_MS", "batch_wait_ms", 0.0, 50.0, "ms (or 0: off)"),
+    ("PLANTS_BATCH_MAX", "batch_max", 1, 256, "images"),
+    ("PLANTS_BATCH_RUNNERS", "batch_runners", 1, 64, "model calls at once"),
+    ("PLANTS_SERVE_WORKERS", "workers", 1, 64, "processes"),
     ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
     ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
@@ -80,6 +92,12 @@ class ServingConfig:
     # image, or many phone photos, decode together; more wait their turn.
     decode_budget_pixels: int = 48_000_000
     ort_threads: int = 1
+    # Micro-batching of concurrent /predict requests (serving/batching.py): how long a
+    # batch may wait for requests still decoding (0: off, one model call per request),
+    # its largest size, and how many batches run at once.
+    batch_wait_ms: float = 2.0
+    batch_max: int = 16
+    batch_runners: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
     db_url: str = DEFAULT_DB_URL
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
@@ -90,6 +108,10 @@ class ServingConfig:
     retrain_command: tuple[str, ...] = ()
     retrain_cwd: str | None = None
     startup_retry_seconds: float = 5.0
+    # Set by ``serve --workers N`` (N > 1): a file POST /admin/reload writes to make every
+    # worker reload, since the request reaches only one of them.
+    reload_signal_file: str | None = None
+    workers: int = 1  # worker processes serving together (serve --workers)
 
     @classmethod
     def from_env(cls, **overrides) -> ServingConfig:
@@ -109,6 +131,13 @@ class ServingConfig:
             max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
             decode_budget_pixels=_env_int("PLANTS_DECODE_BUDGET_PIXELS", 48_000_000),
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
+            batch_wait_ms=_env_float("PLANTS_BATCH_WAIT_MS", 2.0),
+            batch_max=_env_int("PLANTS_BATCH_MAX", 16),
+            # One model call at a time per core, across the workers.
+            batch_runners=_env_int(
+                "PLANTS_BATCH_RUNNERS",
+                max(1, usable_cores() // max(1, _env_int("PLANTS_SERVE_WORKERS", 1))),
+            ),
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
@@ -118,6 +147,8 @@ class ServingConfig:
             log_max_rows=_env_int("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000_000),
             retrain_command=tuple(shlex.split(retrain)) if retrain else (),
             retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
+            reload_signal_file=os.environ.get("PLANTS_RELOAD_SIGNAL_FILE") or None,
+            workers=_env_int("PLANTS_SERVE_WORKERS", 1),
         )
         values.update(overrides)
         config = cls(**values)

@@ -17,14 +17,14 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_service(request: Request) -> PredictionService:
+async def get_service(request: Request) -> PredictionService:
     return request.app.state.service
 
 
 ServiceDep = Annotated[PredictionService, Depends(get_service)]
 
 
-def get_model(service: ServiceDep) -> ServingModel:
+async def get_model(service: ServiceDep) -> ServingModel:
     model = service.manager.current  # read once: this request keeps this model
     if model is None:
         raise ApiError(503, "model_not_ready", "no model loaded yet; retry when /ready is 200")
@@ -34,14 +34,14 @@ def get_model(service: ServiceDep) -> ServingModel:
 ModelDep = Annotated[ServingModel, Depends(get_model)]
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     return request.state.request_id
 
 
 RequestIdDep = Annotated[str, Depends(request_id)]
 
 
-def require_api_key(
+async def require_api_key(
     key: Annotated[str | None, Security(api_key_header)], service: ServiceDep
 ) -> str:
     keys = service.config.api_keys

@@ -1,8 +1,17 @@
-"""Prometheus metrics of one app instance (own registry: several apps can live in a process)."""
+"""Prometheus metrics of one app instance (own registry: several apps can live in a process).
+
+With several uvicorn workers (``plants-mlops serve --workers N``) the serve command sets
+``PROMETHEUS_MULTIPROC_DIR``: every worker writes its values there and ``/metrics``, in
+whichever worker answers, reports the sum over the live workers (prometheus_client's
+multiprocess mode; gauges say how they combine: ``livemax``, ``livemin``, ``livesum``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate_latest
 
 from plants_mlops import contracts
 
@@ -35,6 +44,12 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "plants_inference_batch_size",
+            "Images per model call of the /predict micro-batcher",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.rejected = Counter(
             "plants_rejected_inputs_total", "Inputs refused, by reason", ["reason"], registry=r
         )
@@ -43,20 +58,71 @@ class ServiceMetrics:
             "1 for the version being served",
             ["name", "version"],
             registry=r,
+            multiprocess_mode="livemax",  # 1 while any worker serves that version
         )
-        self.model_loaded = Gauge("plants_model_loaded", "1 once a model serves", registry=r)
+        self.model_loaded = Gauge(
+            "plants_model_loaded",
+            "1 once a model serves",
+            registry=r,
+            multiprocess_mode="liveall",  # one value per worker (a pid label)
+        )
         self.reload_failures = Counter(
             "plants_model_reload_failures_total",
             "New model versions that failed to load",
             registry=r,
         )
         self.log_pending = Gauge(
-            "plants_prediction_log_pending", "Records not yet written", registry=r
+            "plants_prediction_log_pending",
+            "Records not yet written",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         for label in contracts.LABELS:  # expose zeroes before the first prediction
             self.predictions.labels(label=label, model_version="none")
 
     def model_swapped(self, name: str, version: str) -> None:
-        self.model_info.clear()
+        if MULTIPROCESS:  # the values live in files: zero the old version, do not forget it
+            for labels in list(self.model_info._metrics):
+                self.model_info.labels(*labels).set(0)
+        else:
+            self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
         self.model_loaded.set(1)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text ``/metrics`` serves: this app's registry, or with several workers the
+        values of every live worker combined."""
+        if not MULTIPROCESS:
+            return _generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return _generate_latest(combined), CONTENT_TYPE_LATEST
+
+    def workers_loaded(self) -> int:
+        """How many live workers serve a model (multiprocess mode; else 0 or 1)."""
+        if not MULTIPROCESS:
+            return int(self.model_loaded._value.get() == 1)
+        from prometheus_client import multiprocess
+
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return int(combined.get_sample_value("plants_model_loaded") or 0) + sum(
+            1
+            for metric in combined.collect()
+            if metric.name == "plants_model_loaded"
+            for sample in metric.samples
+            if "pid" in sample.labels and sample.value == 1
+        )
+
+    def worker_exiting(self) -> None:
+        """Drop this worker's live gauges from the combined values (multiprocess mode)."""
+        if MULTIPROCESS:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+
+# prometheus_client picks file-backed values at import when this is set (serve --workers).
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -8,6 +8,7 @@ finish on the old session, new ones start on the new session, nothing is dropped
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,7 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self.on_swap = None  # callback(model) for metrics
         self.on_failure = None  # callback() for metrics
+        self._signal_seen = self._signal() if config.reload_signal_file else ""
 
     def registry(self) -> Registry:
         if self._registry is None:
@@ -142,14 +144,17 @@ class ModelManager:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        forced = False
         while not self._stop.is_set():
-            outcome = self.reload()
+            outcome = self.reload(force=forced)
             if self._stop.is_set():
                 return
             if self.current is None:
                 wait = self.config.startup_retry_seconds
             elif self.config.poll_seconds > 0:
                 wait = self.config.poll_seconds
+            elif self.config.reload_signal_file:
+                wait = None  # only reloads asked for through another worker
             else:
                 return  # polling off: the admin reload route is the only trigger
             if outcome.error and self.current is None:
@@ -158,7 +163,44 @@ class ModelManager:
                     wait,
                     extra={"event": "model_wait", "error": outcome.error},
                 )
-            self._stop.wait(wait)
+            forced = self._wait(wait)
+
+    # --- several workers: POST /admin/reload reaches one; it tells the others -----------
+
+    def _signal(self) -> str:
+        try:
+            with open(self.config.reload_signal_file) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def _wait(self, seconds: float | None) -> bool:
+        """Sleep ``seconds`` (None: until stopped); True when another worker asked every
+        worker to reload meanwhile (``broadcast_reload``), checked every 0.25 s."""
+        if not self.config.reload_signal_file:
+            self._stop.wait(seconds)
+            return False
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._stop.is_set():
+            seen = self._signal()
+            if seen != self._signal_seen:
+                self._signal_seen = seen
+                return True
+            left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop.wait(left)
+        return False
+
+    def broadcast_reload(self) -> None:
+        """Ask every worker's watcher to reload now (a no-op with one worker)."""
+        path = self.config.reload_signal_file
+        if not path:
+            return
+        token = f"{os.getpid()}-{time.time_ns()}"
+        with open(path, "w") as fh:
+            fh.write(token)
+        self._signal_seen = token  # this worker has just reloaded itself
 
     def reload(self, force: bool = False) -> ReloadOutcome:
         """Resolve the model URI; load and swap in the target version if it is new.

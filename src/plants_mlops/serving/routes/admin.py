@@ -30,6 +30,7 @@ router = APIRouter(
 )
 async def reload(service: ServiceDep) -> ReloadResponse:
     outcome = await run_in_threadpool(service.manager.reload, True)
+    service.manager.broadcast_reload()  # the other workers, when there are several
     return ReloadResponse(
         changed=outcome.changed,
         model_version=outcome.version,

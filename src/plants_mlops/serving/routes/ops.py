@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from plants_mlops.serving.deps import ModelDep, ServiceDep
 from plants_mlops.serving.schemas import (
@@ -34,6 +34,11 @@ def ready(service: ServiceDep):
         err = service.manager.last_error
         detail = f"loading {service.config.model_uri}" + (f": {err['error']}" if err else "")
         return JSONResponse(ReadyResponse(ready=False, detail=detail).model_dump(), 503)
+    workers = service.config.workers
+    if workers > 1 and (loaded := service.metrics.workers_loaded()) < workers:
+        # Another worker would still answer 503: ready only when every one has a model.
+        detail = f"{loaded} of {workers} workers have loaded a model"
+        return JSONResponse(ReadyResponse(ready=False, detail=detail).model_dump(), 503)
     return ReadyResponse(ready=True, model_version=model.version)
 
 
@@ -61,4 +66,5 @@ def model_info(model: ModelDep, service: ServiceDep) -> ModelResponse:
 def metrics(service: ServiceDep) -> Response:
     if service.writer is not None:
         service.metrics.log_pending.set(service.writer.pending())
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body, media_type = service.metrics.exposition()
+    return Response(body, media_type=media_type)

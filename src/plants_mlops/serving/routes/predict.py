@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from plants_mlops.serving import batching
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
@@ -48,8 +49,12 @@ async def predict(
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,
+    request: Request,
 ) -> PredictionResponse:
     data = await _read(file, service.config.max_upload_bytes)
+    batcher = getattr(request.app.state, "batcher", None)
+    if batcher is not None:  # concurrent requests share model calls (serving/batching.py)
+        return await batching.predict_one(service, batcher, model, data, rid)
     return await run_in_threadpool(service.predict_one, model, data, rid)
 
 

@@ -1,0 +1,156 @@
+"""Dynamic micro-batching: concurrent ``POST /predict`` requests share ONNX Runtime calls.
+
+Each request still decodes and preprocesses its own image (in the thread pool, in
+parallel), then hands its model input to the :class:`MicroBatcher` and awaits its own row
+of the result; the response, the prediction-log record and the metrics stay per request
+(``PredictionService._respond``). A runner takes the first waiting input and, while other
+requests are still being decoded, waits at most ``wait_ms`` for more (up to ``max_batch``),
+then runs them as one batch. With nothing else in flight it does not wait at all, so a
+lone request pays no batching delay.
+
+- Hot swap: every input carries the model its request read; a batch is split by model, so
+  requests that started on the old version finish on it and nothing is dropped.
+- Errors: decode errors happen before an input is queued and fail only their request. If
+  a batched call raises, its inputs are retried one by one, so only the input that fails
+  alone gets the error.
+- ``runners`` batches can run at once (one ONNX Runtime call each, on its own thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("plants_mlops.serving.batching")
+
+
+@dataclass
+class _Pending:
+    model: Any  # the ServingModel the request read (ServingModel.run)
+    x: np.ndarray  # CHW float32 model input
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(self, *, max_batch: int, wait_ms: float, runners: int = 1, on_batch=None) -> None:
+        self.on_batch = on_batch  # callback(size) after each model call (metrics)
+        self.max_batch = max(1, int(max_batch))
+        self.wait = max(0.0, float(wait_ms)) / 1000.0
+        self.runners = max(1, int(runners))
+        self.preparing = 0  # requests decoding now (their inputs will follow soon)
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the runners on the running event loop (the app's lifespan)."""
+        self._queue = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(self.runners, thread_name_prefix="batch-run")
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._runner(), name=f"batch-runner-{i}")
+            for i in range(self.runners)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        while self._queue is not None and not self._queue.empty():  # never left hanging
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    async def prepare(self, work: Awaitable):
+        """Await a request's decode + preprocess, counted so runners know more is coming."""
+        self.preparing += 1
+        try:
+            return await work
+        finally:
+            self.preparing -= 1
+
+    async def infer(self, model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This input's (probabilities, embedding), computed in a shared batch."""
+        if self._queue is None:
+            raise RuntimeError("the micro-batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(model, x, future))
+        return await future
+
+    async def _collect(self) -> list[_Pending]:
+        queue = self._queue
+        batch = [await queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while len(batch) < self.max_batch:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if self.preparing <= 0 or remaining <= 0:
+                break  # nothing else on its way, or waited long enough
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _runner(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            groups: dict[int, list[_Pending]] = {}
+            for item in batch:  # one call per model: a swap mid-burst splits the batch
+                groups.setdefault(id(item.model), []).append(item)
+            for items in groups.values():
+                try:
+                    await self._run(loop, items)
+                except asyncio.CancelledError:
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(RuntimeError("the server is shutting down"))
+                    raise
+
+    async def _run(self, loop, items: list[_Pending]) -> None:
+        model = items[0].model
+        try:
+            out = await loop.run_in_executor(
+                self._pool, model.run, np.stack([item.x for item in items])
+            )
+        except Exception as exc:
+            if len(items) > 1:  # find the input that fails; the others still get answers
+                log.warning(
+                    "a batch of %d failed (%s); retrying its inputs one by one",
+                    len(items),
+                    exc,
+                    extra={"event": "batch_failed", "size": len(items)},
+                )
+                for item in items:
+                    await self._run(loop, [item])
+                return
+            if not items[0].future.done():
+                items[0].future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        for row, item in enumerate(items):
+            if not item.future.done():  # a client that went away cancelled its future
+                item.future.set_result((out.probabilities[row], out.embeddings[row]))
+
+
+async def predict_one(service, batcher: MicroBatcher, model, data: bytes, request_id: str):
+    """``PredictionService.predict_one`` with the model call shared through ``batcher``:
+    decode and preprocess on the thread pool, infer in a batch, respond per request."""
+    from starlette.concurrency import run_in_threadpool
+
+    prep = await batcher.prepare(run_in_threadpool(service._prepare, model, data))
+    probs, emb = await batcher.infer(model, prep.x)
+    return service._respond(model, prep, probs, emb, request_id, "predict")

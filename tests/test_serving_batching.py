@@ -1,0 +1,159 @@
+"""Micro-batching of concurrent /predict requests and several worker processes, against a
+real ``plants-mlops serve`` (correctness, not timing: the speed is benchmarks/bench_serving.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from support import images
+from support.champion import register_champion, unique_model_name
+from support.serving import ADMIN_KEY, predict_burst, running_api
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def _metric(text: str, metric: str, **labels) -> float:
+    """Sum of the samples of ``metric`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{metric}(?:\{{(.*)\}})? (\S+)$", line)
+        if not m:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def _upload(i: int) -> tuple[str, bytes]:
+    """Every fifth upload is a damaged JPEG; the others are sample photos."""
+    if i % 5 == 4:
+        return "broken.jpg", images.truncated_jpeg()
+    return f"{i}.jpg", images.sample_jpeg(i % 20, "dandelion" if i % 2 else "grass")
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer_and_log_row(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    # A long wait makes the concurrent requests certainly meet in batches.
+    env = {"PLANTS_BATCH_WAIT_MS": "25", "PLANTS_BATCH_MAX": "8", "PLANTS_BATCH_RUNNERS": "1"}
+    uploads = [_upload(i) for i in range(40)]
+    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+
+        def post(i: int) -> httpx.Response:
+            fname, data = uploads[i]
+            with httpx.Client(base_url=api.url, timeout=30) as c:
+                return c.post(
+                    "/predict",
+                    files={"file": (fname, data, "image/jpeg")},
+                    headers={"X-Request-ID": f"burst-{i}"},
+                )
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, range(len(uploads))))
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            # The same images through /predict/batch: one ONNX call, no micro-batcher.
+            good = [i for i in range(len(uploads)) if i % 5 != 4]
+            reference = c.post(
+                "/predict/batch",
+                files=[("files", (uploads[i][0], uploads[i][1], "image/jpeg")) for i in good],
+            ).json()["items"]
+            metrics = c.get("/metrics").text
+        api.stop()
+
+    for i, r in enumerate(answers):
+        assert r.headers["x-request-id"] == f"burst-{i}"
+        if i % 5 == 4:  # a damaged image fails alone, with its own clear error
+            assert r.status_code == 400 and r.json()["error"] == "truncated", r.text
+            assert r.json()["request_id"] == f"burst-{i}"
+        else:
+            assert r.status_code == 200, r.text
+            assert r.json()["request_id"] == f"burst-{i}"
+    for i, ref in zip(good, reference, strict=True):
+        got, want = answers[i].json(), ref["prediction"]
+        assert got["label"] == want["label"]
+        for label, p in want["probabilities"].items():
+            assert got["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+    calls = _metric(metrics, "plants_inference_batch_size_count")
+    batched = _metric(metrics, "plants_inference_batch_size_sum")
+    assert batched == len(good)  # every good /predict image went through the batcher once
+    assert calls < len(good)  # ... in fewer model calls than images: they shared calls
+    assert _metric(metrics, "plants_predictions_total", model_version="1") == 2 * len(good)
+    assert _metric(metrics, "plants_rejected_inputs_total", reason="truncated") == 8
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'plants.db'}")
+    with engine.connect() as conn:
+        logged = conn.execute(
+            sa.text("SELECT request_id FROM prediction_log WHERE endpoint = 'predict'")
+        ).scalars()
+        logged = sorted(logged)
+    engine.dispose()
+    assert logged == sorted(f"burst-{i}" for i in good)
+
+
+def test_batching_off_still_predicts_one_call_per_request(tmp_path, mlflow_tracking_uri):
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    env = {"PLANTS_BATCH_WAIT_MS": "0"}
+    with (
+        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api,
+        httpx.Client(base_url=api.url, timeout=30) as c,
+    ):
+        r = c.post("/predict", files={"file": ("a.jpg", images.sample_jpeg(3), "image/jpeg")})
+        assert r.status_code == 200 and r.json()["label"] in ("dandelion", "grass")
+        assert _metric(c.get("/metrics").text, "plants_inference_batch_size_count") == 0
+
+
+def test_two_workers_each_load_the_model_and_a_reload_reaches_both_without_failures(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    v1 = register_champion(mlflow_tracking_uri, name=name, seed=1).version
+    env = {"PLANTS_SERVE_WORKERS": "2"}  # serve --workers 2 (its default comes from here)
+    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+        # /ready answered 200: both workers have a model (one value per worker, pid label).
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            loaded = [
+                line
+                for line in c.get("/metrics").text.splitlines()
+                if line.startswith("plants_model_loaded{")
+            ]
+        assert len(loaded) == 2 and all(line.endswith(" 1.0") for line in loaded), loaded
+
+        with predict_burst(api.url) as results:
+            time.sleep(1.0)
+            v2 = register_champion(mlflow_tracking_uri, name=name, seed=2).version
+            with httpx.Client(base_url=api.url, timeout=60) as c:
+                # One request reaches one worker; it tells the other through the signal file.
+                assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == v2
+            swapped_at = time.monotonic()
+            time.sleep(3.0)  # the other worker checks the signal every 0.25 s, then loads
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            metrics = c.get("/metrics").text
+        api.stop()
+
+    assert results and all(status == 200 for status, _, _ in results)  # nothing dropped
+    late = [version for _, version, at in results if at > swapped_at + 2.0]
+    assert late and set(late) == {v2}, late  # after the swap settled, every worker serves v2
+    assert _metric(metrics, "plants_model_version_info", name=name, version=v2) == 1
+    assert _metric(metrics, "plants_model_version_info", name=name, version=v1) == 0
+    # The counters of both workers add up in /metrics, and each prediction has its row.
+    served = [v for status, v, at in results if status == 200]
+    for version in (v1, v2):
+        assert _metric(metrics, "plants_predictions_total", model_version=version) == sum(
+            1 for v in served if v == version
+        )
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'plants.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM prediction_log")).scalar()
+    engine.dispose()
+    assert rows == len(served)
