@@ -194,20 +194,38 @@ def test_baselines_are_measured_on_the_test_split(data):
 
 
 @pytest.mark.parametrize(
-    ("f1", "baseline", "champion", "verdict", "failed"),
+    ("f1", "baseline", "champion", "size_latency", "verdict", "failed"),
     [
-        (0.95, 0.80, None, "pass", []),
-        (0.95, 0.80, 0.955, "pass", []),  # within the tolerance of the champion
-        (0.95, 0.80, 0.97, "fail", ["champion"]),
-        (0.85, 0.80, None, "fail", ["min_f1"]),
-        (0.95, 0.96, 0.90, "fail", ["baseline"]),
+        (0.95, 0.80, None, (13.5, 4.0), "pass", []),
+        (0.95, 0.80, 0.955, (13.5, 4.0), "pass", []),  # within the tolerance of the champion
+        (0.95, 0.80, 0.97, (13.5, 4.0), "fail", ["champion"]),
+        (0.85, 0.80, None, (13.5, 4.0), "fail", ["min_f1"]),
+        (0.95, 0.96, 0.90, (13.5, 4.0), "fail", ["baseline"]),
+        # PROBLEM.md's limits: a 45 MB ResNet18 that clears F1 is refused, so is a slow model
+        (0.99, 0.80, None, (44.7, 4.0), "fail", ["model_size"]),
+        (0.99, 0.80, None, (13.5, 40.0), "fail", ["latency"]),
+        (0.99, 0.80, None, (None, None), "fail", ["model_size", "latency"]),  # unmeasured
     ],
 )
-def test_gate_needs_threshold_baseline_and_champion(f1, baseline, champion, verdict, failed):
-    gate = stage_params("registry", gate={"min_f1": 0.9, "champion_tolerance": 0.01})["gate"]
-    out = registry.evaluate_gate(f1, baseline, champion, Gate(**gate))
+def test_gate_needs_threshold_baseline_champion_size_and_latency(
+    f1, baseline, champion, size_latency, verdict, failed
+):
+    gate = stage_params(
+        "registry",
+        gate={
+            "min_f1": 0.9,
+            "champion_tolerance": 0.01,
+            "max_model_mb": 20.0,
+            "latency_budget_ms": 15.0,
+        },
+    )["gate"]
+    model_mb, latency_ms = size_latency
+    out = registry.evaluate_gate(
+        f1, baseline, champion, Gate(**gate), model_mb=model_mb, latency_ms=latency_ms
+    )
     assert out["verdict"] == verdict
     assert [c["name"] for c in out["checks"] if not c["passed"]] == failed
+    assert [r.split(":")[0] for r in out["refused_because"]] == failed
 
 
 def test_training_fails_fast_when_the_tracking_server_is_unreachable(data, monkeypatch):

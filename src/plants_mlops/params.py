@@ -175,6 +175,10 @@ class Gate(Params):
     require_beat_baseline: bool
     baseline_margin: float
     champion_tolerance: float
+    max_model_mb: float  # PROBLEM.md: the serving ONNX file, 1 MB = 10^6 bytes
+    latency_budget_ms: float  # batch-1 ONNX Runtime p50, measured at registration
+    latency_runs: int
+    latency_threads: int  # ONNX Runtime intra-op threads (the API's PLANTS_ORT_THREADS)
 
 
 class RegistryMlflow(Params):
