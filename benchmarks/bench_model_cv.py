@@ -56,6 +56,8 @@ CANDIDATES: dict[str, tuple[dict, bool]] = {
     "lite0_128_randaug": ({"augment": {"policy": "randaugment"}}, False),
     "lite1_240": ({"architecture": "efficientnet_lite1", "image_size": 240}, False),
     "lite2_260": ({"architecture": "efficientnet_lite2", "image_size": 260}, False),
+    # seconds per fold: for smoke runs and the bench's own test, not a product candidate
+    "small_cnn_64": ({"architecture": "small_cnn", "weights": None, "image_size": 64}, True),
 }
 DEFAULT_CANDIDATES = [
     "lite0_128",
@@ -146,9 +148,9 @@ def onnx_latency_ms(onnx_model: bytes, image_size: int, runs: int = 100) -> floa
 
 def _ort_logits(onnx_model: bytes, x: np.ndarray) -> np.ndarray:
     from plants_mlops.contracts import ONNX_INPUT, ONNX_OUTPUT_LOGITS
-    from plants_mlops.model.export import onnx_session
+    from plants_mlops.model.artifact import open_session
 
-    session = onnx_session(onnx_model)
+    session = open_session(onnx_model)
     return session.run([ONNX_OUTPUT_LOGITS], {ONNX_INPUT: x})[0]
 
 
