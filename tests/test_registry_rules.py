@@ -125,3 +125,62 @@ def test_a_locked_store_is_a_one_line_error(tmp_path, capsys):
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
     assert "store is locked by another process" in err
 
+
+def _oversized_resnet18_onnx(image_size: int = 64) -> bytes:
+    """A real serving graph over PROBLEM.md's 20 MB: ResNet18 (random weights), ~45 MB."""
+    from plants_mlops.model.architectures import build_model
+    from plants_mlops.model.export import onnx_bytes
+
+    return onnx_bytes(build_model("resnet18", image_size=image_size), image_size)
+
+
+def test_the_gate_refuses_a_model_over_the_size_limit_and_records_why(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    onnx = _oversized_resnet18_onnx()
+    assert len(onnx) > 20e6
+    champion = register_champion(store).version
+    logged, _ = log_candidate(store, onnx=onnx, architecture="resnet18")
+    training_report, evaluation_report = _reports(logged, {"version": champion, "f1_macro": 0.5})
+    # The shipped 20 MB limit; a latency budget no machine load can break, so the size
+    # alone decides (the latency check has its own test).
+    params = stage_params("registry", gate={"latency_budget_ms": 1e6})
+    decision, summary = register_and_gate(training_report, evaluation_report, params)
+
+    # F1 0.95 clears every quality check; the size alone refuses it.
+    assert decision["verdict"] == "fail" and summary["verdict"] == "fail"
+    failed = [c["name"] for c in decision["checks"] if not c["passed"]]
+    assert failed == ["model_size"]
+    assert decision["serving_model"]["model_bytes"] == len(onnx)
+    assert decision["refused_because"] == [
+        f"model_size: serving ONNX {len(onnx) / 1e6:.2f} MB <= limit 20.00 MB"
+    ]
+    cl = tracking.client(store)
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == champion  # the champion stays
+    tags = cl.get_model_version(NAME, decision["model_version"]).tags
+    assert tags["verdict"] == "fail"
+    assert tags["gate.refused"].startswith("model_size: serving ONNX")
+    assert float(tags["gate.model_mb"]) == pytest.approx(len(onnx) / 1e6, abs=1e-3)
+    assert tags["gate.max_model_mb"] == "20.0"
+    assert float(tags["gate.latency_p50_ms"]) == pytest.approx(
+        decision["serving_model"]["latency_p50_ms"], abs=1e-3
+    )
+    assert "model_size=FAIL" in tags["gate.checks"] and "latency=pass" in tags["gate.checks"]
+
+
+def test_the_gate_refuses_a_model_over_the_latency_budget(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    logged, _ = log_candidate(store)
+    training_report, evaluation_report = _reports(logged, {"version": None})
+    # A budget no real model meets (1 ns): the measured p50 is what refuses it.
+    params = stage_params("registry", gate={"latency_budget_ms": 1e-6, "latency_runs": 5})
+    decision, _ = register_and_gate(training_report, evaluation_report, params)
+    assert decision["verdict"] == "fail"
+    assert [c["name"] for c in decision["checks"] if not c["passed"]] == ["latency"]
+    latency = decision["serving_model"]["latency_p50_ms"]
+    assert latency > 1e-6 and decision["serving_model"]["latency_runs"] == 5
+    cl = tracking.client(store)
+    assert registry.alias_version(cl, ALIAS_CHAMPION) is None
+    tags = cl.get_model_version(NAME, decision["model_version"]).tags
+    assert tags["gate.refused"].startswith("latency: batch-1 ONNX Runtime p50")
+    assert "<= limit 0.00 ms" in tags["gate.refused"]
+    assert float(tags["gate.latency_p50_ms"]) == pytest.approx(latency, abs=1e-3)

@@ -102,6 +102,17 @@ class Augment(Params):
     hflip: bool
     vflip: bool
     color_jitter: float
+    # An automatic policy applied after the crop/flip steps: none | trivialaugment
+    # (TrivialAugmentWide) | randaugment (RandAugment, 2 ops of magnitude 9).
+    policy: Literal["none", "trivialaugment", "randaugment"]
+
+
+class Calibration(Params):
+    """Temperature scaling fitted on the validation split after the fit."""
+
+    enabled: bool
+    # Keep the fitted T only when it lowers the validation NLL by more than this.
+    min_nll_gain: float
 
 
 class TrainingMlflow(Params):
@@ -124,6 +135,7 @@ class TrainingParams(Params):
     label_smoothing: float
     early_stopping: EarlyStopping
     augment: Augment
+    calibration: Calibration
     seed: int
     device: str
     num_threads: int | None
@@ -175,6 +187,10 @@ class Gate(Params):
     require_beat_baseline: bool
     baseline_margin: float
     champion_tolerance: float
+    max_model_mb: float  # PROBLEM.md: the serving ONNX file, 1 MB = 10^6 bytes
+    latency_budget_ms: float  # batch-1 ONNX Runtime p50, measured at registration
+    latency_runs: int
+    latency_threads: int  # ONNX Runtime intra-op threads (the API's PLANTS_ORT_THREADS)
 
 
 class RegistryMlflow(Params):

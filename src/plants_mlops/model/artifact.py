@@ -13,7 +13,7 @@ monitoring champion and the tests alike:
 - :func:`download_version` / :func:`load_version`: fetch a registry version and load it;
 - :func:`open_session`: one ONNX Runtime session configuration;
 - :func:`check_contract`: refuse a graph that breaks the contract;
-- :class:`ServingArtifact`: preprocessing + inference + softmax, once.
+- :class:`ServingArtifact`: preprocessing + inference + the (temperature-scaled) softmax, once.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class ServingMeta(BaseModel):
     mlflow_run_id: str | None = None
     model_sha256: str | None = None
     created_at: str | None = None
+    # Temperature scaling fitted on the validation split (model/calibration.py): the
+    # probabilities are softmax(logits / temperature). Artifacts from before calibration
+    # have none: 1.0, the plain softmax.
+    temperature: float = 1.0
 
     @field_validator("dataset_fingerprint", mode="before")
     @classmethod
@@ -73,6 +77,15 @@ class ServingMeta(BaseModel):
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
 
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, value: Any) -> Any:
+        if value is None:
+            return 1.0
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"temperature must be a number > 0, got {value!r}")
+        return value
+
     @classmethod
     def parse(cls, raw: Any) -> ServingMeta:
         try:
@@ -89,12 +102,16 @@ class ServingMeta(BaseModel):
 
 @dataclass(frozen=True)
 class Prediction:
-    probabilities: np.ndarray  # float64 [N, C], rows sum to 1
+    probabilities: np.ndarray  # float64 [N, C], rows sum to 1 (calibrated: logits / T)
     embeddings: np.ndarray  # float32 [N, D], penultimate layer
+    logits: np.ndarray | None = None  # float32 [N, C], before the temperature
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (float64, numerically stable)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -198,20 +215,26 @@ class ServingArtifact:
             [contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING],
             {contracts.ONNX_INPUT: batch},
         )
-        return Prediction(softmax(logits), np.asarray(emb, dtype=np.float32))
+        return Prediction(
+            softmax(logits, self.meta.temperature), np.asarray(emb, dtype=np.float32), logits
+        )
 
     def predict_images(self, images: Sequence, batch_size: int = 32) -> Prediction:
         """Serving preprocessing + inference for RGB PIL images, in batches."""
-        probs, embs = [], []
+        probs, embs, logits = [], [], []
         for start in range(0, len(images), batch_size):
             out = self.run(
                 np.stack([self.preprocess(img)[0] for img in images[start : start + batch_size]])
             )
             probs.append(out.probabilities)
             embs.append(out.embeddings)
+            logits.append(out.logits)
         if not probs:
-            return Prediction(np.zeros((0, len(self.meta.labels))), np.zeros((0, 0), np.float32))
-        return Prediction(np.concatenate(probs), np.concatenate(embs))
+            n_labels = len(self.meta.labels)
+            return Prediction(
+                np.zeros((0, n_labels)), np.zeros((0, 0), np.float32), np.zeros((0, n_labels))
+            )
+        return Prediction(np.concatenate(probs), np.concatenate(embs), np.concatenate(logits))
 
 
 # --- MLflow: log, find, download ------------------------------------------------------

@@ -129,7 +129,8 @@ def eval_tensor(split: SplitImages, *, image_size: int, mean: tuple, std: tuple)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
-    """Training view: random resized crop, horizontal flip, mild colour jitter, normalise.
+    """Training view: random resized crop, horizontal flip, mild colour jitter, an optional
+    automatic policy (TrivialAugmentWide / RandAugment), normalise.
 
     Randomness comes only from torch's generator, so a fixed seed gives the same batches.
     """
@@ -159,6 +160,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
         jitter = augment.color_jitter
         if jitter > 0:
             steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        if augment.policy == "trivialaugment":
+            steps.append(v2.TrivialAugmentWide())
+        elif augment.policy == "randaugment":
+            steps.append(v2.RandAugment(num_ops=2, magnitude=9))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
         self.transform = v2.Compose(steps)
 

@@ -118,3 +118,23 @@ def curves_png(y_true: np.ndarray, proba: np.ndarray) -> dict[str, bytes]:
     ax.set_title(f"Precision-recall ({LABELS[1]} positive)")
     ax.legend(loc="lower left")
     return {"roc_curve.png": roc, "pr_curve.png": _png(fig)}
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error of the top-class confidence: the images are put in
+    ``n_bins`` equal-width confidence bins and the gap |accuracy - mean confidence| of each
+    bin is averaged, weighted by the bin's share of images (0 = perfectly calibrated)."""
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(y_true) == 0:
+        raise ValueError("expected_calibration_error needs at least one prediction")
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    # Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 joins bin 0.
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)

@@ -18,8 +18,13 @@ import getpass
 import json
 import os
 import secrets
+import tempfile
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, REGISTERED_MODEL_NAME
 from plants_mlops.errors import UserFacingError
@@ -80,6 +85,56 @@ def verify_loadable(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> Serv
         ) from exc
 
 
+def measure_onnx_latency_ms(
+    model: bytes | str | Path, image_size: int, *, runs: int = 50, threads: int | None = 1
+) -> float:
+    """Batch-1 ONNX Runtime latency, median over ``runs`` timed runs (after 5 warm-up runs),
+    in ms, with the serving session settings (``artifact.open_session``; ``threads`` 1 is
+    the API's ``PLANTS_ORT_THREADS`` default)."""
+    return _latency_p50_ms(artifact.open_session(model, threads), image_size, runs)
+
+
+def _latency_p50_ms(session, image_size: int, runs: int) -> float:
+    from plants_mlops.contracts import ONNX_INPUT
+
+    x = np.zeros((1, 3, image_size, image_size), np.float32)
+    for _ in range(5):
+        session.run(None, {ONNX_INPUT: x})
+    times = []
+    for _ in range(max(runs, 1)):
+        t0 = time.perf_counter()
+        session.run(None, {ONNX_INPUT: x})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+def measure_version(
+    cl, version: str, name: str = REGISTERED_MODEL_NAME, *, runs: int = 50, threads: int = 1
+) -> dict:
+    """Download the version, load it (contract checked) and measure what the gate limits:
+    the serving ONNX file's size and its batch-1 ONNX Runtime latency (p50 over ``runs``).
+    RegistryError "fails to load" when it cannot serve."""
+    with tempfile.TemporaryDirectory(prefix="plants-gate-") as tmp:
+        try:
+            folder = artifact.download_version(cl, name, version, Path(tmp))
+            loaded = artifact.ServingArtifact.from_folder(folder, threads)
+            size = (folder / artifact.ONNX_FILE).stat().st_size
+        except Exception as exc:
+            raise RegistryError(
+                f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
+                "aliases left unchanged"
+            ) from exc
+    latency = _latency_p50_ms(loaded.session, loaded.meta.image_size, runs)
+    return {
+        "model_bytes": int(size),
+        "model_mb": size / 1e6,
+        "latency_p50_ms": latency,
+        "latency_runs": runs,
+        "latency_threads": threads,
+        "meta": loaded.meta,
+    }
+
+
 def _actor() -> str:
     if os.environ.get("PLANTS_MLOPS_ACTOR"):
         return os.environ["PLANTS_MLOPS_ACTOR"]
@@ -137,21 +192,44 @@ def audit_trail(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
     return entries
 
 
+def _limit_check(name: str, value: float | None, limit: float, what: str, unit: str) -> dict:
+    """A PROBLEM.md limit: ``value <= limit``; an unmeasured value (None) fails."""
+    if value is None:
+        return {"name": name, "passed": False, "detail": f"{what} not measured"}
+    return {
+        "name": name,
+        "passed": value <= limit,
+        "detail": f"{what} {value:.2f} {unit} <= limit {limit:.2f} {unit}",
+    }
+
+
 def evaluate_gate(
     candidate_f1: float,
     baseline_f1: float | None,
     champion_f1: float | None,
     gate: Gate,
+    *,
+    model_mb: float | None,
+    latency_ms: float | None,
 ) -> dict:
     """The promotion gate (thresholds from ``params:registry.gate``). Returns
-    ``{verdict: pass|fail, checks: [...]}``; every check says its inputs, so the verdict can
-    be explained from the version's tags alone."""
+    ``{verdict: pass|fail, checks: [...], refused_because: [...]}``; every check says its
+    inputs, so the verdict can be explained from the version's tags alone.
+
+    PROBLEM.md's limits are checks too: the serving ONNX file's size (``model_mb``, 1 MB =
+    10^6 bytes) <= ``gate.max_model_mb`` and its batch-1 ONNX Runtime latency p50
+    (``latency_ms``) <= ``gate.latency_budget_ms``; a size or latency that was not measured
+    (None) fails its check, so an unmeasured model is never promoted."""
     checks = [
+        _limit_check("model_size", model_mb, gate.max_model_mb, "serving ONNX", "MB"),
+        _limit_check(
+            "latency", latency_ms, gate.latency_budget_ms, "batch-1 ONNX Runtime p50", "ms"
+        ),
         {
             "name": "min_f1",
             "passed": candidate_f1 >= gate.min_f1,
             "detail": f"f1 {candidate_f1:.4f} >= threshold {gate.min_f1:.4f}",
-        }
+        },
     ]
     if gate.require_beat_baseline and baseline_f1 is not None:
         margin = gate.baseline_margin
@@ -179,7 +257,11 @@ def evaluate_gate(
                 "detail": "no champion measured on this split: check skipped",
             }
         )
-    return {"verdict": "pass" if all(c["passed"] for c in checks) else "fail", "checks": checks}
+    return {
+        "verdict": "pass" if all(c["passed"] for c in checks) else "fail",
+        "checks": checks,
+        "refused_because": [f"{c['name']}: {c['detail']}" for c in checks if not c["passed"]],
+    }
 
 
 def register_version(

@@ -61,6 +61,9 @@ class TrainResult:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     val_metrics: dict = field(default_factory=dict)
+    # Temperature scaling on the validation split (model/calibration.calibrate); T = 1
+    # when disabled or when it does not lower the validation NLL.
+    calibration: dict = field(default_factory=lambda: {"temperature": 1.0, "applied": False})
 
 
 def _optimizer(model: nn.Module, cfg: Optimizer) -> torch.optim.Optimizer:
@@ -72,10 +75,10 @@ def _optimizer(model: nn.Module, cfg: Optimizer) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def predict_proba(
+def predict_logits(
     model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
-    """Class probabilities [N, C] in eval mode."""
+    """Logits [N, C] (float32) in eval mode."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
@@ -83,8 +86,15 @@ def predict_proba(
         xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             logits, _ = model(xb)
-        out.append(logits.float().softmax(dim=1).cpu())
+        out.append(logits.float().cpu())
     return torch.cat(out).numpy()
+
+
+def predict_proba(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities [N, C] in eval mode."""
+    return torch.from_numpy(predict_logits(model, x, device, batch_size)).softmax(dim=1).numpy()
 
 
 def _nll(proba: np.ndarray, y: np.ndarray) -> float:
@@ -217,6 +227,23 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    calibration = {"temperature": 1.0, "applied": False}
+    if params.calibration.enabled:
+        from plants_mlops.model.calibration import calibrate
+
+        calibration = calibrate(
+            predict_logits(model, val_x, device), val_y, min_gain=params.calibration.min_nll_gain
+        )
+        log.info(
+            "temperature scaling on val: T=%.3f %s (%s), NLL %.4f -> %.4f, ECE %.4f -> %.4f",
+            calibration["fitted_temperature"],
+            "applied" if calibration["applied"] else "not applied",
+            calibration["reason"],
+            calibration["nll_before"],
+            calibration["nll_after"],
+            calibration["ece_before"],
+            calibration["ece_after"],
+        )
     return TrainResult(
         model=model,
         history=history,
@@ -227,4 +254,5 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         mean=spec.mean,
         std=spec.std,
         val_metrics=best_val,
+        calibration=calibration,
     )

@@ -30,14 +30,21 @@ def evaluate_candidate(
     fmt_images: dict,
     subset: dict[str, Any],
 ) -> dict:
-    """Metrics of the exported ONNX model on the test split."""
-    from plants_mlops.model.artifact import ServingArtifact
-    from plants_mlops.model.metrics import classification_metrics
+    """Metrics of the exported ONNX model on the test split (its served, i.e. calibrated,
+    probabilities), with the expected calibration error before (plain softmax) and after
+    the model's temperature: ``ece_uncalibrated``, ``ece`` and ``temperature``."""
+    from plants_mlops.model.artifact import ServingArtifact, softmax
+    from plants_mlops.model.metrics import classification_metrics, expected_calibration_error
 
     subset = parse(EvaluationSubset, subset, "evaluation.subset")
     test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
     model = ServingArtifact.from_bytes(serving_model, serving_meta)
-    return classification_metrics(test.labels, model.predict_images(test.images).probabilities)
+    pred = model.predict_images(test.images)
+    out = classification_metrics(test.labels, pred.probabilities)
+    out["temperature"] = float(model.meta.temperature)
+    out["ece"] = expected_calibration_error(test.labels, pred.probabilities)
+    out["ece_uncalibrated"] = expected_calibration_error(test.labels, softmax(pred.logits))
+    return out
 
 
 def colour_histogram(images, bins: int) -> np.ndarray:
@@ -145,6 +152,7 @@ def compile_report(
             k: candidate[k]
             for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
         },
+        "calibration": {k: candidate.get(k) for k in ("temperature", "ece_uncalibrated", "ece")},
     }
     if run_id and p.mlflow.log_to_run:
         cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
@@ -169,6 +177,9 @@ def compile_report(
     )
     metrics = {f"test_{k}": float(v) for k, v in report["metrics"].items()}
     metrics["best_baseline_f1_macro"] = float(best_baseline["f1_macro"])
+    for key, value in report["calibration"].items():
+        if value is not None:
+            metrics[f"test_{key}"] = float(value)
     if champion.get("f1_macro") is not None:
         metrics["champion_f1_macro"] = float(champion["f1_macro"])
     summary = StageSummary(

@@ -63,14 +63,35 @@ def register_and_gate(
     if champion.get("note"):  # the champion is this very model: nothing to compare
         champion_f1 = None
     gate = p.gate
-    decision = registry.evaluate_gate(candidate_f1, baseline_f1, champion_f1, gate)
     metrics = evaluation_report["metrics"]
-    tags = {
-        "verdict": decision["verdict"],
+    identity = {
         "dataset_fingerprint": evaluation_report.get("dataset_fingerprint") or "unknown",
         "mlflow_run_id": run_id,
         "test_f1_macro": f"{candidate_f1:.6f}",
         "test_accuracy": f"{metrics['accuracy']:.6f}",
+    }
+    previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
+    version = registry.register_version(cl, logged, identity, name)
+    # Size and latency are measured on the registered version itself (what the API would
+    # download). A model that fails to load gets no alias: the champion stays where it was.
+    try:
+        measured = registry.measure_version(
+            cl, version, name, runs=gate.latency_runs, threads=gate.latency_threads
+        )
+    except registry.RegistryError as exc:
+        cl.set_model_version_tag(name, version, "verdict", "fail")
+        cl.set_model_version_tag(name, version, "gate.refused", str(exc)[:4000])
+        raise
+    decision = registry.evaluate_gate(
+        candidate_f1,
+        baseline_f1,
+        champion_f1,
+        gate,
+        model_mb=measured["model_mb"],
+        latency_ms=measured["latency_p50_ms"],
+    )
+    tags = {
+        "verdict": decision["verdict"],
         "gate.candidate_f1": f"{candidate_f1:.6f}",
         "gate.baseline_f1": "none" if baseline_f1 is None else f"{baseline_f1:.6f}",
         "gate.champion_f1": "none" if champion_f1 is None else f"{champion_f1:.6f}",
@@ -78,15 +99,22 @@ def register_and_gate(
         "gate.min_f1": str(gate.min_f1),
         "gate.baseline_margin": str(gate.baseline_margin),
         "gate.champion_tolerance": str(gate.champion_tolerance),
+        "gate.model_bytes": str(measured["model_bytes"]),
+        "gate.model_mb": f"{measured['model_mb']:.3f}",
+        "gate.max_model_mb": str(gate.max_model_mb),
+        "gate.latency_p50_ms": f"{measured['latency_p50_ms']:.3f}",
+        "gate.latency_budget_ms": str(gate.latency_budget_ms),
+        "gate.latency_runs": str(gate.latency_runs),
+        "gate.latency_threads": str(gate.latency_threads),
         "gate.checks": "; ".join(
             f"{c['name']}={'pass' if c['passed'] else 'FAIL'} ({c['detail']})"
             for c in decision["checks"]
         ),
     }
-    previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
-    version = registry.register_version(cl, logged, tags, name)
-    # A model that fails to load gets no alias: the champion stays where it was.
-    registry.verify_loadable(cl, version, name)
+    if decision["refused_because"]:
+        tags["gate.refused"] = "; ".join(decision["refused_because"])
+    for key, value in tags.items():
+        cl.set_model_version_tag(name, version, key, value)
     reason = f"registry pipeline gate {decision['verdict']}: {tags['gate.checks']}"
     if decision["verdict"] == "pass":
         entry = registry.move_alias(
@@ -114,6 +142,14 @@ def register_and_gate(
         "mlflow_run_id": run_id,
         "verdict": decision["verdict"],
         "checks": decision["checks"],
+        "refused_because": decision["refused_because"],
+        "serving_model": {
+            "model_bytes": measured["model_bytes"],
+            "model_mb": measured["model_mb"],
+            "latency_p50_ms": measured["latency_p50_ms"],
+            "latency_runs": measured["latency_runs"],
+            "latency_threads": measured["latency_threads"],
+        },
         "aliases": aliases,
         "previous_champion": previous,
         "champion": champion_now,
@@ -127,7 +163,12 @@ def register_and_gate(
         mlflow_run_id=run_id,
         model_version=version,
         champion_version=champion_now,
-        metrics={"test_f1_macro": candidate_f1, "test_accuracy": float(metrics["accuracy"])},
+        metrics={
+            "test_f1_macro": candidate_f1,
+            "test_accuracy": float(metrics["accuracy"]),
+            "serving_model_mb": measured["model_mb"],
+            "onnx_latency_p50_ms": measured["latency_p50_ms"],
+        },
         verdict=decision["verdict"],
         outputs=["registry_decision"],
     )

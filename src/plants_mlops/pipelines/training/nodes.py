@@ -37,6 +37,7 @@ CONFIG_KEYS = (
     "label_smoothing",
     "early_stopping",
     "augment",
+    "calibration",
     "seed",
     "device",
     "max_images_per_split",
@@ -122,6 +123,7 @@ def train_model(
         "std": list(result.std),
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "val_metrics": result.val_metrics,
+        "calibration": result.calibration,
     }
     ckpt = checkpoint_bytes(
         result.model,
@@ -131,6 +133,7 @@ def train_model(
             "mean": list(result.mean),
             "std": list(result.std),
             "best_epoch": result.best_epoch,
+            "temperature": result.calibration["temperature"],
         },
     )
     return ckpt, history
@@ -190,6 +193,7 @@ def log_training_run(
         dataset_fingerprint=fingerprint,
         model_sha256=hashlib.sha256(serving_model).hexdigest(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        temperature=(training_history.get("calibration") or {}).get("temperature", 1.0),
     )
     test = load_subset(dataset_index, fmt_images, ("test",), p)["test"]
     served = artifact.ServingArtifact.from_bytes(serving_model, meta)
@@ -213,6 +217,7 @@ def log_training_run(
         "model_size_bytes": len(serving_model),
         "checkpoint_size_bytes": len(model_checkpoint),
         "val_metrics": scalar_metrics(training_history.get("val_metrics") or {}),
+        "calibration": scalar_metrics(training_history.get("calibration") or {}),
         "test_metrics": meta.test_metrics,
         "confusion_matrix": metrics["confusion_matrix"],
         "git_commit": tracking.git_commit(),
@@ -290,6 +295,7 @@ def _log_run(
             )
         run.log_metrics(scalar_metrics(test, "test_"))
         run.log_metrics(scalar_metrics(history.get("val_metrics") or {}, "best_val_"))
+        run.log_metrics(scalar_metrics(history.get("calibration") or {}, "calibration_"))
         run.log_metrics(
             {
                 "model_size_mb": len(serving_model) / 1e6,

@@ -1,0 +1,476 @@
+"""Model choice by stratified k-fold cross-validation over the labelled pool.
+
+The 59-image test split moves macro F1 by 1.7 points per image, so comparing candidates on
+it rides on noise. This bench pools every labelled image, cuts ``--folds`` stratified folds
+and, per fold, trains each candidate on the other folds (with a stratified ``--val-fraction``
+of them held out for early stopping and the temperature fit) and scores the held-out fold.
+All candidates see the same folds, so each is also compared with the default fold by fold
+(paired difference).
+
+Per candidate it prints and writes (``--json``): macro F1 per fold, mean and 95 %
+t-interval; accuracy; ECE before/after temperature scaling (T fitted on the inner
+validation images, applied to the held-out fold); flip test-time augmentation (mean of the
+image's and its mirror's probabilities) where the candidate asks for it, from the same
+models; the serving ONNX size and batch-1 ONNX Runtime latency (p50); and, for a model over
+``--max-model-mb``, the F1 of its int8 (ONNX Runtime dynamic quantization) version.
+
+    python benchmarks/bench_model_cv.py --list
+    nice -n 5 python benchmarks/bench_model_cv.py --folds 5 --epochs 4 --json cv.json
+    python benchmarks/bench_model_cv.py --candidates lite0_128,lite1_128 --folds 3
+    python benchmarks/bench_model_cv.py --exclude-ids docs/curation/top20.json   # curated pool
+
+Data: ``--pool`` (default: the shared dataset, else samples/plants): ``{label}/*.jpg``,
+square-resized to the formatting size (160 px, or the candidate's input size when larger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+SHARED_POOL = Path("/work/shared/datasets/plants")
+FMT_SIZE = 160  # conf/base/parameters_formatting.yml: formatting.image_size
+
+# name -> (overrides of params:training, flip TTA evaluated too)
+CANDIDATES: dict[str, tuple[dict, bool]] = {
+    "lite0_128": ({}, True),  # the default of parameters_training.yml
+    "lite0_128_ls": ({"label_smoothing": 0.1}, True),
+    "lite0_160": ({"image_size": 160}, False),
+    "lite1_128": ({"architecture": "efficientnet_lite1"}, False),
+    "lite0_128_trivialaug": (
+        {"augment": {"policy": "trivialaugment", "crop_scale": [0.35, 1.0]}},
+        False,
+    ),
+    "lite2_128": ({"architecture": "efficientnet_lite2"}, False),
+    "lite0_224": ({"image_size": 224}, False),
+    "lite0_128_randaug": ({"augment": {"policy": "randaugment"}}, False),
+    "lite1_240": ({"architecture": "efficientnet_lite1", "image_size": 240}, False),
+    "lite2_260": ({"architecture": "efficientnet_lite2", "image_size": 260}, False),
+    # seconds per fold: for smoke runs and the bench's own test, not a product candidate
+    "small_cnn_64": ({"architecture": "small_cnn", "weights": None, "image_size": 64}, True),
+}
+DEFAULT_CANDIDATES = [
+    "lite0_128",
+    "lite0_128_ls",
+    "lite0_160",
+    "lite1_128",
+    "lite0_128_trivialaug",
+    "lite2_128",
+    "lite0_224",
+]
+BASELINE = "lite0_128"
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _defaults() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
+
+
+def _excluded(path: str | None) -> set[str]:
+    """Every string in a JSON file (a list of ids, or objects holding them): image keys
+    (``label/sha256``) or sha256 digests to leave out of the pool."""
+    if not path:
+        return set()
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, str):
+            found.add(node)
+            found.add(node.rsplit("/", 1)[-1])
+        elif isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(Path(path).read_text()))
+    return found
+
+
+def load_pool(folder: Path, size: int, exclude: set[str]):
+    """(SplitImages of the whole pool, number excluded)."""
+    from plants_mlops.model.data import load_splits
+    from plants_mlops.model.devdata import from_folder
+
+    data = from_folder(folder, size=size)
+    index = data.dataset_index.copy()
+    keep = ~(index["image_key"].isin(exclude) | index["sha256"].isin(exclude))
+    index = index[keep].assign(split="pool")
+    return load_splits(index, data.fmt_images, ("pool",))["pool"], int((~keep).sum())
+
+
+def _subset(pool, idx: np.ndarray):
+    from plants_mlops.model.data import SplitImages
+
+    return SplitImages([pool.images[i] for i in idx], pool.labels[idx], [pool.keys[i] for i in idx])
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the 95 % Student-t interval of the mean."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
+    return mean, mean - half, mean + half
+
+
+def onnx_latency_ms(onnx_model: bytes, image_size: int, runs: int = 100) -> float:
+    """Batch-1 ONNX Runtime latency p50 (ms) with the serving session settings."""
+    from plants_mlops.model.registry import measure_onnx_latency_ms
+
+    return measure_onnx_latency_ms(onnx_model, image_size, runs=runs)
+
+
+def _ort_logits(onnx_model: bytes, x: np.ndarray) -> np.ndarray:
+    from plants_mlops.contracts import ONNX_INPUT, ONNX_OUTPUT_LOGITS
+    from plants_mlops.model.artifact import open_session
+
+    session = open_session(onnx_model)
+    return session.run([ONNX_OUTPUT_LOGITS], {ONNX_INPUT: x})[0]
+
+
+def _int8(onnx_model: bytes) -> bytes:
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_model)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def confidence_table(y: np.ndarray, proba: np.ndarray, thresholds: list[float]) -> list[dict]:
+    """For each threshold: share of images whose top probability is below it (would be
+    answered "uncertain") and the error rate among the rest."""
+    conf = proba.max(axis=1)
+    wrong = proba.argmax(axis=1) != y
+    rows = []
+    for t in thresholds:
+        sure = conf >= t
+        rows.append(
+            {
+                "threshold": t,
+                "uncertain_share": round(float((~sure).mean()), 4),
+                "errors_kept": int(wrong[sure].sum()),
+                "error_rate_kept": round(float(wrong[sure].mean()) if sure.any() else 0.0, 4),
+                "errors_flagged": int(wrong[~sure].sum()),
+            }
+        )
+    return rows
+
+
+def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
+    import torch
+
+    from plants_mlops.model.calibration import calibrate, softmax
+    from plants_mlops.model.data import eval_tensor
+    from plants_mlops.model.export import onnx_bytes
+    from plants_mlops.model.metrics import classification_metrics, expected_calibration_error
+    from plants_mlops.model.train import predict_logits, train
+    from plants_mlops.params import TrainingParams
+
+    overrides, tta = CANDIDATES[name]
+    cfg = _merge(base, overrides)
+    params = TrainingParams.model_validate(cfg)
+    pool = pools[max(FMT_SIZE, params.image_size)]
+    rows: list[dict] = []
+    oof_y, oof_proba, oof_cal = [], [], []
+    onnx_model = b""
+    for k, (train_idx, val_idx, test_idx) in enumerate(folds):
+        t0 = time.perf_counter()
+        splits = {"train": _subset(pool, train_idx), "val": _subset(pool, val_idx)}
+        result = train(splits, params)
+        fit_s = time.perf_counter() - t0
+        test = _subset(pool, test_idx)
+        kw = {"image_size": params.image_size, "mean": result.mean, "std": result.std}
+        device = torch.device(result.device)
+        val_logits = predict_logits(result.model, eval_tensor(splits["val"], **kw), device)
+        test_x = eval_tensor(test, **kw)
+        logits = predict_logits(result.model, test_x, device)
+        cal = calibrate(val_logits, splits["val"].labels, min_gain=args.min_nll_gain)
+        proba, proba_cal = softmax(logits), softmax(logits, cal["temperature"])
+        metrics = classification_metrics(test.labels, proba)
+        row = {
+            "fold": k,
+            "f1_macro": metrics["f1_macro"],
+            "accuracy": metrics["accuracy"],
+            "roc_auc": metrics["roc_auc"],
+            "errors": int((proba.argmax(1) != test.labels).sum()),
+            "n_test": len(test),
+            "ece": expected_calibration_error(test.labels, proba),
+            "ece_calibrated": expected_calibration_error(test.labels, proba_cal),
+            "temperature": cal["temperature"],
+            "fitted_temperature": cal["fitted_temperature"],
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "fit_seconds": round(fit_s, 1),
+            "images_per_second": round(result.images_per_second, 1),
+        }
+        if tta:
+            flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
+            proba_tta = (proba + softmax(flipped)) / 2
+            row["f1_macro_tta"] = classification_metrics(test.labels, proba_tta)["f1_macro"]
+        if k == 0 or args.quantize_all_folds:
+            onnx_model = onnx_bytes(result.model, params.image_size)
+        if len(onnx_model) / 1e6 > args.max_model_mb:
+            if k > 0 and not args.quantize_all_folds:
+                onnx_model = onnx_bytes(result.model, params.image_size)
+            q = _int8(onnx_model)
+            q_logits = _ort_logits(q, test_x.numpy())
+            row["int8_f1_macro"] = classification_metrics(test.labels, softmax(q_logits))[
+                "f1_macro"
+            ]
+            row["int8_model_mb"] = round(len(q) / 1e6, 2)
+        rows.append(row)
+        oof_y.append(test.labels)
+        oof_proba.append(proba)
+        oof_cal.append(proba_cal)
+        print(
+            f"  {name} fold {k}: F1 {row['f1_macro']:.4f} ({row['errors']}/{row['n_test']} wrong)"
+            f" ECE {row['ece']:.3f}->{row['ece_calibrated']:.3f} T={row['temperature']:.2f}"
+            f" epochs {row['epochs_run']} ({row['best_epoch']}) {fit_s:.0f}s",
+            flush=True,
+        )
+    size_mb = len(onnx_model) / 1e6
+    if size_mb > args.max_model_mb:
+        onnx_model = onnx_bytes(result.model, params.image_size)
+        size_mb = len(onnx_model) / 1e6
+    latency = onnx_latency_ms(onnx_model, params.image_size)
+    f1 = [r["f1_macro"] for r in rows]
+    mean, lo, hi = t_interval(f1)
+    y = np.concatenate(oof_y)
+    out = {
+        "candidate": name,
+        "overrides": overrides,
+        "folds": rows,
+        "f1_macro_mean": mean,
+        "f1_macro_ci95": [lo, hi],
+        "accuracy_mean": float(np.mean([r["accuracy"] for r in rows])),
+        "errors_total": int(sum(r["errors"] for r in rows)),
+        "n_total": int(sum(r["n_test"] for r in rows)),
+        "ece_mean": float(np.mean([r["ece"] for r in rows])),
+        "ece_calibrated_mean": float(np.mean([r["ece_calibrated"] for r in rows])),
+        "temperature_mean": float(np.mean([r["temperature"] for r in rows])),
+        "model_mb": round(size_mb, 2),
+        "onnx_batch1_latency_p50_ms": round(latency, 2),
+        "fit_seconds_mean": float(np.mean([r["fit_seconds"] for r in rows])),
+        "confidence_raw": confidence_table(y, np.concatenate(oof_proba), args.thresholds),
+        "confidence_calibrated": confidence_table(y, np.concatenate(oof_cal), args.thresholds),
+    }
+    if tta:
+        out["f1_macro_tta_mean"], *ci = t_interval([r["f1_macro_tta"] for r in rows])
+        out["f1_macro_tta_ci95"] = ci
+    if "int8_f1_macro" in rows[0]:
+        out["int8_f1_macro_mean"] = float(np.mean([r["int8_f1_macro"] for r in rows]))
+        out["int8_model_mb"] = rows[0]["int8_model_mb"]
+    return out
+
+
+def paired(results: dict, name: str) -> list[float] | None:
+    """Mean and 95 % interval of (candidate F1 - baseline F1) over the shared folds."""
+    if name == BASELINE or BASELINE not in results:
+        return None
+    a = [r["f1_macro"] for r in results[name]["folds"]]
+    b = [r["f1_macro"] for r in results[BASELINE]["folds"]]
+    if len(a) != len(b):
+        return None
+    return list(t_interval([x - y for x, y in zip(a, b, strict=True)]))
+
+
+def print_table(results: dict) -> None:
+    print("\n== bench_model_cv")
+    head = (
+        f"{'candidate':<22}{'F1 mean':>9}{'95% CI':>17}{'vs default':>22}{'errors':>9}"
+        f"{'ECE':>7}{'ECE T':>7}{'T':>6}{'MB':>7}{'ms p50':>8}{'fit s':>7}"
+    )
+    print(head)
+    for name, r in results.items():
+        diff = paired(results, name)
+        d = f"{diff[0]:+.4f} [{diff[1]:+.3f},{diff[2]:+.3f}]" if diff else "-"
+        lo, hi = r["f1_macro_ci95"]
+        print(
+            f"{name:<22}{r['f1_macro_mean']:>9.4f}{f'[{lo:.3f},{hi:.3f}]':>17}{d:>22}"
+            f"{str(r['errors_total']) + '/' + str(r['n_total']):>9}{r['ece_mean']:>7.3f}"
+            f"{r['ece_calibrated_mean']:>7.3f}{r['temperature_mean']:>6.2f}{r['model_mb']:>7.2f}"
+            f"{r['onnx_batch1_latency_p50_ms']:>8.2f}{r['fit_seconds_mean']:>7.0f}"
+        )
+        if "f1_macro_tta_mean" in r:
+            lo, hi = r["f1_macro_tta_ci95"]
+            print(
+                f"{name + ' +flip TTA':<22}{r['f1_macro_tta_mean']:>9.4f}{f'[{lo:.3f},{hi:.3f}]':>17}"
+            )
+        if "int8_f1_macro_mean" in r:
+            print(
+                f"{name + ' int8':<22}{r['int8_f1_macro_mean']:>9.4f}{'':>48}{r['int8_model_mb']:>7.2f}"
+            )
+
+
+def markdown_table(results: dict) -> str:
+    """The table of docs/model.md: one row per candidate (and its TTA / int8 variants)."""
+    lines = [
+        "| candidate | macro F1 mean [95% CI] | vs default (paired) [95% CI] | errors | "
+        "ECE raw -> T-scaled | mean T | ONNX MB | batch-1 p50 ms | fit s/fold |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        lo, hi = r["f1_macro_ci95"]
+        diff = paired(results, name)
+        d = f"{diff[0]:+.4f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else "-"
+        lines.append(
+            f"| {name} | {r['f1_macro_mean']:.4f} [{lo:.3f}, {hi:.3f}] | {d} | "
+            f"{r['errors_total']}/{r['n_total']} | {r['ece_mean']:.3f} -> "
+            f"{r['ece_calibrated_mean']:.3f} | {r['temperature_mean']:.2f} | {r['model_mb']:.2f} | "
+            f"{r['onnx_batch1_latency_p50_ms']:.2f} | {r['fit_seconds_mean']:.0f} |"
+        )
+        if "f1_macro_tta_mean" in r:
+            lo, hi = r["f1_macro_tta_ci95"]
+            lines.append(
+                f"| {name} + flip TTA | {r['f1_macro_tta_mean']:.4f} [{lo:.3f}, {hi:.3f}] | "
+                "| | | | | 2x | |"
+            )
+        if "int8_f1_macro_mean" in r:
+            lines.append(
+                f"| {name} int8 | {r['int8_f1_macro_mean']:.4f} | | | | | "
+                f"{r['int8_model_mb']:.2f} | | |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--candidates", help=f"comma-separated (default: {','.join(DEFAULT_CANDIDATES)})"
+    )
+    p.add_argument("--list", action="store_true", help="list the candidates and exit")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="epochs per fit (default: parameters_training.yml)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--pool", help="folder of {label}/*.jpg (default: shared dataset or samples)")
+    p.add_argument("--exclude-ids", help="JSON file of image keys / sha256 to leave out")
+    p.add_argument("--max-fold", type=int, help="run only the first N folds (cost estimate)")
+    p.add_argument("--max-model-mb", type=float, default=20.0, help="PROBLEM.md size limit")
+    p.add_argument("--min-nll-gain", type=float, default=0.0)
+    p.add_argument("--quantize-all-folds", action="store_true")
+    p.add_argument(
+        "--thresholds",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95],
+    )
+    p.add_argument("--json", help="write the results here (rewritten after each candidate)")
+    p.add_argument("--from-json", help="print the tables of a saved --json file and exit")
+    args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(json.dumps({k: v for k, v in saved.items() if k != "results"}))
+        print_table(saved["results"])
+        print()
+        print(markdown_table(saved["results"]))
+        return 0
+    if args.list:
+        for name, (ov, tta) in CANDIDATES.items():
+            print(f"{name:<22} {json.dumps(ov)}{'  (+ flip TTA)' if tta else ''}")
+        return 0
+    names = args.candidates.split(",") if args.candidates else DEFAULT_CANDIDATES
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        p.error(f"unknown candidates {unknown}; --list shows them")
+
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from plants_mlops.params import TrainingParams
+
+    base = _defaults()
+    base.update(device=args.device, quiet=True, seed=args.seed, num_threads=args.threads)
+    base["mlflow"] = {**base["mlflow"], "enabled": False}
+    if args.epochs:
+        base["epochs"] = args.epochs
+    folder = (
+        Path(args.pool)
+        if args.pool
+        else (SHARED_POOL if SHARED_POOL.is_dir() else ROOT / "samples" / "plants")
+    )
+    exclude = _excluded(args.exclude_ids)
+    sizes = {
+        max(FMT_SIZE, TrainingParams.model_validate(_merge(base, CANDIDATES[n][0])).image_size)
+        for n in names
+    }
+    pools, excluded = {}, 0
+    for size in sorted(sizes):
+        pools[size], excluded = load_pool(folder, size, exclude)
+    labels = pools[min(sizes)].labels
+    skf = StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
+    folds = []
+    for rest, test_idx in skf.split(np.zeros(len(labels)), labels):
+        train_idx, val_idx = train_test_split(
+            rest, test_size=args.val_fraction, stratify=labels[rest], random_state=args.seed
+        )
+        folds.append((np.sort(train_idx), np.sort(val_idx), test_idx))
+    folds = folds[: args.max_fold] if args.max_fold else folds
+    import torch
+
+    header = {
+        "pool": str(folder),
+        "pool_size": int(len(labels)),
+        "excluded": excluded,
+        "exclude_ids": args.exclude_ids,
+        "folds": args.folds,
+        "folds_run": len(folds),
+        "epochs": base["epochs"],
+        "patience": base["early_stopping"]["patience"],
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "device": args.device,
+        "torch_threads": args.threads or torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+    }
+    print(json.dumps(header), flush=True)
+    results: dict = {}
+    t0 = time.perf_counter()
+    for name in names:
+        print(f"-- {name} {json.dumps(CANDIDATES[name][0])}", flush=True)
+        results[name] = run_candidate(name, pools, folds, base, args)
+        results[name]["paired_diff_vs_default"] = paired(results, name)
+        if args.json:
+            header["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            header["load_average_now"] = os.getloadavg()
+            Path(args.json).write_text(json.dumps({**header, "results": results}, indent=2))
+    print_table(results)
+    print()
+    print(markdown_table(results))
+    print(f"\nwall {time.perf_counter() - t0:.0f} s, load average now {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
