@@ -29,7 +29,7 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(kedro_p
     project = kedro_project.path
     small_project(project, "local", tmp_path)
     env = zenml_env(tmp_path / "zenml-home")
-    stages = ["--pipelines", "ingestion", "formatting", "validation"]
+    stages = ["--pipelines", "ingestion", "formatting", "curation", "validation"]
     run = pipeline_run(["--stack", "local", *stages], env, project, tmp_path / "run.json")
 
     try:

@@ -53,14 +53,21 @@ def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict
 
 
 def format_images(
-    raw_images: dict[str, Callable[[], bytes]], plants_data: pd.DataFrame, params: dict
+    raw_images: dict[str, Callable[[], bytes]],
+    plants_data: pd.DataFrame,
+    params: dict,
+    data_decisions: pd.DataFrame | None = None,
 ) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
-    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer.
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, with the curation
+    decisions in force applied (an excluded row left out, a relabelled one relabelled).
 
     Returns (fmt images keyed ``{label}/{sha256}``, fmt index, a report of what was skipped).
     """
+    from plants_mlops.pipelines.curation.decisions import apply_decisions
+
     t0 = time.perf_counter()
     p = parse(FormattingParams, params, "formatting")
+    raw_images, plants_data, decisions = apply_decisions(raw_images, plants_data, data_decisions)
     size = p.image_size
     sources = _sources(plants_data)
     stored: dict[tuple[str, str], Callable[[], bytes]] = {}
@@ -118,6 +125,7 @@ def format_images(
         "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
         "missing_raw": missing_raw,
         "undecodable": undecodable,
+        "decisions_applied": decisions,
     }
     log.info(
         "formatting: %d images -> %dx%d in %.1f s (%s images/s); %d ok rows without a raw "

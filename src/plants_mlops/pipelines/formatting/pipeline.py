@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 format_images,
-                inputs=["raw_images", "plants_data", "params:formatting"],
+                inputs=["raw_images", "plants_data", "params:formatting", "data_decisions"],
                 outputs=["fmt_images", "fmt_index", "fmt_report"],
                 name="format_images",
             ),
