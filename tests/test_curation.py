@@ -179,3 +179,32 @@ def test_data_review_lists_the_queue_with_the_decisions_taken(data_project, caps
     text = capsys.readouterr().out
     assert f"  1. row {first['source_id']:<5}" in text and "[decided: exclude]" in text
     assert first["problems"][0] in text
+
+
+def test_a_new_near_copy_joins_the_split_of_the_stored_image(data_project):
+    """Formatting's split for near-duplicates: the later image takes the earlier one's
+    split, and adding it moves no image that was there before."""
+    import imagehash
+    from PIL import Image
+
+    from plants_mlops.pipelines.curation.splits import join_near_duplicate_splits
+    from plants_mlops.pipelines.formatting.nodes import split_of
+
+    data = data_project.path / "data"
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    report = read_json(data / "08_reporting" / "formatting_report.json")
+    assert report["near_duplicates_joined_split"] == 0  # no near pair in the shipped data
+    assert index["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
+    split = stage_params("formatting")["split"]
+    stored = index[index["split"] == "train"].iloc[0]
+    img = Image.open(data / "02_intermediate" / "fmt_images" / f"{stored.image_key}.jpg")
+    # a sha256 whose own hash split is test: without the join the pair would leak
+    sha = next(s for s in (f"{i:064x}" for i in range(1000)) if split_of(s, split) == "test")
+    new = stored.copy()
+    new["sha256"], new["image_key"], new["source_id"] = sha, f"{stored.label}/{sha}", 9999
+    new["split"] = split_of(sha, split)
+    new["phash"] = str(imagehash.phash(ImageEnhance.Contrast(img).enhance(1.15)))
+    grown = pd.concat([index, new.to_frame().T], ignore_index=True)
+    joined = join_near_duplicate_splits(grown, max_distance=8)
+    assert joined.iloc[-1] == stored.split == "train"
+    assert list(joined.iloc[:-1]) == list(index["split"])  # nothing stored moved

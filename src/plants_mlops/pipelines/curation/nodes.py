@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -119,13 +118,15 @@ def compute_features(
     cache = _read_cache(p.embeddings.cache, key)
     rows, todo, todo_images = [], [], []
     for r in dataset_index.itertuples():
-        img = fmt_images[r.image_key]()
-        rows.append(
-            {"image_key": r.image_key, "sha256": r.sha256, "phash": str(imagehash.phash(img))}
-        )
+        img = None
+        phash = getattr(r, "phash", None)  # formatting's, else computed here
+        if not isinstance(phash, str):
+            img = fmt_images[r.image_key]()
+            phash = str(imagehash.phash(img))
+        rows.append({"image_key": r.image_key, "sha256": r.sha256, "phash": phash})
         if r.sha256 not in cache:
             todo.append(r.sha256)
-            todo_images.append(img)
+            todo_images.append(img if img is not None else fmt_images[r.image_key]())
     if todo:
         for sha, vec in zip(todo, _embed(todo_images, p), strict=True):
             cache[sha] = vec
@@ -148,15 +149,17 @@ def near_duplicate_pairs(
     index: pd.DataFrame, hashes: dict[str, str], max_distance: int
 ) -> list[dict]:
     """Every pair of indexed images whose perceptual hashes differ in <= max_distance bits."""
-    import imagehash
+    from plants_mlops.pipelines.curation.splits import hash_bits
 
     rows = index.to_dict(orient="records")
-    parsed = [imagehash.hex_to_hash(hashes[r["image_key"]]) for r in rows]
+    if len(rows) < 2:
+        return []
+    bits = hash_bits([hashes[r["image_key"]] for r in rows])
     pairs = []
-    for (i, a), (j, b) in itertools.combinations(enumerate(rows), 2):
-        d = int(parsed[i] - parsed[j])
-        if d <= max_distance:
-            first, second = sorted((a, b), key=lambda r: int(r["source_id"]))
+    for i in range(len(rows) - 1):
+        dist = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
+        for j in np.flatnonzero(dist <= max_distance) + i + 1:
+            first, second = sorted((rows[i], rows[j]), key=lambda r: int(r["source_id"]))
             pairs.append(
                 {
                     "a": first["image_key"],
@@ -165,7 +168,7 @@ def near_duplicate_pairs(
                     "b_source_id": int(second["source_id"]),
                     "a_split": first["split"],
                     "b_split": second["split"],
-                    "distance": d,
+                    "distance": int(dist[j - i - 1]),
                     "same_label": first["label"] == second["label"],
                 }
             )
@@ -206,7 +209,7 @@ def find_issues(
 
     t0 = time.perf_counter()
     p = parse(CurationParams, params, "curation")
-    index = dataset_index.merge(
+    index = dataset_index.drop(columns=["phash"], errors="ignore").merge(
         curation_features[["image_key", "phash", "embedding"]], on="image_key"
     )
     emb = np.stack(index["embedding"].map(np.asarray)).astype(np.float32) if len(index) else None
@@ -275,7 +278,9 @@ def find_issues(
     ood_scores = np.ones(len(index))
     if emb is not None and len(index) > p.outliers.k + 1:
         ood = OutOfDistribution(params={"k": p.outliers.k})
-        ood_scores = ood.fit_score(features=emb / np.linalg.norm(emb, axis=1, keepdims=True))
+        ood_scores = ood.fit_score(
+            features=emb / np.linalg.norm(emb, axis=1, keepdims=True), verbose=False
+        )
         cut = np.quantile(ood_scores, p.outliers.share)
         for i in np.flatnonzero(ood_scores <= cut):
             it = item(records[i])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import imagehash
 import pandas as pd
 from PIL import Image
 
@@ -26,7 +27,7 @@ from plants_mlops.params import FormattingParams, parse
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["sha256", "label", "image_key", "source_id", "url_source"]
-EXTRA_COLUMNS = ["orig_width", "orig_height"]
+EXTRA_COLUMNS = ["orig_width", "orig_height", "phash"]  # phash: imagehash, 16 hex digits
 FMT_INDEX_COLUMNS = ID_COLUMNS + list(imaging.STAT_COLUMNS) + EXTRA_COLUMNS
 DATASET_INDEX_COLUMNS = FMT_INDEX_COLUMNS + ["split"]
 
@@ -49,6 +50,7 @@ def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict
     img = imaging.square_resize(decoded.image, size)
     stats = imaging.image_stats(img)
     stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
+    stats["phash"] = str(imagehash.phash(img))  # near-duplicates (curation)
     return img, stats
 
 
@@ -154,11 +156,16 @@ def split_of(sha256: str, split: dict[str, Any]) -> str:
 
 
 def build_dataset_index(
-    fmt_index: pd.DataFrame, fmt_report: dict[str, Any], params: dict
+    fmt_index: pd.DataFrame,
+    fmt_report: dict[str, Any],
+    params: dict,
+    curation: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """fmt index -> dataset index (duplicates dropped, split assigned) + fingerprint + report.
 
     Identical bytes under two labels are contradictory: every copy is dropped and reported.
+    With ``params:curation``, a near-duplicate of an earlier image joins that image's split
+    (``curation.splits.join_near_duplicate_splits``).
     """
     p = parse(FormattingParams, params, "formatting")
     split = p.split.model_dump()
@@ -170,11 +177,24 @@ def build_dataset_index(
     dropped = fmt_index[fmt_index["sha256"].isin(conflicted)]
     index = fmt_index[~fmt_index["sha256"].isin(conflicted)].drop_duplicates("sha256").copy()
     index["split"] = [split_of(sha, split) for sha in index["sha256"]]
-    index = index.sort_values("image_key").reset_index(drop=True)[DATASET_INDEX_COLUMNS]
+    moved = 0
+    if curation is not None and "phash" in index.columns and index["phash"].notna().all():
+        from plants_mlops.params import CurationParams
+        from plants_mlops.pipelines.curation.splits import join_near_duplicate_splits
+
+        c = parse(CurationParams, curation, "curation")
+        joined = join_near_duplicate_splits(index, c.near_duplicates.max_distance)
+        moved = int((joined != index["split"]).sum())
+        index["split"] = joined
+    # reindex: an fmt index written before phash existed gets an empty column
+    index = (
+        index.sort_values("image_key").reset_index(drop=True).reindex(columns=DATASET_INDEX_COLUMNS)
+    )
     fingerprint = fingerprint_of(index, p.image_size)
     report = {
         **fmt_report,
         "dataset_images": len(index),
+        "near_duplicates_joined_split": moved,
         "duplicates_dropped": [
             {
                 "image_key": r.image_key,
