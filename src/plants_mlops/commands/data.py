@@ -106,7 +106,7 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
     review.add_argument(
         "--queue",
         default="data/08_reporting/curation_queue.json",
-        help="the queue the curation pipeline wrote (default: %(default)s)",
+        help="the queue the curation pipeline wrote, a path or s3:// URL (default: %(default)s)",
     )
     review.set_defaults(handler=review_command)
 
@@ -149,12 +149,16 @@ def _engine(args: argparse.Namespace):
 
 
 def review_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import fsspec
 
     from plants_mlops import db
 
-    path = Path(args.queue)
-    queue = json.loads(path.read_text()) if path.is_file() else None
+    path = args.queue
+    try:
+        with fsspec.open(path, "r") as fh:
+            queue = json.load(fh)
+    except FileNotFoundError:
+        queue = None
     engine = _engine(args)
     decided = {d["row_id"]: d for d in db.decisions_in_force(engine)}
     feedback = db.list_feedback(engine)
@@ -169,9 +173,8 @@ def review_command(args: argparse.Namespace) -> int:
     if queue is None:
         print(f"no review queue at {path}: run `kedro run --pipelines curation` first")
     else:
-        print(
-            f"review queue ({len(queue)} images, {path}; HTML: {path.parent / 'curation_review.html'}):"
-        )
+        page = path.rsplit("/", 1)[0] + "/curation_review.html"
+        print(f"review queue ({len(queue)} images, {path}; HTML: {page}):")
         for it in queue:
             done = f"  [decided: {it['decision']['action']}]" if it["decision"] else ""
             print(
