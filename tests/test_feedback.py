@@ -170,3 +170,50 @@ def test_bad_uncertainty_settings_are_refused_clearly(monkeypatch, env, message)
         monkeypatch.setenv(k, v)
     with pytest.raises(UserFacingError, match=message):
         ServingConfig.from_env()
+
+
+def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path, capsys):
+    from plants_mlops.serving.feedback import FeedbackStore, RecentPredictions
+
+    url = f"sqlite:///{tmp_path / 'plants.db'}"
+    recent = RecentPredictions(None)  # PLANTS_KEEP_UNCERTAIN_IMAGES off
+    recent.remember("req-1", {"label": "grass", "confidence": 0.6, "uncertain": True}, b"jpeg")
+    seen = recent.lookup("req-1")
+    assert seen is not None and "image_path" not in seen
+    assert not list(tmp_path.iterdir())  # nothing written but the database to come
+    store = FeedbackStore(url)
+    first = store.file("req-1", "dandelion", None, seen)
+    second = store.file("req-1", "dandelion", "sure", seen)
+    engine = db.make_engine(url)
+    with pytest.raises(UserFacingError, match="has no kept image"):
+        db.decide_feedback(engine, first, True, "")
+    assert db.load_rows(engine) == []  # nothing reached plants_data
+    assert (
+        cli.main(["data", "feedback", "reject", str(first), "--reason", "blurry", "--db-url", url])
+        == 0
+    )
+    assert f"feedback {first} rejected" in capsys.readouterr().out
+    left = db.list_feedback(engine)
+    assert [f["id"] for f in left] == [second]
+    done = db.list_feedback(engine, status="rejected")
+    assert [(f["id"], f["reason"], f["predicted_label"]) for f in done] == [
+        (first, "blurry", "grass")
+    ]
+    assert cli.main(["data", "feedback", "accept", "99", "--db-url", url]) == 1
+    assert "no feedback candidate with id 99" in capsys.readouterr().err
+
+
+def test_kept_images_are_content_addressed_and_survive_a_restart(tmp_path):
+    from plants_mlops.serving.feedback import RecentPredictions
+
+    photo = images.sample_jpeg(1)
+    first = RecentPredictions(str(tmp_path / "kept"), size=1)
+    for rid in ("a1", "a2"):
+        first.remember(rid, {"label": "grass", "image_format": "JPEG"}, photo)
+    files = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    sha = hashlib.sha256(photo).hexdigest()
+    assert files == ["a1.json", "a2.json", f"{sha}.jpg"]  # one copy of the bytes
+    assert first.lookup("a1")["image_sha256"] == sha  # evicted from memory, read from disk
+    restarted = RecentPredictions(str(tmp_path / "kept"))
+    assert restarted.lookup("a2")["image_path"] == str(tmp_path / "kept" / f"{sha}.jpg")
+    assert restarted.lookup("../etc/passwd") is None  # a request id is never a path
