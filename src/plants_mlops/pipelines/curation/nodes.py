@@ -71,13 +71,23 @@ def _cache_key(p: CurationParams) -> str:
     return f"{e.architecture}:{e.weights}:{e.image_size}"
 
 
+def _storage_options(path: str) -> dict[str, Any]:
+    """The S3 endpoint of ``--env minio`` (keys come from the AWS_* variables)."""
+    import os
+
+    endpoint = os.environ.get("PLANTS_S3_ENDPOINT_URL")
+    if path.startswith("s3://") and endpoint:
+        return {"client_kwargs": {"endpoint_url": endpoint}}
+    return {}
+
+
 def _read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
     if not path:
         return {}
     import fsspec
 
     try:
-        with fsspec.open(path, "rb") as fh:
+        with fsspec.open(path, "rb", **_storage_options(path)) as fh:
             cached = pd.read_parquet(fh)
     except FileNotFoundError:
         return {}
@@ -100,10 +110,13 @@ def _write_cache(path: str | None, key: str, embeddings: dict[str, np.ndarray]) 
             "embedding": [v.tolist() for v in embeddings.values()],
         }
     )
-    fs, _, (target,) = fsspec.get_fs_token_paths(path)
-    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(target, "wb") as fh:
-        frame.to_parquet(fh)
+    try:
+        fs, _, (target,) = fsspec.get_fs_token_paths(path, storage_options=_storage_options(path))
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(target, "wb") as fh:
+            frame.to_parquet(fh)
+    except Exception as exc:  # the cache only saves time: never fail the run for it
+        log.warning("curation: embedding cache %s not written (%s)", path, exc)
 
 
 def compute_features(
