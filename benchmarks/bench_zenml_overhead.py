@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DATA_STAGES = ["ingestion", "formatting", "validation"]
+DATA_STAGES = ["ingestion", "formatting", "curation", "validation"]
 LAYERS = ("01_raw", "02_intermediate", "03_primary", "06_models", "08_reporting")
 
 

@@ -11,6 +11,7 @@ from data_testlib import manifest_rows, write_csv
 
 from plants_mlops import cli, contracts, db
 from plants_mlops.datasets.data_plants_table import PlantsTableDataset
+from plants_mlops.errors import UserFacingError
 
 
 @pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
@@ -164,3 +165,56 @@ def test_an_unreachable_database_is_a_clear_error():
 
     with pytest.raises(UserFacingError, match="cannot reach the plants_data database"):
         db.make_engine("postgresql+psycopg2://nobody:secret@127.0.0.1:1/none")
+
+
+def test_an_existing_database_upgrades_in_place_and_records_decisions(db_url, tmp_path):
+    """A database made before the curation tables (plants_data only, no version table)
+    gains data_decisions and feedback_candidates in place; its rows are untouched."""
+    old = sa.MetaData()
+    db.plants_data.to_metadata(old)
+    engine = sa.create_engine(db_url)
+    if db_url.startswith("sqlite"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+    old.create_all(engine)
+    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=3)))
+    before = db.load_rows(engine)
+    assert set(sa.inspect(engine).get_table_names()) == {"plants_data"}
+    engine.dispose()
+
+    upgraded = db.make_engine(db_url)  # what every command and dataset calls first
+    tables = set(sa.inspect(upgraded).get_table_names())
+    assert {"data_decisions", "feedback_candidates", "plants_schema_version"} <= tables
+    assert db.load_rows(upgraded) == before
+    with upgraded.connect() as conn:
+        versions = conn.execute(sa.select(db.schema_version.c.version)).scalars().all()
+    assert sorted(versions) == list(range(1, db.SCHEMA_VERSION + 1))
+    assert db.migrate(upgraded) == db.SCHEMA_VERSION  # idempotent: nothing left to do
+
+    db.record_decision(upgraded, 1, "exclude", "a drawing, not a photo", who="ana")
+    db.record_decision(upgraded, 2, "relabel", "grass only", label="grass", who="ana")
+    db.record_decision(upgraded, 1, "restore", "", who="bo")
+    in_force = db.decisions_in_force(upgraded)
+    assert [(d["row_id"], d["action"], d["label"]) for d in in_force] == [(2, "relabel", "grass")]
+    history = db.decision_history(upgraded)
+    assert [(d["row_id"], d["action"], d["decided_by"]) for d in history] == [
+        (1, "exclude", "ana"),
+        (2, "relabel", "ana"),
+        (1, "restore", "bo"),
+    ]
+    assert history[0]["reason"] == "a drawing, not a photo" and history[0]["decided_at"]
+    assert db.load_rows(upgraded) == before  # a decision never edits the row itself
+    upgraded.dispose()
+
+
+def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=1)))
+    with pytest.raises(UserFacingError, match="needs a reason"):
+        db.record_decision(engine, 1, "exclude", "  ")
+    with pytest.raises(UserFacingError, match="no plants_data row with id 99"):
+        db.record_decision(engine, 99, "exclude", "x")
+    with pytest.raises(UserFacingError, match="'rose' is not one of"):
+        db.record_decision(engine, 1, "relabel", "x", label="rose")
+    with pytest.raises(UserFacingError, match="already labelled 'dandelion'"):
+        db.record_decision(engine, 1, "relabel", "x", label="dandelion")
+    assert db.decision_history(engine) == []  # nothing half-recorded

@@ -44,17 +44,17 @@ def test_kedro_and_zenml_records_reach_the_file_and_not_the_console(demo_logging
 
 def test_progress_lines_and_epochs_reach_both(demo_logging):
     state, console = demo_logging
-    demo.log.info("[1/6] ingestion ... done (400 rows) in 2.0 s")
+    demo.log.info("[1/7] ingestion ... done (400 rows) in 2.0 s")
     logging.getLogger(demo.EPOCH_LOGGER).info("epoch %d/%d: val_f1=%.4f", 1, 12, 0.9)
     logging.getLogger(demo.EPOCH_LOGGER).info("building the model")  # not an epoch line
     demo.detail.info("dandelion.jpg true=dandelion predicted=dandelion")
     shown = console.getvalue().splitlines()
     assert shown == [
-        "[1/6] ingestion ... done (400 rows) in 2.0 s",
+        "[1/7] ingestion ... done (400 rows) in 2.0 s",
         "      epoch 1/12: val_f1=0.9000",
     ]
     text = _file(state)
-    assert "[1/6] ingestion" in text and "epoch 1/12" in text
+    assert "[1/7] ingestion" in text and "epoch 1/12" in text
     assert "building the model" in text and "predicted=dandelion" in text
 
 
@@ -62,7 +62,7 @@ def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
     meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_checks": 12}
     logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
-    assert console.getvalue().endswith("[3/6] validation ... passed (12 checks) in 3.1 s\n")
+    assert console.getvalue().endswith("[4/7] validation ... passed (12 checks) in 3.1 s\n")
 
 
 def test_close_puts_the_root_logger_back(tmp_path):
@@ -75,16 +75,16 @@ def test_close_puts_the_root_logger_back(tmp_path):
 def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     state, console = demo_logging
     steps = logging.getLogger(demo.STEP_LOGGER)
-    for stage in ("ingestion", "formatting", "validation"):
+    for stage in ("ingestion", "formatting", "curation", "validation"):
         steps.info("%s: %s", stage, {"stage": stage, "duration_s": 1.0})
     steps.info("%s: %s", "evaluation", {"stage": "evaluation", "duration_s": 2.0})
     state.progress.catch_up()
     lines = console.getvalue().splitlines()
     assert [ln.split(" ... ")[0] for ln in lines] == [
-        f"[{i}/6] {stage}" for i, stage in enumerate(demo.STAGES, 1)
+        f"[{i}/7] {stage}" for i, stage in enumerate(demo.STAGES, 1)
     ]
-    assert lines[3] == "[4/6] training ... cached"
-    assert lines[5] == "[6/6] registry ... cached"
+    assert lines[4] == "[5/7] training ... cached"
+    assert lines[6] == "[7/7] registry ... cached"
 
 
 def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, capsys):

@@ -48,6 +48,9 @@ def test_data_pipeline_on_the_minio_env_stores_every_layer_in_the_bucket(
         "03_primary/dataset_fingerprint.json",
         "08_reporting/ingestion_report.json",
         "08_reporting/validation_report.json",
+        "03_primary/near_duplicates.json",
+        "08_reporting/curation_review.html",
+        "04_feature/curation_embeddings.parquet",  # the embedding cache follows the root
     ):
         assert key in keys
     index = pd.read_parquet(

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from support.servers import VENV_BIN
 
-ALL_STAGES = ["ingestion", "formatting", "validation", "training", "evaluation", "registry"]
+ALL_STAGES = [
+    "ingestion",
+    "formatting",
+    "curation",
+    "validation",
+    "training",
+    "evaluation",
+    "registry",
+]
 TINY_TRAINING = [
     "training.epochs=1",
     "training.image_size=64",

@@ -70,6 +70,45 @@ class FormattingParams(Params):
     split: SplitShares
 
 
+# -- curation ----------------------------------------------------------------------------
+
+
+class NearDuplicates(Params):
+    max_distance: int  # bits of the 64-bit perceptual hash
+
+
+class CurationEmbeddings(Params):
+    architecture: str
+    weights: str | None
+    image_size: int
+    batch_size: int
+    cache: str | None
+
+
+class LabelIssues(Params):
+    folds: int
+    C: float
+    seed: int
+
+
+class Outliers(Params):
+    k: int
+    share: float
+
+
+class ReviewQueue(Params):
+    max_items: int
+    thumbnail_px: int
+
+
+class CurationParams(Params):
+    near_duplicates: NearDuplicates
+    embeddings: CurationEmbeddings
+    label_issues: LabelIssues
+    outliers: Outliers
+    queue: ReviewQueue
+
+
 # -- validation --------------------------------------------------------------------------
 
 
@@ -251,6 +290,7 @@ class MonitoringParams(Params):
 STAGES: dict[str, type[Params]] = {
     "ingestion": IngestionParams,
     "formatting": FormattingParams,
+    "curation": CurationParams,
     "validation": ValidationParams,
     "training": TrainingParams,
     "evaluation": EvaluationParams,

@@ -1,4 +1,5 @@
-"""``plants-mlops db seed`` and ``plants-mlops db status``: the plants_data table by hand."""
+"""``plants-mlops db seed`` / ``db status``: the plants_data table by hand; ``plants-mlops
+data review|exclude|relabel|restore|history|feedback``: curation decisions."""
 
 from __future__ import annotations
 
@@ -7,18 +8,28 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    db_parser = subparsers.add_parser(
-        "db", help="the plants_data table (image URLs and their ingestion status)"
-    )
-    db_sub = db_parser.add_subparsers(dest="db_command", metavar="ACTION")
-    db_parser.set_defaults(handler=lambda _args: db_parser.print_help() or 2)
+    register_db(subparsers)
+    register_curation(subparsers)
 
+
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db-url",
         help="SQLAlchemy URL (default: $PLANTS_DB_URL, else sqlite:///data/plants.db)",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return common
+
+
+def register_db(subparsers: argparse._SubParsersAction) -> None:
+    db_parser = subparsers.add_parser(
+        "db", help="the plants_data table (image URLs and their ingestion status)"
+    )
+    db_sub = db_parser.add_subparsers(dest="db_command", metavar="ACTION")
+    db_parser.set_defaults(handler=lambda _args: db_parser.print_help() or 2)
+
+    common = _common_options()
 
     seed = db_sub.add_parser(
         "seed",
@@ -68,4 +79,164 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"failed rows ({len(summary['failed'])}):")
         for row in summary["failed"]:
             print(f"  {row['id']:>5}  {row['url_source']}\n         {row['error']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- curation
+
+
+def register_curation(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="the curation review queue and the decisions on it (exclude, relabel, restore)",
+        description="Review what the curation pipeline found and record decisions; formatting "
+        "honours them on its next run (the dataset fingerprint changes). Raw bytes are never "
+        "deleted: `data restore ID` undoes a decision.",
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
+
+    common = _common_options()
+
+    review = sub.add_parser(
+        "review",
+        parents=[common],
+        help="the review queue (curation) and the pending feedback from the API",
+    )
+    review.add_argument(
+        "--queue",
+        default="data/08_reporting/curation_queue.json",
+        help="the queue the curation pipeline wrote, a path or s3:// URL (default: %(default)s)",
+    )
+    review.set_defaults(handler=review_command)
+
+    for action, text in (
+        ("exclude", "leave a row out of the dataset (the raw bytes stay)"),
+        ("relabel", "give a row another label"),
+        ("restore", "cancel the decisions on a row"),
+    ):
+        p = sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("row_id", type=int, metavar="ID", help="plants_data row id")
+        if action == "relabel":
+            p.add_argument("label", metavar="LABEL")
+        p.add_argument("--reason", required=action != "restore", default="", help="why")
+        p.set_defaults(handler=decide_command, action=action)
+
+    history = sub.add_parser("history", parents=[common], help="every decision, oldest first")
+    history.add_argument("row_id", type=int, nargs="?", metavar="ID", help="one row only")
+    history.set_defaults(handler=history_command)
+
+    feedback = sub.add_parser("feedback", help="accept or reject feedback sent to the API")
+    fsub = feedback.add_subparsers(dest="feedback_command", metavar="ACTION")
+    feedback.set_defaults(handler=lambda _args: feedback.print_help() or 2)
+    for action in ("accept", "reject"):
+        p = fsub.add_parser(
+            action,
+            parents=[common],
+            help="add the candidate to plants_data (next ingestion stores it)"
+            if action == "accept"
+            else "drop the candidate (it stays recorded as rejected)",
+        )
+        p.add_argument("candidate_id", type=int, metavar="ID", help="feedback candidate id")
+        p.add_argument("--reason", default="", help="why")
+        p.set_defaults(handler=feedback_command, accept=action == "accept")
+
+
+def _engine(args: argparse.Namespace):
+    from plants_mlops import db
+
+    return db.make_engine(args.db_url)
+
+
+def review_command(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from plants_mlops import db
+
+    path = args.queue
+    try:
+        with fsspec.open(path, "r") as fh:
+            queue = json.load(fh)
+    except FileNotFoundError:
+        queue = None
+    engine = _engine(args)
+    decided = {d["row_id"]: d for d in db.decisions_in_force(engine)}
+    feedback = db.list_feedback(engine)
+    for item in queue or []:
+        d = decided.get(item["source_id"])
+        item["decision"] = (
+            None if d is None else {k: d[k] for k in ("action", "label", "reason", "decided_by")}
+        )
+    if args.json:
+        print(json.dumps({"queue": queue, "feedback": feedback}, indent=2, default=str))
+        return 0
+    if queue is None:
+        print(f"no review queue at {path}: run `kedro run --pipelines curation` first")
+    else:
+        page = path.rsplit("/", 1)[0] + "/curation_review.html"
+        print(f"review queue ({len(queue)} images, {path}; HTML: {page}):")
+        for it in queue:
+            done = f"  [decided: {it['decision']['action']}]" if it["decision"] else ""
+            print(
+                f"{it['rank']:>3}. row {it['source_id']:<5} {it['label']:<9} {it['split']:<5} "
+                f"-> {it['action']}{done}\n       " + "\n       ".join(it["problems"])
+            )
+    print(f"feedback from the API, pending review ({len(feedback)}):")
+    for f in feedback:
+        print(
+            f"  #{f['id']} request {f['request_id']}: predicted {f['predicted_label']} "
+            f"({f['confidence'] if f['confidence'] is not None else '?'}), user says "
+            f"{f['true_label']}; image {'kept' if f['image_path'] else 'not kept'}"
+        )
+    return 0
+
+
+def decide_command(args: argparse.Namespace) -> int:
+    from plants_mlops import db
+
+    done = db.record_decision(
+        _engine(args), args.row_id, args.action, args.reason, label=getattr(args, "label", None)
+    )
+    if args.json:
+        print(json.dumps(done, indent=2, default=str))
+    else:
+        what = f"relabel -> {done['label']}" if args.action == "relabel" else args.action
+        print(
+            f"row {args.row_id}: {what} recorded ({done['decided_by']}, {done['decided_at']}); "
+            "the next formatting run applies it"
+        )
+    return 0
+
+
+def history_command(args: argparse.Namespace) -> int:
+    from plants_mlops import db
+
+    rows = db.decision_history(_engine(args), args.row_id)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no decisions recorded")
+    for d in rows:
+        label = f" -> {d['label']}" if d["label"] else ""
+        print(
+            f"{d['decided_at']}  row {d['row_id']:<5} {d['action']}{label}  by {d['decided_by']}: "
+            f"{d['reason']}"
+        )
+    return 0
+
+
+def feedback_command(args: argparse.Namespace) -> int:
+    from plants_mlops import db
+
+    out = db.decide_feedback(_engine(args), args.candidate_id, args.accept, args.reason)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif args.accept:
+        print(
+            f"feedback {args.candidate_id} accepted: plants_data row {out['row_id']} "
+            "(pending; the next ingestion stores its image)"
+        )
+    else:
+        print(f"feedback {args.candidate_id} rejected")
     return 0

@@ -50,6 +50,11 @@ _DETAILS: dict[str, tuple[tuple[str, str], ...]] = {
         ("count_failed", "failed"),
     ),
     "formatting": (("count_dataset_images", "images"),),
+    "curation": (
+        ("count_queued", "to review"),
+        ("count_label_issues", "label issues"),
+        ("count_near_duplicate_pairs", "near-duplicate pairs"),
+    ),
     "validation": (("count_checks", "checks"),),
     "training": (("metric_test_f1_macro", "test F1"),),
     "evaluation": (
@@ -304,6 +309,9 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     ):
         summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
 
+    review = REPORTING / "curation_review.html"
+    if review.exists():
+        log.info("curation review queue: %s (`plants-mlops data review` lists it)", review)
     registry = summaries.get("registry", {})
     f1 = (summaries.get("evaluation", {}).get("metrics") or {}).get("test_f1_macro")
     score = f" (test F1 {f1:.4f})" if f1 is not None else ""

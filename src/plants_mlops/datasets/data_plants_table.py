@@ -59,3 +59,30 @@ class PlantsTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
 
     def _describe(self) -> dict[str, Any]:
         return {"url": db.redact(self._url), "seed_if_empty": self._seed_if_empty}
+
+
+class DecisionsDataset(AbstractDataset[pd.DataFrame, None]):
+    """The curation decisions in force (``db.decisions_in_force``), read-only: one row per
+    decided plants_data row (``row_id``, ``action`` exclude/relabel, ``label``, ``reason``,
+    ``decided_by``, ``decided_at``). Same credentials as ``plants_data``."""
+
+    COLUMNS = ("id", "row_id", "action", "label", "reason", "decided_by", "decided_at")
+
+    def __init__(
+        self, *, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self._url = db.resolve_url((credentials or {}).get("con"))
+        self.metadata = metadata
+
+    def load(self) -> pd.DataFrame:
+        engine = db.make_engine(self._url)
+        try:
+            return pd.DataFrame(db.decisions_in_force(engine), columns=list(self.COLUMNS))
+        finally:
+            engine.dispose()
+
+    def save(self, data: None) -> None:
+        raise NotImplementedError("decisions are recorded with `plants-mlops data exclude ...`")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"url": db.redact(self._url)}

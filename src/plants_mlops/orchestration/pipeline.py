@@ -59,7 +59,7 @@ def plants_mlops_pipeline(
     gpu: bool = False,
     reuse_models: bool = True,
 ) -> None:
-    """ingestion -> formatting -> validation -> training -> evaluation -> registry."""
+    """ingestion -> formatting -> curation -> validation -> training -> evaluation -> registry."""
     upstream = None
     for stage in stages:
         step_fn = STEPS[stage]

@@ -151,6 +151,7 @@ CACHED_STAGES = ("training", "evaluation", "registry")
 _DOCS = {
     "ingestion": "Download the pending images of the plants_data table into 01_raw.",
     "formatting": "Raw -> formatted images -> dataset index + fingerprint (03_primary).",
+    "curation": "Near-duplicates, label issues, outliers -> the review queue (08_reporting).",
     "validation": "Pandera checks on every index; a failure stops the run before training.",
     "training": "Train the classifier; logs into the stack's MLflow tracker run if any.",
     "evaluation": "Test metrics of the new model against the baselines and the champion.",
@@ -205,6 +206,7 @@ def make_step(stage: str):
 # ZenML imports steps by module attribute: each one must be a module-level name.
 ingestion = make_step("ingestion")
 formatting = make_step("formatting")
+curation = make_step("curation")
 validation = make_step("validation")
 training = make_step("training")
 evaluation = make_step("evaluation")

@@ -18,7 +18,7 @@ from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.middleware import RequestContextMiddleware
 from plants_mlops.serving.model import ModelManager
 from plants_mlops.serving.predlog import PredictionLogWriter, make_sink
-from plants_mlops.serving.routes import admin, ops, predict, ui
+from plants_mlops.serving.routes import admin, feedback, ops, predict, ui
 from plants_mlops.serving.service import PredictionService
 
 log = logging.getLogger("plants_mlops.serving")
@@ -109,6 +109,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     return app
 

@@ -28,6 +28,15 @@ def _env_float(name: str, default: float) -> float:
         raise UserFacingError(f"{name}={raw!r} is not a number") from None
 
 
+def _env_bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise UserFacingError(f"{name}={raw!r} is not true or false")
+
+
 def _env_int(name: str, default: int) -> int:
     return int(_env_float(name, default))
 
@@ -74,6 +83,7 @@ _BOUNDS = (
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
     ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
     ("PLANTS_PREDICTION_LOG_MAX_ROWS", "log_max_rows", 1_000, 100_000_000, "rows"),
+    ("PLANTS_UNCERTAIN_BELOW", "uncertain_below", 0.0, 1.0, "(a probability)"),
 )
 
 
@@ -112,6 +122,11 @@ class ServingConfig:
     # worker reload, since the request reaches only one of them.
     reload_signal_file: str | None = None
     workers: int = 1  # worker processes serving together (serve --workers)
+    # A prediction whose confidence is under this is flagged `uncertain` (0: never; 1: always).
+    uncertain_below: float = 0.75
+    # Keep the original bytes of uncertain predictions (for feedback) under this folder.
+    keep_uncertain_images: bool = False
+    uncertain_dir: str = "data/01_raw/_uncertain"
 
     @classmethod
     def from_env(cls, **overrides) -> ServingConfig:
@@ -149,6 +164,9 @@ class ServingConfig:
             retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
             reload_signal_file=os.environ.get("PLANTS_RELOAD_SIGNAL_FILE") or None,
             workers=_env_int("PLANTS_SERVE_WORKERS", 1),
+            uncertain_below=_env_float("PLANTS_UNCERTAIN_BELOW", 0.75),
+            keep_uncertain_images=_env_bool("PLANTS_KEEP_UNCERTAIN_IMAGES"),
+            uncertain_dir=os.environ.get("PLANTS_UNCERTAIN_DIR") or "data/01_raw/_uncertain",
         )
         values.update(overrides)
         config = cls(**values)

@@ -45,6 +45,7 @@ class PredictionRecord:
     image: Any  # fmt-size PIL image: statistics are computed in the writer thread
     embedding: np.ndarray
     endpoint: str = "predict"
+    uncertain: bool = False
 
     def to_row(self) -> dict[str, Any]:
         stats = imaging.image_stats(self.image)
@@ -61,6 +62,7 @@ class PredictionRecord:
             "orig_width": int(self.orig_width),
             "orig_height": int(self.orig_height),
             "embedding": np.asarray(self.embedding, dtype=np.float32).tobytes(),
+            "uncertain": bool(self.uncertain),
         }
         row.update({f"{STAT_PREFIX}{k}": float(v) for k, v in stats.items()})
         return row
@@ -92,6 +94,8 @@ def sql_table(metadata=None):
         sa.Column("orig_height", sa.Integer, nullable=False),
         *[sa.Column(f"{STAT_PREFIX}{c}", sa.Float, nullable=False) for c in imaging.STAT_COLUMNS],
         sa.Column("embedding", sa.LargeBinary, nullable=False),
+        # added later: a log made before has it added in place (db.add_missing_columns)
+        sa.Column("uncertain", sa.Boolean, nullable=True),
     )
 
 
@@ -109,7 +113,10 @@ class SqlSink:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not self.created:
+            from plants_mlops.db import add_missing_columns
+
             self.table.metadata.create_all(self.engine, checkfirst=True)
+            add_missing_columns(self.engine, self.table)
             self.created = True
         with self.engine.begin() as conn:
             conn.execute(self.table.insert(), rows)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from plants_mlops.contracts import LABELS
 
 
 class ErrorResponse(BaseModel):
@@ -21,6 +23,9 @@ class PredictionResponse(BaseModel):
     model_name: str
     model_version: str
     latency_ms: float = Field(description="decode + preprocess + inference, milliseconds")
+    uncertain: bool = Field(
+        False, description="confidence under PLANTS_UNCERTAIN_BELOW: feedback welcome"
+    )
 
 
 class BatchItem(BaseModel):
@@ -104,3 +109,16 @@ class RetrainStatus(BaseModel):
     finished_at: str | None = None
     reason: str | None = None
     log_path: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64, description="of the prediction")
+    label: Literal[LABELS] = Field(description="the true label")
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: int
+    status: str = Field(description="pending: it enters the training data only after review")
+    image_kept: bool
+    detail: str

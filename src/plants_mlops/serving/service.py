@@ -12,6 +12,7 @@ from plants_mlops import imaging
 from plants_mlops.orchestration.retrain import RetrainRunner
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.errors import ApiError
+from plants_mlops.serving.feedback import FeedbackStore, RecentPredictions
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.model import ModelManager, ServingModel
 from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord
@@ -24,6 +25,7 @@ class Prepared:
     fmt_image: object
     decoded: imaging.DecodedImage
     started: float
+    data: bytes = b""
 
 
 class PredictionService:
@@ -41,6 +43,10 @@ class PredictionService:
         self.writer = writer
         self.retrain = retrain
         self.decode_budget = imaging.DecodeBudget(config.decode_budget_pixels)
+        self.recent = RecentPredictions(
+            config.uncertain_dir if config.keep_uncertain_images else None
+        )
+        self.feedback = FeedbackStore(config.db_url)
 
     def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
         started = time.perf_counter()
@@ -52,7 +58,7 @@ class PredictionService:
             self.metrics.rejected.labels(reason=exc.reason).inc()
             raise ApiError.from_decode(exc) from None
         x, fmt = model.preprocess(decoded.image)
-        return Prepared(x, fmt, decoded, started)
+        return Prepared(x, fmt, decoded, started, data)
 
     def _respond(
         self,
@@ -67,6 +73,18 @@ class PredictionService:
         idx = int(np.argmax(probs))
         probabilities = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
         latency = (time.perf_counter() - prep.started) * 1000.0
+        uncertain = float(probs[idx]) < self.config.uncertain_below
+        self.recent.remember(
+            request_id,
+            {
+                "label": labels[idx],
+                "confidence": round(float(probs[idx]), 6),
+                "model_version": model.version,
+                "uncertain": uncertain,
+                "image_format": prep.decoded.format,
+            },
+            prep.data if uncertain else None,
+        )
         self.metrics.predictions.labels(label=labels[idx], model_version=model.version).inc()
         self.metrics.inference.observe(latency / 1000.0)
         if self.writer is not None:
@@ -84,6 +102,7 @@ class PredictionService:
                     image=prep.fmt_image,
                     embedding=emb,
                     endpoint=endpoint,
+                    uncertain=uncertain,
                 )
             )
         return PredictionResponse(
@@ -94,6 +113,7 @@ class PredictionService:
             model_name=model.name,
             model_version=model.version,
             latency_ms=round(latency, 3),
+            uncertain=uncertain,
         )
 
     def predict_one(self, model: ServingModel, data: bytes, request_id: str) -> PredictionResponse:

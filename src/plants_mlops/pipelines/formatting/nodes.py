@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import imagehash
 import pandas as pd
 from PIL import Image
 
@@ -26,7 +27,7 @@ from plants_mlops.params import FormattingParams, parse
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["sha256", "label", "image_key", "source_id", "url_source"]
-EXTRA_COLUMNS = ["orig_width", "orig_height"]
+EXTRA_COLUMNS = ["orig_width", "orig_height", "phash"]  # phash: imagehash, 16 hex digits
 FMT_INDEX_COLUMNS = ID_COLUMNS + list(imaging.STAT_COLUMNS) + EXTRA_COLUMNS
 DATASET_INDEX_COLUMNS = FMT_INDEX_COLUMNS + ["split"]
 
@@ -49,18 +50,26 @@ def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict
     img = imaging.square_resize(decoded.image, size)
     stats = imaging.image_stats(img)
     stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
+    stats["phash"] = str(imagehash.phash(img))  # near-duplicates (curation)
     return img, stats
 
 
 def format_images(
-    raw_images: dict[str, Callable[[], bytes]], plants_data: pd.DataFrame, params: dict
+    raw_images: dict[str, Callable[[], bytes]],
+    plants_data: pd.DataFrame,
+    params: dict,
+    data_decisions: pd.DataFrame | None = None,
 ) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
-    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer.
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, with the curation
+    decisions in force applied (an excluded row left out, a relabelled one relabelled).
 
     Returns (fmt images keyed ``{label}/{sha256}``, fmt index, a report of what was skipped).
     """
+    from plants_mlops.pipelines.curation.decisions import apply_decisions
+
     t0 = time.perf_counter()
     p = parse(FormattingParams, params, "formatting")
+    raw_images, plants_data, decisions = apply_decisions(raw_images, plants_data, data_decisions)
     size = p.image_size
     sources = _sources(plants_data)
     stored: dict[tuple[str, str], Callable[[], bytes]] = {}
@@ -118,6 +127,7 @@ def format_images(
         "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
         "missing_raw": missing_raw,
         "undecodable": undecodable,
+        "decisions_applied": decisions,
     }
     log.info(
         "formatting: %d images -> %dx%d in %.1f s (%s images/s); %d ok rows without a raw "
@@ -146,11 +156,16 @@ def split_of(sha256: str, split: dict[str, Any]) -> str:
 
 
 def build_dataset_index(
-    fmt_index: pd.DataFrame, fmt_report: dict[str, Any], params: dict
+    fmt_index: pd.DataFrame,
+    fmt_report: dict[str, Any],
+    params: dict,
+    curation: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """fmt index -> dataset index (duplicates dropped, split assigned) + fingerprint + report.
 
     Identical bytes under two labels are contradictory: every copy is dropped and reported.
+    With ``params:curation``, a near-duplicate of an earlier image joins that image's split
+    (``curation.splits.join_near_duplicate_splits``).
     """
     p = parse(FormattingParams, params, "formatting")
     split = p.split.model_dump()
@@ -162,11 +177,24 @@ def build_dataset_index(
     dropped = fmt_index[fmt_index["sha256"].isin(conflicted)]
     index = fmt_index[~fmt_index["sha256"].isin(conflicted)].drop_duplicates("sha256").copy()
     index["split"] = [split_of(sha, split) for sha in index["sha256"]]
-    index = index.sort_values("image_key").reset_index(drop=True)[DATASET_INDEX_COLUMNS]
+    moved = 0
+    if curation is not None and "phash" in index.columns and index["phash"].notna().all():
+        from plants_mlops.params import CurationParams
+        from plants_mlops.pipelines.curation.splits import join_near_duplicate_splits
+
+        c = parse(CurationParams, curation, "curation")
+        joined = join_near_duplicate_splits(index, c.near_duplicates.max_distance)
+        moved = int((joined != index["split"]).sum())
+        index["split"] = joined
+    # reindex: an fmt index written before phash existed gets an empty column
+    index = (
+        index.sort_values("image_key").reset_index(drop=True).reindex(columns=DATASET_INDEX_COLUMNS)
+    )
     fingerprint = fingerprint_of(index, p.image_size)
     report = {
         **fmt_report,
         "dataset_images": len(index),
+        "near_duplicates_joined_split": moved,
         "duplicates_dropped": [
             {
                 "image_key": r.image_key,

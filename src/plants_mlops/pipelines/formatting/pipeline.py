@@ -12,13 +12,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 format_images,
-                inputs=["raw_images", "plants_data", "params:formatting"],
+                inputs=["raw_images", "plants_data", "params:formatting", "data_decisions"],
                 outputs=["fmt_images", "fmt_index", "fmt_report"],
                 name="format_images",
             ),
             node(
                 build_dataset_index,
-                inputs=["fmt_index", "fmt_report", "params:formatting"],
+                inputs=["fmt_index", "fmt_report", "params:formatting", "params:curation"],
                 outputs=["dataset_index", "dataset_fingerprint", "formatting_report"],
                 name="build_dataset_index",
             ),

@@ -81,7 +81,7 @@ def require_valid_data(
         raise ValueError(
             f"refusing to train: dataset_index differs from what validation passed (its "
             f"content hashes to {actual[:12]}, validated {str(validated)[:12]}); run "
-            "`kedro run --pipelines formatting validation`"
+            "`kedro run --pipelines formatting,curation,validation`"
         )
     missing = sorted(set(dataset_index["image_key"]) - set(fmt_images))
     if missing:

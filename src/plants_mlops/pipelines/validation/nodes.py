@@ -249,12 +249,38 @@ def dataset_rules(
     return checks
 
 
+def leakage_rule(dataset_index: pd.DataFrame, near_duplicates: dict[str, Any]) -> dict[str, Any]:
+    """Fails when a near-duplicate pair (curation) straddles test and train/val, naming it."""
+    present = set(dataset_index["image_key"])
+    split_of = dict(zip(dataset_index["image_key"], dataset_index["split"], strict=True))
+    leaks = []
+    for q in near_duplicates.get("pairs", []):
+        if q["a"] in present and q["b"] in present:
+            splits = {split_of[q["a"]], split_of[q["b"]]}
+            if "test" in splits and len(splits) == 2:
+                leaks.append(
+                    f"{q['a']} ({split_of[q['a']]}) ~ {q['b']} ({split_of[q['b']]}), "
+                    f"phash distance {q['distance']}"
+                )
+    return _check(
+        "dataset_index",
+        "near_duplicates_straddle_test",
+        not leaks,
+        f"{len(leaks)} near-duplicate pairs (phash distance <= "
+        f"{near_duplicates.get('max_distance')}) straddle test and train/val"
+        + (": " + "; ".join(leaks[:5]) if leaks else ""),
+        leaks,
+        len(leaks),
+    )
+
+
 def validate_data(
     plants_data: pd.DataFrame,
     fmt_index: pd.DataFrame,
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
+    near_duplicates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every check on every dataset; returns the report (never raises for bad data)."""
     p = parse(ValidationParams, params, "validation")
@@ -270,6 +296,8 @@ def validate_data(
         + schema_checks(dataset_index, dataset_index_schema(size, min_side), "image_key", max_rows)
         + dataset_rules(pdata, fmt_index, dataset_index, p, split)
     )
+    if near_duplicates is not None:
+        checks.append(leakage_rule(dataset_index, near_duplicates))
     report = {
         "passed": all(c["passed"] for c in checks),
         "checked_at": utcnow().isoformat(),
@@ -297,6 +325,7 @@ def validate_and_report(
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
+    near_duplicates: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """``validate_data`` with the report returned twice and rendered once: the JSON and HTML
     for 08_reporting (saved before the gate can stop the run) and, in memory, for the gate,
@@ -304,7 +333,9 @@ def validate_and_report(
     layers on such a loop)."""
     from plants_mlops.reports import validation_html
 
-    report = validate_data(plants_data, fmt_index, dataset_index, params, formatting)
+    report = validate_data(
+        plants_data, fmt_index, dataset_index, params, formatting, near_duplicates
+    )
     return report, validation_html(report), report
 
 

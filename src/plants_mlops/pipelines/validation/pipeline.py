@@ -18,6 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_index",
                     "params:validation",
                     "params:formatting",
+                    "curation_near_duplicates",
                 ],
                 outputs=["validation_report", "validation_report_html", "validation_results"],
                 name="validate_data",

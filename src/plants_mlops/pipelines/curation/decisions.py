@@ -1,0 +1,62 @@
+"""Curation decisions applied to formatting's inputs: a small filter, no I/O.
+
+``apply_decisions`` takes what formatting reads (the raw layer's loaders keyed
+``{label}/{sha256}.{ext}`` and the plants_data rows) and the decisions in force
+(``db.decisions_in_force``, loaded by the ``data_decisions`` dataset) and returns the same
+two things with an excluded row left out and a relabelled row under its new label. The raw
+bytes stay where they are (a relabelled image is read from its original key), so a
+``restore`` brings the row back exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from plants_mlops import contracts
+
+
+def apply_decisions(
+    raw_images: dict[str, Callable[[], bytes]],
+    plants_data: pd.DataFrame,
+    decisions: pd.DataFrame | None,
+) -> tuple[dict[str, Callable[[], bytes]], pd.DataFrame, list[dict[str, Any]]]:
+    """(raw loaders, rows, what was applied) with the decisions in force honoured."""
+    if decisions is None or len(decisions) == 0:
+        return raw_images, plants_data, []
+    by_row = {int(d["row_id"]): d for d in decisions.to_dict(orient="records")}
+    rows = plants_data.copy()
+    applied: list[dict[str, Any]] = []
+    keep = []
+    raw = dict(raw_images)
+    by_content = {}
+    for key in raw_images:
+        label, _, name = key.partition("/")
+        by_content[(label, name.split(".", 1)[0])] = key
+    for i, row in rows.iterrows():
+        d = by_row.get(int(row["id"]))
+        if d is None:
+            keep.append(i)
+            continue
+        note = {
+            "row_id": int(row["id"]),
+            "action": d["action"],
+            "reason": d["reason"],
+            "decided_by": d["decided_by"],
+        }
+        if d["action"] == "exclude":
+            applied.append(note)
+            continue
+        new = d["label"]
+        if d["action"] == "relabel" and new in contracts.LABELS:
+            old_key = by_content.get((row["label"], row["sha256"]))
+            if old_key is not None:
+                ext = old_key.rsplit(".", 1)[-1]
+                raw[f"{new}/{row['sha256']}.{ext}"] = raw_images[old_key]
+            note.update({"from": row["label"], "to": new})
+            rows.at[i, "label"] = new
+            applied.append(note)
+        keep.append(i)
+    return raw, rows.loc[keep].reset_index(drop=True), applied

@@ -1,0 +1,423 @@
+"""Curation: find near-duplicates, likely label errors and off-topic images; build the
+review queue a person works through (``plants-mlops data review``).
+
+- near-duplicates: a perceptual hash (``imagehash.phash``) of every fmt image; two images
+  whose hashes differ in at most ``near_duplicates.max_distance`` bits are a pair, within
+  or across labels. A pair across labels is a label conflict; a pair that straddles train
+  and test is leakage (validation fails the run on it, naming the pair).
+- label issues: fine-tuning the CNN k times is too slow on a CPU, so the out-of-fold
+  probabilities come from frozen ImageNet embeddings of the EfficientNet-Lite0 backbone
+  and a logistic regression (scikit-learn), k-fold over train+val; ``cleanlab``'s
+  ``find_label_issues`` ranks the images whose given label the folds disagree with.
+- off-topic images and outliers: ``cleanlab``'s ``OutOfDistribution`` score on the same
+  embeddings (k-nearest-neighbour distance); the lowest ``outliers.share`` are flagged.
+
+Embeddings are cached by sha256 (``embeddings.cache``), so a rerun embeds only new images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from plants_mlops import contracts
+from plants_mlops.params import CurationParams, parse
+
+log = logging.getLogger(__name__)
+
+FEATURE_COLUMNS = ["image_key", "sha256", "phash", "embedding"]
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _embed(images: list, p: CurationParams) -> np.ndarray:
+    import torch
+
+    from plants_mlops import imaging
+    from plants_mlops.model.architectures import SPECS, build_model
+
+    e = p.embeddings
+    spec = SPECS[e.architecture]
+    model = build_model(e.architecture, image_size=e.image_size, weights=e.weights).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), e.batch_size):
+            batch = [
+                imaging.to_model_input(
+                    img,
+                    resize_size=e.image_size,
+                    image_size=e.image_size,
+                    mean=spec.mean,
+                    std=spec.std,
+                )
+                for img in images[start : start + e.batch_size]
+            ]
+            _, emb = model(torch.from_numpy(np.stack(batch)))
+            out.append(emb.numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, spec.embedding_dim), np.float32)
+
+
+def _cache_key(p: CurationParams) -> str:
+    e = p.embeddings
+    return f"{e.architecture}:{e.weights}:{e.image_size}"
+
+
+def _storage_options(path: str) -> dict[str, Any]:
+    """The S3 endpoint of ``--env minio`` (keys come from the AWS_* variables)."""
+    import os
+
+    endpoint = os.environ.get("PLANTS_S3_ENDPOINT_URL")
+    if path.startswith("s3://") and endpoint:
+        return {"client_kwargs": {"endpoint_url": endpoint}}
+    return {}
+
+
+def _read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
+    if not path:
+        return {}
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb", **_storage_options(path)) as fh:
+            cached = pd.read_parquet(fh)
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:  # a corrupt cache is rebuilt, never fatal
+        log.warning("curation: embedding cache %s unreadable (%s): rebuilding it", path, exc)
+        return {}
+    cached = cached[cached["model"] == key]
+    return {r.sha256: np.asarray(r.embedding, np.float32) for r in cached.itertuples()}
+
+
+def _write_cache(path: str | None, key: str, embeddings: dict[str, np.ndarray]) -> None:
+    if not path:
+        return
+    import fsspec
+
+    frame = pd.DataFrame(
+        {
+            "sha256": list(embeddings),
+            "model": key,
+            "embedding": [v.tolist() for v in embeddings.values()],
+        }
+    )
+    try:
+        fs, _, (target,) = fsspec.get_fs_token_paths(path, storage_options=_storage_options(path))
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(target, "wb") as fh:
+            frame.to_parquet(fh)
+    except Exception as exc:  # the cache only saves time: never fail the run for it
+        log.warning("curation: embedding cache %s not written (%s)", path, exc)
+
+
+def compute_features(
+    fmt_images: dict[str, Callable[[], Any]], dataset_index: pd.DataFrame, params: dict
+) -> pd.DataFrame:
+    """One row per indexed image: its perceptual hash and its backbone embedding."""
+    import imagehash
+
+    t0 = time.perf_counter()
+    p = parse(CurationParams, params, "curation")
+    key = _cache_key(p)
+    cache = _read_cache(p.embeddings.cache, key)
+    rows, todo, todo_images = [], [], []
+    for r in dataset_index.itertuples():
+        img = None
+        phash = getattr(r, "phash", None)  # formatting's, else computed here
+        if not isinstance(phash, str):
+            img = fmt_images[r.image_key]()
+            phash = str(imagehash.phash(img))
+        rows.append({"image_key": r.image_key, "sha256": r.sha256, "phash": phash})
+        if r.sha256 not in cache:
+            todo.append(r.sha256)
+            todo_images.append(img if img is not None else fmt_images[r.image_key]())
+    if todo:
+        for sha, vec in zip(todo, _embed(todo_images, p), strict=True):
+            cache[sha] = vec
+        _write_cache(p.embeddings.cache, key, cache)
+    for row in rows:
+        row["embedding"] = cache[row["sha256"]].tolist()
+    log.info(
+        "curation: %d images hashed and embedded (%d from the cache) in %.1f s",
+        len(rows),
+        len(rows) - len(todo),
+        time.perf_counter() - t0,
+    )
+    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def near_duplicate_pairs(
+    index: pd.DataFrame, hashes: dict[str, str], max_distance: int
+) -> list[dict]:
+    """Every pair of indexed images whose perceptual hashes differ in <= max_distance bits."""
+    from plants_mlops.pipelines.curation.splits import hash_bits
+
+    rows = index.to_dict(orient="records")
+    if len(rows) < 2:
+        return []
+    bits = hash_bits([hashes[r["image_key"]] for r in rows])
+    pairs = []
+    for i in range(len(rows) - 1):
+        dist = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
+        for j in np.flatnonzero(dist <= max_distance) + i + 1:
+            first, second = sorted((rows[i], rows[j]), key=lambda r: int(r["source_id"]))
+            pairs.append(
+                {
+                    "a": first["image_key"],
+                    "b": second["image_key"],
+                    "a_source_id": int(first["source_id"]),
+                    "b_source_id": int(second["source_id"]),
+                    "a_split": first["split"],
+                    "b_split": second["split"],
+                    "distance": int(dist[j - i - 1]),
+                    "same_label": first["label"] == second["label"],
+                }
+            )
+    return pairs
+
+
+def straddles(pair: dict) -> bool:
+    """A pair with one image in test and the other in train or val: the test set leaks."""
+    splits = {pair["a_split"], pair["b_split"]}
+    return "test" in splits and len(splits) == 2
+
+
+def out_of_fold_probabilities(emb: np.ndarray, labels: np.ndarray, p: CurationParams) -> np.ndarray:
+    """[N, n_labels] out-of-fold probabilities of a logistic regression on the embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = min(p.label_issues.folds, int(np.bincount(labels, minlength=2).min()))
+    probs = np.full((len(labels), len(contracts.LABELS)), np.nan)
+    if k < 2:
+        return probs
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=p.label_issues.seed)
+    for train, held in folds.split(emb, labels):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=p.label_issues.C, max_iter=2000))
+        clf.fit(emb[train], labels[train])
+        probs[np.ix_(held, clf.classes_)] = clf.predict_proba(emb[held])
+    return np.nan_to_num(probs, nan=0.0)
+
+
+def find_issues(
+    curation_features: pd.DataFrame, dataset_index: pd.DataFrame, params: dict
+) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
+    """(review queue, near-duplicate pairs for validation, report)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.outlier import OutOfDistribution
+
+    t0 = time.perf_counter()
+    p = parse(CurationParams, params, "curation")
+    index = dataset_index.drop(columns=["phash"], errors="ignore").merge(
+        curation_features[["image_key", "phash", "embedding"]], on="image_key"
+    )
+    emb = np.stack(index["embedding"].map(np.asarray)).astype(np.float32) if len(index) else None
+    items: dict[str, dict] = {}
+
+    def item(r) -> dict:
+        return items.setdefault(
+            r["image_key"],
+            {
+                "image_key": r["image_key"],
+                "source_id": int(r["source_id"]),
+                "sha256": r["sha256"],
+                "label": r["label"],
+                "split": r["split"],
+                "url_source": r["url_source"],
+                "problems": [],
+                "probabilities": None,
+                "score": 0.0,
+                "action": "review",
+            },
+        )
+
+    records = index.to_dict(orient="records")
+    by_key = {r["image_key"]: r for r in records}
+
+    # near-duplicates
+    pairs = near_duplicate_pairs(
+        index,
+        dict(zip(index["image_key"], index["phash"], strict=True)),
+        p.near_duplicates.max_distance,
+    )
+    leaks = [q for q in pairs if straddles(q)]
+    for q in pairs:
+        later = item(by_key[q["b"]])
+        kind = "near_duplicate" if q["same_label"] else "near_duplicate_other_label"
+        later["problems"].append(
+            f"{kind} of {q['a']} (row {q['a_source_id']}, {q['a_split']}), distance {q['distance']}"
+        )
+        later["score"] = max(later["score"], 1.0 if not q["same_label"] else 0.6)
+        later["action"] = "exclude" if q["same_label"] else "review"
+
+    # label issues on train+val (out-of-fold)
+    n_issues = 0
+    probs_all = np.full((len(index), len(contracts.LABELS)), np.nan)
+    pool = np.flatnonzero(index["split"].isin(["train", "val"]).to_numpy())
+    if emb is not None and len(pool) >= 2 * p.label_issues.folds:
+        labels = index["label"].map(contracts.LABELS.index).to_numpy()
+        probs = out_of_fold_probabilities(emb[pool], labels[pool], p)
+        probs_all[pool] = probs
+        ranked = find_label_issues(labels[pool], probs, return_indices_ranked_by="self_confidence")
+        n_issues = len(ranked)
+        for rank, local in enumerate(ranked):
+            r = records[pool[local]]
+            it = item(r)
+            given = labels[pool[local]]
+            other = int(np.argmax(probs[local]))
+            it["problems"].append(
+                f"label_issue (rank {rank + 1}): out-of-fold P({r['label']}) = "
+                f"{probs[local, given]:.2f}"
+            )
+            it["score"] = max(it["score"], 1.0 + (1.0 - float(probs[local, given])))
+            it["action"] = f"relabel {contracts.LABELS[other]}" if other != given else "review"
+
+    # outliers / off-topic
+    n_outliers = 0
+    ood_scores = np.ones(len(index))
+    if emb is not None and len(index) > p.outliers.k + 1:
+        ood = OutOfDistribution(params={"k": p.outliers.k})
+        ood_scores = ood.fit_score(
+            features=emb / np.linalg.norm(emb, axis=1, keepdims=True), verbose=False
+        )
+        cut = np.quantile(ood_scores, p.outliers.share)
+        for i in np.flatnonzero(ood_scores <= cut):
+            it = item(records[i])
+            it["problems"].append(
+                f"outlier: out-of-distribution score {ood_scores[i]:.3f} (lowest {p.outliers.share:.0%})"
+            )
+            it["score"] = max(it["score"], 0.5 + (1.0 - float(ood_scores[i])) / 2)
+            if it["action"] == "review":
+                it["action"] = "exclude if off-topic"
+            n_outliers += 1
+
+    keys = list(index["image_key"])
+    for key, it in items.items():
+        i = keys.index(key)
+        if not np.isnan(probs_all[i]).any():
+            it["probabilities"] = {
+                lab: round(float(v), 4)
+                for lab, v in zip(contracts.LABELS, probs_all[i], strict=True)
+            }
+        it["ood_score"] = round(float(ood_scores[i]), 4)
+        it["score"] = round(float(it["score"]), 4)
+    queue = sorted(items.values(), key=lambda it: (-it["score"], it["source_id"]))[
+        : p.queue.max_items
+    ]
+    for rank, it in enumerate(queue, 1):
+        it["rank"] = rank
+    near = {"max_distance": p.near_duplicates.max_distance, "pairs": pairs, "straddling": leaks}
+    report = {
+        "images": len(index),
+        "near_duplicate_pairs": len(pairs),
+        "near_duplicate_pairs_across_labels": sum(not q["same_label"] for q in pairs),
+        "near_duplicate_pairs_straddling": len(leaks),
+        "label_issues": n_issues,
+        "outliers": n_outliers,
+        "queued": len(queue),
+        "cv_images": int(len(pool)),
+        "method": (
+            "out-of-fold probabilities: logistic regression on frozen "
+            f"{p.embeddings.architecture} ImageNet embeddings, {p.label_issues.folds}-fold over "
+            "train+val; cleanlab find_label_issues (self_confidence); cleanlab "
+            "OutOfDistribution (kNN) for outliers; imagehash phash for near-duplicates"
+        ),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info(
+        "curation: %d near-duplicate pairs (%d straddle splits), %d label issues, %d outliers; "
+        "%d images queued for review",
+        len(pairs),
+        len(leaks),
+        n_issues,
+        n_outliers,
+        len(queue),
+    )
+    return queue, near, report
+
+
+# --------------------------------------------------------------------------- review page
+
+
+def _thumbnail(img, px: int) -> str:
+    img = img.copy()
+    img.thumbnail((px, px))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_review(
+    curation_queue: list[dict],
+    fmt_images: dict[str, Callable[[], Any]],
+    curation_report: dict,
+    params: dict,
+) -> str:
+    """The review queue as one self-contained HTML page (thumbnails inlined)."""
+    p = parse(CurationParams, params, "curation")
+    rows = []
+    for it in curation_queue:
+        loader = fmt_images.get(it["image_key"])
+        thumb = (
+            f'<img alt="{html.escape(it["image_key"])}" src="data:image/jpeg;base64,'
+            f'{_thumbnail(loader(), p.queue.thumbnail_px)}">'
+            if loader
+            else "(image gone)"
+        )
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in (it["probabilities"] or {}).items()) or "-"
+        rows.append(
+            "<tr>"
+            f"<td>{it['rank']}</td><td>{thumb}</td><td>{it['source_id']}</td>"
+            f"<td>{html.escape(it['label'])}</td><td>{it['split']}</td>"
+            f"<td>{'<br>'.join(html.escape(x) for x in it['problems'])}</td>"
+            f"<td>{probs}</td><td>{html.escape(it['action'])}</td>"
+            "</tr>"
+        )
+    summary = ", ".join(
+        f"{k.replace('_', ' ')} {v}" for k, v in curation_report.items() if isinstance(v, int)
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Curation review queue</title>"
+        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px;"
+        "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
+        "<h1>Curation review queue</h1>"
+        f"<p>{html.escape(summary)}</p><p>{html.escape(curation_report.get('method', ''))}</p>"
+        "<p>Decide with <code>plants-mlops data exclude ID --reason TEXT</code>, "
+        "<code>data relabel ID LABEL --reason TEXT</code> or <code>data restore ID</code> "
+        "(ID = row).</p>"
+        "<table><tr><th>#</th><th>image</th><th>row</th><th>label</th><th>split</th>"
+        "<th>suspected problem</th><th>out-of-fold probabilities</th><th>suggested action</th>"
+        f"</tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def summarize_curation(
+    curation_report: dict[str, Any], dataset_fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    from plants_mlops.summaries import StageSummary, integers
+
+    return StageSummary(
+        stage="curation",
+        counts=integers(curation_report),
+        dataset_fingerprint=dataset_fingerprint["fingerprint"],
+        verdict=(
+            "leakage: near-duplicates straddle splits"
+            if curation_report["near_duplicate_pairs_straddling"]
+            else "ok"
+        ),
+        outputs=["curation_review_html", "curation_queue"],
+    ).to_json()

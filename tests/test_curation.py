@@ -1,0 +1,210 @@
+"""Curation: near-duplicates, label issues, outliers, the review queue; decisions recorded
+in the database and honoured by formatting; the leakage rule in validation."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from data_testlib import read_json
+from PIL import ImageEnhance
+from support.params import stage_params
+
+from plants_mlops import cli
+from plants_mlops.pipelines.curation.nodes import near_duplicate_pairs
+from plants_mlops.pipelines.validation.nodes import leakage_rule
+
+
+def test_curation_writes_a_ranked_review_queue_and_its_page(data_project):
+    data = data_project.path / "data"
+    queue = read_json(data / "08_reporting" / "curation_queue.json")
+    report = read_json(data / "08_reporting" / "curation_report.json")
+    summary = read_json(data / "08_reporting" / "curation_summary.json")
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    assert report["images"] == len(index) == summary["counts"]["images"]
+    assert report["cv_images"] == int(index["split"].isin(["train", "val"]).sum())
+    assert 0 < len(queue) <= stage_params("curation")["queue"]["max_items"]
+    assert [it["rank"] for it in queue] == list(range(1, len(queue) + 1))
+    scores = [it["score"] for it in queue]
+    assert scores == sorted(scores, reverse=True)
+    # every queued image names its problem, the rows it comes from and a suggested action
+    by_key = index.set_index("image_key")
+    for it in queue:
+        assert it["problems"] and it["action"]
+        assert by_key.loc[it["image_key"], "source_id"] == it["source_id"]
+    issues = [it for it in queue if any(p.startswith("label_issue") for p in it["problems"])]
+    assert report["label_issues"] >= len(issues) > 0
+    for it in issues:  # out-of-fold: the folds doubt the given label
+        assert it["probabilities"][it["label"]] < 0.5
+        assert it["action"].startswith("relabel ")
+    outliers = [it for it in queue if any(p.startswith("outlier") for p in it["problems"])]
+    share = stage_params("curation")["outliers"]["share"]
+    assert len(outliers) == report["outliers"]  # the queue holds them all (max_items > 25)
+    assert abs(report["outliers"] - share * len(index)) <= 1
+    page = (data / "08_reporting" / "curation_review.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == len(queue)
+    assert f"<td>{queue[0]['source_id']}</td>" in page
+    assert summary["stage"] == "curation" and summary["verdict"] == "ok"
+    near = read_json(data / "03_primary" / "near_duplicates.json")
+    assert near["straddling"] == [] and report["near_duplicate_pairs_straddling"] == 0
+    checks = read_json(data / "08_reporting" / "validation_report.json")["checks"]
+    leak = next(c for c in checks if c["rule"] == "near_duplicates_straddle_test")
+    assert leak["passed"]
+
+
+def test_curation_rerun_reuses_the_embedding_cache(data_project, caplog):
+    data = data_project.path / "data"
+    n = len(pd.read_parquet(data / "03_primary" / "dataset_index.parquet"))
+    cached = pd.read_parquet(data / "04_feature" / "curation_embeddings.parquet")
+    assert len(cached) == n and len(cached["embedding"].iloc[0]) == 1280
+    before = read_json(data / "08_reporting" / "curation_queue.json")
+    with caplog.at_level("INFO", logger="plants_mlops.pipelines.curation.nodes"):
+        data_project.run("curation")
+    assert any(f"({n} from the cache)" in r.getMessage() for r in caplog.records)
+    after = read_json(data_project.path / "data" / "08_reporting" / "curation_queue.json")
+    assert after == before  # same data, same seed: the same queue
+
+
+def test_a_near_copy_straddling_test_fails_validation_naming_the_pair(data_project):
+    import imagehash
+    from PIL import Image
+
+    data = data_project.path / "data"
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    train = index[index["split"] == "train"].iloc[0]
+    img = Image.open(data / "02_intermediate" / "fmt_images" / f"{train.image_key}.jpg")
+    copy = ImageEnhance.Brightness(img).enhance(1.1)  # a re-encoded, brightened copy
+    fake = train.copy()
+    fake["image_key"], fake["sha256"], fake["split"], fake["source_id"] = (
+        f"{train.label}/{'f' * 64}",
+        "f" * 64,
+        "test",
+        9999,
+    )
+    both = pd.concat([index, fake.to_frame().T], ignore_index=True)
+    hashes = {
+        k: str(imagehash.phash(Image.open(data / "02_intermediate" / "fmt_images" / f"{k}.jpg")))
+        for k in index["image_key"]
+    }
+    hashes[fake["image_key"]] = str(imagehash.phash(copy))
+    pairs = near_duplicate_pairs(
+        both, hashes, stage_params("curation")["near_duplicates"]["max_distance"]
+    )
+    assert [(q["a"], q["b"]) for q in pairs] == [(train.image_key, fake["image_key"])]
+    check = leakage_rule(both, {"max_distance": 8, "pairs": pairs})
+    assert not check["passed"] and check["n_failing"] == 1
+    assert train.image_key in check["detail"] and fake["image_key"] in check["detail"]
+    assert check["failing_rows"][0].startswith(f"{train.image_key} (train) ~ ")
+
+
+def test_decisions_flow_through_formatting_and_change_the_fingerprint(data_project, capsys):
+    """exclude / relabel from the command line -> formatting leaves the row out / indexes
+    it under its new label -> another fingerprint; restore -> the original one. The raw
+    bytes are never touched."""
+    data = data_project.path / "data"
+    url = f"sqlite:///{data / 'plants.db'}"
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    original = read_json(data / "03_primary" / "dataset_fingerprint.json")["fingerprint"]
+    raw_files = sorted(p.relative_to(data) for p in (data / "01_raw").rglob("*.*"))
+    gone = index[index["label"] == "dandelion"].iloc[0]
+    moved = index[index["label"] == "grass"].iloc[0]
+
+    assert (
+        cli.main(["data", "exclude", str(gone.source_id), "--reason", "a poster", "--db-url", url])
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "data",
+                "relabel",
+                str(moved.source_id),
+                "dandelion",
+                "--reason",
+                "flowers",
+                "--db-url",
+                url,
+            ]
+        )
+        == 0
+    )
+    assert "the next formatting run applies it" in capsys.readouterr().out
+    data_project.run("formatting")
+    after = pd.read_parquet(data / "03_primary" / "dataset_index.parquet").set_index("source_id")
+    assert gone.source_id not in after.index
+    assert after.loc[moved.source_id, "label"] == "dandelion"
+    assert after.loc[moved.source_id, "image_key"] == f"dandelion/{moved.sha256}"
+    assert len(after) == len(index) - 1
+    changed = read_json(data / "03_primary" / "dataset_fingerprint.json")["fingerprint"]
+    assert changed != original
+    applied = read_json(data / "08_reporting" / "formatting_report.json")["decisions_applied"]
+    assert sorted((a["row_id"], a["action"], a.get("to")) for a in applied) == sorted(
+        [(gone.source_id, "exclude", None), (moved.source_id, "relabel", "dandelion")]
+    )
+    assert sorted(p.relative_to(data) for p in (data / "01_raw").rglob("*.*")) == raw_files
+
+    capsys.readouterr()  # the run's log
+    assert cli.main(["data", "history", "--json", "--db-url", url]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert [(h["row_id"], h["action"], h["reason"]) for h in history] == [
+        (gone.source_id, "exclude", "a poster"),
+        (moved.source_id, "relabel", "flowers"),
+    ]
+    for row in (gone.source_id, moved.source_id):
+        assert cli.main(["data", "restore", str(row), "--db-url", url]) == 0
+    data_project.run("formatting")
+    assert read_json(data / "03_primary" / "dataset_fingerprint.json")["fingerprint"] == original
+
+
+def test_data_review_lists_the_queue_with_the_decisions_taken(data_project, capsys):
+    data = data_project.path / "data"
+    url = f"sqlite:///{data / 'plants.db'}"
+    queue_path = str(data / "08_reporting" / "curation_queue.json")
+    queue = read_json(queue_path)
+    first = queue[0]
+    assert (
+        cli.main(
+            ["data", "exclude", str(first["source_id"]), "--reason", "checked", "--db-url", url]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.main(["data", "review", "--queue", queue_path, "--db-url", url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [it["image_key"] for it in listed["queue"]] == [it["image_key"] for it in queue]
+    assert listed["queue"][0]["decision"]["action"] == "exclude"
+    assert all(it["decision"] is None for it in listed["queue"][1:])
+    assert listed["feedback"] == []
+    assert cli.main(["data", "review", "--queue", queue_path, "--db-url", url]) == 0
+    text = capsys.readouterr().out
+    assert f"  1. row {first['source_id']:<5}" in text and "[decided: exclude]" in text
+    assert first["problems"][0] in text
+
+
+def test_a_new_near_copy_joins_the_split_of_the_stored_image(data_project):
+    """Formatting's split for near-duplicates: the later image takes the earlier one's
+    split, and adding it moves no image that was there before."""
+    import imagehash
+    from PIL import Image
+
+    from plants_mlops.pipelines.curation.splits import join_near_duplicate_splits
+    from plants_mlops.pipelines.formatting.nodes import split_of
+
+    data = data_project.path / "data"
+    index = pd.read_parquet(data / "03_primary" / "dataset_index.parquet")
+    report = read_json(data / "08_reporting" / "formatting_report.json")
+    assert report["near_duplicates_joined_split"] == 0  # no near pair in the shipped data
+    assert index["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
+    split = stage_params("formatting")["split"]
+    stored = index[index["split"] == "train"].iloc[0]
+    img = Image.open(data / "02_intermediate" / "fmt_images" / f"{stored.image_key}.jpg")
+    # a sha256 whose own hash split is test: without the join the pair would leak
+    sha = next(s for s in (f"{i:064x}" for i in range(1000)) if split_of(s, split) == "test")
+    new = stored.copy()
+    new["sha256"], new["image_key"], new["source_id"] = sha, f"{stored.label}/{sha}", 9999
+    new["split"] = split_of(sha, split)
+    new["phash"] = str(imagehash.phash(ImageEnhance.Contrast(img).enhance(1.15)))
+    grown = pd.concat([index, new.to_frame().T], ignore_index=True)
+    joined = join_near_duplicate_splits(grown, max_distance=8)
+    assert joined.iloc[-1] == stored.split == "train"
+    assert list(joined.iloc[:-1]) == list(index["split"])  # nothing stored moved
