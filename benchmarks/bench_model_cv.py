@@ -88,10 +88,16 @@ def _defaults() -> dict:
 
 
 def _excluded(path: str | None) -> set[str]:
-    """Every string in a JSON file (a list of ids, or objects holding them): image keys
-    (``label/sha256``) or sha256 digests to leave out of the pool."""
+    """Image keys (``label/sha256``) or sha256 digests to leave out of the pool: every
+    string in a JSON file (a list of ids, or objects holding them); for a review verdict
+    file (``docs/curation/top20.json``: ``exclude_row_ids`` and ``items``) only the keys of
+    the items judged to be excluded, not of every item reviewed."""
     if not path:
         return set()
+    doc = json.loads(Path(path).read_text())
+    if isinstance(doc, dict) and "exclude_row_ids" in doc and "items" in doc:
+        rows = set(doc["exclude_row_ids"])
+        doc = [item["image_key"] for item in doc["items"] if item.get("row_id") in rows]
     found: set[str] = set()
 
     def walk(node) -> None:
@@ -105,7 +111,7 @@ def _excluded(path: str | None) -> set[str]:
             for v in node:
                 walk(v)
 
-    walk(json.loads(Path(path).read_text()))
+    walk(doc)
     return found
 
 
