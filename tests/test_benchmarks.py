@@ -67,3 +67,18 @@ def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tm
     thresholds = [row["threshold"] for row in result["confidence_calibrated"]]
     assert thresholds == sorted(thresholds) and 0.75 in thresholds
     assert bench_model_cv.main(["--from-json", str(out)]) == 0
+
+
+def test_a_review_verdict_file_excludes_only_the_items_judged_to_be_excluded(benchmarks, tmp_path):
+    import bench_model_cv
+
+    verdicts = {
+        "exclude_row_ids": [7],
+        "items": [
+            {"row_id": 7, "image_key": "grass/" + "a" * 64, "verdict": "off-topic"},
+            {"row_id": 9, "image_key": "dandelion/" + "b" * 64, "verdict": "fine"},
+        ],
+    }
+    path = tmp_path / "top20.json"
+    path.write_text(json.dumps(verdicts))
+    assert bench_model_cv._excluded(str(path)) == {"grass/" + "a" * 64, "a" * 64}
