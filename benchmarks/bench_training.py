@@ -53,7 +53,6 @@ def _load_data(data_root: Path, source: str):
     return from_folder(ROOT / "samples" / "plants"), "samples/plants (built in memory)"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

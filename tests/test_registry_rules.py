@@ -124,4 +124,3 @@ def test_a_locked_store_is_a_one_line_error(tmp_path, capsys):
     assert rc == 1
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
     assert "store is locked by another process" in err
-

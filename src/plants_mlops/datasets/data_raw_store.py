@@ -117,4 +117,3 @@ def _atomic_write(path: str, blob: bytes) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
