@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,12 +52,26 @@ def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict
     return img, stats
 
 
-def format_images(
-    raw_images: dict[str, Callable[[], bytes]], plants_data: pd.DataFrame, params: dict
-) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
-    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer.
+# Chunks saved as they are formatted (a generator node: Kedro saves each one, images
+# first, then the fmt index so far): memory stays flat and a killed run keeps its work.
+FORMAT_CHUNK = 1000
 
-    Returns (fmt images keyed ``{label}/{sha256}``, fmt index, a report of what was skipped).
+
+def format_new_images(
+    raw_images: dict[str, Callable[[], bytes]],
+    plants_data: pd.DataFrame,
+    fmt_inventory: dict[str, Any],
+    fmt_index_previous: pd.DataFrame,
+    params: dict,
+) -> Iterator[tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]]:
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer and that has no
+    formatted twin yet; the formatting node, a generator.
+
+    A twin counts when its file is in ``fmt_inventory`` (the fmt folder's listing) and its
+    row is in ``fmt_index_previous`` (the fmt index of earlier runs, saved after its
+    images) at the current ``image_size``: a rerun over an unchanged catalogue decodes
+    nothing. Yields (new fmt images keyed ``{label}/{sha256}``, the whole fmt index so far,
+    the report so far) every ``FORMAT_CHUNK`` images, and once more at the end.
     """
     t0 = time.perf_counter()
     p = parse(FormattingParams, params, "formatting")
@@ -67,7 +81,19 @@ def format_images(
     for key, load in raw_images.items():
         label, _, name = key.partition("/")
         stored[(label, name.split(".", 1)[0])] = load
-    todo = sorted(k for k in sources if k in stored)
+    twins = _twins(fmt_inventory, fmt_index_previous, size)
+    done: set[tuple[str, str]] = set()  # what the index holds: reused twins, then new images
+    reused_rows = []
+    for k in sorted(sources):
+        if k in stored and k in twins:
+            src = sources[k]
+            reused_rows.append(
+                {**twins[k], "source_id": src["source_id"], "url_source": src["url_source"]}
+            )
+            done.add(k)
+    parts = [_index_frame(reused_rows)]  # one frame per chunk: concatenated, never rebuilt
+    todo = sorted(k for k in sources if k in stored and k not in done)
+    reused = len(done)
     missing_raw = [
         {"source_id": sources[k]["source_id"], "label": k[0], "sha256": k[1]}
         for k in sorted(sources)
@@ -75,6 +101,12 @@ def format_images(
     ]
     for m in missing_raw:
         log.warning("formatting: row %s is ok but its raw file is missing", m["source_id"])
+    log.info(
+        "formatting: %d images already formatted at %d px, %d to format",
+        reused,
+        size,
+        len(todo),
+    )
 
     def work(k: tuple[str, str]):
         try:
@@ -82,55 +114,117 @@ def format_images(
         except imaging.ImageDecodeError as exc:
             return k, None, f"{exc.reason}: {exc.detail}"
 
-    workers = max(1, p.workers)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
-        results = list(pool.map(work, todo))
+    undecodable: list[dict] = []
+    formatted_now = 0
 
-    fmt_images: dict[str, Image.Image] = {}
-    records, undecodable = [], []
-    for (label, sha), result, error in results:
-        src = sources[(label, sha)]
-        if error:
-            undecodable.append({"source_id": src["source_id"], "label": label, "error": error})
-            log.warning("formatting: raw image of row %s skipped: %s", src["source_id"], error)
-            continue
-        img, stats = result
-        image_key = f"{label}/{sha}"
-        fmt_images[image_key] = img
-        records.append(
-            {
-                "sha256": sha,
-                "label": label,
-                "image_key": image_key,
-                "source_id": src["source_id"],
-                "url_source": src["url_source"],
-                **stats,
-            }
-        )
-    fmt_index = pd.DataFrame(records, columns=FMT_INDEX_COLUMNS)
-    fmt_index["source_id"] = fmt_index["source_id"].astype("int64")
-    seconds = time.perf_counter() - t0
-    report = {
-        "image_size": size,
-        "formatted": len(fmt_images),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(fmt_images) / seconds, 1) if fmt_images and seconds else None,
-        "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
-        "missing_raw": missing_raw,
-        "undecodable": undecodable,
-    }
+    def report() -> dict[str, Any]:
+        seconds = time.perf_counter() - t0
+        return {
+            "image_size": size,
+            "formatted": len(done),
+            "formatted_now": formatted_now,
+            "reused": reused,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(formatted_now / seconds, 1)
+            if formatted_now and seconds
+            else None,
+            "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
+            "missing_raw": missing_raw,
+            "undecodable": undecodable,
+        }
+
+    workers = max(1, p.workers)
+    chunks = [todo[i : i + FORMAT_CHUNK] for i in range(0, len(todo), FORMAT_CHUNK)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
+        # the next chunk is decoded while the current one is saved
+        running = pool.map(work, chunks[0]) if chunks else iter(())
+        for n, _ in enumerate(chunks):
+            results = list(running)
+            if n + 1 < len(chunks):
+                running = pool.map(work, chunks[n + 1])
+            fmt_images: dict[str, Image.Image] = {}
+            rows = []
+            for (label, sha), result, error in results:
+                src = sources[(label, sha)]
+                if error:
+                    undecodable.append(
+                        {"source_id": src["source_id"], "label": label, "error": error}
+                    )
+                    log.warning(
+                        "formatting: raw image of row %s skipped: %s", src["source_id"], error
+                    )
+                    continue
+                img, stats = result
+                image_key = f"{label}/{sha}"
+                fmt_images[image_key] = img
+                done.add((label, sha))
+                rows.append(
+                    {
+                        "sha256": sha,
+                        "label": label,
+                        "image_key": image_key,
+                        "source_id": src["source_id"],
+                        "url_source": src["url_source"],
+                        **stats,
+                    }
+                )
+            parts.append(_index_frame(rows))
+            formatted_now += len(fmt_images)
+            if n + 1 < len(chunks):
+                yield fmt_images, _concat(parts), report()
+    last = fmt_images if chunks else {}
+    final = report()
     log.info(
-        "formatting: %d images -> %dx%d in %.1f s (%s images/s); %d ok rows without a raw "
-        "file, %d undecodable",
-        len(fmt_images),
+        "formatting: %d images -> %dx%d in %.1f s (%s images/s), %d already formatted; %d ok "
+        "rows without a raw file, %d undecodable",
+        formatted_now,
         size,
         size,
-        seconds,
-        report["images_per_s"],
+        final["seconds"],
+        final["images_per_s"],
+        reused,
         len(missing_raw),
         len(undecodable),
     )
-    return fmt_images, fmt_index, report
+    fmt_index = _concat(parts).sort_values("image_key", ignore_index=True)
+    yield last, fmt_index, final
+
+
+def format_images(
+    raw_images: dict[str, Callable[[], bytes]], plants_data: pd.DataFrame, params: dict
+) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, from scratch, all
+    at once: (fmt images, fmt index, report). For callers outside Kedro (tests, benchmarks);
+    the pipeline runs :func:`format_new_images`."""
+    images: dict[str, Image.Image] = {}
+    empty = pd.DataFrame(columns=FMT_INDEX_COLUMNS)
+    last: tuple = ()
+    for last in format_new_images(raw_images, plants_data, {}, empty, params):
+        images.update(last[0])
+    return images, last[1], last[2]
+
+
+def _twins(
+    fmt_inventory: dict[str, Any], previous: pd.DataFrame, size: int
+) -> dict[tuple[str, str], dict]:
+    """``(label, sha256) -> fmt index row`` of the images already formatted at ``size``:
+    in the previous index (saved after their files) and in the fmt folder."""
+    if previous is None or previous.empty or not set(FMT_INDEX_COLUMNS) <= set(previous.columns):
+        return {}
+    present = {key.rsplit(".", 1)[0] for key in fmt_inventory}
+    prev = previous[(previous["width"] == size) & previous["image_key"].isin(present)]
+    return {(r["label"], r["sha256"]): r for r in prev[FMT_INDEX_COLUMNS].to_dict(orient="records")}
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    filled = [p for p in parts if len(p)]
+    return pd.concat(filled, ignore_index=True) if filled else parts[0]
+
+
+def _index_frame(rows: list[dict]) -> pd.DataFrame:
+    fmt_index = pd.DataFrame(rows, columns=FMT_INDEX_COLUMNS)
+    fmt_index["source_id"] = fmt_index["source_id"].astype("int64")
+    return fmt_index
 
 
 def split_of(sha256: str, split: dict[str, Any]) -> str:
