@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from kedro.io import AbstractDataset
 from kedro.io.core import get_protocol_and_path
 
 Blob = bytes | Callable[[], bytes]
+WRITE_THREADS = 8  # concurrent local writes (each fsync'd) and remote size lookups
 
 
 class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[], bytes]]]):
@@ -26,7 +28,8 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
     is read up front) and is empty when the folder is missing. Saving a mapping writes each
     value's bytes (or the result of calling it) to ``path/key``, atomically; keys already
     present with the same size are skipped, which is right for a content-addressed layout
-    (same key, same bytes), and an empty or damaged file is written again.
+    (same key, same bytes), and an empty or damaged file is written again. A save looks at
+    its own keys only (a stat or HEAD each), never at a listing of the whole store.
 
     Hidden files (``.gitkeep``) are ignored. ``credentials``/``fs_args`` go to fsspec, e.g.
     ``{key, secret, client_kwargs: {endpoint_url}}`` for S3.
@@ -76,7 +79,9 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         return {key: partial(self._fs.cat_file, f"{self._root}/{key}") for key in self.keys()}
 
     def save(self, data: Mapping[str, Blob]) -> None:
-        present = self.sizes()
+        # Only the keys of this chunk are looked at (one stat/HEAD each), never a listing
+        # of the whole store: saving costs what the chunk holds, however large the store.
+        present = self._sizes_of(list(data))
         todo = {}
         for key, value in data.items():
             if key in present and callable(value):
@@ -89,12 +94,39 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         if not todo:
             return
         if self._protocol == "file":
-            for path, blob in todo.items():
-                _atomic_write(path, blob)
+            # fsync waits on the disk, not the CPU: several at once share journal commits
+            with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+                list(pool.map(_atomic_write, todo, todo.values()))
         else:
             # One PUT per object: an object store shows the whole object or none of it.
             self._fs.pipe(todo)  # concurrent uploads (s3fs is async)
         self._fs.invalidate_cache(self._root)
+
+    def _sizes_of(self, keys: list[str]) -> dict[str, int]:
+        """``{key: size}`` of those of ``keys`` that are stored non-empty."""
+        if not keys:
+            return {}
+        if self._protocol == "file":
+            out = {}
+            for key in keys:
+                try:
+                    size = os.stat(f"{self._root}/{key}").st_size
+                except OSError:
+                    continue
+                if size > 0:
+                    out[key] = size
+            return out
+        self._fs.invalidate_cache(self._root)
+        paths = [f"{self._root}/{key}" for key in keys]
+        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+            sizes = list(pool.map(self._remote_size, paths))
+        return {k: n for k, n in zip(keys, sizes, strict=True) if n}
+
+    def _remote_size(self, path: str) -> int:
+        try:
+            return int(self._fs.info(path).get("size") or 0)
+        except FileNotFoundError:
+            return 0
 
     def _exists(self) -> bool:
         return bool(self.keys())
