@@ -173,6 +173,7 @@ def synth(
 
 class _Handler(SimpleHTTPRequestHandler):
     slow_s = 0.2
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection per client thread
 
     def log_message(self, *args):  # quiet: 100,000 lines otherwise
         pass
