@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -81,17 +82,12 @@ def format_new_images(
     for key, load in raw_images.items():
         label, _, name = key.partition("/")
         stored[(label, name.split(".", 1)[0])] = load
-    twins = _twins(fmt_inventory, fmt_index_previous, size)
-    done: set[tuple[str, str]] = set()  # what the index holds: reused twins, then new images
-    reused_rows = []
-    for k in sorted(sources):
-        if k in stored and k in twins:
-            src = sources[k]
-            reused_rows.append(
-                {**twins[k], "source_id": src["source_id"], "url_source": src["url_source"]}
-            )
-            done.add(k)
-    parts = [_index_frame(reused_rows)]  # one frame per chunk: concatenated, never rebuilt
+    reused_frame = _reusable(fmt_inventory, fmt_index_previous, size, sources, stored)
+    # what the index holds: reused twins, then the new images
+    done: set[tuple[str, str]] = set(
+        zip(reused_frame["label"], reused_frame["sha256"], strict=True)
+    )
+    parts = [reused_frame]  # one frame per chunk: concatenated, never rebuilt
     todo = sorted(k for k in sources if k in stored and k not in done)
     reused = len(done)
     missing_raw = [
@@ -204,16 +200,29 @@ def format_images(
     return images, last[1], last[2]
 
 
-def _twins(
-    fmt_inventory: dict[str, Any], previous: pd.DataFrame, size: int
-) -> dict[tuple[str, str], dict]:
-    """``(label, sha256) -> fmt index row`` of the images already formatted at ``size``:
-    in the previous index (saved after their files) and in the fmt folder."""
+def _reusable(
+    fmt_inventory: dict[str, Any],
+    previous: pd.DataFrame,
+    size: int,
+    sources: dict[tuple[str, str], dict],
+    stored: dict[tuple[str, str], Any],
+) -> pd.DataFrame:
+    """The previous fmt index rows still valid: formatted at ``size``, their file in the fmt
+    folder (``fmt_inventory``), their content still an ``ok`` row with a raw file; with
+    ``source_id``/``url_source`` refreshed from the table. Vectorised: no per-row dicts."""
     if previous is None or previous.empty or not set(FMT_INDEX_COLUMNS) <= set(previous.columns):
-        return {}
+        return _index_frame([])
     present = {key.rsplit(".", 1)[0] for key in fmt_inventory}
-    prev = previous[(previous["width"] == size) & previous["image_key"].isin(present)]
-    return {(r["label"], r["sha256"]): r for r in prev[FMT_INDEX_COLUMNS].to_dict(orient="records")}
+    prev = previous.loc[
+        (previous["width"] == size) & previous["image_key"].isin(present), FMT_INDEX_COLUMNS
+    ]
+    keys = list(zip(prev["label"], prev["sha256"], strict=True))
+    keep = [k in sources and k in stored for k in keys]
+    prev = prev.loc[np.asarray(keep, dtype=bool)].copy()
+    kept = [k for k, ok in zip(keys, keep, strict=True) if ok]
+    prev["source_id"] = np.asarray([sources[k]["source_id"] for k in kept], dtype="int64")
+    prev["url_source"] = [sources[k]["url_source"] for k in kept]
+    return prev.reset_index(drop=True)
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
