@@ -226,3 +226,47 @@ def test_formatting_is_incremental_and_gives_the_index_of_a_full_rebuild():
     chunks = list(format_new_images(raw, fewer, inventory, full_index, params))
     assert chunks[-1][2]["formatted_now"] == 0
     assert len(chunks[-1][1]) == 5
+
+
+def test_chunks_already_saved_are_released_under_kedros_streaming(monkeypatch):
+    """Kedro streams a generator node's outputs through itertools.tee, which keeps up to 57
+    chunks alive: a chunk the node yielded must be emptied once Kedro asked for the next
+    one (by then it is saved), or a 10,000-image run holds every fmt image at once."""
+    import itertools
+
+    from kedro.pipeline import node
+    from more_itertools import interleave
+
+    from plants_mlops.pipelines.formatting import nodes
+
+    monkeypatch.setattr(nodes, "FORMAT_CHUNK", 2)
+    blobs = {i: _jpeg((20 * i, 100, 200 - 20 * i)) for i in range(7)}
+    sha = {i: hashlib.sha256(b).hexdigest() for i, b in blobs.items()}
+    raw = {f"grass/{sha[i]}.jpg": (lambda b=b: b) for i, b in blobs.items()}
+    table = _table([("grass", sha[i], "ok") for i in blobs])
+    kedro_node = node(
+        nodes.format_new_images,
+        ["raw", "table", "inventory", "previous", "params"],
+        ["fmt_images", "fmt_index", "fmt_report"],
+    )
+    streams = kedro_node.run(
+        {
+            "raw": raw,
+            "table": table,
+            "inventory": {},
+            "previous": pd.DataFrame(),
+            "params": stage_params("formatting", image_size=16, workers=1),
+        }
+    )
+    saved: dict[str, list] = {"fmt_images": [], "fmt_index": []}
+    seen_images: set[str] = set()
+    for name, data in zip(itertools.cycle(streams), interleave(*streams.values()), strict=False):
+        if name == "fmt_images":  # what Kedro saves, as it saves it
+            assert all(len(earlier) == 0 for earlier in saved["fmt_images"])
+            seen_images |= set(data)
+            saved["fmt_images"].append(data)
+        elif name == "fmt_index":
+            assert all(len(earlier) == 0 for earlier in saved["fmt_index"])
+            saved["fmt_index"].append(data)
+    assert len(saved["fmt_images"]) == 4 and len(seen_images) == 7  # every image was saved
+    assert len(saved["fmt_index"][-1]) == 7  # the last (whole) index is kept

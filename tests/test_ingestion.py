@@ -222,3 +222,33 @@ def test_fetches_in_flight_are_bounded_while_the_consumer_saves():
     assert len(started) <= bound, f"{len(started)} rows started while one was consumed"
     rest = list(stream)
     assert sorted([first, *rest]) == list(range(500))  # every row still comes out once
+
+
+def test_saved_chunks_are_released_under_kedros_streaming(monkeypatch, tmp_path):
+    """Kedro's tee keeps up to 57 yielded chunks alive: the node empties a chunk of files
+    once Kedro asked for the next one (it is saved by then)."""
+    import itertools
+
+    from kedro.pipeline import node
+    from more_itertools import interleave
+
+    from plants_mlops.pipelines.ingestion import nodes
+
+    monkeypatch.setattr(nodes, "SAVE_EVERY_IMAGES", 2)
+    rows = manifest_rows(per_label=4)
+    params = stage_params(
+        "ingestion",
+        raw_root="raw",
+        mirrors=[{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
+        progress=False,
+    )
+    kedro_node = node(nodes.ingest_images, ["t", "inv", "p"], ["raw", "updates", "report"])
+    streams = kedro_node.run({"t": _rows_frame(rows), "inv": {}, "p": params})
+    files: list[dict] = []
+    stored: set[str] = set()
+    for name, data in zip(itertools.cycle(streams), interleave(*streams.values()), strict=False):
+        if name == "raw":
+            assert all(len(earlier) == 0 for earlier in files)
+            stored |= set(data)
+            files.append(data)
+    assert len(files) >= 4 and len(stored) == 8  # every file went through a save

@@ -167,7 +167,12 @@ def format_new_images(
             parts.append(_index_frame(rows))
             formatted_now += len(fmt_images)
             if n + 1 < len(chunks):
-                yield fmt_images, _concat(parts), report()
+                index_so_far = _concat(parts)
+                yield fmt_images, index_so_far, report()
+                # Saved by now (Kedro saves a chunk's outputs before asking for the next),
+                # but Kedro's tee may keep this chunk alive for 57 more: empty it here.
+                fmt_images.clear()
+                index_so_far.drop(index_so_far.index, inplace=True)
     last = fmt_images if chunks else {}
     final = report()
     log.info(

@@ -253,6 +253,8 @@ def ingest_images(
                         started, t0, plants_data, already, skipped, raw_root, p, final=False
                     ),
                 )
+                # Saved by now; Kedro's tee may keep the chunk alive for 57 more: empty it.
+                batch.clear()
                 batch, updates, last_save = {}, [], time.monotonic()
     finally:
         bar.close()
