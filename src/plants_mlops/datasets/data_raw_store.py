@@ -60,6 +60,8 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
     def sizes(self) -> dict[str, int]:
         """``{key: size}`` of the stored files; an empty one (what a crash could leave
         before writes were atomic) does not count, so the next save writes it again."""
+        if self._protocol == "file":
+            return _local_sizes(self._root)
         self._fs.invalidate_cache(self._root)
         if not self._fs.exists(self._root):
             return {}
@@ -133,6 +135,31 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self.uri(""), "protocol": self._protocol}
+
+
+def _local_sizes(root: str) -> dict[str, int]:
+    """:meth:`BlobStoreDataset.sizes` of a local folder, by ``os.scandir``: no info dict
+    per file (fsspec's ``find(detail=True)`` held ~1 KB per file, 100 MB at 100,000)."""
+    out: dict[str, int] = {}
+    stack = [("", root)]
+    while stack:
+        rel, folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                key = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((f"{key}/", entry.path))
+                elif entry.is_file():
+                    size = entry.stat().st_size
+                    if size > 0:
+                        out[key] = size
+    return dict(sorted(out.items()))
 
 
 def _atomic_write(path: str, blob: bytes) -> None:

@@ -32,6 +32,7 @@ from plants_mlops.pipelines.ingestion import fetch as fetching
 log = logging.getLogger(__name__)
 
 UPDATE_COLUMNS = ["id", "status", "error", "sha256", "url_s3", "ingested_at"]
+PLAN_COLUMNS = ["id", "url_source", "label", "sha256", "status", "url_s3", "error"]
 
 
 @dataclass
@@ -87,7 +88,9 @@ def plan(
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Split the rows into (to_fetch, already_stored, skipped_failed)."""
     to_fetch, already, skipped = [], [], []
-    for row in plants_data.to_dict(orient="records"):
+    # only the columns the node reads: a dict per row of the whole table is ~1 KB
+    columns = [c for c in PLAN_COLUMNS if c in plants_data.columns]
+    for row in plants_data[columns].to_dict(orient="records"):
         sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
         status = row["status"]
         if status == contracts.STATUS_FAILED and not retry_failed:
