@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         return list(self.sizes())
 
     def load(self) -> dict[str, Callable[[], bytes]]:
-        return {key: partial(self._fs.cat_file, f"{self._root}/{key}") for key in self.keys()}
+        return {key: _Loader(self, key) for key in self.keys()}
 
     def save(self, data: Mapping[str, Blob]) -> None:
         # Only the keys of this chunk are looked at (one stat/HEAD each), never a listing
@@ -135,6 +134,23 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self.uri(""), "protocol": self._protocol}
+
+
+class _Loader:
+    """Reads one stored file's bytes when called. Holds the store and the key only (a
+    ``functools.partial`` with a bound method and the full path was ~300 bytes more per
+    file: 30 MB per 100,000-file listing)."""
+
+    __slots__ = ("_key", "_store")
+
+    def __init__(self, store: BlobStoreDataset, key: str) -> None:
+        self._store, self._key = store, key
+
+    def __call__(self) -> bytes:
+        return self._store._fs.cat_file(f"{self._store._root}/{self._key}")
+
+    def __repr__(self) -> str:
+        return f"<loader of {self._store.uri(self._key)}>"
 
 
 def _local_sizes(root: str) -> dict[str, int]:
