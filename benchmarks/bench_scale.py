@@ -154,7 +154,9 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
         url = port_file.read_text()
         import yaml
 
-        (project / "conf" / "local" / "parameters_bench.yml").write_text(
+        # the run environment's folder: conf/local is not read under --env minio
+        conf_env = "minio" if args.store == "s3" else "local"
+        (project / "conf" / conf_env / "parameters_bench.yml").write_text(
             yaml.safe_dump(
                 {
                     "ingestion": {
