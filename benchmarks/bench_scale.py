@@ -310,13 +310,15 @@ def plot(rows: list[dict], path: Path) -> None:
             label = f"{stage} ({store})"
             axes[0].plot(ns, [r["wall_s"] for r in pts], marker="o", label=label)
             axes[1].plot(ns, [r["peak_rss_mb"] for r in pts], marker="o", label=label)
-            axes[2].plot(ns, [r["images_per_s"] or 0 for r in pts], marker="o", label=label)
+            if stage != "validation":  # its rate is rows/s: off the images/s scale
+                axes[2].plot(ns, [r["images_per_s"] or 0 for r in pts], marker="o", label=label)
     for ax, title in zip(axes, ("wall time (s)", "peak RSS (MiB)", "images/s"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("catalogue size N")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
