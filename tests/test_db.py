@@ -218,3 +218,52 @@ def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
     with pytest.raises(UserFacingError, match="already labelled 'dandelion'"):
         db.record_decision(engine, 1, "relabel", "x", label="dandelion")
     assert db.decision_history(engine) == []  # nothing half-recorded
+
+
+def test_an_upsert_reads_only_the_rows_it_touches(db_url):
+    """Ingestion saves its updates in chunks of ~100 rows: each chunk must not read every id
+    of the table (O(table) per chunk is O(N^2) over a 100,000-row catalogue)."""
+    engine = db.make_engine(db_url)
+    now = db.utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(db.plants_data),
+            [
+                {
+                    "url_source": f"https://example.org/{i}.jpg",
+                    "label": contracts.LABELS[i % 2],
+                    "status": contracts.STATUS_PENDING,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(3000)
+            ],
+        )
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        updated, inserted = db.upsert_rows(
+            engine,
+            [
+                {"id": 5, "status": contracts.STATUS_OK},
+                {"url_source": "https://example.org/7.jpg", "status": contracts.STATUS_FAILED},
+                {"url_source": "https://example.org/new.jpg", "label": contracts.LABELS[0]},
+            ],
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert (updated, inserted) == (2, 1)
+    selects = [s for s in seen if s.upper().startswith("SELECT")]
+    assert selects, "the upsert looks the given ids and urls up"
+    for stmt in selects:  # every lookup is restricted to the rows of the chunk
+        assert " WHERE " in stmt.upper(), stmt
+    rows = {r["id"]: r for r in db.load_rows(engine)}
+    assert rows[5]["status"] == contracts.STATUS_OK
+    assert rows[8]["status"] == contracts.STATUS_FAILED  # url .../7.jpg is id 8
+    assert rows[3001]["url_source"] == "https://example.org/new.jpg"
+    assert sum(r["status"] == contracts.STATUS_PENDING for r in rows.values()) == 2999
+    engine.dispose()

@@ -57,10 +57,18 @@ def test_offline_data_run_of_the_full_manifest_builds_every_layer(data_project):
     report = read_json(data / "08_reporting" / "validation_report.json")
     assert report["passed"] is True, [c for c in report["checks"] if not c["passed"]]
 
-    # Formatting again changes nothing: same index, same fingerprint.
+    # Formatting again changes nothing: same index, same fingerprint, and no image work.
+    fmt_files = sorted((data / "02_intermediate" / "fmt_images").rglob("*.jpg"))
+    mtimes = [p.stat().st_mtime_ns for p in fmt_files]
     data_project.run_cli("formatting")
     again = read_json(data / "03_primary" / "dataset_fingerprint.json")
     assert again["fingerprint"] == fingerprint["fingerprint"]
+    rerun = read_json(data / "08_reporting" / "formatting_report.json")
+    assert (rerun["formatted_now"], rerun["reused"], rerun["formatted"]) == (0, 400, 400)
+    assert [p.stat().st_mtime_ns for p in fmt_files] == mtimes  # no fmt file rewritten
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(data / "02_intermediate" / "fmt_index.parquet"), fmt_index
+    )
 
 
 def _jpeg(color, size=(64, 48), mode="RGB") -> bytes:
@@ -172,3 +180,93 @@ def test_split_proportions_must_sum_to_one():
             {},
             stage_params("formatting", split={"train": 0.8, "val": 0.15, "test": 0.15}),
         )
+
+
+def test_formatting_is_incremental_and_gives_the_index_of_a_full_rebuild():
+    """Only raw images without a formatted twin (file present and row in the previous fmt
+    index, at the current size) are decoded; the index equals a from-scratch run's."""
+    from plants_mlops.pipelines.formatting.nodes import format_new_images
+
+    blobs = {i: _jpeg((10 * i, 200 - 10 * i, 30)) for i in range(6)}
+    sha = {i: hashlib.sha256(b).hexdigest() for i, b in blobs.items()}
+    labels = {i: ("dandelion", "grass")[i % 2] for i in blobs}
+    raw = {f"{labels[i]}/{sha[i]}.jpg": (lambda b=b: b) for i, b in blobs.items()}
+    table = _table([(labels[i], sha[i], "ok") for i in blobs])
+    params = stage_params("formatting", image_size=32, workers=2)
+    full_images, full_index, _ = format_images(raw, table, params)
+
+    def run(inventory, previous, p=params):
+        chunks = list(format_new_images(raw, table, inventory, previous, p))
+        images = {k: v for c in chunks for k, v in c[0].items()}
+        return images, chunks[-1][1], chunks[-1][2]
+
+    inventory = {f"{k}.jpg": None for k in full_images}
+    images, index, report = run(inventory, full_index)
+    assert images == {} and (report["formatted_now"], report["reused"]) == (0, 6)
+    pd.testing.assert_frame_equal(index, full_index)
+
+    # one fmt file lost, one image without an index row (a run killed before its index
+    # was saved): those two only are formatted again
+    lost, unindexed = f"{labels[1]}/{sha[1]}", f"{labels[4]}/{sha[4]}"
+    partial_inventory = {k: v for k, v in inventory.items() if k != f"{lost}.jpg"}
+    previous = full_index[full_index["image_key"] != unindexed]
+    images, index, report = run(partial_inventory, previous)
+    assert sorted(images) == sorted([lost, unindexed])
+    assert (report["formatted_now"], report["reused"]) == (2, 4)
+    pd.testing.assert_frame_equal(index, full_index)
+
+    # another image size: nothing formatted at the old size is reused
+    images, index, report = run(
+        inventory, full_index, stage_params("formatting", image_size=24, workers=2)
+    )
+    assert report["formatted_now"] == 6 and (index["width"] == 24).all()
+
+    # a row no longer ok drops out of the index without any image work
+    fewer = table.assign(status=["ok"] * 5 + ["failed"])
+    chunks = list(format_new_images(raw, fewer, inventory, full_index, params))
+    assert chunks[-1][2]["formatted_now"] == 0
+    assert len(chunks[-1][1]) == 5
+
+
+def test_chunks_already_saved_are_released_under_kedros_streaming(monkeypatch):
+    """Kedro streams a generator node's outputs through itertools.tee, which keeps up to 57
+    chunks alive: a chunk the node yielded must be emptied once Kedro asked for the next
+    one (by then it is saved), or a 10,000-image run holds every fmt image at once."""
+    import itertools
+
+    from kedro.pipeline import node
+    from more_itertools import interleave
+
+    from plants_mlops.pipelines.formatting import nodes
+
+    monkeypatch.setattr(nodes, "FORMAT_CHUNK", 2)
+    blobs = {i: _jpeg((20 * i, 100, 200 - 20 * i)) for i in range(7)}
+    sha = {i: hashlib.sha256(b).hexdigest() for i, b in blobs.items()}
+    raw = {f"grass/{sha[i]}.jpg": (lambda b=b: b) for i, b in blobs.items()}
+    table = _table([("grass", sha[i], "ok") for i in blobs])
+    kedro_node = node(
+        nodes.format_new_images,
+        ["raw", "table", "inventory", "previous", "params"],
+        ["fmt_images", "fmt_index", "fmt_report"],
+    )
+    streams = kedro_node.run(
+        {
+            "raw": raw,
+            "table": table,
+            "inventory": {},
+            "previous": pd.DataFrame(),
+            "params": stage_params("formatting", image_size=16, workers=1),
+        }
+    )
+    saved: dict[str, list] = {"fmt_images": [], "fmt_index": []}
+    seen_images: set[str] = set()
+    for name, data in zip(itertools.cycle(streams), interleave(*streams.values()), strict=False):
+        if name == "fmt_images":  # what Kedro saves, as it saves it
+            assert all(len(earlier) == 0 for earlier in saved["fmt_images"])
+            seen_images |= set(data)
+            saved["fmt_images"].append(data)
+        elif name == "fmt_index":
+            assert all(len(earlier) == 0 for earlier in saved["fmt_index"])
+            saved["fmt_index"].append(data)
+    assert len(saved["fmt_images"]) == 4 and len(seen_images) == 7  # every image was saved
+    assert len(saved["fmt_index"][-1]) == 7  # the last (whole) index is kept

@@ -194,3 +194,61 @@ def test_mirror_prefix_rewrites_to_a_folder_or_a_base_url():
         "http://127.0.0.1:8000/g/2.jpg"
     )
     assert fetching.resolve("https://b.example/x.jpg", mirrors) == "https://b.example/x.jpg"
+
+
+def test_fetches_in_flight_are_bounded_while_the_consumer_saves():
+    """While the node's consumer (Kedro saving a chunk) is busy, the pool must not run ahead
+    through the whole catalogue holding every fetched image in memory."""
+    import threading
+
+    from plants_mlops.pipelines.ingestion.nodes import IN_FLIGHT_PER_WORKER, stream_rows
+
+    started = []
+    lock = threading.Lock()
+
+    def one(row, client):
+        with lock:
+            started.append(row["id"])
+        return row["id"]
+
+    p = _policy(concurrency=2, mirrors=[])
+    rows = [{"id": i} for i in range(500)]
+    stream = stream_rows(rows, p, one)
+    first = next(stream)
+    import time
+
+    time.sleep(0.5)  # the consumer is "saving": the workers have all the time to run ahead
+    bound = 2 * IN_FLIGHT_PER_WORKER + 1
+    assert len(started) <= bound, f"{len(started)} rows started while one was consumed"
+    rest = list(stream)
+    assert sorted([first, *rest]) == list(range(500))  # every row still comes out once
+
+
+def test_saved_chunks_are_released_under_kedros_streaming(monkeypatch, tmp_path):
+    """Kedro's tee keeps up to 57 yielded chunks alive: the node empties a chunk of files
+    once Kedro asked for the next one (it is saved by then)."""
+    import itertools
+
+    from kedro.pipeline import node
+    from more_itertools import interleave
+
+    from plants_mlops.pipelines.ingestion import nodes
+
+    monkeypatch.setattr(nodes, "SAVE_EVERY_IMAGES", 2)
+    rows = manifest_rows(per_label=4)
+    params = stage_params(
+        "ingestion",
+        raw_root="raw",
+        mirrors=[{"prefix": PUBLIC_PREFIX, "to": ROOT_SAMPLES}],
+        progress=False,
+    )
+    kedro_node = node(nodes.ingest_images, ["t", "inv", "p"], ["raw", "updates", "report"])
+    streams = kedro_node.run({"t": _rows_frame(rows), "inv": {}, "p": params})
+    files: list[dict] = []
+    stored: set[str] = set()
+    for name, data in zip(itertools.cycle(streams), interleave(*streams.values()), strict=False):
+        if name == "raw":
+            assert all(len(earlier) == 0 for earlier in files)
+            stored |= set(data)
+            files.append(data)
+    assert len(files) >= 4 and len(stored) == 8  # every file went through a save

@@ -23,8 +23,14 @@ def _run(argv: list[str], cwd: Path = ROOT, env: dict | None = None) -> subproce
 
 
 def test_compose_file_matches_the_compose_spec():
-    proc = _run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                 "docker-compose.yml"])
+    proc = _run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "docker-compose.yml",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -43,7 +49,11 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
 def test_compose_refuses_to_start_without_secrets(tmp_path):
     compose = prereqs.need("docker-compose")
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MINIO", "MYSQL", "PLANTS_API"))}
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if not k.startswith(("MINIO", "MYSQL", "PLANTS_API"))
+    }
     proc = _run([compose, "config", "-q"], cwd=tmp_path, env=env)
     assert proc.returncode != 0
     assert "set MINIO_ROOT_USER in .env" in proc.stderr
@@ -58,7 +68,9 @@ def test_dockerfile_passes_hadolint():
 def test_kubernetes_manifests_are_valid(overlay, tmp_path):
     """What `kubectl kustomize` renders for an overlay passes kubernetes-validate --strict
     (more checks, and the ZenML pods, in tests/test_deploy_k8s.py)."""
-    kubectl = prereqs.need("kubectl", "kubectl 1.32 (built-in Kustomize) is part of the machine image")
+    kubectl = prereqs.need(
+        "kubectl", "kubectl 1.32 (built-in Kustomize) is part of the machine image"
+    )
     rendered = _run([kubectl, "kustomize", f"deploy/k8s/overlays/{overlay}"])
     assert rendered.returncode == 0, rendered.stderr
     assert rendered.stdout.count("\nkind: ") > 20
@@ -69,8 +81,14 @@ def test_kubernetes_manifests_are_valid(overlay, tmp_path):
 
 
 def test_ci_workflow_matches_the_github_schema_and_runs_ci_run():
-    proc = _run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
-                 ".github/workflows/ci.yml"])
+    proc = _run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            ".github/workflows/ci.yml",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bash .ci/run" in (ROOT / ".github/workflows/ci.yml").read_text()
 
@@ -79,7 +97,9 @@ def test_ci_run_calls_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make demo" in readme
-    commands = [ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    commands = [
+        ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))
+    ]
     assert commands == ["make test"]
 
 

@@ -411,48 +411,81 @@ def load_rows(engine: sa.Engine) -> list[dict[str, Any]]:
 UPDATABLE = ("url_s3", "sha256", "status", "error", "ingested_at", "label")
 
 
+# Lookups and updates go in slices of this many rows (well under every backend's limit on
+# bound parameters), so a chunk of updates reads only its own rows, never the whole table.
+UPSERT_SLICE = 500
+
+
 def upsert_rows(engine: sa.Engine, rows: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """Update rows by ``id`` (or ``url_source`` when no id is given); insert unknown ones.
 
-    Only the columns present in a row are written; ``updated_at`` is set to now.
+    Only the columns present in a row are written; ``updated_at`` is set to now. Only the
+    ids and urls of ``rows`` are looked up, and updates that set the same columns go in
+    one batched statement, so the cost follows ``len(rows)``, not the table's size.
     Returns (updated, inserted).
     """
     now = utcnow()
-    updated = inserted = 0
+    rows = list(rows)
+    for row in rows:
+        status = _clean(row.get("status"))
+        if status not in (None, *STATUSES):
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    given_ids = {int(i) for i in (_clean(r.get("id")) for r in rows) if i is not None}
+    urls = {r["url_source"] for r in rows if _clean(r.get("id")) is None and r.get("url_source")}
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    inserts: list[dict[str, Any]] = []
     with engine.begin() as conn:
-        by_url = {
-            r.url_source: r.id
-            for r in conn.execute(sa.select(plants_data.c.id, plants_data.c.url_source))
-        }
-        ids = set(by_url.values())
+        ids = _existing(conn, plants_data.c.id, given_ids)
+        by_url = dict(_existing(conn, plants_data.c.url_source, urls, plants_data.c.id))
+        ids |= set(by_url.values())
         for row in rows:
             values = {k: _clean(row[k]) for k in UPDATABLE if k in row}
-            if values.get("status") not in (None, *STATUSES):
-                raise ValueError(f"status {values['status']!r} is not one of {STATUSES}")
             row_id = _clean(row.get("id"))
             if row_id is None and row.get("url_source") in by_url:
                 row_id = by_url[row["url_source"]]
             if row_id is not None and int(row_id) in ids:
-                conn.execute(
-                    sa.update(plants_data)
-                    .where(plants_data.c.id == int(row_id))
-                    .values(**values, updated_at=now)
+                updates.setdefault(tuple(sorted(values)), []).append(
+                    {"_id": int(row_id), **{f"v_{k}": v for k, v in values.items()}}
                 )
-                updated += 1
             else:
                 if not row.get("url_source") or not row.get("label"):
                     raise ValueError(f"cannot insert a row without url_source and label: {row}")
                 values.setdefault("status", contracts.STATUS_PENDING)
-                conn.execute(
-                    sa.insert(plants_data).values(
-                        url_source=row["url_source"],
+                inserts.append(
+                    {
+                        "url_source": row["url_source"],
                         **values,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                        "created_at": now,
+                        "updated_at": now,
+                    }
                 )
-                inserted += 1
-    return updated, inserted
+        for columns, batch in updates.items():
+            stmt = (
+                sa.update(plants_data)
+                .where(plants_data.c.id == sa.bindparam("_id"))
+                .values(
+                    {
+                        **{c: sa.bindparam(f"v_{c}", type_=plants_data.c[c].type) for c in columns},
+                        "updated_at": now,
+                    }
+                )
+            )
+            for i in range(0, len(batch), UPSERT_SLICE):
+                conn.execute(stmt, batch[i : i + UPSERT_SLICE])
+        for row in inserts:  # one by one: rows may hold different columns
+            conn.execute(sa.insert(plants_data).values(**row))
+    return sum(len(b) for b in updates.values()), len(inserts)
+
+
+def _existing(conn, column, wanted: set, *more) -> set | list:
+    """The values of ``column`` among ``wanted`` that are in the table (with ``more``
+    columns: the matching rows as tuples), looked up in slices."""
+    found: list = []
+    wanted_list = sorted(wanted, key=str)
+    for i in range(0, len(wanted_list), UPSERT_SLICE):
+        part = wanted_list[i : i + UPSERT_SLICE]
+        found += conn.execute(sa.select(column, *more).where(column.in_(part))).all()
+    return found if more else {r[0] for r in found}
 
 
 def _clean(value: Any) -> Any:

@@ -63,7 +63,9 @@ def make_handler(root: Path, sample: Path):
                 time.sleep(30)
                 return self._send(200, sample.read_bytes())
             if path == "/faults/page.jpg":
-                return self._send(200, b"<!DOCTYPE html><html><body>Moved</body></html>", "text/html")
+                return self._send(
+                    200, b"<!DOCTYPE html><html><body>Moved</body></html>", "text/html"
+                )
             if path == "/faults/truncated.jpg":
                 data = sample.read_bytes()
                 return self._send(200, data[: len(data) // 2])

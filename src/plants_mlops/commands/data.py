@@ -1,5 +1,6 @@
 """``plants-mlops db seed`` / ``db status``: the plants_data table by hand; ``plants-mlops
-data review|exclude|relabel|restore|history|feedback``: curation decisions."""
+data review|exclude|relabel|restore|history|feedback``: curation decisions; ``plants-mlops
+data synth|serve``: a deterministic synthetic catalogue and its loopback mirror (scale tests)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def status_command(args: argparse.Namespace) -> int:
 def register_curation(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="the curation review queue and the decisions on it (exclude, relabel, restore)",
+        help="the curation review queue and the decisions on it (exclude, relabel, restore); "
+        "a synthetic catalogue for scale tests (synth, serve)",
         description="Review what the curation pipeline found and record decisions; formatting "
         "honours them on its next run (the dataset fingerprint changes). Raw bytes are never "
         "deleted: `data restore ID` undoes a decision.",
@@ -140,6 +142,32 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("candidate_id", type=int, metavar="ID", help="feedback candidate id")
         p.add_argument("--reason", default="", help="why")
         p.set_defaults(handler=feedback_command, accept=action == "accept")
+
+    synth = sub.add_parser(
+        "synth",
+        help="write N distinct JPEGs (half per label), broken rows and a manifest CSV",
+        description="Deterministic in (N, --seed): the same bytes every time. Good rows carry "
+        "their sha256 in the manifest; a --broken-share of rows is broken (404, truncated, "
+        "not an image, slow). Serve the folder with `plants-mlops data serve` and map the "
+        "manifest's URL prefix onto it with an ingestion mirror.",
+    )
+    synth.add_argument("n", type=int, help="number of rows (images) in the catalogue")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", default="data/synth", help="folder to write (default %(default)s)")
+    synth.add_argument("--broken-share", type=float, default=0.01)
+    synth.add_argument("--prefix", default=None, help="URL prefix of the manifest's rows")
+    synth.add_argument(
+        "--seed-db",
+        action="store_true",
+        help="also add the manifest's rows to the plants_data table",
+    )
+    synth.add_argument("--db-url", help="SQLAlchemy URL (default: $PLANTS_DB_URL)")
+    synth.set_defaults(handler=synth_command)
+    serve = sub.add_parser("serve", help="serve a synthetic catalogue on 127.0.0.1")
+    serve.add_argument("root", help="the folder `data synth` wrote")
+    serve.add_argument("--port", type=int, default=8700)
+    serve.add_argument("--slow-s", type=float, default=0.2, help="delay of the slow rows")
+    serve.set_defaults(handler=serve_command)
 
 
 def _engine(args: argparse.Namespace):
@@ -240,3 +268,40 @@ def feedback_command(args: argparse.Namespace) -> int:
     else:
         print(f"feedback {args.candidate_id} rejected")
     return 0
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from plants_mlops.datasets import data_synth
+
+    prefix = args.prefix or data_synth.DEFAULT_PREFIX
+    report = data_synth.synth(
+        args.n, args.out, seed=args.seed, broken_share=args.broken_share, prefix=prefix
+    )
+    print(json.dumps(report.__dict__, indent=2))
+    if args.seed_db:
+        from plants_mlops import db
+
+        seeded = db.seed(db.make_engine(args.db_url), report.manifest)
+        print("\n".join(seeded.lines()))
+    print(
+        f"serve it with: plants-mlops data serve {args.out}; then ingest with the mirror "
+        f"{prefix} -> http://127.0.0.1:8700/"
+    )
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import time
+
+    from plants_mlops.datasets import data_synth
+
+    with data_synth.serve(args.root, args.port, args.slow_s) as url:
+        print(f"serving {args.root} at {url} (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0

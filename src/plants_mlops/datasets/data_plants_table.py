@@ -42,7 +42,11 @@ class PlantsTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     def load(self) -> pd.DataFrame:
         if self._seed_if_empty:
             db.ensure_seeded(self.engine)
-        return pd.DataFrame(db.load_rows(self.engine), columns=list(db.COLUMNS))
+        # from row tuples, not a dict per row (~1 KB each: 100 MB more at 100,000 rows)
+        columns = [db.plants_data.c[c] for c in db.COLUMNS]
+        with self.engine.connect() as conn:
+            result = conn.execute(sa.select(*columns).order_by(db.plants_data.c.id))
+            return pd.DataFrame.from_records(result.all(), columns=list(db.COLUMNS))
 
     def save(self, data: pd.DataFrame) -> None:
         if data is None or len(data) == 0:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from kedro.io import AbstractDataset
 from kedro.io.core import get_protocol_and_path
 
 Blob = bytes | Callable[[], bytes]
+WRITE_THREADS = 8  # concurrent local writes (each fsync'd) and remote size lookups
 
 
 class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[], bytes]]]):
@@ -26,7 +27,8 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
     is read up front) and is empty when the folder is missing. Saving a mapping writes each
     value's bytes (or the result of calling it) to ``path/key``, atomically; keys already
     present with the same size are skipped, which is right for a content-addressed layout
-    (same key, same bytes), and an empty or damaged file is written again.
+    (same key, same bytes), and an empty or damaged file is written again. A save looks at
+    its own keys only (a stat or HEAD each), never at a listing of the whole store.
 
     Hidden files (``.gitkeep``) are ignored. ``credentials``/``fs_args`` go to fsspec, e.g.
     ``{key, secret, client_kwargs: {endpoint_url}}`` for S3.
@@ -57,6 +59,8 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
     def sizes(self) -> dict[str, int]:
         """``{key: size}`` of the stored files; an empty one (what a crash could leave
         before writes were atomic) does not count, so the next save writes it again."""
+        if self._protocol == "file":
+            return _local_sizes(self._root)
         self._fs.invalidate_cache(self._root)
         if not self._fs.exists(self._root):
             return {}
@@ -73,10 +77,12 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         return list(self.sizes())
 
     def load(self) -> dict[str, Callable[[], bytes]]:
-        return {key: partial(self._fs.cat_file, f"{self._root}/{key}") for key in self.keys()}
+        return {key: _Loader(self, key) for key in self.keys()}
 
     def save(self, data: Mapping[str, Blob]) -> None:
-        present = self.sizes()
+        # Only the keys of this chunk are looked at (one stat/HEAD each), never a listing
+        # of the whole store: saving costs what the chunk holds, however large the store.
+        present = self._sizes_of(list(data))
         todo = {}
         for key, value in data.items():
             if key in present and callable(value):
@@ -89,18 +95,87 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
         if not todo:
             return
         if self._protocol == "file":
-            for path, blob in todo.items():
-                _atomic_write(path, blob)
+            # fsync waits on the disk, not the CPU: several at once share journal commits
+            with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+                list(pool.map(_atomic_write, todo, todo.values()))
         else:
             # One PUT per object: an object store shows the whole object or none of it.
             self._fs.pipe(todo)  # concurrent uploads (s3fs is async)
         self._fs.invalidate_cache(self._root)
+
+    def _sizes_of(self, keys: list[str]) -> dict[str, int]:
+        """``{key: size}`` of those of ``keys`` that are stored non-empty."""
+        if not keys:
+            return {}
+        if self._protocol == "file":
+            out = {}
+            for key in keys:
+                try:
+                    size = os.stat(f"{self._root}/{key}").st_size
+                except OSError:
+                    continue
+                if size > 0:
+                    out[key] = size
+            return out
+        self._fs.invalidate_cache(self._root)
+        paths = [f"{self._root}/{key}" for key in keys]
+        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+            sizes = list(pool.map(self._remote_size, paths))
+        return {k: n for k, n in zip(keys, sizes, strict=True) if n}
+
+    def _remote_size(self, path: str) -> int:
+        try:
+            return int(self._fs.info(path).get("size") or 0)
+        except FileNotFoundError:
+            return 0
 
     def _exists(self) -> bool:
         return bool(self.keys())
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self.uri(""), "protocol": self._protocol}
+
+
+class _Loader:
+    """Reads one stored file's bytes when called. Holds the store and the key only (a
+    ``functools.partial`` with a bound method and the full path was ~300 bytes more per
+    file: 30 MB per 100,000-file listing)."""
+
+    __slots__ = ("_key", "_store")
+
+    def __init__(self, store: BlobStoreDataset, key: str) -> None:
+        self._store, self._key = store, key
+
+    def __call__(self) -> bytes:
+        return self._store._fs.cat_file(f"{self._store._root}/{self._key}")
+
+    def __repr__(self) -> str:
+        return f"<loader of {self._store.uri(self._key)}>"
+
+
+def _local_sizes(root: str) -> dict[str, int]:
+    """:meth:`BlobStoreDataset.sizes` of a local folder, by ``os.scandir``: no info dict
+    per file (fsspec's ``find(detail=True)`` held ~1 KB per file, 100 MB at 100,000)."""
+    out: dict[str, int] = {}
+    stack = [("", root)]
+    while stack:
+        rel, folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                key = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((f"{key}/", entry.path))
+                elif entry.is_file():
+                    size = entry.stat().st_size
+                    if size > 0:
+                        out[key] = size
+    return dict(sorted(out.items()))
 
 
 def _atomic_write(path: str, blob: bytes) -> None:
@@ -117,4 +192,3 @@ def _atomic_write(path: str, blob: bytes) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-

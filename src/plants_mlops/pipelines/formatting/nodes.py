@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import imagehash
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -49,21 +50,33 @@ def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict
     decoded = imaging.decode_image(load())
     img = imaging.square_resize(decoded.image, size)
     stats = imaging.image_stats(img)
-    stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
     stats["phash"] = str(imagehash.phash(img))  # near-duplicates (curation)
+    stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
     return img, stats
 
 
-def format_images(
+# Chunks saved as they are formatted (a generator node: Kedro saves each one, images
+# first, then the fmt index so far): memory stays flat and a killed run keeps its work.
+FORMAT_CHUNK = 1000
+
+
+def format_new_images(
     raw_images: dict[str, Callable[[], bytes]],
     plants_data: pd.DataFrame,
+    fmt_inventory: dict[str, Any],
+    fmt_index_previous: pd.DataFrame,
     params: dict,
     data_decisions: pd.DataFrame | None = None,
-) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
-    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, with the curation
-    decisions in force applied (an excluded row left out, a relabelled one relabelled).
+) -> Iterator[tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]]:
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer and that has no
+    formatted twin yet, with the curation decisions in force applied (an excluded row left
+    out, a relabelled one formatted under its new label); the formatting node, a generator.
 
-    Returns (fmt images keyed ``{label}/{sha256}``, fmt index, a report of what was skipped).
+    A twin counts when its file is in ``fmt_inventory`` (the fmt folder's listing) and its
+    row is in ``fmt_index_previous`` (the fmt index of earlier runs, saved after its
+    images) at the current ``image_size``: a rerun over an unchanged catalogue decodes
+    nothing. Yields (new fmt images keyed ``{label}/{sha256}``, the whole fmt index so far,
+    the report so far) every ``FORMAT_CHUNK`` images, and once more at the end.
     """
     from plants_mlops.pipelines.curation.decisions import apply_decisions
 
@@ -76,7 +89,14 @@ def format_images(
     for key, load in raw_images.items():
         label, _, name = key.partition("/")
         stored[(label, name.split(".", 1)[0])] = load
-    todo = sorted(k for k in sources if k in stored)
+    reused_frame = _reusable(fmt_inventory, fmt_index_previous, size, sources, stored)
+    # what the index holds: reused twins, then the new images
+    done: set[tuple[str, str]] = set(
+        zip(reused_frame["label"], reused_frame["sha256"], strict=True)
+    )
+    parts = [reused_frame]  # one frame per chunk: concatenated, never rebuilt
+    todo = sorted(k for k in sources if k in stored and k not in done)
+    reused = len(done)
     missing_raw = [
         {"source_id": sources[k]["source_id"], "label": k[0], "sha256": k[1]}
         for k in sorted(sources)
@@ -84,6 +104,12 @@ def format_images(
     ]
     for m in missing_raw:
         log.warning("formatting: row %s is ok but its raw file is missing", m["source_id"])
+    log.info(
+        "formatting: %d images already formatted at %d px, %d to format",
+        reused,
+        size,
+        len(todo),
+    )
 
     def work(k: tuple[str, str]):
         try:
@@ -91,56 +117,139 @@ def format_images(
         except imaging.ImageDecodeError as exc:
             return k, None, f"{exc.reason}: {exc.detail}"
 
-    workers = max(1, p.workers)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
-        results = list(pool.map(work, todo))
+    undecodable: list[dict] = []
+    formatted_now = 0
 
-    fmt_images: dict[str, Image.Image] = {}
-    records, undecodable = [], []
-    for (label, sha), result, error in results:
-        src = sources[(label, sha)]
-        if error:
-            undecodable.append({"source_id": src["source_id"], "label": label, "error": error})
-            log.warning("formatting: raw image of row %s skipped: %s", src["source_id"], error)
-            continue
-        img, stats = result
-        image_key = f"{label}/{sha}"
-        fmt_images[image_key] = img
-        records.append(
-            {
-                "sha256": sha,
-                "label": label,
-                "image_key": image_key,
-                "source_id": src["source_id"],
-                "url_source": src["url_source"],
-                **stats,
-            }
-        )
-    fmt_index = pd.DataFrame(records, columns=FMT_INDEX_COLUMNS)
-    fmt_index["source_id"] = fmt_index["source_id"].astype("int64")
-    seconds = time.perf_counter() - t0
-    report = {
-        "image_size": size,
-        "formatted": len(fmt_images),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(fmt_images) / seconds, 1) if fmt_images and seconds else None,
-        "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
-        "missing_raw": missing_raw,
-        "undecodable": undecodable,
-        "decisions_applied": decisions,
-    }
+    def report() -> dict[str, Any]:
+        seconds = time.perf_counter() - t0
+        return {
+            "image_size": size,
+            "formatted": len(done),
+            "formatted_now": formatted_now,
+            "reused": reused,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(formatted_now / seconds, 1)
+            if formatted_now and seconds
+            else None,
+            "rows_sharing_content": sum(s["n_rows"] - 1 for s in sources.values()),
+            "missing_raw": missing_raw,
+            "undecodable": undecodable,
+            "decisions_applied": decisions,
+        }
+
+    workers = max(1, p.workers)
+    chunks = [todo[i : i + FORMAT_CHUNK] for i in range(0, len(todo), FORMAT_CHUNK)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
+        # the next chunk is decoded while the current one is saved
+        running = pool.map(work, chunks[0]) if chunks else iter(())
+        for n, _ in enumerate(chunks):
+            results = list(running)
+            if n + 1 < len(chunks):
+                running = pool.map(work, chunks[n + 1])
+            fmt_images: dict[str, Image.Image] = {}
+            rows = []
+            for (label, sha), result, error in results:
+                src = sources[(label, sha)]
+                if error:
+                    undecodable.append(
+                        {"source_id": src["source_id"], "label": label, "error": error}
+                    )
+                    log.warning(
+                        "formatting: raw image of row %s skipped: %s", src["source_id"], error
+                    )
+                    continue
+                img, stats = result
+                image_key = f"{label}/{sha}"
+                fmt_images[image_key] = img
+                done.add((label, sha))
+                rows.append(
+                    {
+                        "sha256": sha,
+                        "label": label,
+                        "image_key": image_key,
+                        "source_id": src["source_id"],
+                        "url_source": src["url_source"],
+                        **stats,
+                    }
+                )
+            parts.append(_index_frame(rows))
+            formatted_now += len(fmt_images)
+            if n + 1 < len(chunks):
+                index_so_far = _concat(parts)
+                yield fmt_images, index_so_far, report()
+                # Saved by now (Kedro saves a chunk's outputs before asking for the next),
+                # but Kedro's tee may keep this chunk alive for 57 more: empty it here.
+                fmt_images.clear()
+                index_so_far.drop(index_so_far.index, inplace=True)
+    last = fmt_images if chunks else {}
+    final = report()
     log.info(
-        "formatting: %d images -> %dx%d in %.1f s (%s images/s); %d ok rows without a raw "
-        "file, %d undecodable",
-        len(fmt_images),
+        "formatting: %d images -> %dx%d in %.1f s (%s images/s), %d already formatted; %d ok "
+        "rows without a raw file, %d undecodable",
+        formatted_now,
         size,
         size,
-        seconds,
-        report["images_per_s"],
+        final["seconds"],
+        final["images_per_s"],
+        reused,
         len(missing_raw),
         len(undecodable),
     )
-    return fmt_images, fmt_index, report
+    fmt_index = _concat(parts).sort_values("image_key", ignore_index=True)
+    yield last, fmt_index, final
+
+
+def format_images(
+    raw_images: dict[str, Callable[[], bytes]],
+    plants_data: pd.DataFrame,
+    params: dict,
+    data_decisions: pd.DataFrame | None = None,
+) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
+    """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, from scratch, all
+    at once: (fmt images, fmt index, report). For callers outside Kedro (tests, benchmarks);
+    the pipeline runs :func:`format_new_images`."""
+    images: dict[str, Image.Image] = {}
+    empty = pd.DataFrame(columns=FMT_INDEX_COLUMNS)
+    last: tuple = ()
+    for last in format_new_images(raw_images, plants_data, {}, empty, params, data_decisions):
+        images.update(last[0])
+    return images, last[1], last[2]
+
+
+def _reusable(
+    fmt_inventory: dict[str, Any],
+    previous: pd.DataFrame,
+    size: int,
+    sources: dict[tuple[str, str], dict],
+    stored: dict[tuple[str, str], Any],
+) -> pd.DataFrame:
+    """The previous fmt index rows still valid: formatted at ``size``, their file in the fmt
+    folder (``fmt_inventory``), their content still an ``ok`` row with a raw file; with
+    ``source_id``/``url_source`` refreshed from the table. Vectorised: no per-row dicts."""
+    if previous is None or previous.empty or not set(FMT_INDEX_COLUMNS) <= set(previous.columns):
+        return _index_frame([])
+    present = {key.rsplit(".", 1)[0] for key in fmt_inventory}
+    prev = previous.loc[
+        (previous["width"] == size) & previous["image_key"].isin(present), FMT_INDEX_COLUMNS
+    ]
+    keys = list(zip(prev["label"], prev["sha256"], strict=True))
+    keep = [k in sources and k in stored for k in keys]
+    prev = prev.loc[np.asarray(keep, dtype=bool)].copy()
+    kept = [k for k, ok in zip(keys, keep, strict=True) if ok]
+    prev["source_id"] = np.asarray([sources[k]["source_id"] for k in kept], dtype="int64")
+    prev["url_source"] = [sources[k]["url_source"] for k in kept]
+    return prev.reset_index(drop=True)
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    filled = [p for p in parts if len(p)]
+    return pd.concat(filled, ignore_index=True) if filled else parts[0]
+
+
+def _index_frame(rows: list[dict]) -> pd.DataFrame:
+    fmt_index = pd.DataFrame(rows, columns=FMT_INDEX_COLUMNS)
+    fmt_index["source_id"] = fmt_index["source_id"].astype("int64")
+    return fmt_index
 
 
 def split_of(sha256: str, split: dict[str, Any]) -> str:

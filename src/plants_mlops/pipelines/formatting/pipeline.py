@@ -2,7 +2,7 @@ from kedro.pipeline import Pipeline, node
 
 from plants_mlops.pipelines.formatting.nodes import (
     build_dataset_index,
-    format_images,
+    format_new_images,
     summarize_formatting,
 )
 
@@ -11,8 +11,15 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                format_images,
-                inputs=["raw_images", "plants_data", "params:formatting", "data_decisions"],
+                format_new_images,
+                inputs=[
+                    "raw_images",
+                    "plants_data",
+                    "fmt_inventory",
+                    "fmt_index_previous",
+                    "params:formatting",
+                    "data_decisions",
+                ],
                 outputs=["fmt_images", "fmt_index", "fmt_report"],
                 name="format_images",
             ),

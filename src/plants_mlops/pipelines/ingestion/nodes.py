@@ -16,8 +16,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,7 @@ from plants_mlops.pipelines.ingestion import fetch as fetching
 log = logging.getLogger(__name__)
 
 UPDATE_COLUMNS = ["id", "status", "error", "sha256", "url_s3", "ingested_at"]
+PLAN_COLUMNS = ["id", "url_source", "label", "sha256", "status", "url_s3", "error"]
 
 
 @dataclass
@@ -86,7 +88,9 @@ def plan(
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Split the rows into (to_fetch, already_stored, skipped_failed)."""
     to_fetch, already, skipped = [], [], []
-    for row in plants_data.to_dict(orient="records"):
+    # only the columns the node reads: a dict per row of the whole table is ~1 KB
+    columns = [c for c in PLAN_COLUMNS if c in plants_data.columns]
+    for row in plants_data[columns].to_dict(orient="records"):
         sha = row.get("sha256") if isinstance(row.get("sha256"), str) else None
         status = row["status"]
         if status == contracts.STATUS_FAILED and not retry_failed:
@@ -136,20 +140,34 @@ def _fetcher(params: IngestionParams) -> Callable[[dict, Any], Outcome]:
     return one
 
 
+# Rows submitted ahead of the consumer, per download thread: enough to keep every thread
+# busy while a chunk is saved, and a bound on the fetched images held in memory.
+IN_FLIGHT_PER_WORKER = 4
+
+
 def stream_rows(rows, params: IngestionParams, one, progress=None) -> Iterator[Outcome]:
-    """The outcomes of ``one(row, client)`` over ``rows``, as they complete."""
+    """The outcomes of ``one(row, client)`` over ``rows``, as they complete.
+
+    At most ``IN_FLIGHT_PER_WORKER`` rows per thread are submitted ahead of the consumer,
+    so the images held in memory do not grow with the number of rows."""
     mirrors = _mirrors(params)
     concurrency = max(1, params.concurrency)
+    window = concurrency * IN_FLIGHT_PER_WORKER
+    pending_rows = iter(rows)
     with (
         fetching.make_client(params, concurrency, fetching.trusted_hosts(mirrors)) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ingest") as pool,
     ):
-        futures = [pool.submit(one, row, client) for row in rows]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            if progress:
-                progress(outcome)
-            yield outcome
+        running = {pool.submit(one, row, client) for row in islice(pending_rows, window)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                outcome = fut.result()
+                if progress:
+                    progress(outcome)
+                yield outcome
+                # one new row per outcome consumed: refilled only when the consumer asks
+                running |= {pool.submit(one, row, client) for row in islice(pending_rows, 1)}
 
 
 # Results are saved in batches as they arrive (a generator node: Kedro saves every
@@ -238,6 +256,8 @@ def ingest_images(
                         started, t0, plants_data, already, skipped, raw_root, p, final=False
                     ),
                 )
+                # Saved by now; Kedro's tee may keep the chunk alive for 57 more: empty it.
+                batch.clear()
                 batch, updates, last_save = {}, [], time.monotonic()
     finally:
         bar.close()
