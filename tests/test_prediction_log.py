@@ -74,6 +74,48 @@ def test_an_outage_warns_once_keeps_memory_bounded_and_loses_nothing(tmp_path, c
     assert not stored & spilled
 
 
+class SlowDownSink(FlakySink):
+    """Down, and slow to say so: each refused write takes 20 ms, as a store timing out does."""
+
+    def write(self, rows):
+        time.sleep(0.02)
+        super().write(rows)
+
+
+def test_rows_in_memory_never_exceed_the_bound_even_while_a_write_is_failing(tmp_path):
+    """The bound holds at every moment, not only between writes (before: a row was added,
+    then a write attempted, then the excess spilled: max_pending_rows + 1 rows were held
+    while the write was failing)."""
+    import threading
+
+    writer = PredictionLogWriter(
+        SlowDownSink(f"sqlite:///{tmp_path / 'log.db'}"),
+        batch_size=10,
+        flush_seconds=0.05,
+        spill_dir=tmp_path / "spill",
+        max_pending_rows=25,
+    )
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(writer.buffered())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for i in range(60):
+        writer.submit(prediction_record(i))
+    _wait(lambda: writer.pending() == 0 and writer.spilled >= 35)
+    time.sleep(0.1)
+    done.set()
+    watcher.join()
+    writer.close()
+    assert max(seen) <= 25
+    assert writer.spilled + writer.written >= 60  # nothing lost: spilled or written at close
+
+
 class StuckSink:
     """A store that takes its time: each write waits until released."""
 

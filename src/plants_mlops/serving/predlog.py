@@ -278,22 +278,31 @@ class PredictionLogWriter:
                 stopping = True
             elif item is not None:
                 try:
-                    self._rows.append(item.to_row())
+                    row = item.to_row()
                 except Exception:  # one bad record must not stop the log
                     log.exception("cannot build a prediction log row for %s", item.request_id)
+                else:
+                    self._make_room()
+                    self._rows.append(row)
             rows = self._rows
             if rows and (stopping or len(rows) >= self.batch_size or time.monotonic() >= deadline):
                 self._rows = self._write(rows, final=stopping)
-                if len(self._rows) > self.max_pending_rows:
-                    overflow = len(self._rows) - self.max_pending_rows
-                    self._spill(self._rows[:overflow], reason="store down")
-                    self._rows = self._rows[overflow:]
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.flush_seconds
             self._maybe_prune()
         if self._rows:
             self._spill(self._rows, reason="store unreachable at shutdown")
             self._rows = []
+
+    def _make_room(self) -> None:
+        """Before a row joins the rows held for a store that is down: at the bound, the
+        oldest go to a spill file (a batch at a time, not one file per row), so at no
+        moment are more than ``max_pending_rows`` rows in memory."""
+        if len(self._rows) < self.max_pending_rows:
+            return
+        overflow = min(len(self._rows), len(self._rows) - self.max_pending_rows + self.batch_size)
+        self._spill(self._rows[:overflow], reason="store down")
+        self._rows = self._rows[overflow:]
 
     def _maybe_prune(self) -> None:
         if not self.retention or self._outage_failures or time.monotonic() < self._next_prune:
