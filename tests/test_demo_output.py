@@ -14,8 +14,12 @@ from plants_mlops.commands import demo
 
 @pytest.fixture
 def demo_logging(tmp_path):
-    import zenml  # noqa: F401  (puts ZenML's console handler on the root logger, as in a demo)
+    # ZenML's handlers on the root logger, as `import zenml` leaves them at a demo's start
+    # (called explicitly: an earlier test in this process, a Kedro session say, may have
+    # reset the root logger since zenml was first imported).
+    from zenml.logger import init_logging
 
+    init_logging()  # idempotent: ZenML removes its own handlers before adding them
     console = io.StringIO()
     state = demo.setup_logging(tmp_path / "demo.log", console=console)
     yield state, console
