@@ -218,7 +218,8 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         kw = {"image_size": params.image_size, "mean": result.mean, "std": result.std}
         device = torch.device(result.device)
         val_logits = predict_logits(result.model, eval_tensor(splits["val"], **kw), device)
-        test_x = eval_tensor(test, **kw)
+        # a test fold is small: one tensor (flip TTA and the int8 model need it whole)
+        test_x = eval_tensor(test, **kw)[: len(test)]
         logits = predict_logits(result.model, test_x, device)
         cal = calibrate(val_logits, splits["val"].labels, min_gain=args.min_nll_gain)
         proba, proba_cal = softmax(logits), softmax(logits, cal["temperature"])
