@@ -298,6 +298,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     for stage in dict.fromkeys(r["stage"] for r in rows):
         for store in dict.fromkeys(r["store"] for r in rows):
             pts = sorted(
@@ -307,11 +308,12 @@ def plot(rows: list[dict], path: Path) -> None:
             if not pts:
                 continue
             ns = [r["n"] for r in pts]
-            label = f"{stage} ({store})"
-            axes[0].plot(ns, [r["wall_s"] for r in pts], marker="o", label=label)
-            axes[1].plot(ns, [r["peak_rss_mb"] for r in pts], marker="o", label=label)
+            # one colour per series in every panel (the legend is drawn once)
+            style = {"marker": "o", "label": f"{stage} ({store})", "color": next(colours)}
+            axes[0].plot(ns, [r["wall_s"] for r in pts], **style)
+            axes[1].plot(ns, [r["peak_rss_mb"] for r in pts], **style)
             if stage != "validation":  # its rate is rows/s: off the images/s scale
-                axes[2].plot(ns, [r["images_per_s"] or 0 for r in pts], marker="o", label=label)
+                axes[2].plot(ns, [r["images_per_s"] or 0 for r in pts], **style)
     for ax, title in zip(axes, ("wall time (s)", "peak RSS (MiB)", "images/s"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("catalogue size N")
