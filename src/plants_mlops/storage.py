@@ -34,6 +34,13 @@ CREDENTIAL_ERRORS = frozenset(
 )
 
 
+def s3_client_kwargs() -> dict[str, str]:
+    """fsspec/s3fs ``client_kwargs`` for the S3 endpoint the pipelines use
+    (``PLANTS_S3_ENDPOINT_URL``; without it, AWS's default endpoint)."""
+    endpoint = os.environ.get("PLANTS_S3_ENDPOINT_URL")
+    return {"endpoint_url": endpoint} if endpoint else {}
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     endpoint_url: str

@@ -85,13 +85,12 @@ class PredictionLogDataset(AbstractDataset[None, pd.DataFrame]):
             engine.dispose()
 
     def _load_s3(self) -> pd.DataFrame:
-        import os
-
         import pyarrow.dataset as ds
         import s3fs
 
-        endpoint = os.environ.get("PLANTS_S3_ENDPOINT_URL")
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+        from plants_mlops.storage import s3_client_kwargs
+
+        fs = s3fs.S3FileSystem(client_kwargs=s3_client_kwargs())
         root = self._path.removeprefix("s3://").rstrip("/")
         if not fs.exists(root):
             return pd.DataFrame()

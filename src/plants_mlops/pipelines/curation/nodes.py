@@ -73,12 +73,9 @@ def _cache_key(p: CurationParams) -> str:
 
 def _storage_options(path: str) -> dict[str, Any]:
     """The S3 endpoint of ``--env minio`` (keys come from the AWS_* variables)."""
-    import os
+    from plants_mlops.storage import s3_client_kwargs
 
-    endpoint = os.environ.get("PLANTS_S3_ENDPOINT_URL")
-    if path.startswith("s3://") and endpoint:
-        return {"client_kwargs": {"endpoint_url": endpoint}}
-    return {}
+    return {"client_kwargs": s3_client_kwargs()} if path.startswith("s3://") else {}
 
 
 def _read_cache(path: str | None, key: str) -> dict[str, np.ndarray]:
