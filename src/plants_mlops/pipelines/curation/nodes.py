@@ -39,7 +39,9 @@ FEATURE_COLUMNS = ["image_key", "sha256", "phash", "embedding"]
 # --------------------------------------------------------------------------- features
 
 
-def _embed(images: list, p: CurationParams) -> np.ndarray:
+def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
+    """Backbone embeddings of the images the loaders return, decoded a batch at a time
+    (memory holds one batch of images, whatever the catalogue's size)."""
     import torch
 
     from plants_mlops import imaging
@@ -50,16 +52,16 @@ def _embed(images: list, p: CurationParams) -> np.ndarray:
     model = build_model(e.architecture, image_size=e.image_size, weights=e.weights).eval()
     out = []
     with torch.inference_mode():
-        for start in range(0, len(images), e.batch_size):
+        for start in range(0, len(loads), e.batch_size):
             batch = [
                 imaging.to_model_input(
-                    img,
+                    load(),
                     resize_size=e.image_size,
                     image_size=e.image_size,
                     mean=spec.mean,
                     std=spec.std,
                 )
-                for img in images[start : start + e.batch_size]
+                for load in loads[start : start + e.batch_size]
             ]
             _, emb = model(torch.from_numpy(np.stack(batch)))
             out.append(emb.numpy().astype(np.float32))
@@ -126,19 +128,17 @@ def compute_features(
     p = parse(CurationParams, params, "curation")
     key = _cache_key(p)
     cache = _read_cache(p.embeddings.cache, key)
-    rows, todo, todo_images = [], [], []
+    rows, todo, todo_loads = [], [], []
     for r in dataset_index.itertuples():
-        img = None
         phash = getattr(r, "phash", None)  # formatting's, else computed here
         if not isinstance(phash, str):
-            img = fmt_images[r.image_key]()
-            phash = str(imagehash.phash(img))
+            phash = str(imagehash.phash(fmt_images[r.image_key]()))
         rows.append({"image_key": r.image_key, "sha256": r.sha256, "phash": phash})
         if r.sha256 not in cache:
             todo.append(r.sha256)
-            todo_images.append(img if img is not None else fmt_images[r.image_key]())
+            todo_loads.append(fmt_images[r.image_key])  # decoded when its batch is embedded
     if todo:
-        for sha, vec in zip(todo, _embed(todo_images, p), strict=True):
+        for sha, vec in zip(todo, _embed(todo_loads, p), strict=True):
             cache[sha] = vec
         _write_cache(p.embeddings.cache, key, cache)
     for row in rows:
