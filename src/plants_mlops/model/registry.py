@@ -79,10 +79,14 @@ def verify_loadable(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> Serv
     try:
         return artifact.load_version(cl, name, version, threads=1).meta
     except Exception as exc:
-        raise RegistryError(
-            f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
-            "aliases left unchanged"
-        ) from exc
+        raise _fails_to_load(name, version, exc) from exc
+
+
+def _fails_to_load(name: str, version: str, exc: Exception) -> RegistryError:
+    return RegistryError(
+        f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
+        "aliases left unchanged"
+    )
 
 
 def measure_onnx_latency_ms(
@@ -120,10 +124,7 @@ def measure_version(
             loaded = artifact.ServingArtifact.from_folder(folder, threads)
             size = (folder / artifact.ONNX_FILE).stat().st_size
         except Exception as exc:
-            raise RegistryError(
-                f"{name} version {version} fails to load ({type(exc).__name__}: {exc}); "
-                "aliases left unchanged"
-            ) from exc
+            raise _fails_to_load(name, version, exc) from exc
     latency = _latency_p50_ms(loaded.session, loaded.meta.image_size, runs)
     return {
         "model_bytes": int(size),
