@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -275,13 +275,36 @@ def kedro_project(tmp_path, monkeypatch) -> KedroProject:
     return project
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``ROOT/name`` made by ``build(ROOT/name)`` once for the whole test run: with
+    pytest-xdist workers, ROOT is the folder their temp roots share and the first worker
+    builds while the others wait on a file lock, then reuse it. Callers treat it as
+    read-only (tests copy from it)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def built_data(tmp_path_factory) -> KedroProject:
     """`kedro run --pipelines data` on the full shipped manifest (400 images, offline from
-    the sample folder), once per session and in process; tests copy its data layers."""
-    project = new_project(tmp_path_factory.mktemp("built-data") / "project")
-    project.run("data", extra_env=project_env(project))
-    return project
+    the sample folder), in process, once per test run (shared by the xdist workers); tests
+    copy its data layers."""
+
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        project = new_project(folder / "project")
+        project.run("data", extra_env=project_env(project))
+
+    return KedroProject(built_once(tmp_path_factory, "built-data", build) / "project")
 
 
 @pytest.fixture

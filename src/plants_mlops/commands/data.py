@@ -23,12 +23,20 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _group(subparsers: argparse._SubParsersAction, name: str, dest: str, **kwargs):
+    """A command with sub-actions; alone, it prints its help and exits 2."""
+    parser = subparsers.add_parser(name, **kwargs)
+    parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
+    return parser.add_subparsers(dest=dest, metavar="ACTION")
+
+
 def register_db(subparsers: argparse._SubParsersAction) -> None:
-    db_parser = subparsers.add_parser(
-        "db", help="the plants_data table (image URLs and their ingestion status)"
+    db_sub = _group(
+        subparsers,
+        "db",
+        "db_command",
+        help="the plants_data table (image URLs and their ingestion status)",
     )
-    db_sub = db_parser.add_subparsers(dest="db_command", metavar="ACTION")
-    db_parser.set_defaults(handler=lambda _args: db_parser.print_help() or 2)
 
     common = _common_options()
 
@@ -87,16 +95,16 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def register_curation(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    sub = _group(
+        subparsers,
         "data",
+        "data_command",
         help="the curation review queue and the decisions on it (exclude, relabel, restore); "
         "a synthetic catalogue for scale tests (synth, serve)",
         description="Review what the curation pipeline found and record decisions; formatting "
         "honours them on its next run (the dataset fingerprint changes). Raw bytes are never "
         "deleted: `data restore ID` undoes a decision.",
     )
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
-    parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
 
     common = _common_options()
 
@@ -128,9 +136,9 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
     history.add_argument("row_id", type=int, nargs="?", metavar="ID", help="one row only")
     history.set_defaults(handler=history_command)
 
-    feedback = sub.add_parser("feedback", help="accept or reject feedback sent to the API")
-    fsub = feedback.add_subparsers(dest="feedback_command", metavar="ACTION")
-    feedback.set_defaults(handler=lambda _args: feedback.print_help() or 2)
+    fsub = _group(
+        sub, "feedback", "feedback_command", help="accept or reject feedback sent to the API"
+    )
     for action in ("accept", "reject"):
         p = fsub.add_parser(
             action,
