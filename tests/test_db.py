@@ -220,10 +220,8 @@ def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
     assert db.decision_history(engine) == []  # nothing half-recorded
 
 
-def test_an_upsert_reads_only_the_rows_it_touches(db_url):
-    """Ingestion saves its updates in chunks of ~100 rows: each chunk must not read every id
-    of the table (O(table) per chunk is O(N^2) over a 100,000-row catalogue)."""
-    engine = db.make_engine(db_url)
+def _insert_rows(engine, n: int, columns) -> None:
+    """``n`` rows ``https://example.org/{i}.jpg``, labels alternating, with ``columns(i)``."""
     now = db.utcnow()
     with engine.begin() as conn:
         conn.execute(
@@ -232,13 +230,20 @@ def test_an_upsert_reads_only_the_rows_it_touches(db_url):
                 {
                     "url_source": f"https://example.org/{i}.jpg",
                     "label": contracts.LABELS[i % 2],
-                    "status": contracts.STATUS_PENDING,
                     "created_at": now,
                     "updated_at": now,
+                    **columns(i),
                 }
-                for i in range(3000)
+                for i in range(n)
             ],
         )
+
+
+def test_an_upsert_reads_only_the_rows_it_touches(db_url):
+    """Ingestion saves its updates in chunks of ~100 rows: each chunk must not read every id
+    of the table (O(table) per chunk is O(N^2) over a 100,000-row catalogue)."""
+    engine = db.make_engine(db_url)
+    _insert_rows(engine, 3000, lambda i: {"status": contracts.STATUS_PENDING})
     seen: list[str] = []
 
     def record(conn, cursor, statement, *args):
@@ -276,22 +281,14 @@ def test_the_table_loads_a_chunk_at_a_time_into_the_same_frame(db_url, monkeypat
     from plants_mlops.datasets import data_plants_table
 
     engine = db.make_engine(db_url)
-    now = db.utcnow()
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(db.plants_data),
-            [
-                {
-                    "url_source": f"https://example.org/{i}.jpg",
-                    "label": contracts.LABELS[i % 2],
-                    "status": contracts.STATUS_OK if i >= 12 else contracts.STATUS_PENDING,
-                    "created_at": now,
-                    "updated_at": now,
-                    "ingested_at": now if i >= 12 else None,
-                }
-                for i in range(25)
-            ],
-        )
+    _insert_rows(
+        engine,
+        25,
+        lambda i: {
+            "status": contracts.STATUS_OK if i >= 12 else contracts.STATUS_PENDING,
+            "ingested_at": db.utcnow() if i >= 12 else None,
+        },
+    )
     ds = PlantsTableDataset(credentials={"con": db_url})
     monkeypatch.setattr(data_plants_table, "LOAD_CHUNK_ROWS", 1000)
     whole = ds.load()
