@@ -3,7 +3,8 @@ pipelines at growing catalogue sizes, on local disk or S3 (moto). Prints figures
 nothing.
 
     nice -n 5 .venv/bin/python benchmarks/bench_scale.py --sizes 1000,10000 \
-        [--store local|s3] [--json PATH] [--plot PNG] [--workdir DIR] [--train-steps 20]
+        [--store local|s3] [--json PATH] [--plot PNG] [--workdir DIR] [--train-steps 20] \
+        [--stages formatting,validation --reuse-project]
 
 For each N: ``plants-mlops data synth N`` (deterministic, 1 % broken rows) served by a
 loopback HTTP mirror in its own process; a throw-away copy of the Kedro project whose table
@@ -16,7 +17,11 @@ under ``/usr/bin/time``: its peak RSS is that process's alone.
 
 ``--json`` writes one row per stage and N: ``{"stage", "n", "wall_s", "images_per_s",
 "peak_rss_mb", "rerun_s", ...}`` (``node_s``/``rerun_node_s``: the node's own seconds
-from its report, without Kedro's start-up; ``store``). moto is several times slower than
+from its report, without Kedro's start-up; ``cpu_s``: the process's user + system CPU
+seconds; ``mirror_cpu_s``: the mirror's during the first ingestion; ``store``).
+Validation is measured with an empty near-duplicate list (the bench does not run
+curation). ``--reuse-project`` re-measures later stages on the project an earlier run left (its
+table and raw layer), without ingesting N images again. moto is several times slower than
 MinIO: its S3 figures are a floor.
 """
 
@@ -46,20 +51,59 @@ def _project(dest: Path) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
+    _copy_conf(dest)
     for layer in ("01_raw", "02_intermediate", "03_primary", "06_models", "08_reporting"):
         (dest / "data" / layer).mkdir(parents=True)
     (dest / "src").mkdir()
     return dest
 
 
-def _timed(argv: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB of that process, exit code) of one command."""
+# What a stage writes, removed before its first run on a reused project (--reuse-project)
+# so that the first run does the whole work again; ingestion's work is the table itself.
+STAGE_OUTPUTS = {"formatting": ("02_intermediate", "03_primary"), "validation": ()}
+
+
+def _clear_outputs(project: Path, stage: str) -> None:
+    for layer in STAGE_OUTPUTS[stage]:
+        shutil.rmtree(project / "data" / layer)
+        (project / "data" / layer).mkdir()
+
+
+def _no_near_duplicates(project: Path, env: dict) -> None:
+    """Validation reads curation's near-duplicate pairs; the bench does not run curation
+    (a backbone embedding of every image), so validation gets an empty list, as it
+    was measured before curation existed. Only a missing file is written."""
+    if env.get("BENCH_STORE") == "s3":
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env["PLANTS_S3_ENDPOINT_URL"])
+        key = "03_primary/near_duplicates.json"
+        found = s3.list_objects_v2(Bucket=env["PLANTS_S3_BUCKET"], Prefix=key).get("KeyCount")
+        if not found:
+            s3.put_object(Bucket=env["PLANTS_S3_BUCKET"], Key=key, Body=NO_PAIRS.encode())
+        return
+    path = project / "data" / "03_primary" / "near_duplicates.json"
+    if not path.is_file():
+        path.write_text(NO_PAIRS)
+
+
+NO_PAIRS = json.dumps({"pairs": [], "max_distance": None, "note": "bench: curation not run"})
+
+
+def _copy_conf(dest: Path) -> None:
+    """The project's configuration, fresh (a reused project gets the current one)."""
+    shutil.rmtree(dest / "conf", ignore_errors=True)
+    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir()
+
+
+def _timed(argv: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MiB of that process, exit code, its CPU seconds: user +
+    system) of one command."""
     t0 = time.perf_counter()
     with open(log, "ab") as fh:
         proc = subprocess.run(
-            ["/usr/bin/time", "-f", "@@maxrss_kb=%M", *argv],
+            ["/usr/bin/time", "-f", "@@maxrss_kb=%M @@cpu_s=%U+%S", *argv],
             cwd=cwd,
             env=env,
             stdout=fh,
@@ -70,7 +114,19 @@ def _timed(argv: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, flo
     with open(log, "a") as fh:
         fh.write(err)
     found = re.findall(r"@@maxrss_kb=(\d+)", err)
-    return wall, (int(found[-1]) / 1024 if found else float("nan")), proc.returncode
+    cpu = re.findall(r"@@cpu_s=([\d.]+)\+([\d.]+)", err)
+    return (
+        wall,
+        (int(found[-1]) / 1024 if found else float("nan")),
+        proc.returncode,
+        (round(float(cpu[-1][0]) + float(cpu[-1][1]), 2) if cpu else float("nan")),
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _report(project: Path, name: str, env: dict) -> dict:
@@ -101,7 +157,12 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
     if not (cat / data_synth.MANIFEST).is_file():
         report = data_synth.synth(n, cat, seed=args.seed, broken_share=args.broken_share)
         print(f"synth {n}: {report.seconds:.1f} s, {report.bytes_written / 1e6:.0f} MB", flush=True)
-    project = _project(workdir / f"project-{n}-{args.store}")
+    project = workdir / f"project-{n}-{args.store}"
+    reuse = args.reuse_project and (project / "data" / "plants.db").is_file()
+    if reuse:
+        _copy_conf(project)
+    else:
+        _project(project)
     env = {
         **os.environ,
         "PLANTS_DB_URL": f"sqlite:///{project / 'data' / 'plants.db'}",
@@ -125,10 +186,11 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
             Bucket=bucket
         )
         kedro_env = ["--env", "minio"]
-    engine = db.make_engine(env["PLANTS_DB_URL"])
-    seeded = db.seed(engine, cat / data_synth.MANIFEST)
-    engine.dispose()
-    print(f"table: {seeded.added} rows", flush=True)
+    if not reuse:
+        engine = db.make_engine(env["PLANTS_DB_URL"])
+        seeded = db.seed(engine, cat / data_synth.MANIFEST)
+        engine.dispose()
+        print(f"table: {seeded.added} rows", flush=True)
 
     port_file = workdir / f"mirror-{n}.port"
     mirror = subprocess.Popen(
@@ -173,7 +235,13 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
         for stage in args.stages:
             if stage == "training":
                 continue
+            if reuse:
+                _clear_outputs(project, stage)
+            if stage == "validation":
+                _no_near_duplicates(project, env)
+            mirror_cpu0 = _cpu_seconds(mirror.pid)
             first = _timed([*kedro, stage], project, env, log)
+            mirror_cpu = round(_cpu_seconds(mirror.pid) - mirror_cpu0, 2)
             first_report = _report(project, f"{stage}_report", env) if first[2] == 0 else {}
             again = _timed([*kedro, stage], project, env, log)
             again_report = _report(project, f"{stage}_report", env) if again[2] == 0 else {}
@@ -190,16 +258,19 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
                 "rerun_peak_rss_mb": round(again[1], 1),
                 "node_s": node_s,
                 "rerun_node_s": rerun_node_s,
+                "cpu_s": first[3],
+                "rerun_cpu_s": again[3],
                 "exit_codes": [first[2], again[2]],
             }
             if stage == "ingestion":
                 row["failed_by_reason"] = first_report.get("failed_by_reason")
+                row["mirror_cpu_s"] = mirror_cpu
             if stage == "formatting":
                 row["rerun_formatted_now"] = again_report.get("formatted_now")
             print(json.dumps(row), flush=True)
             rows.append(row)
         if "training" in args.stages:
-            wall, rss, code = _timed(
+            wall, rss, code, cpu = _timed(
                 [
                     str(VENV_BIN / "python"),
                     str(Path(__file__).resolve()),
@@ -227,6 +298,7 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
                 "check_pass_s": figures.get("check_pass_s"),
                 "steps_s": figures.get("steps_s"),
                 "train_images": figures.get("train_images"),
+                "cpu_s": cpu,
                 "exit_codes": [code],
             }
             print(json.dumps(row), flush=True)
@@ -336,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-s", type=float, default=0.2)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--workdir", default="/tmp/bench-scale")
+    ap.add_argument(
+        "--reuse-project",
+        action="store_true",
+        help="keep the project (table, raw layer) of an earlier run at the same N and store; "
+        "each stage's outputs are cleared before its first run (not with ingestion)",
+    )
     ap.add_argument("--json", help="write the rows to this JSON file")
     ap.add_argument("--plot", help="write a PNG of the curves (from --json rows, merged)")
     ap.add_argument("--train-child", help=argparse.SUPPRESS)
@@ -344,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_child:
         return train_child(Path(args.train_child), args.train_steps, args.kedro_env)
     args.stages = [s for s in args.stages.split(",") if s]
+    if args.reuse_project and "ingestion" in args.stages:
+        ap.error("--reuse-project re-measures formatting, validation or training, not ingestion")
+    if args.reuse_project and args.store == "s3":
+        ap.error("--reuse-project works with --store local (an S3 run makes a new bucket)")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -220,10 +220,8 @@ def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
     assert db.decision_history(engine) == []  # nothing half-recorded
 
 
-def test_an_upsert_reads_only_the_rows_it_touches(db_url):
-    """Ingestion saves its updates in chunks of ~100 rows: each chunk must not read every id
-    of the table (O(table) per chunk is O(N^2) over a 100,000-row catalogue)."""
-    engine = db.make_engine(db_url)
+def _insert_rows(engine, n: int, columns) -> None:
+    """``n`` rows ``https://example.org/{i}.jpg``, labels alternating, with ``columns(i)``."""
     now = db.utcnow()
     with engine.begin() as conn:
         conn.execute(
@@ -232,13 +230,20 @@ def test_an_upsert_reads_only_the_rows_it_touches(db_url):
                 {
                     "url_source": f"https://example.org/{i}.jpg",
                     "label": contracts.LABELS[i % 2],
-                    "status": contracts.STATUS_PENDING,
                     "created_at": now,
                     "updated_at": now,
+                    **columns(i),
                 }
-                for i in range(3000)
+                for i in range(n)
             ],
         )
+
+
+def test_an_upsert_reads_only_the_rows_it_touches(db_url):
+    """Ingestion saves its updates in chunks of ~100 rows: each chunk must not read every id
+    of the table (O(table) per chunk is O(N^2) over a 100,000-row catalogue)."""
+    engine = db.make_engine(db_url)
+    _insert_rows(engine, 3000, lambda i: {"status": contracts.STATUS_PENDING})
     seen: list[str] = []
 
     def record(conn, cursor, statement, *args):
@@ -266,4 +271,32 @@ def test_an_upsert_reads_only_the_rows_it_touches(db_url):
     assert rows[8]["status"] == contracts.STATUS_FAILED  # url .../7.jpg is id 8
     assert rows[3001]["url_source"] == "https://example.org/new.jpg"
     assert sum(r["status"] == contracts.STATUS_PENDING for r in rows.values()) == 2999
+    engine.dispose()
+
+
+def test_the_table_loads_a_chunk_at_a_time_into_the_same_frame(db_url, monkeypatch):
+    """The table is read in chunks (a 100,000-row table held every row's Python objects at
+    once): the frame is the one a single read gives, dtypes included, even when a whole
+    chunk has no ingested_at (an object column on its own), with one string per label."""
+    from plants_mlops.datasets import data_plants_table
+
+    engine = db.make_engine(db_url)
+    _insert_rows(
+        engine,
+        25,
+        lambda i: {
+            "status": contracts.STATUS_OK if i >= 12 else contracts.STATUS_PENDING,
+            "ingested_at": db.utcnow() if i >= 12 else None,
+        },
+    )
+    ds = PlantsTableDataset(credentials={"con": db_url})
+    monkeypatch.setattr(data_plants_table, "LOAD_CHUNK_ROWS", 1000)
+    whole = ds.load()
+    monkeypatch.setattr(data_plants_table, "LOAD_CHUNK_ROWS", 10)
+    chunked = ds.load()
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert chunked["ingested_at"].dtype == whole["ingested_at"].dtype != object
+    assert chunked["ingested_at"].isna().sum() == 12
+    assert len({id(v) for v in chunked["label"]}) == len(contracts.LABELS)
+    ds.release()
     engine.dispose()

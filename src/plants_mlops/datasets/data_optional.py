@@ -4,11 +4,12 @@ fmt index before the first formatting run)."""
 from __future__ import annotations
 
 import pandas as pd
-from kedro_datasets.pandas import ParquetDataset
+
+from plants_mlops.datasets.data_parquet import ParquetDataset
 
 
 class OptionalParquetDataset(ParquetDataset):
-    """``pandas.ParquetDataset`` whose load gives an empty DataFrame when the file is
+    """``data_parquet.ParquetDataset`` whose load gives an empty DataFrame when the file is
     missing, instead of an error."""
 
     def load(self) -> pd.DataFrame:

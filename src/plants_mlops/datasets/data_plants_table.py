@@ -10,6 +10,20 @@ from kedro.io import AbstractDataset
 
 from plants_mlops import db
 
+LOAD_CHUNK_ROWS = 20_000
+DATETIME_COLUMNS = ("created_at", "updated_at", "ingested_at")
+# a few distinct values each: one shared string instead of one per row
+SHARED_COLUMNS = ("label", "status")
+
+
+def _frame(rows, shared: dict[str, str]) -> pd.DataFrame:
+    """A chunk of rows as a frame; ``shared`` maps each label/status to the one string
+    every chunk uses."""
+    df = pd.DataFrame.from_records(rows, columns=list(db.COLUMNS))
+    for c in SHARED_COLUMNS:
+        df[c] = [shared.setdefault(v, v) if isinstance(v, str) else v for v in df[c]]
+    return df
+
 
 class PlantsTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     """Loads every row of ``plants_data`` as a DataFrame (columns ``db.COLUMNS``, by id);
@@ -42,11 +56,26 @@ class PlantsTableDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     def load(self) -> pd.DataFrame:
         if self._seed_if_empty:
             db.ensure_seeded(self.engine)
-        # from row tuples, not a dict per row (~1 KB each: 100 MB more at 100,000 rows)
+        # from row tuples, not a dict per row (~1 KB each: 100 MB more at 100,000 rows), a
+        # chunk at a time: every row's Python objects (strings, datetimes) were held at once
         columns = [db.plants_data.c[c] for c in db.COLUMNS]
+        frames, shared = [], {}
         with self.engine.connect() as conn:
-            result = conn.execute(sa.select(*columns).order_by(db.plants_data.c.id))
-            return pd.DataFrame.from_records(result.all(), columns=list(db.COLUMNS))
+            result = conn.execution_options(yield_per=LOAD_CHUNK_ROWS).execute(
+                sa.select(*columns).order_by(db.plants_data.c.id)
+            )
+            for rows in result.partitions():
+                frames.append(_frame(rows, shared))
+        if len(frames) <= 1:
+            return frames[0] if frames else _frame([], shared)
+        for c in DATETIME_COLUMNS:
+            # a chunk of only NULLs is an object column: given the other chunks' dtype, as
+            # one frame of all the rows would have it
+            dtype = next((f[c].dtype for f in frames if f[c].dtype != object), None)
+            for f in frames:
+                if dtype is not None and f[c].dtype == object:
+                    f[c] = f[c].astype(dtype)
+        return pd.concat(frames, ignore_index=True)
 
     def save(self, data: pd.DataFrame) -> None:
         if data is None or len(data) == 0:

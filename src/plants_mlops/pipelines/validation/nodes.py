@@ -119,7 +119,8 @@ def schema_checks(
 ) -> list[dict[str, Any]]:
     """Run a schema lazily; one report entry per (column, rule), with the failing rows."""
     try:
-        schema.validate(df, lazy=True)
+        # inplace: nothing is coerced, so pandera's own copy of the frame was only memory
+        schema.validate(df, lazy=True, inplace=True)
         return [
             _check(schema.name, f"{schema.name}_schema", True, f"{len(df)} rows match the schema")
         ]
@@ -288,7 +289,7 @@ def validate_data(
     split = fmt.split.model_dump()
     size, min_side = fmt.image_size, p.min_source_side
     max_rows = p.max_failing_rows_listed
-    pdata = plants_data.copy()
+    pdata = plants_data.copy(deep=False)  # a new id column, the others shared
     pdata["id"] = pdata["id"].astype("int64")
     checks = (
         schema_checks(pdata, plants_data_schema(), "id", max_rows)
