@@ -233,3 +233,51 @@ def test_the_nearest_earlier_hash_is_the_one_every_pair_compared_gives():
     for i in range(1, len(hexes)):
         dist = np.count_nonzero(bits[:i] != bits[i], axis=1)
         assert (nearest[i], distance[i]) == (int(np.argmin(dist)), int(dist.min())), i
+
+
+def test_near_duplicate_pairs_are_every_pair_within_the_distance():
+    """Curation's pairs come from the shared block search (XOR + popcount), not a Python
+    loop per image: the same pairs, order and fields as comparing every pair of hashes
+    bit by bit, on clustered hashes (many pairs, exact repeats) in a shuffled row order."""
+    import numpy as np
+
+    from plants_mlops.pipelines.curation.splits import hash_bits
+
+    rng = np.random.default_rng(11)
+    n = 300
+    bases = rng.integers(0, 2**63, 8, dtype=np.int64).astype(np.uint64)
+    words = bases[rng.integers(0, 8, n)]
+    for bit in rng.integers(0, 64, (4, n)).astype(np.uint64):
+        words = words ^ (np.uint64(1) << bit) * rng.integers(0, 2, n).astype(np.uint64)
+    index = pd.DataFrame(
+        {
+            "image_key": [f"{'dandelion' if k % 3 else 'grass'}/{k:064x}" for k in range(n)],
+            "source_id": rng.permutation(n) + 1,
+            "label": ["dandelion" if k % 3 else "grass" for k in range(n)],
+            "split": rng.choice(["train", "val", "test"], n).tolist(),
+        }
+    )
+    hashes = dict(zip(index["image_key"], (f"{int(w):016x}" for w in words), strict=True))
+    bits = hash_bits([hashes[k] for k in index["image_key"]])
+    rows = index.to_dict(orient="records")
+    for max_distance in (0, 3, 8):
+        expected = []
+        for i in range(n):
+            for j in range(i + 1, n):
+                dist = int(np.count_nonzero(bits[i] != bits[j]))
+                if dist <= max_distance:
+                    a, b = sorted((rows[i], rows[j]), key=lambda r: r["source_id"])
+                    expected.append(
+                        {
+                            "a": a["image_key"],
+                            "b": b["image_key"],
+                            "a_source_id": int(a["source_id"]),
+                            "b_source_id": int(b["source_id"]),
+                            "a_split": a["split"],
+                            "b_split": b["split"],
+                            "distance": dist,
+                            "same_label": a["label"] == b["label"],
+                        }
+                    )
+        assert expected, max_distance
+        assert near_duplicate_pairs(index, hashes, max_distance) == expected, max_distance

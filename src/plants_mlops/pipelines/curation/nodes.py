@@ -163,30 +163,29 @@ def near_duplicate_pairs(
     index: pd.DataFrame, hashes: dict[str, str], max_distance: int
 ) -> list[dict]:
     """Every pair of indexed images whose perceptual hashes differ in <= max_distance bits."""
-    from plants_mlops.pipelines.curation.splits import hash_bits
+    from plants_mlops.pipelines.curation.splits import hash_words, pairs_within
 
-    rows = index.to_dict(orient="records")
-    if len(rows) < 2:
+    if len(index) < 2:
         return []
-    bits = hash_bits([hashes[r["image_key"]] for r in rows])
-    pairs = []
-    for i in range(len(rows) - 1):
-        dist = np.count_nonzero(bits[i + 1 :] != bits[i], axis=1)
-        for j in np.flatnonzero(dist <= max_distance) + i + 1:
-            first, second = sorted((rows[i], rows[j]), key=lambda r: int(r["source_id"]))
-            pairs.append(
-                {
-                    "a": first["image_key"],
-                    "b": second["image_key"],
-                    "a_source_id": int(first["source_id"]),
-                    "b_source_id": int(second["source_id"]),
-                    "a_split": first["split"],
-                    "b_split": second["split"],
-                    "distance": int(dist[j - i - 1]),
-                    "same_label": first["label"] == second["label"],
-                }
-            )
-    return pairs
+    keys = index["image_key"].tolist()
+    source_ids = index["source_id"].astype("int64").to_numpy()
+    source, split, label = source_ids.tolist(), index["split"].tolist(), index["label"].tolist()
+    i, j, dist = pairs_within(hash_words([hashes[k] for k in keys]), max_distance)
+    swap = source_ids[j] < source_ids[i]  # the pair's earlier row (by source_id) first
+    first, second = np.where(swap, j, i).tolist(), np.where(swap, i, j).tolist()
+    return [
+        {
+            "a": keys[a],
+            "b": keys[b],
+            "a_source_id": source[a],
+            "b_source_id": source[b],
+            "a_split": split[a],
+            "b_split": split[b],
+            "distance": d,
+            "same_label": label[a] == label[b],
+        }
+        for a, b, d in zip(first, second, dist.tolist(), strict=True)
+    ]
 
 
 def straddles(pair: dict) -> bool:

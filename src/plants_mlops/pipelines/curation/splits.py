@@ -26,38 +26,52 @@ def hash_words(hex_hashes) -> np.ndarray:
     return np.array([int(h, 16) for h in hex_hashes], dtype=np.uint64)
 
 
-# Queries per block of the nearest-earlier search: a [block, N] uint64 XOR (12.8 MB at
+# Queries per block of the earlier-hash search: a [block, N] uint64 XOR (12.8 MB at
 # N = 100,000) and its uint8 popcounts.
 NEAREST_BLOCK = 16
+NOT_EARLIER = 255  # the distance given to a hash that is not earlier (a popcount is <= 64)
+
+
+def earlier_distances(words: np.ndarray):
+    """Yield ``(start, d)`` for blocks of hashes: ``d[k, j]`` is the Hamming distance of hash
+    ``start + k`` to hash ``j`` (``j < start + len(d)``), ``NOT_EARLIER`` where ``j`` is not
+    earlier. Exact: every pair is compared (XOR + popcount on 64-bit words, a block of
+    queries at a time), N^2/2 word operations: ~10x faster than comparing 64 booleans per
+    pair, still quadratic."""
+    n = len(words)
+    for start in range(0, n, NEAREST_BLOCK):
+        stop = min(n, start + NEAREST_BLOCK)
+        d = np.bitwise_count(words[start:stop, None] ^ words[None, :stop])
+        rows = np.arange(stop - start)
+        # inside the block: only the earlier ones (strictly lower triangle)
+        d[:, start:][rows[:, None] <= rows[None, :]] = NOT_EARLIER
+        yield start, d
 
 
 def nearest_earlier(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each hash i, the earlier hash j < i at the smallest Hamming distance (the
-    earliest on a tie) and that distance; ``(-1, 65)`` for the first. Exact: every pair
-    is compared (XOR + popcount on 64-bit words, a block of queries at a time), N^2/2
-    word operations: ~10x faster than comparing 64 booleans per pair, still quadratic."""
-    n = len(words)
-    nearest = np.full(n, -1, dtype=np.int64)
-    distance = np.full(n, 65, dtype=np.int64)
-    for start in range(0, n, NEAREST_BLOCK):
-        stop = min(n, start + NEAREST_BLOCK)
-        rows = np.arange(stop - start)
-        # inside the block: only the earlier ones (strictly lower triangle)
-        inner = np.bitwise_count(words[start:stop, None] ^ words[None, start:stop])
-        inner[rows[:, None] <= rows[None, :]] = 255
-        best = inner.argmin(axis=1)
-        best_d = inner[rows, best].astype(np.int64)
-        best += start
-        if start:  # every hash before the block, all earlier: preferred on a tie
-            before = np.bitwise_count(words[start:stop, None] ^ words[None, :start])
-            j = before.argmin(axis=1)
-            d = before[rows, j].astype(np.int64)
-            take = d <= best_d
-            best = np.where(take, j, best)
-            best_d = np.where(take, d, best_d)
-        nearest[start:stop] = np.where(best_d < 255, best, -1)
-        distance[start:stop] = np.where(best_d < 255, best_d, 65)
+    earliest on a tie) and that distance; ``(-1, 65)`` for the first."""
+    nearest = np.full(len(words), -1, dtype=np.int64)
+    distance = np.full(len(words), 65, dtype=np.int64)
+    for start, d in earlier_distances(words):
+        best = d.argmin(axis=1)  # the first of the smallest: the earliest on a tie
+        best_d = d[np.arange(len(d)), best].astype(np.int64)
+        found = best_d < NOT_EARLIER
+        nearest[start : start + len(d)] = np.where(found, best, -1)
+        distance[start : start + len(d)] = np.where(found, best_d, 65)
     return nearest, distance
+
+
+def pairs_within(words: np.ndarray, max_distance: int) -> tuple[np.ndarray, ...]:
+    """Every pair ``i < j`` of hashes at most ``max_distance`` bits apart, as arrays
+    ``(i, j, distance)`` ordered by ``i`` then ``j``."""
+    parts: list[tuple[np.ndarray, ...]] = [(np.empty(0, dtype=np.int64),) * 3]
+    for start, d in earlier_distances(words):
+        later, earlier = np.nonzero(d <= min(max_distance, 64))
+        parts.append((earlier, later + start, d[later, earlier].astype(np.int64)))
+    found = [np.concatenate(column) for column in zip(*parts, strict=True)]
+    order = np.lexsort((found[1], found[0]))
+    return tuple(a[order] for a in found)
 
 
 def join_near_duplicate_splits(index: pd.DataFrame, max_distance: int) -> pd.Series:
