@@ -24,7 +24,11 @@ ALL_STAGES = [
     "evaluation",
     "registry",
 ]
+# The ZenML tests check the orchestration, not the network: the small CNN from random
+# weights (tests/test_training.py trains every architecture, the default included).
 TINY_TRAINING = [
+    "training.architecture=small_cnn",
+    "training.weights=null",
     "training.epochs=1",
     "training.image_size=64",
     "training.batch_size=16",

@@ -320,23 +320,14 @@ def validate_data(
     return report
 
 
-def validate_and_report(
-    plants_data: pd.DataFrame,
-    fmt_index: pd.DataFrame,
-    dataset_index: pd.DataFrame,
-    params: dict,
-    formatting: dict,
-    near_duplicates: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """``validate_data`` with the report returned twice and rendered once: the JSON and HTML
-    for 08_reporting (saved before the gate can stop the run) and, in memory, for the gate,
-    so that no node reads the reporting layer to write the primary one (kedro-viz drops
-    layers on such a loop)."""
+def validate_and_report(*inputs: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """``validate_data(*inputs)`` with the report returned twice and rendered once: the JSON
+    and HTML for 08_reporting (saved before the gate can stop the run) and, in memory, for
+    the gate, so that no node reads the reporting layer to write the primary one (kedro-viz
+    drops layers on such a loop)."""
     from plants_mlops.reports import validation_html
 
-    report = validate_data(
-        plants_data, fmt_index, dataset_index, params, formatting, near_duplicates
-    )
+    report = validate_data(*inputs)
     return report, validation_html(report), report
 
 
