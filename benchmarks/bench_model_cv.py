@@ -18,6 +18,7 @@ models; the serving ONNX size and batch-1 ONNX Runtime latency (p50); and, for a
     nice -n 5 python benchmarks/bench_model_cv.py --folds 5 --epochs 4 --json cv.json
     python benchmarks/bench_model_cv.py --candidates lite0_128,lite1_128 --folds 3
     python benchmarks/bench_model_cv.py --exclude-ids docs/curation/top20.json   # curated pool
+    python benchmarks/bench_model_cv.py --from-json default.json,lite0_192.json  # paired
 
 Data: ``--pool`` (default: the shared dataset, else samples/plants): ``{label}/*.jpg``,
 square-resized to the formatting size (160 px, or the candidate's input size when larger).
@@ -52,6 +53,7 @@ CANDIDATES: dict[str, tuple[dict, bool]] = {
         False,
     ),
     "lite2_128": ({"architecture": "efficientnet_lite2"}, False),
+    "lite0_192": ({"image_size": 192}, False),
     "lite0_224": ({"image_size": 224}, False),
     "lite0_128_randaug": ({"augment": {"policy": "randaugment"}}, False),
     "lite1_240": ({"architecture": "efficientnet_lite1", "image_size": 240}, False),
@@ -370,6 +372,29 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# header fields that fix the folds: saved runs agreeing on them scored the same images
+FOLD_KEYS = ("pool", "pool_size", "excluded", "exclude_ids", "folds", "val_fraction", "seed")
+
+
+def load_saved(paths: list[str]) -> tuple[list[dict], dict]:
+    """Headers and merged results of saved ``--json`` runs, so that a candidate run on its
+    own is compared (paired) with the default of another run over the same folds."""
+    headers, results = [], {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        header = {k: v for k, v in saved.items() if k != "results"}
+        if headers:
+            differ = [k for k in FOLD_KEYS if header.get(k) != headers[0].get(k)]
+            if differ:
+                raise ValueError(f"{path} was cut into other folds than {paths[0]}: {differ}")
+        twice = sorted(set(results) & set(saved["results"]))
+        if twice:
+            raise ValueError(f"{path}: candidates {twice} are in an earlier file too")
+        headers.append(header)
+        results.update(saved["results"])
+    return headers, results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -394,14 +419,21 @@ def main(argv: list[str] | None = None) -> int:
         default=[0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95],
     )
     p.add_argument("--json", help="write the results here (rewritten after each candidate)")
-    p.add_argument("--from-json", help="print the tables of a saved --json file and exit")
+    p.add_argument(
+        "--from-json",
+        help="print the tables of saved --json files (comma-separated, same folds) and exit",
+    )
     args = p.parse_args(argv)
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        print(json.dumps({k: v for k, v in saved.items() if k != "results"}))
-        print_table(saved["results"])
+        try:
+            headers, results = load_saved(args.from_json.split(","))
+        except ValueError as exc:
+            p.error(str(exc))
+        for header in headers:
+            print(json.dumps(header))
+        print_table(results)
         print()
-        print(markdown_table(saved["results"]))
+        print(markdown_table(results))
         return 0
     if args.list:
         for name, (ov, tta) in CANDIDATES.items():

@@ -82,3 +82,43 @@ def test_a_review_verdict_file_excludes_only_the_items_judged_to_be_excluded(ben
     path = tmp_path / "top20.json"
     path.write_text(json.dumps(verdicts))
     assert bench_model_cv._excluded(str(path)) == {"grass/" + "a" * 64, "a" * 64}
+
+
+def _saved_run(path: Path, name: str, fold_f1: list[float], seed: int = 42) -> str:
+    """A bench_model_cv ``--json`` file holding one candidate with these fold F1s."""
+    n = len(fold_f1)
+    result = {
+        "folds": [{"fold": k, "f1_macro": f1} for k, f1 in enumerate(fold_f1)],
+        "f1_macro_mean": sum(fold_f1) / n,
+        "f1_macro_ci95": [min(fold_f1), max(fold_f1)],
+        "errors_total": 3,
+        "n_total": 60,
+        "ece_mean": 0.05,
+        "ece_calibrated_mean": 0.04,
+        "temperature_mean": 1.0,
+        "model_mb": 13.5,
+        "onnx_batch1_latency_p50_ms": 3.0,
+        "fit_seconds_mean": 10.0,
+    }
+    header = {"pool": "p", "pool_size": 60, "excluded": 0, "exclude_ids": None, "folds": n}
+    header |= {"val_fraction": 0.15, "seed": seed, "epochs": 12}
+    path.write_text(json.dumps({**header, "results": {name: result}}))
+    return str(path)
+
+
+def test_saved_runs_over_the_same_folds_are_compared_fold_by_fold(benchmarks, tmp_path, capsys):
+    import bench_model_cv
+
+    default = _saved_run(tmp_path / "default.json", "lite0_128", [0.9, 1.0, 0.8])
+    other = _saved_run(tmp_path / "other.json", "lite0_192", [0.95, 1.0, 0.85])
+    assert bench_model_cv.main(["--from-json", f"{default},{other}"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lite0_192")]
+    assert len(rows) == 1 and "| +0.0333 [" in rows[0]
+
+    reseeded = _saved_run(tmp_path / "reseeded.json", "lite0_192", [0.95, 1.0, 0.85], seed=7)
+    with pytest.raises(SystemExit):
+        bench_model_cv.main(["--from-json", f"{default},{reseeded}"])
+    err = capsys.readouterr().err
+    assert "other folds" in err and "['seed']" in err
+    with pytest.raises(ValueError, match="in an earlier file too"):
+        bench_model_cv.load_saved([default, default])
