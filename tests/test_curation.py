@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 from data_testlib import read_json
 from PIL import ImageEnhance
@@ -13,6 +14,13 @@ from support.params import stage_params
 from plants_mlops import cli
 from plants_mlops.pipelines.curation.nodes import near_duplicate_pairs
 from plants_mlops.pipelines.validation.nodes import leakage_rule
+
+
+def hash_bits(hex_hashes: list[str]) -> np.ndarray:
+    """[N, 64] bool: the bits of each 16-hex-digit hash (the plain definition the word
+    search is checked against)."""
+    raw = np.array([bytes.fromhex(h) for h in hex_hashes], dtype="S8")
+    return np.unpackbits(np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(-1, 8), axis=1)
 
 
 def test_curation_writes_a_ranked_review_queue_and_its_page(data_project):
@@ -216,7 +224,7 @@ def test_the_nearest_earlier_hash_is_the_one_every_pair_compared_gives():
     as comparing each one with every earlier one, the earliest on a tie, across blocks."""
     import numpy as np
 
-    from plants_mlops.pipelines.curation.splits import hash_bits, hash_words, nearest_earlier
+    from plants_mlops.pipelines.curation.splits import hash_words, nearest_earlier
 
     rng = np.random.default_rng(7)
     bases = rng.integers(0, 2**63, 6, dtype=np.int64).astype(np.uint64)
@@ -240,8 +248,6 @@ def test_near_duplicate_pairs_are_every_pair_within_the_distance():
     loop per image: the same pairs, order and fields as comparing every pair of hashes
     bit by bit, on clustered hashes (many pairs, exact repeats) in a shuffled row order."""
     import numpy as np
-
-    from plants_mlops.pipelines.curation.splits import hash_bits
 
     rng = np.random.default_rng(11)
     n = 300

@@ -15,12 +15,6 @@ import numpy as np
 import pandas as pd
 
 
-def hash_bits(hex_hashes: list[str]) -> np.ndarray:
-    """[N, 64] bool: the bits of each 16-hex-digit perceptual hash."""
-    raw = np.array([bytes.fromhex(h) for h in hex_hashes], dtype="S8")
-    return np.unpackbits(np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(-1, 8), axis=1)
-
-
 def hash_words(hex_hashes) -> np.ndarray:
     """[N] uint64: each 16-hex-digit perceptual hash as one machine word."""
     return np.array([int(h, 16) for h in hex_hashes], dtype=np.uint64)
