@@ -115,6 +115,45 @@ def test_dataset_rules_catch_imbalance_small_classes_skewed_splits_and_missing_i
     assert missing["failing_rows"] == [1, 2, 3, 4] and "http_404" in missing["detail"]
 
 
+def test_the_pipeline_holds_one_large_dataset_per_node_and_reports_as_validate_data():
+    """Each node loads at most one of the table and the two indexes (at 100,000 rows they
+    are ~40 MB each: holding the three at once made validation's memory grow with N), and
+    the report the pipeline assembles from its nodes is the one ``validate_data`` gives."""
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    from plants_mlops.pipelines.validation.pipeline import create_pipeline
+
+    large = {"plants_data", "fmt_index", "dataset_index"}
+    pipeline = create_pipeline()
+    for n in pipeline.nodes:
+        assert len(large & set(n.inputs)) <= 1, (n.name, n.inputs)
+
+    table, fmt, dataset = _good()
+    table.loc[4, "status"] = "failed"  # a failing rule, so the run stops after the report
+    near = {"max_distance": 8, "pairs": []}
+    catalog = DataCatalog()
+    for name, value in {
+        "plants_data": table,
+        "fmt_index": fmt,
+        "dataset_index": dataset,
+        "params:validation": PARAMS,
+        "params:formatting": FORMATTING,
+        "curation_near_duplicates": near,
+        "dataset_fingerprint": {"fingerprint": "abc"},
+    }.items():
+        catalog[name] = value
+    catalog["validation_report"] = MemoryDataset()
+    with pytest.raises(DataValidationError, match="failed_rows_have_a_reason"):
+        SequentialRunner().run(pipeline, catalog)
+    ran = catalog.load("validation_report")
+    expected = validate_data(table, fmt, dataset, PARAMS, FORMATTING, near)
+    assert ran["checks"] == expected["checks"] and ran["checks"]
+    assert {k: v for k, v in ran.items() if k != "checked_at"} == {
+        k: v for k, v in expected.items() if k != "checked_at"
+    }
+
+
 def test_a_failing_check_stops_the_kedro_run_and_the_report_still_lands(data_project):
     """On the full manifest's layers (200 images per class), a threshold of 250 fails."""
     proc = data_project.run(

@@ -6,11 +6,15 @@ import logging
 
 from kedro.framework.hooks import hook_impl
 
+from plants_mlops import memory
+
 log = logging.getLogger(__name__)
 
 
 class ProjectHooks:
-    """Logs which environment and pipeline a run uses, so every log file says where data went."""
+    """Logs which environment and pipeline a run uses, so every log file says where data
+    went; nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
+    held low, so the buffers of the frames they free go back to the OS."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
@@ -19,3 +23,17 @@ class ProjectHooks:
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
             run_params.get("env") or "local",
         )
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node) -> None:
+        if memory.RETURN_MEMORY in node.tags:
+            memory.set_mmap_threshold(memory.SMALL_MMAP_THRESHOLD)
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        if memory.RETURN_MEMORY in node.tags:
+            memory.set_mmap_threshold(memory.LARGE_MMAP_THRESHOLD)
+
+    @hook_impl
+    def on_node_error(self, node) -> None:
+        self.after_node_run(node)

@@ -158,13 +158,9 @@ def _check(dataset, rule, passed, detail, failing_rows=None, n_failing=0) -> dic
 
 
 def dataset_rules(
-    plants_data: pd.DataFrame,
-    fmt_index: pd.DataFrame,
-    index: pd.DataFrame,
-    params: ValidationParams,
-    split: dict,
+    index: pd.DataFrame, params: ValidationParams, split: dict
 ) -> list[dict[str, Any]]:
-    """Rules on the whole dataset: class sizes, balance, split proportions, missing rate."""
+    """Rules on the whole dataset index: class sizes, balance, split proportions."""
     checks = []
     counts = {lab: int((index["label"] == lab).sum()) for lab in contracts.LABELS}
     minimum = params.min_images_per_class
@@ -224,27 +220,36 @@ def dataset_rules(
             len(empty),
         )
     )
-    # Missing: a table row whose image did not make it into the fmt index (failed, pending,
-    # or ok without a formatted image).
+    return checks
+
+
+def formatted_keys(fmt_index: pd.DataFrame) -> pd.DataFrame:
+    """The distinct ``(label, sha256)`` of the fmt index: all the missing-rate rule needs of it."""
+    return fmt_index[["label", "sha256"]].drop_duplicates().reset_index(drop=True)
+
+
+def missing_rate_rule(
+    plants_data: pd.DataFrame, formatted: pd.DataFrame, params: ValidationParams
+) -> dict[str, Any]:
+    """A table row whose image did not make it into the fmt index (failed, pending, or ok
+    without a formatted image) is missing; fails above ``max_missing_rate``."""
     # by a join on the two columns, not a set of 100,000 Python tuples (~25 MB)
-    formatted = fmt_index[["label", "sha256"]].drop_duplicates().assign(_formatted=True)
-    found = plants_data[["label", "sha256"]].merge(formatted, how="left", on=["label", "sha256"])
+    found = plants_data[["label", "sha256"]].merge(
+        formatted.assign(_formatted=True), how="left", on=["label", "sha256"]
+    )
     missing = plants_data[found["_formatted"].isna().to_numpy()]
     rate = len(missing) / max(len(plants_data), 1)
     max_rate = params.max_missing_rate
     reasons = missing["error"].fillna(missing["status"]).str.split(":").str[0].value_counts()
-    checks.append(
-        _check(
-            "plants_data",
-            "missing_rate",
-            rate <= max_rate,
-            f"{len(missing)} of {len(plants_data)} rows have no formatted image ({rate:.1%}; "
-            f"maximum {max_rate:.1%}); reasons {reasons.to_dict()}",
-            [int(i) for i in missing["id"].head(params.max_failing_rows_listed)],
-            len(missing),
-        )
+    return _check(
+        "plants_data",
+        "missing_rate",
+        rate <= max_rate,
+        f"{len(missing)} of {len(plants_data)} rows have no formatted image ({rate:.1%}; "
+        f"maximum {max_rate:.1%}); reasons {reasons.to_dict()}",
+        [int(i) for i in missing["id"].head(params.max_failing_rows_listed)],
+        len(missing),
     )
-    return checks
 
 
 def leakage_rule(dataset_index: pd.DataFrame, near_duplicates: dict[str, Any]) -> dict[str, Any]:
@@ -275,39 +280,87 @@ def leakage_rule(dataset_index: pd.DataFrame, near_duplicates: dict[str, Any]) -
     )
 
 
-def validate_data(
-    plants_data: pd.DataFrame,
-    fmt_index: pd.DataFrame,
+# Validation runs as one node per dataset, each holding one dataset (the table, the fmt
+# index, the dataset index: ~40 MB each at 100,000 rows), then a node that assembles the
+# report from their checks; ``validate_data`` runs the same functions in one call.
+
+
+def check_fmt_index(
+    fmt_index: pd.DataFrame, params: dict, formatting: dict
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The fmt index's schema checks, and its ``formatted_keys`` for the table's
+    missing-rate rule."""
+    p = parse(ValidationParams, params, "validation")
+    fmt = parse(FormattingParams, formatting, "formatting")
+    schema = fmt_index_schema(fmt.image_size, p.min_source_side)
+    checks = {
+        "n_rows": len(fmt_index),
+        "checks": schema_checks(fmt_index, schema, "image_key", p.max_failing_rows_listed),
+    }
+    return checks, formatted_keys(fmt_index)
+
+
+def check_table(plants_data: pd.DataFrame, formatted: pd.DataFrame, params: dict) -> dict[str, Any]:
+    """The ``plants_data`` table's schema checks and its missing-rate rule."""
+    p = parse(ValidationParams, params, "validation")
+    pdata = plants_data.copy(deep=False)  # a new id column, the others shared
+    pdata["id"] = pdata["id"].astype("int64")
+    return {
+        "n_rows": len(plants_data),
+        "checks": schema_checks(pdata, plants_data_schema(), "id", p.max_failing_rows_listed),
+        "missing_rate": missing_rate_rule(pdata, formatted, p),
+    }
+
+
+def check_dataset_index(
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
     near_duplicates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every check on every dataset; returns the report (never raises for bad data)."""
+    """The dataset index's schema checks, its rules (classes, balance, splits) and, when
+    curation's near-duplicate pairs are given, the leakage rule."""
+    p = parse(ValidationParams, params, "validation")
+    fmt = parse(FormattingParams, formatting, "formatting")
+    schema = dataset_index_schema(fmt.image_size, p.min_source_side)
+    return {
+        "n_rows": len(dataset_index),
+        "checks": schema_checks(dataset_index, schema, "image_key", p.max_failing_rows_listed),
+        "rules": dataset_rules(dataset_index, p, fmt.split.model_dump()),
+        "leakage": None
+        if near_duplicates is None
+        else leakage_rule(dataset_index, near_duplicates),
+    }
+
+
+def assemble_report(
+    table: dict[str, Any],
+    fmt_index: dict[str, Any],
+    dataset_index: dict[str, Any],
+    params: dict,
+    formatting: dict,
+) -> dict[str, Any]:
+    """The validation report from the per-dataset checks (never raises for bad data)."""
     p = parse(ValidationParams, params, "validation")
     fmt = parse(FormattingParams, formatting, "formatting")
     split = fmt.split.model_dump()
-    size, min_side = fmt.image_size, p.min_source_side
-    max_rows = p.max_failing_rows_listed
-    pdata = plants_data.copy(deep=False)  # a new id column, the others shared
-    pdata["id"] = pdata["id"].astype("int64")
     checks = (
-        schema_checks(pdata, plants_data_schema(), "id", max_rows)
-        + schema_checks(fmt_index, fmt_index_schema(size, min_side), "image_key", max_rows)
-        + schema_checks(dataset_index, dataset_index_schema(size, min_side), "image_key", max_rows)
-        + dataset_rules(pdata, fmt_index, dataset_index, p, split)
+        table["checks"]
+        + fmt_index["checks"]
+        + dataset_index["checks"]
+        + dataset_index["rules"]
+        + [table["missing_rate"]]
+        + ([dataset_index["leakage"]] if dataset_index["leakage"] is not None else [])
     )
-    if near_duplicates is not None:
-        checks.append(leakage_rule(dataset_index, near_duplicates))
     report = {
         "passed": all(c["passed"] for c in checks),
         "checked_at": utcnow().isoformat(),
         "n_rows": {
-            "plants_data": len(plants_data),
-            "fmt_index": len(fmt_index),
-            "dataset_index": len(dataset_index),
+            "plants_data": table["n_rows"],
+            "fmt_index": fmt_index["n_rows"],
+            "dataset_index": dataset_index["n_rows"],
         },
-        "thresholds": {**p.model_dump(), "image_size": size, "split": split},
+        "thresholds": {**p.model_dump(), "image_size": fmt.image_size, "split": split},
         "checks": checks,
     }
     failed = [c for c in checks if not c["passed"]]
@@ -320,14 +373,33 @@ def validate_data(
     return report
 
 
-def validate_and_report(*inputs: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """``validate_data(*inputs)`` with the report returned twice and rendered once: the JSON
-    and HTML for 08_reporting (saved before the gate can stop the run) and, in memory, for
-    the gate, so that no node reads the reporting layer to write the primary one (kedro-viz
-    drops layers on such a loop)."""
+def validate_data(
+    plants_data: pd.DataFrame,
+    fmt_index: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    params: dict,
+    formatting: dict,
+    near_duplicates: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every check on every dataset; returns the report (never raises for bad data)."""
+    fmt_checks, formatted = check_fmt_index(fmt_index, params, formatting)
+    return assemble_report(
+        check_table(plants_data, formatted, params),
+        fmt_checks,
+        check_dataset_index(dataset_index, params, formatting, near_duplicates),
+        params,
+        formatting,
+    )
+
+
+def validate_and_report(*checks: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """``assemble_report(*checks)`` with the report returned twice and rendered once: the
+    JSON and HTML for 08_reporting (saved before the gate can stop the run) and, in memory,
+    for the gate, so that no node reads the reporting layer to write the primary one
+    (kedro-viz drops layers on such a loop)."""
     from plants_mlops.reports import validation_html
 
-    report = validate_data(*inputs)
+    report = assemble_report(*checks)
     return report, validation_html(report), report
 
 

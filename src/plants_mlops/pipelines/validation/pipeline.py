@@ -1,6 +1,10 @@
 from kedro.pipeline import Pipeline, node
 
+from plants_mlops.memory import RETURN_MEMORY
 from plants_mlops.pipelines.validation.nodes import (
+    check_dataset_index,
+    check_fmt_index,
+    check_table,
     enforce_validation,
     summarize_validation,
     validate_and_report,
@@ -8,17 +12,46 @@ from plants_mlops.pipelines.validation.nodes import (
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    # One node per dataset, so that the table and the two indexes are never in memory
+    # together (each is loaded for its node and freed after it); the report node then
+    # gets only their checks. Tagged RETURN_MEMORY: the frames' buffers go back to the OS
+    # when a node frees them (plants_mlops/memory.py).
     return Pipeline(
         [
             node(
-                validate_and_report,
+                check_fmt_index,
+                inputs=["fmt_index", "params:validation", "params:formatting"],
+                outputs=["validation_fmt_index_checks", "validation_formatted_keys"],
+                name="check_fmt_index",
+                tags=[RETURN_MEMORY],
+            ),
+            node(
+                check_table,
+                inputs=["plants_data", "validation_formatted_keys", "params:validation"],
+                outputs="validation_table_checks",
+                name="check_table",
+                tags=[RETURN_MEMORY],
+            ),
+            node(
+                check_dataset_index,
                 inputs=[
-                    "plants_data",
-                    "fmt_index",
                     "dataset_index",
                     "params:validation",
                     "params:formatting",
                     "curation_near_duplicates",
+                ],
+                outputs="validation_dataset_index_checks",
+                name="check_dataset_index",
+                tags=[RETURN_MEMORY],
+            ),
+            node(
+                validate_and_report,
+                inputs=[
+                    "validation_table_checks",
+                    "validation_fmt_index_checks",
+                    "validation_dataset_index_checks",
+                    "params:validation",
+                    "params:formatting",
                 ],
                 outputs=["validation_report", "validation_report_html", "validation_results"],
                 name="validate_data",
