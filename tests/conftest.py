@@ -36,6 +36,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # they stop propagating to the root logger, and whether a test sees their records depends
 # on whether an earlier test imported mlflow first).
 os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+# pytest-xdist workers share the cores: each worker's torch/OpenMP pool (and the pools of
+# the processes it starts: kedro, ZenML, uvicorn) gets its share of them, not a pool of
+# every core per worker (busy OpenMP threads spinning against each other's).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 # Test credentials for the moto S3 server only; real ones never live in the repository.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -32,7 +32,6 @@ TINY_TRAINING = [
     "training.epochs=1",
     "training.image_size=64",
     "training.batch_size=16",
-    "training.num_threads=2",
 ]
 
 
