@@ -222,8 +222,6 @@ def test_the_nearest_earlier_hash_is_the_one_every_pair_compared_gives():
     """The block search (XOR + popcount, a 100,000-image index took minutes comparing 64
     booleans per pair) finds, for every hash, the same nearest earlier hash and distance
     as comparing each one with every earlier one, the earliest on a tie, across blocks."""
-    import numpy as np
-
     from plants_mlops.pipelines.curation.splits import hash_words, nearest_earlier
 
     rng = np.random.default_rng(7)
@@ -247,8 +245,6 @@ def test_near_duplicate_pairs_are_every_pair_within_the_distance():
     """Curation's pairs come from the shared block search (XOR + popcount), not a Python
     loop per image: the same pairs, order and fields as comparing every pair of hashes
     bit by bit, on clustered hashes (many pairs, exact repeats) in a shuffled row order."""
-    import numpy as np
-
     rng = np.random.default_rng(11)
     n = 300
     bases = rng.integers(0, 2**63, 8, dtype=np.int64).astype(np.uint64)
