@@ -4,6 +4,8 @@ in the database and honoured by formatting; the leakage rule in validation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -283,3 +285,51 @@ def test_near_duplicate_pairs_are_every_pair_within_the_distance():
                     )
         assert expected, max_distance
         assert near_duplicate_pairs(index, hashes, max_distance) == expected, max_distance
+
+
+# Runs the curation node on 120 synthetic embeddings (two clusters, 6 labels swapped) and
+# counts the forks it makes.
+_FORK_PROBE = """
+import json, os, sys
+import numpy as np
+import pandas as pd
+
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+from plants_mlops.pipelines.curation.nodes import find_issues
+
+rng = np.random.default_rng(3)
+n = 120
+truth = np.arange(n) % 2
+labels = truth.copy()
+labels[:6] = 1 - labels[:6]
+emb = rng.normal(0.0, 1.0, (n, 16)) + np.where(truth[:, None] == 0, 2.0, -2.0)
+names = np.array(["dandelion", "grass"])[labels]
+sha = [f"{i:064x}" for i in range(n)]
+keys = [f"{lab}/{s}" for lab, s in zip(names, sha)]
+split = np.where(np.arange(n) % 10 == 9, "test", np.where(np.arange(n) % 10 == 8, "val", "train"))
+index = pd.DataFrame({"image_key": keys, "label": names, "split": split, "source_id": np.arange(n) + 1,
+                      "sha256": sha, "url_source": [f"https://x/{i}.jpg" for i in range(n)]})
+features = pd.DataFrame({"image_key": keys, "embedding": list(emb.astype(np.float32)),
+                         "phash": [f"{int(w):016x}" for w in rng.integers(0, 2**63, n)]})
+queue, near, report = find_issues(features, index, json.loads(sys.argv[1]))
+print(json.dumps({"forks": len(forks), "label_issues": report["label_issues"]}))
+"""
+
+
+def test_curation_finds_label_issues_without_forking_the_process():
+    """cleanlab's find_label_issues forks a worker pool (one per core) by default. A fork
+    of a process holding threads (torch's, MLflow's, ZenML's) is unsafe, and with a Python
+    SIGTERM handler installed (coverage's, under test) Pool.terminate() can lose the SIGTERM
+    of a worker still starting and join it forever: a test run hung there once. The node
+    ranks label issues in its own process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_PROBE, json.dumps(stage_params("curation"))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["label_issues"] > 0  # the cleanlab path ran
+    assert found["forks"] == 0

@@ -272,7 +272,13 @@ def find_issues(
         labels = index["label"].map(contracts.LABELS.index).to_numpy()
         probs = out_of_fold_probabilities(emb[pool], labels[pool], p)
         probs_all[pool] = probs
-        ranked = find_label_issues(labels[pool], probs, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: in this process. cleanlab's default forks a pool (one worker per core),
+        # and a fork of a process holding threads (torch, MLflow, ZenML) is unsafe; with a
+        # Python SIGTERM handler installed, Pool.terminate() can lose a starting worker's
+        # SIGTERM and join it forever (a test run hung there).
+        ranked = find_label_issues(
+            labels[pool], probs, return_indices_ranked_by="self_confidence", n_jobs=1
+        )
         n_issues = len(ranked)
         for rank, local in enumerate(ranked):
             r = records[pool[local]]
