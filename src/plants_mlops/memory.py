@@ -4,11 +4,12 @@ glibc serves an allocation of at least ``M_MMAP_THRESHOLD`` bytes with its own `
 and gives it back to the OS on ``free``; smaller ones come from the heap, which keeps what
 is freed for later use. The threshold starts at 128 KiB and, when an mmapped block above
 it is freed, rises to that block's size (up to 32 MiB), so once a process has loaded and
-freed a few frames, the next frames' column buffers land on the heap and stay there: validation at 100,000 rows reached 389 MB
-of RSS for ~125 MB of frames. Nodes tagged :data:`RETURN_MEMORY` (see ``hooks.py``) load
-and run with the threshold held at 128 KiB, so their frames' buffers go back to the OS
-when freed (389 -> 323 MB); afterwards it is held at 32 MiB, where the dynamic threshold
-settles anyway, so the rest of the process (training's tensors) keeps the heap's speed.
+freed a few frames, the next frames' column buffers land on the heap and stay there:
+validation at 100,000 rows reached 389 MB of RSS for ~125 MB of frames. Nodes tagged
+:data:`RETURN_MEMORY` (see ``hooks.py``) load and run with the threshold held at 128 KiB,
+so their frames' buffers go back to the OS when freed (389 -> 323 MB); afterwards it is
+held at 32 MiB, where the dynamic threshold settles anyway, so the rest of the process
+(training's tensors) keeps the heap's speed.
 
 Elsewhere than glibc (macOS, musl) these calls do nothing.
 """
