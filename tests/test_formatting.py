@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from data_testlib import read_json
 from PIL import Image
+from support.images import SAMPLES
 from support.params import stage_params
 
 from plants_mlops import contracts, imaging
@@ -270,3 +271,40 @@ def test_chunks_already_saved_are_released_under_kedros_streaming(monkeypatch):
             saved["fmt_index"].append(data)
     assert len(saved["fmt_images"]) == 4 and len(seen_images) == 7  # every image was saved
     assert len(saved["fmt_index"][-1]) == 7  # the last (whole) index is kept
+
+
+def test_image_stats_match_the_pixel_definitions():
+    """The histogram/int16 statistics equal their definitions over the pixels (float64
+    numpy: means and population std/var in [0, 1], the edge response being Pillow's
+    FIND_EDGES filter), on photos and on sizes where the 3x3 border handling matters."""
+    import numpy as np
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(7)
+    photos = [
+        imaging.square_resize(imaging.decode_image(p.read_bytes()).image, 160)
+        for p in sorted(SAMPLES.rglob("*.jpg"))[:6]
+    ]
+    noise = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in [(1, 1), (2, 5), (3, 3), (161, 97)]
+    ]
+    for img in photos + noise:
+        rgb = np.asarray(img, dtype=np.float64) / 255.0
+        grey = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+        edges = np.asarray(img.convert("L").filter(ImageFilter.FIND_EDGES)) / 255.0
+        expected = {
+            "width": img.width,
+            "height": img.height,
+            "brightness": grey.mean(),
+            "contrast": grey.std(),
+            "mean_r": rgb[..., 0].mean(),
+            "mean_g": rgb[..., 1].mean(),
+            "mean_b": rgb[..., 2].mean(),
+            "sharpness": edges.var(),
+        }
+        assert imaging.image_stats(img) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert np.array_equal(
+            imaging._edge_response(img.convert("L")),
+            np.asarray(img.convert("L").filter(ImageFilter.FIND_EDGES)),
+        )
