@@ -327,9 +327,11 @@ def main() -> int:
         cpu0 = tree_cpu_seconds(proc.pid)
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
         cpu1 = tree_cpu_seconds(proc.pid)
+        client0 = time.process_time()
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
         )
+        client8 = time.process_time() - client0  # the load generator shares the cores
         cpu8 = tree_cpu_seconds(proc.pid)
         peaks = [process_peak_rss_mb(p) for p in process_tree(proc.pid)]
         server_rss = sum(p for p in peaks if p is not None) if any(peaks) else None
@@ -358,7 +360,9 @@ def main() -> int:
     rate8 = len(lat8) / elapsed8
     print(
         f"server CPU per request: concurrency 1 {(cpu1 - cpu0) * 1000 / len(lat1):5.2f} ms, "
-        f"concurrency {args.concurrency} {(cpu8 - cpu1) * 1000 / len(lat8):5.2f} ms"
+        f"concurrency {args.concurrency} {(cpu8 - cpu1) * 1000 / len(lat8):5.2f} ms; "
+        f"load generator CPU per request at concurrency {args.concurrency} "
+        f"{client8 * 1000 / len(lat8):5.2f} ms"
     )
     print(
         f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "

@@ -97,8 +97,9 @@ class MicroBatcher:
             remaining = deadline - loop.time()
             if self.preparing <= 0 or remaining <= 0:
                 break  # nothing else on its way, or waited long enough
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            try:  # asyncio.timeout: wait_for would wrap the get in a new Task
+                async with asyncio.timeout(remaining):
+                    batch.append(await queue.get())
             except TimeoutError:
                 break
         return batch

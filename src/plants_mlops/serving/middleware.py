@@ -112,7 +112,9 @@ class RequestContextMiddleware:
         async def receive_wrapper():
             nonlocal received
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                # asyncio.timeout, not wait_for: wait_for wraps every receive in a new Task
+                async with asyncio.timeout(self.body_timeout):
+                    message = await receive()
             except TimeoutError:
                 state["refused"] = "timeout"
                 raise BodyRefused() from None

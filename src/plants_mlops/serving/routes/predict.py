@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from plants_mlops.serving import batching
@@ -50,12 +50,16 @@ async def predict(
     service: ServiceDep,
     rid: RequestIdDep,
     request: Request,
-) -> PredictionResponse:
+) -> Response:
     data = await _read(file, service.config.max_upload_bytes)
     batcher = getattr(request.app.state, "batcher", None)
     if batcher is not None:  # concurrent requests share model calls (serving/batching.py)
-        return await batching.predict_one(service, batcher, model, data, rid)
-    return await run_in_threadpool(service.predict_one, model, data, rid)
+        result = await batching.predict_one(service, batcher, model, data, rid)
+    else:
+        result = await run_in_threadpool(service.predict_one, model, data, rid)
+    # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
+    # validate it again against response_model and encode it through jsonable_encoder.
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 @router.post(
