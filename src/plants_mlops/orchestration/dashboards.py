@@ -84,10 +84,17 @@ def mlflow_backend(project: Path) -> str:
 
 
 def _serve(
-    name: str, argv: list[str], port: int, health: str, project: Path, state: Path, timeout: float
+    name: str,
+    argv: list[str],
+    port: int,
+    health: str,
+    project: Path,
+    state: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> tuple[str, int]:
     """Start a UI server detached (its own process group), wait on ``health``."""
-    proc = _spawn(argv, project, state / f"{name}.log")
+    proc = _spawn(argv, project, state / f"{name}.log", env)
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}{health}", timeout, proc)
     return url, proc.pid
@@ -114,7 +121,12 @@ def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
         "--port",
         str(port),
     ]
-    return _serve("mlflow-ui", argv, port, "/health", project, state, 120)
+    # MLflow 3 starts a job runner beside the UI (a Huey consumer and four worker processes,
+    # each importing mlflow) for its GenAI jobs, which this project never submits: off,
+    # unless the environment asks for it.
+    jobs = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+    env = {} if jobs in os.environ else {jobs: "false"}
+    return _serve("mlflow-ui", argv, port, "/health", project, state, 120, env)
 
 
 def start_zenml(project: Path, state: Path) -> tuple[str, int]:
