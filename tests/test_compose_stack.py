@@ -156,8 +156,11 @@ def test_the_mlflow_start_script_serves_mlflow_behind_basic_auth(tmp_path):
         health_url=f"http://127.0.0.1:{port}/health",
         env=env,
         log_path=tmp_path / "mlflow.log",
+        cwd=tmp_path,
     ).start(timeout=120)
     try:
+        # no MLflow job runner (a Huey consumer and its workers) beside the server
+        assert servers.mlflow_job_runners(tmp_path) == []
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models"
         body = {"name": "plants-classifier"}
         # password hashing (PBKDF2) is slow on purpose: a loaded CI machine needs time

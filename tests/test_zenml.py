@@ -10,16 +10,14 @@ tests/test_zenml_stacks.py.)
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
-from support.servers import VENV_BIN
+from support.servers import VENV_BIN, mlflow_job_runners
 from zenml_testlib import (
     ALL_STAGES,
     TINY_TRAINING,
@@ -149,21 +147,6 @@ def _urls(stdout: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def _mlflow_job_runners(cwd: Path) -> list[str]:
-    """Command lines of MLflow job-runner processes working in ``cwd``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "mlflow.server.jobs" in cmdline and os.readlink(proc / "cwd") == str(cwd.resolve()):
-                found.append(cmdline)
-        except OSError:
-            continue
-    return found
-
-
 def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(zenml_local, tmp_path):
     # The session's ZenML home and project, where the full pipeline ran (and where the
     # ZenML pipeline test may have made later runs: the link is to the latest).
@@ -227,7 +210,7 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(zenml_l
         # and workers: five more processes importing mlflow, for jobs nothing submits).
         assert httpx.get(f"{urls['mlflow']}/health", timeout=10).status_code == 200
         assert "MLflow" in httpx.get(urls["mlflow"], timeout=10).text
-        assert _mlflow_job_runners(project) == []
+        assert mlflow_job_runners(project) == []
 
         # Asking again reuses what runs.
         again = cli(["dashboards"], env, project)

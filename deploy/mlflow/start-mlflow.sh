@@ -10,6 +10,9 @@
 #   MLFLOW_FLASK_SERVER_SECRET_KEY CSRF key, the same on every replica
 #   MLFLOW_ARTIFACTS_DESTINATION   e.g. s3://plants-mlops/mlflow-artifacts
 #   MLFLOW_ALLOWED_HOSTS           Host headers accepted (MLflow's default is localhost only)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  default false here: MLflow 3's job runner (a Huey
+#                                  consumer and 8 workers per server) runs GenAI jobs this
+#                                  project never submits
 set -eu
 : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}"
 : "${MLFLOW_AUTH_DATABASE_URI:?set MLFLOW_AUTH_DATABASE_URI}"
@@ -30,6 +33,7 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$ini"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 exec mlflow server --app-name basic-auth \
   --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" \

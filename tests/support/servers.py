@@ -180,3 +180,18 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def mlflow_job_runners(cwd: Path) -> list[str]:
+    """Command lines of MLflow 3 job-runner processes (its Huey consumers) working in ``cwd``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "mlflow.server.jobs" in cmdline and os.readlink(proc / "cwd") == str(cwd.resolve()):
+                found.append(cmdline)
+        except OSError:
+            continue
+    return found
