@@ -159,7 +159,7 @@ def test_the_mlflow_start_script_serves_mlflow_behind_basic_auth(tmp_path):
         cwd=tmp_path,
     ).start(timeout=120)
     try:
-        # no MLflow job runner (a Huey consumer and its workers) beside the server
+        # no MLflow job runner (it and its Huey consumers) beside the server
         assert servers.mlflow_job_runners(tmp_path) == []
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models"
         body = {"name": "plants-classifier"}

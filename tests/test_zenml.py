@@ -206,8 +206,8 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(zenml_l
         layers = httpx.get(f"{urls['kedro-viz']}/api/main", timeout=30).json()["layers"]
         assert layers == ["raw", "intermediate", "primary", "models", "reporting"]
 
-        # MLflow UI on the embedded store, without MLflow's job runner (its Huey consumer
-        # and workers: five more processes importing mlflow, for jobs nothing submits).
+        # MLflow UI on the embedded store, without MLflow's job runner (it and its Huey
+        # consumers: nine more processes importing mlflow, for jobs nothing submits).
         assert httpx.get(f"{urls['mlflow']}/health", timeout=10).status_code == 200
         assert "MLflow" in httpx.get(urls["mlflow"], timeout=10).text
         assert mlflow_job_runners(project) == []

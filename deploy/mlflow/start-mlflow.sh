@@ -10,8 +10,8 @@
 #   MLFLOW_FLASK_SERVER_SECRET_KEY CSRF key, the same on every replica
 #   MLFLOW_ARTIFACTS_DESTINATION   e.g. s3://plants-mlops/mlflow-artifacts
 #   MLFLOW_ALLOWED_HOSTS           Host headers accepted (MLflow's default is localhost only)
-#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  default false here: MLflow 3's job runner (a Huey
-#                                  consumer and 8 workers per server) runs GenAI jobs this
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  default false here: MLflow 3's job runner (it and
+#                                  8 Huey consumers per server) runs GenAI jobs this
 #                                  project never submits
 set -eu
 : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}"

@@ -121,8 +121,8 @@ def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
         "--port",
         str(port),
     ]
-    # MLflow 3 starts a job runner beside the UI (a Huey consumer and four worker processes,
-    # each importing mlflow) for its GenAI jobs, which this project never submits: off,
+    # MLflow 3 starts a job runner beside the UI (it and its eight Huey consumers: nine
+    # processes, each importing mlflow) for GenAI jobs this project never submits: off,
     # unless the environment asks for it.
     jobs = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
     env = {} if jobs in os.environ else {jobs: "false"}
