@@ -157,6 +157,7 @@ def test_the_mlflow_start_script_serves_mlflow_behind_basic_auth(tmp_path):
         env=env,
         log_path=tmp_path / "mlflow.log",
         cwd=tmp_path,
+        traced=False,
     ).start(timeout=120)
     try:
         # no MLflow job runner (it and its Huey consumers) beside the server

@@ -87,6 +87,7 @@ def iam_s3(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
         health_url=f"http://127.0.0.1:{port}/moto-api/",
         env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"},
         log_path=log_dir / "moto.log",
+        traced=False,
     ).start()
     endpoint = f"http://127.0.0.1:{port}"
     try:

@@ -17,7 +17,7 @@ import subprocess
 import httpx
 import mlflow
 import pytest
-from support.servers import VENV_BIN, mlflow_job_runners
+from support.servers import VENV_BIN, mlflow_job_runners, untraced
 from zenml_testlib import (
     ALL_STAGES,
     TINY_TRAINING,
@@ -103,7 +103,7 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     runs = subprocess.run(
         [str(VENV_BIN / "zenml"), "pipeline", "runs", "list"],
         cwd=project,
-        env=env,
+        env=untraced(env),
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from support.servers import VENV_BIN
+from support.servers import VENV_BIN, untraced
 
 ALL_STAGES = [
     "ingestion",
@@ -76,7 +76,7 @@ def zenml_query(code: str, env: dict[str, str], cwd: Path) -> object:
     proc = subprocess.run(
         [sys.executable, "-c", script],
         cwd=cwd,
-        env=env,
+        env=untraced(env),  # a ZenML client: none of the project's code runs
         capture_output=True,
         text=True,
         timeout=300,
