@@ -1,5 +1,5 @@
-"""Monitoring for real: the data pipeline builds the training reference (the session's
-``built_data``), the API serves a registered champion and logs what it sees, the
+"""Monitoring for real: the data pipeline builds the reference (the validation split of the
+session's ``built_data``), the API serves a registered champion and logs what it sees, the
 monitoring pipeline (a Kedro session in process) judges it.
 Held-out test images must not flag drift; darkened, blurred or greyscale ones must."""
 
@@ -103,7 +103,15 @@ def test_held_out_test_images_do_not_flag_drift(monitored):
     _feed(api, images)
     verdict = _monitor(project, env, len(images))
     assert verdict["n_current"] == len(images)
-    assert verdict["n_reference"] == int((index["split"] == "train").sum())
+    # the reference: the validation split, images the champion was not fit on
+    assert verdict["n_reference"] == int((index["split"] == "val").sum())
+    reference = pd.read_parquet(
+        project.path / "data" / "08_reporting" / "monitoring_reference.parquet",
+        columns=["image_key"],
+    )
+    train_keys = set(index.loc[index["split"] == "train", "image_key"])
+    assert len(reference) == verdict["n_reference"]
+    assert not set(reference["image_key"]) & train_keys
     print("clean verdict:", json.dumps({k: verdict[k] for k in ("data_drift", "embeddings")}))
     assert verdict["status"] == "no_drift", verdict["reasons"]
     assert verdict["data_drift"]["drift"] is False

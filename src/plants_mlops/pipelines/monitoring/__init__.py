@@ -1,4 +1,4 @@
-"""Monitoring: the prediction log's current window vs the training reference (Evidently)."""
+"""Monitoring: the prediction log's current window vs the reference split (Evidently)."""
 
 from plants_mlops.pipelines.monitoring.pipeline import create_pipeline
 

@@ -1,6 +1,7 @@
-"""Monitoring nodes: current window, training reference, Evidently report, verdict, trigger.
+"""Monitoring nodes: current window, reference, Evidently report, verdict, trigger.
 
-The reference is the training split as the served model sees it: the image statistics
+The reference is a split the champion was not fit on (``reference.split``, the validation
+split by default) as the served model sees it: the image statistics
 formatting computed (``dataset_index``) plus the champion's predictions and penultimate
 embeddings on the same fmt images. The current window is what the API logged: the same
 statistics (computed on the same ``square_resize``d image), predictions and embeddings.
@@ -63,7 +64,7 @@ def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) 
 def build_reference(
     dataset_index: pd.DataFrame, fmt_images: dict[str, Any], champion, params: dict[str, Any]
 ) -> pd.DataFrame:
-    """Training reference: stats from the index + the champion's view of the same images."""
+    """The reference: stats from the index + the champion's view of the same images."""
     p = parse(MonitoringParams, params, "monitoring")
     split, max_rows = p.reference.split, p.reference.max_rows
     rows = dataset_index[dataset_index["split"] == split]
