@@ -3,6 +3,7 @@ of a stage, the summaries its steps return, and the layering rules stage code fo
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -114,3 +115,41 @@ def test_a_step_summary_carries_the_fingerprint_forward_and_keys_the_cache_on_it
 def test_a_stage_summary_refuses_fields_it_does_not_know():
     with pytest.raises(ValueError, match="extra"):
         StageSummary.model_validate({"stage": "registry", "version": "3"})
+
+
+def test_dashboards_start_at_once_and_a_failed_one_leaves_the_others_stoppable(
+    tmp_path, monkeypatch
+):
+    """`dashboards` starts its UIs side by side; when one fails, the ones that came up are
+    recorded, so `dashboards --stop` still ends them, and the failure is raised."""
+    import sys
+    import threading
+
+    import httpx
+
+    from plants_mlops.errors import UserFacingError
+    from plants_mlops.orchestration import dashboards
+
+    both_waiting = threading.Barrier(2, timeout=30)  # each starter waits for the other
+
+    def web(project: Path, state: Path) -> tuple[str, int]:
+        port = dashboards._port("PLANTS_TEST_UNSET_PORT")
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", dashboards.HOST]
+        both_waiting.wait()
+        return dashboards._serve("web", argv, port, "/", project, state, 60)
+
+    def broken(project: Path, state: Path) -> tuple[str, int]:
+        both_waiting.wait()
+        raise UserFacingError("broken failed to start; see its log")
+
+    monkeypatch.setattr(dashboards, "STARTERS", {"web": web, "broken": broken})
+    with pytest.raises(UserFacingError, match="broken failed"):
+        dashboards.start_all(tmp_path)
+    state = json.loads((tmp_path / "data" / "dashboards" / "state.json").read_text())
+    assert list(state) == ["web"]
+    url = state["web"]["url"]
+    assert httpx.get(url, timeout=10).status_code == 200
+
+    assert dashboards.stop_all(tmp_path) == [f"stopped web ({url})"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url, timeout=5)

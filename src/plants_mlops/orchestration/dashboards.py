@@ -4,6 +4,8 @@ Each runs as a detached process group; its pid, URL and log live under
 ``data/dashboards/`` so that ``plants-mlops dashboards --stop`` ends exactly what was
 started. Ports are free ones picked at start unless ``PLANTS_{ZENML,VIZ,MLFLOW}_PORT``
 says otherwise. Every UI is waited on through an HTTP endpoint before its URL is printed.
+The three start, and stop, at the same time: each is mostly a process importing its
+framework and then waiting on a port, so on two cores they overlap instead of queueing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,6 +31,8 @@ from plants_mlops.errors import UserFacingError
 BIN = Path(sys.executable).parent
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
 HOST = "127.0.0.1"
+_HANDED_OUT: set[int] = set()  # ports given to UIs starting now, not yet listening
+_PORT_LOCK = threading.Lock()
 
 
 def _state_dir(project: Path) -> Path:
@@ -41,8 +47,9 @@ def _port(var: str) -> int:
         return int(os.environ[var])
     for _ in range(200):
         port = random.randint(20000, 45000)
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) != 0:
+        with _PORT_LOCK, socket.socket() as s:
+            if port not in _HANDED_OUT and s.connect_ex((HOST, port)) != 0:
+                _HANDED_OUT.add(port)
                 return port
     raise UserFacingError(f"no free port found; set {var}")
 
@@ -216,21 +223,31 @@ STARTERS = {"zenml": start_zenml, "kedro-viz": start_kedro_viz, "mlflow": start_
 
 
 def start_all(project: Path, only: list[str] | None = None) -> dict[str, str]:
+    """Start the UIs not already running, all at once; record each that came up (so that
+    ``--stop`` finds it even when another failed), then raise the first failure."""
     state_dir = _state_dir(project)
     state_file = state_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    wanted = [name for name in STARTERS if not only or name in only]
+    running = {n: state[n]["url"] for n in wanted if state.get(n) and _alive(state[n])}
+    pending = [n for n in wanted if n not in running]
+    started: dict[str, object] = {}
+    if pending:
+        with ThreadPoolExecutor(len(pending), thread_name_prefix="dashboard") as pool:
+            futures = {n: pool.submit(STARTERS[n], project, state_dir) for n in pending}
+        started = {n: f.exception() or f.result() for n, f in futures.items()}
     urls: dict[str, str] = {}
-    for name, start in STARTERS.items():
-        if only and name not in only:
-            continue
-        known = state.get(name)
-        if known and _alive(known):
-            urls[name] = known["url"]
-            continue
-        url, pid = start(project, state_dir)
-        state[name] = {"url": url, "pid": pid}
-        state_file.write_text(json.dumps(state, indent=2))
-        urls[name] = url
+    for name in wanted:
+        if name in running:
+            urls[name] = running[name]
+        elif not isinstance(started[name], BaseException):
+            url, pid = started[name]
+            state[name] = {"url": url, "pid": pid}
+            urls[name] = url
+    state_file.write_text(json.dumps(state, indent=2))
+    failed = [e for e in started.values() if isinstance(e, BaseException)]
+    if failed:
+        raise failed[0]
     return urls
 
 
@@ -249,6 +266,10 @@ def _stop_group(pgid: int, grace: float = 15.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        # A leader that is this process's own child stays a zombie, and so "alive" to
+        # killpg, until it is reaped (the others are reaped by whoever adopted them).
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -262,8 +283,9 @@ def stop_all(project: Path) -> list[str]:
     state_file = _state_dir(project) / "state.json"
     if not state_file.exists():
         return ["nothing to stop"]
-    lines = []
-    for name, entry in json.loads(state_file.read_text()).items():
+    entries = json.loads(state_file.read_text())
+
+    def stop(name: str, entry: dict) -> None:
         if name == "zenml":
             subprocess.run(
                 [str(BIN / "zenml"), "logout", "--local"],
@@ -274,6 +296,10 @@ def stop_all(project: Path) -> list[str]:
             )
         elif entry.get("pid"):
             _stop_group(entry["pid"])
-        lines.append(f"stopped {name} ({entry['url']})")
+
+    if entries:
+        with ThreadPoolExecutor(len(entries), thread_name_prefix="dashboard") as pool:
+            for future in [pool.submit(stop, n, e) for n, e in entries.items()]:
+                future.result()
     state_file.unlink()
-    return lines
+    return [f"stopped {name} ({entry['url']})" for name, entry in entries.items()]
