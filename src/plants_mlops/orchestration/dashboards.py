@@ -132,7 +132,7 @@ def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
     # processes, each importing mlflow) for GenAI jobs this project never submits: off,
     # unless the environment asks for it.
     jobs = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
-    env = {} if jobs in os.environ else {jobs: "false"}
+    env = {jobs: os.environ.get(jobs, "false")}
     return _serve("mlflow-ui", argv, port, "/health", project, state, 120, env)
 
 
@@ -231,21 +231,20 @@ def start_all(project: Path, only: list[str] | None = None) -> dict[str, str]:
     wanted = [name for name in STARTERS if not only or name in only]
     running = {n: state[n]["url"] for n in wanted if state.get(n) and _alive(state[n])}
     pending = [n for n in wanted if n not in running]
-    started: dict[str, object] = {}
+    futures = {}
     if pending:
         with ThreadPoolExecutor(len(pending), thread_name_prefix="dashboard") as pool:
             futures = {n: pool.submit(STARTERS[n], project, state_dir) for n in pending}
-        started = {n: f.exception() or f.result() for n, f in futures.items()}
     urls: dict[str, str] = {}
     for name in wanted:
         if name in running:
             urls[name] = running[name]
-        elif not isinstance(started[name], BaseException):
-            url, pid = started[name]
+        elif futures[name].exception() is None:
+            url, pid = futures[name].result()
             state[name] = {"url": url, "pid": pid}
             urls[name] = url
     state_file.write_text(json.dumps(state, indent=2))
-    failed = [e for e in started.values() if isinstance(e, BaseException)]
+    failed = [f.exception() for f in futures.values() if f.exception() is not None]
     if failed:
         raise failed[0]
     return urls
