@@ -17,7 +17,7 @@ import subprocess
 import httpx
 import mlflow
 import pytest
-from support.servers import VENV_BIN, mlflow_job_runners, untraced
+from support.servers import VENV_BIN, mlflow_job_runners, mlflow_ui_workers, untraced
 from zenml_testlib import (
     ALL_STAGES,
     TINY_TRAINING,
@@ -207,10 +207,13 @@ def test_dashboards_render_the_zenml_run_and_the_kedro_lineage_then_stop(zenml_l
         assert layers == ["raw", "intermediate", "primary", "models", "reporting"]
 
         # MLflow UI on the embedded store, without MLflow's job runner (it and its Huey
-        # consumers: nine more processes importing mlflow, for jobs nothing submits).
+        # consumers: nine more processes importing mlflow, for jobs nothing submits), and
+        # from one process: a local UI for one user, not `mlflow ui`'s four uvicorn workers
+        # (each imports mlflow: four times the start-up CPU and memory).
         assert httpx.get(f"{urls['mlflow']}/health", timeout=10).status_code == 200
         assert "MLflow" in httpx.get(urls["mlflow"], timeout=10).text
         assert mlflow_job_runners(project) == []
+        assert mlflow_ui_workers(project) == []
 
         # Asking again reuses what runs.
         again = cli(["dashboards"], env, project)

@@ -199,16 +199,31 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def mlflow_job_runners(cwd: Path) -> list[str]:
-    """Command lines of MLflow 3 job-runner processes (its Huey consumers) working in ``cwd``."""
+def processes_in(cwd: Path) -> list[tuple[int, int, str]]:
+    """``(pid, parent pid, command line)`` of every process working in ``cwd``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            if os.readlink(proc / "cwd") != str(cwd.resolve()):
+                continue
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "mlflow.server.jobs" in cmdline and os.readlink(proc / "cwd") == str(cwd.resolve()):
-                found.append(cmdline)
-        except OSError:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
+        found.append((int(proc.name), ppid, cmdline))
     return found
+
+
+def mlflow_job_runners(cwd: Path) -> list[str]:
+    """Command lines of MLflow 3 job-runner processes (its Huey consumers) working in ``cwd``."""
+    return [cmd for _, _, cmd in processes_in(cwd) if "mlflow.server.jobs" in cmd]
+
+
+def mlflow_ui_workers(cwd: Path) -> list[str]:
+    """Command lines of the worker processes that the uvicorn of an ``mlflow ui`` or
+    ``mlflow server`` working in ``cwd`` forked off (none when it serves from one process)."""
+    procs = processes_in(cwd)
+    uvicorns = {pid for pid, _, cmd in procs if "uvicorn" in cmd and "mlflow.server" in cmd}
+    return [cmd for _, ppid, cmd in procs if ppid in uvicorns]

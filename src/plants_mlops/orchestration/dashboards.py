@@ -127,6 +127,10 @@ def start_mlflow_ui(project: Path, state: Path) -> tuple[str, int]:
         HOST,
         "--port",
         str(port),
+        # A local UI for one user: one process, not `mlflow ui`'s default of four uvicorn
+        # workers (each imports mlflow: four times the start-up CPU and the memory).
+        "--workers",
+        "1",
     ]
     # MLflow 3 starts a job runner beside the UI (it and its eight Huey consumers: nine
     # processes, each importing mlflow) for GenAI jobs this project never submits: off,
