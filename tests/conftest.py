@@ -68,8 +68,8 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with servers.moto_s3() as url:
+def s3_endpoint(logs_dir) -> Iterator[str]:
+    with servers.moto_s3(logs_dir / "moto-server.log") as url:
         yield url
 
 
