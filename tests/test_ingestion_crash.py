@@ -16,10 +16,13 @@ from support import servers
 
 
 def _start(project) -> subprocess.Popen:
+    """``kedro run --pipelines ingestion``, to be killed. The runs these tests kill start
+    untraced: a process ended by SIGKILL never writes its coverage data, so tracing it
+    would only slow it down (the run that completes is traced)."""
     return subprocess.Popen(
         [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", "ingestion"],
         cwd=project.path,
-        env={**os.environ},
+        env=servers.untraced(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -123,6 +126,7 @@ def test_formatting_killed_at_random_never_trains_on_partial_data(kedro_project,
         proc = subprocess.Popen(
             [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", "formatting"],
             cwd=kedro_project.path,
+            env=servers.untraced(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -164,7 +168,7 @@ def test_killed_runs_on_s3_lose_nothing_leave_no_partial_object_and_refetch_litt
     params = mirror_params(http_mirror)
     write_params(kedro_project.path, "minio", params)
     env = {
-        **os.environ,
+        **servers.untraced(),
         "PLANTS_S3_ENDPOINT_URL": s3_endpoint,
         "PLANTS_S3_BUCKET": s3_bucket,
     }

@@ -46,16 +46,18 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer_and_
     # A long wait makes the concurrent requests certainly meet in batches.
     env = {"PLANTS_BATCH_WAIT_MS": "25", "PLANTS_BATCH_MAX": "8", "PLANTS_BATCH_RUNNERS": "1"}
     uploads = [_upload(i) for i in range(40)]
-    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+    with (
+        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api,
+        httpx.Client(base_url=api.url, timeout=30) as shared,  # thread-safe, pooled
+    ):
 
         def post(i: int) -> httpx.Response:
             fname, data = uploads[i]
-            with httpx.Client(base_url=api.url, timeout=30) as c:
-                return c.post(
-                    "/predict",
-                    files={"file": (fname, data, "image/jpeg")},
-                    headers={"X-Request-ID": f"burst-{i}"},
-                )
+            return shared.post(
+                "/predict",
+                files={"file": (fname, data, "image/jpeg")},
+                headers={"X-Request-ID": f"burst-{i}"},
+            )
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(post, range(len(uploads))))

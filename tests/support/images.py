@@ -12,8 +12,13 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "plants"
 
 
 def sample_paths(label: str | None = None) -> list[Path]:
+    return list(_sample_paths(label))
+
+
+@cache  # the request loops of the serving tests ask for a sample per request
+def _sample_paths(label: str | None) -> tuple[Path, ...]:
     pattern = f"{label}/*.jpg" if label else "*/*.jpg"
-    return sorted(SAMPLES.glob(pattern))
+    return tuple(sorted(SAMPLES.glob(pattern)))
 
 
 def sample_jpeg(i: int = 0, label: str = "dandelion") -> bytes:
