@@ -229,7 +229,9 @@ def mlflow_job_runners(cwd: Path) -> list[str]:
 
 def mlflow_ui_workers(cwd: Path) -> list[str]:
     """Command lines of the worker processes that the uvicorn of an ``mlflow ui`` or
-    ``mlflow server`` working in ``cwd`` forked off (none when it serves from one process)."""
+    ``mlflow server`` working in ``cwd`` forked off (none when it serves from one process).
+    No such uvicorn at all is an error, not an empty list."""
     procs = processes_in(cwd)
     uvicorns = {pid for pid, _, cmd in procs if "uvicorn" in cmd and "mlflow.server" in cmd}
+    assert uvicorns, f"no MLflow uvicorn process works in {cwd}"
     return [cmd for _, ppid, cmd in procs if ppid in uvicorns]
