@@ -61,14 +61,13 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer_and_
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(post, range(len(uploads))))
-        with httpx.Client(base_url=api.url, timeout=30) as c:
-            # The same images through /predict/batch: one ONNX call, no micro-batcher.
-            good = [i for i in range(len(uploads)) if i % 5 != 4]
-            reference = c.post(
-                "/predict/batch",
-                files=[("files", (uploads[i][0], uploads[i][1], "image/jpeg")) for i in good],
-            ).json()["items"]
-            metrics = c.get("/metrics").text
+        # The same images through /predict/batch: one ONNX call, no micro-batcher.
+        good = [i for i in range(len(uploads)) if i % 5 != 4]
+        reference = shared.post(
+            "/predict/batch",
+            files=[("files", (uploads[i][0], uploads[i][1], "image/jpeg")) for i in good],
+        ).json()["items"]
+        metrics = shared.get("/metrics").text
         api.stop()
 
     for i, r in enumerate(answers):

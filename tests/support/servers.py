@@ -91,7 +91,7 @@ def moto_s3(log_path: Path | None = None) -> Iterator[str]:
     Not moto's ``ThreadedMotoServer`` on a thread of the test process: there, coverage
     traced every request it served, its request log went through the Rich handler that an
     in-process Kedro run installs on the root logger, and it took the GIL from the tests
-    (116 s of the workers' CPU in a full run, 46 s of it formatting log lines)."""
+    (116 s of CPU samples in a profiled full run, 46 s of them formatting log lines)."""
     port = free_port()
     server = ManagedProcess(
         "moto_server",
