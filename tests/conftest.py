@@ -1,6 +1,6 @@
 """Shared fixtures: every server here is real and listens on 127.0.0.1.
 
-- ``s3_endpoint``: moto's S3 API server (threaded, real HTTP), stands in for MinIO.
+- ``s3_endpoint``: moto's S3 API server (``moto_server``, its own process), stands in for MinIO.
 - ``http_mirror``: an HTTP server over samples/plants with fault routes.
 - ``mlflow_tracking_uri``: ``mlflow server`` (SQLite backend, artifacts on the S3 server).
 - ``postgres_url`` / ``mariadb_url``: a fresh database on the machine's servers.
@@ -46,6 +46,15 @@ if _WORKERS > 1:
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def pytest_configure(config) -> None:
+    """pytest-xdist (3.6 and later) hands out ``--dist loadfile`` modules by their number of
+    tests, most first, unless ``--no-loadscope-reorder``: that would undo the order below
+    (the two-test ZenML module, the longest, went last and left one worker alone for a
+    minute at the end)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

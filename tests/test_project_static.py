@@ -103,6 +103,13 @@ def test_ci_run_calls_exactly_the_readme_test_command():
     assert commands == ["make test"]
 
 
+def test_the_suites_workers_take_modules_in_the_order_conftest_sorts_them(pytestconfig):
+    """``make test`` runs pytest-xdist with ``--dist loadfile``; conftest sorts the longest
+    modules first, and xdist must not sort them again by their number of tests (its default
+    since 3.6: the two-test ZenML module, the longest, started last)."""
+    assert pytestconfig.getoption("loadscopereorder") is False
+
+
 def test_no_secrets_or_local_config_are_tracked():
     tracked = _run(["git", "ls-files"]).stdout.splitlines()
     if not tracked:
