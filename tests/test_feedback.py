@@ -1,6 +1,7 @@
-"""Feedback from serving, end to end on real servers: an uncertain prediction (flagged in
-the response and the prediction log, its image kept) -> POST /feedback -> the review queue
--> accepted -> a plants_data row -> the next ingestion and formatting include it."""
+"""Feedback from serving, end to end on real stores (MLflow's server, the project's
+database; the API in process): an uncertain prediction (flagged in the response and the
+prediction log, its image kept) -> POST /feedback -> the review queue -> accepted -> a
+plants_data row -> the next ingestion and formatting include it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import io
 import json
 import time
 
-import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from data_testlib import read_json
 from PIL import Image
 from support import images
 from support.champion import register_champion, unique_model_name
-from support.serving import ADMIN_KEY, prediction_record, running_api
+from support.serving import ADMIN_KEY, api_in_process, prediction_record
 
 from plants_mlops import cli, db
 from plants_mlops.errors import UserFacingError
@@ -65,13 +65,14 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
     register_champion(mlflow_tracking_uri, name=name)
     photo = _new_photo()
     sha = hashlib.sha256(photo).hexdigest()
-    env = {"PLANTS_UNCERTAIN_BELOW": "1.0", "PLANTS_KEEP_UNCERTAIN_IMAGES": "true"}
-    with (
-        running_api(
-            project, tracking_uri=mlflow_tracking_uri, model_name=name, db_url=url, env=env
-        ) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
+    with api_in_process(
+        project,
+        tracking_uri=mlflow_tracking_uri,
+        model_name=name,
+        db_url=url,
+        uncertain_below=1.0,
+        keep_uncertain_images=True,
+    ) as client:
         r = client.post("/predict", files={"file": ("lawn.jpg", photo, "image/jpeg")})
         assert r.status_code == 200, r.text
         pred = r.json()

@@ -1,6 +1,6 @@
 """Monitoring for real: the data pipeline builds the reference (the validation split of the
-session's ``built_data``), the API serves a registered champion and logs what it sees, the
-monitoring pipeline (a Kedro session in process) judges it.
+session's ``built_data``), the API (in process) serves a registered champion and logs what
+it sees, the monitoring pipeline (a Kedro session in process) judges it.
 Held-out test images must not flag drift; darkened, blurred or greyscale ones must."""
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ import io
 import json
 import time
 
-import httpx
 import pandas as pd
 import pytest
 from conftest import PUBLIC_PREFIX, SAMPLES, KedroProject, environment, new_project
 from PIL import Image, ImageEnhance, ImageFilter
 from support.champion import register_champion, unique_model_name
-from support.serving import running_api
+from support.serving import api_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ def monitored(tmp_path_factory, mlflow_tracking_uri, built_data):
     with environment(env):
         register_champion(mlflow_tracking_uri, name=name)
         index = pd.read_parquet(project.path / "data" / "03_primary" / "dataset_index.parquet")
-        with running_api(
+        with api_in_process(
             root / "api",
             tracking_uri=mlflow_tracking_uri,
             model_name=name,
@@ -63,14 +62,13 @@ def _shifted(data: bytes, shift: str) -> bytes:
 
 
 def _feed(api, payloads: list[bytes]) -> None:
-    with httpx.Client(base_url=api.url, timeout=60) as client:
-        for start in range(0, len(payloads), 16):
-            files = [
-                ("files", (f"{i}.jpg", p, "image/jpeg"))
-                for i, p in enumerate(payloads[start : start + 16])
-            ]
-            body = client.post("/predict/batch", files=files).json()
-            assert body["failed"] == 0, body
+    for start in range(0, len(payloads), 16):
+        files = [
+            ("files", (f"{i}.jpg", p, "image/jpeg"))
+            for i, p in enumerate(payloads[start : start + 16])
+        ]
+        body = api.post("/predict/batch", files=files).json()
+        assert body["failed"] == 0, body
     time.sleep(1.0)  # the log writer flushes every 0.2 s in tests
 
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from support import images, servers
 from support.champion import register_champion, set_champion, unique_model_name
-from support.serving import ADMIN_KEY, predict_burst, running_api, wait_ready
+from support.serving import ADMIN_KEY, api_in_process, predict_burst, running_api
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 
@@ -25,12 +25,9 @@ def test_ready_is_503_and_predict_503_until_a_champion_exists_then_reload_serves
     tmp_path, mlflow_tracking_uri
 ):
     name = unique_model_name()
-    with (
-        running_api(
-            tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, wait_for_model=False
-        ) as api,
-        httpx.Client(base_url=api.url) as c,
-    ):
+    with api_in_process(
+        tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, wait_for_model=False
+    ) as c:
         assert c.get("/health").status_code == 200
         ready = c.get("/ready")
         assert ready.status_code == 503 and ready.json()["ready"] is False
@@ -38,7 +35,7 @@ def test_ready_is_503_and_predict_503_until_a_champion_exists_then_reload_serves
         assert r.status_code == 503 and r.json()["error"] == "model_not_ready"
         version = register_champion(mlflow_tracking_uri, name=name).version
         assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == version
-        wait_ready(api.url, timeout=10)
+        assert c.get("/ready").status_code == 200
         assert _predict(c).json()["model_version"] == version
 
 
@@ -71,14 +68,11 @@ def test_a_new_champion_is_swapped_in_during_a_burst_with_zero_failed_requests(
 
 
 def test_a_champion_that_fails_to_load_keeps_the_old_model_and_says_so(
-    tmp_path, mlflow_tracking_uri
+    tmp_path, mlflow_tracking_uri, caplog
 ):
     name = unique_model_name()
     good = register_champion(mlflow_tracking_uri, name=name).version
-    with (
-        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as api,
-        httpx.Client(base_url=api.url, timeout=30) as c,
-    ):
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as c:
         bad = register_champion(mlflow_tracking_uri, name=name, broken=True).version
         r = c.post("/admin/reload", headers=ADMIN).json()
         assert r["changed"] is False
@@ -95,7 +89,8 @@ def test_a_champion_that_fails_to_load_keeps_the_old_model_and_says_so(
         fixed = register_champion(mlflow_tracking_uri, name=name, seed=3).version
         assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == fixed
         assert c.get("/model").json()["last_reload_error"] is None
-    assert '"event": "model_load_failed"' in api.log_text()
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert "model_load_failed" in events  # the JSON log line's "event" (serving/logs.py)
 
 
 @pytest.mark.parametrize("database", ["postgres_url", "mariadb_url"])
@@ -141,17 +136,16 @@ def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_
     name = unique_model_name()
     register_champion(mlflow_tracking_uri, name=name)
     uri = f"s3://{s3_bucket}/prediction_log"
-    env = {
-        "PLANTS_PREDICTION_LOG": "s3",
-        "PLANTS_PREDICTION_LOG_URI": uri,
-        "PLANTS_S3_ENDPOINT_URL": s3_endpoint,
-    }
-    with (
-        running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api,
-        httpx.Client(base_url=api.url) as c,
-    ):
+    monkeypatch.setenv("PLANTS_S3_ENDPOINT_URL", s3_endpoint)
+    with api_in_process(
+        tmp_path,
+        tracking_uri=mlflow_tracking_uri,
+        model_name=name,
+        prediction_log="s3",
+        log_s3_uri=uri,
+    ) as c:
         request_ids = [_predict(c, i).json()["request_id"] for i in range(6)]
-        api.stop()
+    # leaving the block shut the app down: its log writer flushed what it held
     keys = [
         o["Key"]
         for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)[
@@ -161,7 +155,6 @@ def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_
     assert keys and all(
         k.startswith("prediction_log/date=") and k.endswith(".parquet") for k in keys
     )
-    monkeypatch.setenv("PLANTS_S3_ENDPOINT_URL", s3_endpoint)
     frame = PredictionLogDataset(source="s3", path=uri).load()
     assert sorted(frame["request_id"]) == sorted(request_ids)
     assert frame["embedding"].map(len).eq(32).all()

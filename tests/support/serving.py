@@ -7,8 +7,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from support import servers
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 ADMIN_KEY = "test-admin-key-not-a-secret"
 
@@ -77,6 +81,49 @@ def running_api(
         yield api
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def api_in_process(
+    workdir: Path,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    db_url: str | None = None,
+    wait_for_model: bool = True,
+    **settings,
+) -> Iterator[TestClient]:
+    """The app ``plants-mlops serve`` runs (``create_app``), with ``running_api``'s settings
+    (``settings`` override ``ServingConfig`` fields), served in this process through
+    Starlette's ``TestClient`` in ``workdir``: no uvicorn, no port, no process start (about
+    4 s of CPU each, imports included). For the routes and the model lifecycle; the tests
+    where the server process is the point (a signal, worker processes, a Prometheus scrape,
+    a browser, the JSON log lines) use ``running_api``. Yields the client."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from plants_mlops.serving.app import create_app
+    from plants_mlops.serving.config import ServingConfig
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = ServingConfig(
+        model_uri=f"models:/{model_name}@champion",
+        tracking_uri=tracking_uri,
+        db_url=db_url or f"sqlite:///{workdir / 'plants.db'}",
+        api_keys=frozenset({ADMIN_KEY}),
+        poll_seconds=0,
+        log_flush_seconds=0.2,
+        retrain_command=("true",),
+        **settings,
+    )
+    assert config.problems() == []
+    with contextlib.chdir(workdir), TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 120
+        while wait_for_model and client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the model never loaded"
+            time.sleep(0.05)
+        yield client
 
 
 @contextlib.contextmanager
