@@ -152,7 +152,9 @@ class LocalZenml:
 
         Only the first run is traced by coverage unless ``traced``: the later ones run the
         same CLI and step code again (cached steps run none), and a traced ZenML run costs
-        about 1.6x the CPU of an untraced one for no line the first did not measure."""
+        about 1.6x the CPU of an untraced one. The few lines only a rerun reaches (nothing
+        left to fetch, rows gone from the table) are measured by test_ingestion and
+        test_formatting."""
         out = self.tmp / f"run{len(self.runs) + 1}.json"
         env = self.env if traced else untraced(self.env)
         self.runs.append(pipeline_run(args, env, self.project, out))

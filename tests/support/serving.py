@@ -95,10 +95,11 @@ def api_in_process(
 ) -> Iterator[TestClient]:
     """The app ``plants-mlops serve`` runs (``create_app``), with ``running_api``'s settings
     (``settings`` override ``ServingConfig`` fields), served in this process through
-    Starlette's ``TestClient`` in ``workdir``: no uvicorn, no port, no process start (about
-    4 s of CPU each, imports included). For the routes and the model lifecycle; the tests
-    where the server process is the point (a signal, worker processes, a Prometheus scrape,
-    a browser, the JSON log lines) use ``running_api``. Yields the client."""
+    Starlette's ``TestClient`` in ``workdir``: no uvicorn, no port, no process start (the
+    tests that moved here each took 2-3.5 s less). For the routes and the model lifecycle;
+    the tests where the server process is the point (a signal, worker processes, a
+    Prometheus scrape, a browser, the JSON log lines) use ``running_api``. Yields the
+    client."""
     import time
 
     from fastapi.testclient import TestClient
