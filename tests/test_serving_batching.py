@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -166,3 +167,71 @@ def test_two_workers_each_load_the_model_and_a_reload_reaches_both_without_failu
         rows = conn.execute(sa.text("SELECT count(*) FROM prediction_log")).scalar()
     engine.dispose()
     assert rows == len(served)
+
+
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on ``port`` that process ``pid`` holds."""
+    import glob
+    import os
+
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+            listening.add(fields[9])
+    held = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            held.add(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return {inode for inode in listening if f"socket:[{inode}]" in held}
+
+
+def test_two_workers_each_listen_and_share_keep_alive_connections_opened_at_once(
+    tmp_path, mlflow_tracking_uri
+):
+    """Each worker listens on a socket of its own (SO_REUSEPORT), and 16 keep-alive
+    connections opened together (a proxy's pool, a load generator) are served by both. On
+    one listening socket shared by the workers, the first worker to wake accepted every
+    pending connection and the other idled (docs/serving.md)."""
+    import socket
+
+    import psutil
+
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    env = {"PLANTS_SERVE_WORKERS": "2"}
+    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+        port = int(api.url.rsplit(":", 1)[1])
+        children = psutil.Process(api.process.proc.pid).children(recursive=True)
+        listeners = {c.pid: _listening_sockets(c.pid, port) for c in children}
+        listeners = {pid: inodes for pid, inodes in listeners.items() if inodes}
+        assert len(listeners) == 2, listeners  # the two workers
+        assert len(set().union(*listeners.values())) == 2, listeners  # not one shared socket
+        # All 16 handshakes at once (non-blocking connects), before any worker accepts.
+        conns = [socket.socket() for _ in range(16)]
+        for s in conns:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        for s in conns:
+            s.setblocking(True)
+            s.settimeout(30)
+        try:
+            for s in conns:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            for s in conns:
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            per_worker = {
+                child.pid: sum(
+                    1
+                    for c in child.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+                )
+                for child in children
+            }
+        finally:
+            for s in conns:
+                s.close()
+    served = sorted(n for n in per_worker.values() if n)
+    assert sum(served) == 16 and len(served) == 2, per_worker

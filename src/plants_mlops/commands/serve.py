@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
+import sys
+
+from plants_mlops.errors import UserFacingError
 
 DEFAULT_WORKERS = 1
 
@@ -37,11 +42,8 @@ def register(subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
-    from plants_mlops.errors import UserFacingError
     from plants_mlops.serving.config import ServingConfig
     from plants_mlops.serving.logs import configure_json_logging
 
@@ -97,13 +99,51 @@ def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
     if "poll_seconds" in overrides:
         env["PLANTS_MODEL_POLL_SECONDS"] = str(overrides["poll_seconds"])
     os.environ.update(env)  # the workers are spawned with this environment
+    app = "plants_mlops.serving.app:create_app_from_env"
     try:
-        uvicorn.run(
-            "plants_mlops.serving.app:create_app_from_env",
-            factory=True,
-            workers=args.workers,
-            **common,
+        if not hasattr(socket, "SO_REUSEPORT") or sys.platform != "linux":
+            uvicorn.run(app, factory=True, workers=args.workers, **common)
+            return 0
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config(app, factory=True, workers=args.workers, **common)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        try:
+            address = _reuse_port_socket(family, (config.host, config.port), WorkerListener)
+        except OSError as exc:
+            raise UserFacingError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+        port = address.getsockname()[1]
+        logging.getLogger("uvicorn.error").info(
+            "serving on http://%s:%d with %d workers, one listening socket each",
+            config.host,
+            port,
+            args.workers,
+            extra={"event": "serve_started", "port": port, "workers": args.workers},
         )
+        Multiprocess(config, sockets=[address]).run()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     return 0
+
+
+def _reuse_port_socket(family, address, cls=socket.socket) -> socket.socket:
+    sock = cls(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.set_inheritable(True)
+    return sock
+
+
+class WorkerListener(socket.socket):
+    """The address the workers serve. The supervisor binds it with ``SO_REUSEPORT`` and
+    never listens on it; handed to a worker (uvicorn spawns them and pickles what they
+    get), it arrives as that worker's own new socket bound to the same address, so each
+    worker listens on a socket of its own and the kernel spreads new connections over
+    them. On one listening socket shared by every worker (uvicorn's way), the worker that
+    wakes first accepts every pending connection: a few keep-alive connections opened
+    together (a proxy's pool, a load generator) went to one worker while the other idled
+    (docs/serving.md)."""
+
+    def __reduce_ex__(self, protocol):
+        return _reuse_port_socket, (self.family, self.getsockname())
