@@ -65,13 +65,9 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
     register_champion(mlflow_tracking_uri, name=name)
     photo = _new_photo()
     sha = hashlib.sha256(photo).hexdigest()
+    env = {"PLANTS_UNCERTAIN_BELOW": "1.0", "PLANTS_KEEP_UNCERTAIN_IMAGES": "true"}
     with api_in_process(
-        project,
-        tracking_uri=mlflow_tracking_uri,
-        model_name=name,
-        db_url=url,
-        uncertain_below=1.0,
-        keep_uncertain_images=True,
+        project, tracking_uri=mlflow_tracking_uri, model_name=name, db_url=url, env=env
     ) as client:
         r = client.post("/predict", files={"file": ("lawn.jpg", photo, "image/jpeg")})
         assert r.status_code == 200, r.text

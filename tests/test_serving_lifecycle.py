@@ -136,14 +136,9 @@ def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_
     name = unique_model_name()
     register_champion(mlflow_tracking_uri, name=name)
     uri = f"s3://{s3_bucket}/prediction_log"
-    monkeypatch.setenv("PLANTS_S3_ENDPOINT_URL", s3_endpoint)
-    with api_in_process(
-        tmp_path,
-        tracking_uri=mlflow_tracking_uri,
-        model_name=name,
-        prediction_log="s3",
-        log_s3_uri=uri,
-    ) as c:
+    env = {"PLANTS_PREDICTION_LOG": "s3", "PLANTS_PREDICTION_LOG_URI": uri}
+    monkeypatch.setenv("PLANTS_S3_ENDPOINT_URL", s3_endpoint)  # the S3 client reads it
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as c:
         request_ids = [_predict(c, i).json()["request_id"] for i in range(6)]
     # leaving the block shut the app down: its log writer flushed what it held
     keys = [

@@ -36,6 +36,26 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
     servers.wait_http(f"{url}/ready", timeout=timeout)
 
 
+def _serve_env(
+    workdir: Path,
+    tracking_uri: str,
+    model_name: str,
+    db_url: str | None,
+    env: dict[str, str] | None,
+) -> dict[str, str]:
+    """The serving settings of a test API, in or out of process: ``env`` over these."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PLANTS_MODEL_URI": f"models:/{model_name}@champion",
+        "PLANTS_DB_URL": db_url or f"sqlite:///{workdir / 'plants.db'}",
+        "PLANTS_API_KEYS": ADMIN_KEY,
+        "PLANTS_MODEL_POLL_SECONDS": "0",
+        "PLANTS_PREDICTION_LOG_FLUSH_SECONDS": "0.2",
+        "PLANTS_RETRAIN_COMMAND": "true",
+        **(env or {}),
+    }
+
+
 @contextlib.contextmanager
 def running_api(
     workdir: Path,
@@ -49,16 +69,7 @@ def running_api(
     workdir.mkdir(parents=True, exist_ok=True)
     port = servers.free_port()
     log_path = workdir / f"serve-{port}.log"
-    full_env = {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PLANTS_MODEL_URI": f"models:/{model_name}@champion",
-        "PLANTS_DB_URL": db_url or f"sqlite:///{workdir / 'plants.db'}",
-        "PLANTS_API_KEYS": ADMIN_KEY,
-        "PLANTS_MODEL_POLL_SECONDS": "0",
-        "PLANTS_PREDICTION_LOG_FLUSH_SECONDS": "0.2",
-        "PLANTS_RETRAIN_COMMAND": "true",
-        **(env or {}),
-    }
+    full_env = _serve_env(workdir, tracking_uri, model_name, db_url, env)
     proc = servers.ManagedProcess(
         "plants-mlops serve",
         [
@@ -90,17 +101,18 @@ def api_in_process(
     tracking_uri: str,
     model_name: str,
     db_url: str | None = None,
+    env: dict[str, str] | None = None,
     wait_for_model: bool = True,
-    **settings,
 ) -> Iterator[TestClient]:
     """The app ``plants-mlops serve`` runs (``create_app``), with ``running_api``'s settings
-    (``settings`` override ``ServingConfig`` fields), served in this process through
-    Starlette's ``TestClient`` in ``workdir``: no uvicorn, no port, no process start (the
+    (read by ``ServingConfig.from_env`` as the serve command reads them), served in this
+    process through Starlette's ``TestClient`` in ``workdir``: no uvicorn, no port, no process start (the
     tests that moved here each took 2-3.5 s less). For the routes and the model lifecycle;
     the tests where the server process is the point (a signal, worker processes, a
     Prometheus scrape, a browser, the JSON log lines) use ``running_api``. Yields the
     client."""
     import time
+    from unittest import mock
 
     from fastapi.testclient import TestClient
 
@@ -108,17 +120,8 @@ def api_in_process(
     from plants_mlops.serving.config import ServingConfig
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config = ServingConfig(
-        model_uri=f"models:/{model_name}@champion",
-        tracking_uri=tracking_uri,
-        db_url=db_url or f"sqlite:///{workdir / 'plants.db'}",
-        api_keys=frozenset({ADMIN_KEY}),
-        poll_seconds=0,
-        log_flush_seconds=0.2,
-        retrain_command=("true",),
-        **settings,
-    )
-    assert config.problems() == []
+    with mock.patch.dict(os.environ, _serve_env(workdir, tracking_uri, model_name, db_url, env)):
+        config = ServingConfig.from_env()
     with contextlib.chdir(workdir), TestClient(create_app(config)) as client:
         deadline = time.monotonic() + 120
         while wait_for_model and client.get("/ready").status_code != 200:
