@@ -15,14 +15,20 @@ from data_testlib import table
 from support import servers
 
 
-def _start(project) -> subprocess.Popen:
-    """``kedro run --pipelines ingestion``, to be killed. The runs these tests kill start
-    untraced: a process ended by SIGKILL never writes its coverage data, so tracing it
-    would only slow it down (the run that completes is traced)."""
+def _start(
+    project,
+    pipeline: str = "ingestion",
+    kedro_env: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``kedro run --pipelines PIPELINE [--env KEDRO_ENV]``, to be killed. The runs these
+    tests kill start untraced: a process ended by SIGKILL never writes its coverage data,
+    so tracing it would only slow it down (the run that completes is traced)."""
+    argv = [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", pipeline]
     return subprocess.Popen(
-        [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", "ingestion"],
+        argv + (["--env", kedro_env] if kedro_env else []),
         cwd=project.path,
-        env=servers.untraced(),
+        env={**servers.untraced(), **(extra_env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -123,13 +129,7 @@ def test_formatting_killed_at_random_never_trains_on_partial_data(kedro_project,
     }
     outcomes = []
     for _ in range(2):
-        proc = subprocess.Popen(
-            [str(servers.VENV_BIN / "kedro"), "run", "--pipelines", "formatting"],
-            cwd=kedro_project.path,
-            env=servers.untraced(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _start(kedro_project, "formatting")
         time.sleep(rng.uniform(2.0, 7.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -167,23 +167,12 @@ def test_killed_runs_on_s3_lose_nothing_leave_no_partial_object_and_refetch_litt
     seed(os.environ["PLANTS_DB_URL"], rows, tmp_path)
     params = mirror_params(http_mirror)
     write_params(kedro_project.path, "minio", params)
-    env = {
-        **servers.untraced(),
-        "PLANTS_S3_ENDPOINT_URL": s3_endpoint,
-        "PLANTS_S3_BUCKET": s3_bucket,
-    }
+    env = {"PLANTS_S3_ENDPOINT_URL": s3_endpoint, "PLANTS_S3_BUCKET": s3_bucket}
     before = mirror_counts(http_mirror)
-    argv = [str(servers.VENV_BIN / "kedro"), "run", "--env", "minio", "--pipelines", "ingestion"]
     rng = random.Random(5)
     kills = 0
     for _ in range(3):
-        proc = subprocess.Popen(
-            argv,
-            cwd=kedro_project.path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _start(kedro_project, kedro_env="minio", extra_env=env)
         time.sleep(rng.uniform(5.0, 10.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
