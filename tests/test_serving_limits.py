@@ -3,6 +3,8 @@ answers to requests it must refuse."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from plants_mlops.errors import UserFacingError
@@ -55,6 +57,60 @@ def test_polling_off_and_the_defaults_are_accepted(monkeypatch):
     assert ServingConfig.from_env().poll_seconds == 0
     monkeypatch.delenv("PLANTS_MODEL_POLL_SECONDS")
     assert ServingConfig.from_env().problems() == []
+
+
+def _cgroup(tmp_path, membership: str, files: dict[str, str]):
+    """A cgroup filesystem of our own: (mount root, /proc/self/cgroup stand-in)."""
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(membership + "\n")
+    return root, proc
+
+
+def test_usable_cores_are_capped_by_a_cgroup_v2_cpu_limit(tmp_path):
+    from plants_mlops.serving.config import cgroup_cpu_limit, usable_cores
+
+    # A pod limited to 500m under a parent without a limit: the tightest level wins; a
+    # file that does not parse counts as no limit, it does not stop the server.
+    root, proc = _cgroup(
+        tmp_path,
+        "0::/kubepods/pod1/api",
+        {
+            "cpu.max": "garbled text",
+            "kubepods/cpu.max": "max 100000",
+            "kubepods/pod1/cpu.max": "50000 100000",
+            "kubepods/pod1/api/cpu.max": "max 100000",
+        },
+    )
+    assert cgroup_cpu_limit(root, proc) == 0.5
+    assert usable_cores(root, proc) == 1  # rounded up to one, whatever the affinity shows
+    # No quota anywhere: the affinity alone.
+    root, proc = _cgroup(tmp_path / "open", "0::/", {"cpu.max": "max 100000"})
+    assert cgroup_cpu_limit(root, proc) is None
+    assert usable_cores(root, proc) == len(os.sched_getaffinity(0))
+
+
+def test_usable_cores_read_a_cgroup_v1_cfs_quota(tmp_path):
+    from plants_mlops.serving.config import cgroup_cpu_limit, usable_cores
+
+    # Docker on cgroup v1: the host's path in /proc/self/cgroup, the container's own
+    # cgroup mounted at the controller's root.
+    root, proc = _cgroup(
+        tmp_path,
+        "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc",
+        {"cpu,cpuacct/cpu.cfs_quota_us": "150000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+    )
+    assert cgroup_cpu_limit(root, proc) == 1.5
+    assert usable_cores(root, proc) == min(2, len(os.sched_getaffinity(0)))
+    root, proc = _cgroup(
+        tmp_path / "open",
+        "2:cpu,cpuacct:/",
+        {"cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+    )
+    assert cgroup_cpu_limit(root, proc) is None
 
 
 def test_responses_carry_security_headers_and_the_page_a_csp(tmp_path):

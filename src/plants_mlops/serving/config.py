@@ -7,6 +7,7 @@ port. API keys come only from ``PLANTS_API_KEYS`` (comma separated) or a file na
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -41,12 +42,70 @@ def _env_int(name: str, default: int) -> int:
     return int(_env_float(name, default))
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, not the host's count)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read(path: Path) -> str | None:
     try:
-        return len(os.sched_getaffinity(0))
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _ratio(quota: str | None, period: str | None) -> float | None:
+    """quota / period of a CFS limit; None for none ("max", -1) or an unreadable file."""
+    try:
+        q, p = float(quota or "nan"), float(period or "nan")
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """CPUs this process's cgroup may use per period (a container's CPU limit), or None
+    when no quota applies. cgroup v2: ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD") of the
+    process's cgroup and of every parent; v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
+    (-1: none). The tightest limit wins; a container usually sees its own cgroup as the
+    root of the mount."""
+    limits: list[float] = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.strip("/")
+        if hierarchy == "0" and controllers == "":  # v2, the unified hierarchy
+            here = root / rel if rel else root
+            for directory in (here, *here.parents):
+                fields = (_read(directory / "cpu.max") or "").split()
+                limit = _ratio(*fields) if len(fields) == 2 else None
+                if limit is not None:
+                    limits.append(limit)
+                if directory == root:
+                    break
+        elif "cpu" in controllers.split(","):  # v1: the mount may be the host's or its own
+            mounts = (root / controllers, root / "cpu")
+            for directory in [m / rel for m in mounts if rel] + list(mounts):
+                limit = _ratio(
+                    _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+                )
+                if limit is not None:
+                    limits.append(limit)
+                    break
+    return min(limits) if limits else None
+
+
+def usable_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """CPU cores this process may keep busy: its affinity (not the host's count), capped
+    by its cgroup's CPU quota, rounded up (a Kubernetes pod limited to 1500m gets 2). In
+    a pod both matter: the affinity shows every core of the node, the quota the limit."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root, proc_cgroup)
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    return cores
 
 
 def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
