@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.servers import VENV_BIN, free_port  # noqa: E402  (the test suite's helpers)
 
+from plants_mlops.serving.config import resolve_workers, usable_cores  # noqa: E402
+
 # Settings a benchmark run may vary (docs/serving.md); printed with the figures.
 SERVER_SETTINGS = (
     "PLANTS_BATCH_WAIT_MS",
@@ -340,6 +342,10 @@ def main() -> int:
     )
     tuned = {k: v for k, v in sorted(os.environ.items()) if k in SERVER_SETTINGS}
     print(f"server settings from the environment (else the defaults): {tuned or 'none'}")
+    print(
+        f"worker processes: {resolve_workers(os.environ.get('PLANTS_SERVE_WORKERS'))} "
+        f"(PLANTS_SERVE_WORKERS, else one per usable core: {usable_cores()})"
+    )
     print(
         f"images: {len(files)} sample JPEGs, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
         f"decoded per request; prediction log on (SQLite)"

@@ -113,6 +113,25 @@ def test_usable_cores_read_a_cgroup_v1_cfs_quota(tmp_path):
     assert cgroup_cpu_limit(root, proc) is None
 
 
+def test_serve_runs_one_worker_per_usable_core_unless_told(monkeypatch):
+    from plants_mlops.serving.config import default_workers, resolve_workers, usable_cores
+
+    assert default_workers() == min(64, usable_cores())
+    monkeypatch.delenv("PLANTS_SERVE_WORKERS", raising=False)
+    config = ServingConfig.from_env()
+    assert config.workers == default_workers()
+    # One model call at a time per core, across the workers.
+    assert config.batch_runners == max(1, usable_cores() // config.workers)
+    monkeypatch.setenv("PLANTS_SERVE_WORKERS", "auto")
+    assert ServingConfig.from_env().workers == default_workers()
+    monkeypatch.setenv("PLANTS_SERVE_WORKERS", "1")
+    assert ServingConfig.from_env().workers == 1
+    assert ServingConfig.from_env().batch_runners == usable_cores()
+    assert resolve_workers("3", "--workers") == 3
+    with pytest.raises(UserFacingError, match="--workers='two' is not a number of processes"):
+        resolve_workers("two", "--workers")
+
+
 def test_responses_carry_security_headers_and_the_page_a_csp(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -52,6 +52,8 @@ def _serve_env(
         "PLANTS_MODEL_POLL_SECONDS": "0",
         "PLANTS_PREDICTION_LOG_FLUSH_SECONDS": "0.2",
         "PLANTS_RETRAIN_COMMAND": "true",
+        # One process unless a test asks for more (serve's default is one per core).
+        "PLANTS_SERVE_WORKERS": "1",
         **(env or {}),
     }
 

@@ -10,8 +10,6 @@ import sys
 
 from plants_mlops.errors import UserFacingError
 
-DEFAULT_WORKERS = 1
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,9 +32,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("PLANTS_SERVE_WORKERS", str(DEFAULT_WORKERS))),
-        help=f"uvicorn worker processes, each with its own model (default {DEFAULT_WORKERS})",
+        default=None,
+        help="uvicorn worker processes, each with its own model (about 400 MiB): a number or "
+        "auto, the default (PLANTS_SERVE_WORKERS, else one per usable core: the CPU "
+        "affinity capped by the cgroup's CPU limit)",
     )
     p.set_defaults(handler=run_serve)
 
@@ -44,9 +43,13 @@ def register(subparsers) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from plants_mlops.serving.config import ServingConfig
+    from plants_mlops.serving.config import ServingConfig, resolve_workers
     from plants_mlops.serving.logs import configure_json_logging
 
+    if args.workers is None:  # not given: PLANTS_SERVE_WORKERS, else one per usable core
+        args.workers = resolve_workers(os.environ.get("PLANTS_SERVE_WORKERS"))
+    else:
+        args.workers = resolve_workers(args.workers, "--workers")
     overrides = {"workers": args.workers}
     if args.model_uri:
         overrides["model_uri"] = args.model_uri

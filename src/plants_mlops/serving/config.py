@@ -108,6 +108,25 @@ def usable_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> i
     return cores
 
 
+def default_workers() -> int:
+    """``serve --workers`` unless set: one worker process per usable core (up to 64), each
+    with its own model. On the 2-core machine two workers served 15-45 % more than one
+    (docs/serving.md, *Performance*); each costs about 400 MiB of memory."""
+    return min(64, usable_cores())
+
+
+def resolve_workers(raw: str | None, name: str = "PLANTS_SERVE_WORKERS") -> int:
+    """A worker count as given (``--workers`` or ``PLANTS_SERVE_WORKERS``): a number, or
+    ``auto`` / unset for :func:`default_workers`. The range is checked with the others."""
+    raw = (raw or "").strip().lower()
+    if raw in ("", "auto"):
+        return default_workers()
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserFacingError(f"{name}={raw!r} is not a number of processes or auto") from None
+
+
 def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     env = os.environ if env is None else env
     keys = [k.strip() for k in env.get("PLANTS_API_KEYS", "").split(",")]
@@ -193,6 +212,11 @@ class ServingConfig:
         log_kind = os.environ.get("PLANTS_PREDICTION_LOG", "sql").strip().lower() or "sql"
         if log_kind not in ("sql", "s3", "off"):
             raise UserFacingError(f"PLANTS_PREDICTION_LOG must be sql, s3 or off, not {log_kind}")
+        workers = (
+            overrides["workers"]
+            if "workers" in overrides
+            else resolve_workers(os.environ.get("PLANTS_SERVE_WORKERS"))
+        )
         values = dict(
             model_uri=os.environ.get("PLANTS_MODEL_URI", DEFAULT_MODEL_URI),
             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
@@ -209,8 +233,7 @@ class ServingConfig:
             batch_max=_env_int("PLANTS_BATCH_MAX", 16),
             # One model call at a time per core, across the workers.
             batch_runners=_env_int(
-                "PLANTS_BATCH_RUNNERS",
-                max(1, usable_cores() // max(1, _env_int("PLANTS_SERVE_WORKERS", 1))),
+                "PLANTS_BATCH_RUNNERS", max(1, usable_cores() // max(1, workers))
             ),
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
@@ -222,7 +245,7 @@ class ServingConfig:
             retrain_command=tuple(shlex.split(retrain)) if retrain else (),
             retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
             reload_signal_file=os.environ.get("PLANTS_RELOAD_SIGNAL_FILE") or None,
-            workers=_env_int("PLANTS_SERVE_WORKERS", 1),
+            workers=workers,
             uncertain_below=_env_float("PLANTS_UNCERTAIN_BELOW", 0.75),
             keep_uncertain_images=_env_bool("PLANTS_KEEP_UNCERTAIN_IMAGES"),
             uncertain_dir=os.environ.get("PLANTS_UNCERTAIN_DIR") or "data/01_raw/_uncertain",
