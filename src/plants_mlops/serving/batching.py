@@ -5,8 +5,9 @@ parallel), then hands its model input to the :class:`MicroBatcher` and awaits it
 of the result; the response, the prediction-log record and the metrics stay per request
 (``PredictionService._respond``). A runner takes the first waiting input and, while other
 requests are still being decoded, waits at most ``wait_ms`` for more (up to ``max_batch``),
-then runs them as one batch. With nothing else in flight it does not wait at all, so a
-lone request pays no batching delay.
+then runs them as one batch. A request whose input is ready while nothing else is in
+flight runs its model call on its own decode thread (:meth:`MicroBatcher.claim_alone`): it
+pays no batching delay and no hand-offs to the event loop and a runner thread.
 
 - Hot swap: every input carries the model its request read; a batch is split by model, so
   requests that started on the old version finish on it and nothing is dropped.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class MicroBatcher:
         self.wait = max(0.0, float(wait_ms)) / 1000.0
         self.runners = max(1, int(runners))
         self.preparing = 0  # requests decoding now (their inputs will follow soon)
+        self.running = 0  # model calls running now (batches, and lone requests' own calls)
+        self._running_lock = threading.Lock()  # lone calls claim a runner from a decode thread
         self._queue: asyncio.Queue[_Pending] | None = None
         self._tasks: list[asyncio.Task] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -68,6 +72,31 @@ class MicroBatcher:
                 item.future.set_exception(RuntimeError("the server is shutting down"))
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+    def claim_alone(self) -> bool:
+        """From a decode thread, once its input is ready: True (and a runner taken) when
+        this request is the only one in flight, nothing is queued and a runner is free, so
+        it runs its model call right there (:meth:`run_alone`): no batch could form anyway,
+        and the hand-offs to the event loop and to a runner thread and back are saved."""
+        with self._running_lock:
+            queue = self._queue
+            if queue is None or not queue.empty() or self.preparing > 1:
+                return False
+            if self.running >= self.runners:
+                return False
+            self.running += 1
+            return True
+
+    def run_alone(self, model, x: np.ndarray):
+        """The model call of a request :meth:`claim_alone` let through, on its own thread."""
+        try:
+            out = model.run(x[None])
+        finally:
+            with self._running_lock:
+                self.running -= 1
+        if self.on_batch is not None:
+            self.on_batch(1)
+        return out
 
     async def prepare(self, work: Awaitable):
         """Await a request's decode + preprocess, counted so runners know more is coming."""
@@ -122,23 +151,30 @@ class MicroBatcher:
 
     async def _run(self, loop, items: list[_Pending]) -> None:
         model = items[0].model
+        with self._running_lock:
+            self.running += 1
         try:
             out = await loop.run_in_executor(
                 self._pool, model.run, np.stack([item.x for item in items])
             )
         except Exception as exc:
+            out, failure = None, exc
+        finally:
+            with self._running_lock:
+                self.running -= 1
+        if out is None:
             if len(items) > 1:  # find the input that fails; the others still get answers
                 log.warning(
                     "a batch of %d failed (%s); retrying its inputs one by one",
                     len(items),
-                    exc,
+                    failure,
                     extra={"event": "batch_failed", "size": len(items)},
                 )
                 for item in items:
                     await self._run(loop, [item])
                 return
             if not items[0].future.done():
-                items[0].future.set_exception(exc)
+                items[0].future.set_exception(failure)
             return
         if self.on_batch is not None:
             self.on_batch(len(items))
@@ -149,9 +185,17 @@ class MicroBatcher:
 
 async def predict_one(service, batcher: MicroBatcher, model, data: bytes, request_id: str):
     """``PredictionService.predict_one`` with the model call shared through ``batcher``:
-    decode and preprocess on the thread pool, infer in a batch, respond per request."""
+    decode and preprocess on the thread pool, infer in a batch, respond per request. A
+    request alone in flight runs its model call on its decode thread instead."""
     from starlette.concurrency import run_in_threadpool
 
-    prep = await batcher.prepare(run_in_threadpool(service._prepare, model, data))
-    probs, emb = await batcher.infer(model, prep.x)
+    def decode_and_maybe_run():
+        prep = service._prepare(model, data)
+        return prep, (batcher.run_alone(model, prep.x) if batcher.claim_alone() else None)
+
+    prep, out = await batcher.prepare(run_in_threadpool(decode_and_maybe_run))
+    if out is not None:  # ran alone on the decode thread
+        probs, emb = out.probabilities[0], out.embeddings[0]
+    else:
+        probs, emb = await batcher.infer(model, prep.x)
     return service._respond(model, prep, probs, emb, request_id, "predict")
