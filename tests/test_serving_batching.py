@@ -1,5 +1,6 @@
 """Micro-batching of concurrent /predict requests and several worker processes, against a
-real ``plants-mlops serve`` (correctness, not timing: the speed is benchmarks/bench_serving.py).
+real ``plants-mlops serve`` (one test serves the app in process), for correctness, not timing
+(the speed is benchmarks/bench_serving.py).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def test_a_request_alone_in_flight_runs_its_model_call_on_its_decode_thread(
 ):
     """Nothing else decoding or queued: no batch could form, so the request's model call
     runs where it was decoded instead of going back to the event loop and to a runner
-    thread (two hand-offs fewer: c1 p50 about 0.6 ms lower, docs/serving.md)."""
+    thread (two hand-offs fewer: c1 p50 about 0.7 ms lower, docs/serving.md)."""
     name = unique_model_name()
     register_champion(mlflow_tracking_uri, name=name)
 
