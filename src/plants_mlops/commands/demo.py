@@ -362,6 +362,7 @@ def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging)
 
     from plants_mlops.orchestration.dashboards import wait_http
     from plants_mlops.orchestration.kedro_stage import run_stage
+    from plants_mlops.serving.config import default_workers
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -373,9 +374,12 @@ def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging)
         for k, v in os.environ.items()
         if not (k == "KEDRO_LOGGING_CONFIG" and v == str(_KEDRO_LOGGING_PATH))
     }
+    # At most two workers: the multi-worker path runs, and a many-core laptop does not load
+    # one model (~400 MiB) per core for 59 sequential requests.
+    workers = min(2, default_workers())
     with open(serve_log, "wb") as out:
         server = subprocess.Popen(
-            [cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
