@@ -57,27 +57,16 @@ def register_benchmark_model(
     tracking_uri: str, architecture: str, image_size: int, resize_size: int
 ) -> str:
     """Build, export (ONNX contract) and register a model; return its models:/ URI."""
+    from product_model import untrained_product_model  # benchmarks/product_model.py
+
     from plants_mlops import contracts
     from plants_mlops.model import artifact, registry, tracking
-    from plants_mlops.model.architectures import SPECS, build_model
-    from plants_mlops.model.export import onnx_bytes
 
-    weights = "imagenet" if architecture == "efficientnet_lite0" else None
-    model = build_model(architecture, image_size=image_size, weights=weights).eval()
-    spec = SPECS[architecture]
     name = f"bench-{architecture}-{uuid.uuid4().hex[:6]}"
     cl = tracking.client(tracking_uri)
     with tracking.open_run(cl, "bench-serving") as run:
-        meta = artifact.ServingMeta(
-            labels=contracts.LABELS,
-            image_size=image_size,
-            resize_size=resize_size,
-            mean=spec.mean,
-            std=spec.std,
-            architecture=architecture,
-            mlflow_run_id=run.run_id,
-        )
-        logged = artifact.log_serving_model(cl, run.run_id, onnx_bytes(model, image_size), meta)
+        onnx, meta = untrained_product_model(architecture, image_size, resize_size, run.run_id)
+        logged = artifact.log_serving_model(cl, run.run_id, onnx, meta)
     version = registry.register_version(cl, logged, {"verdict": "benchmark"}, name)
     registry.move_alias(
         cl, contracts.ALIAS_CHAMPION, version, action="benchmark", reason="benchmark", name=name

@@ -122,3 +122,19 @@ def test_saved_runs_over_the_same_folds_are_compared_fold_by_fold(benchmarks, tm
     assert "other folds" in err and "['seed']" in err
     with pytest.raises(ValueError, match="in an earlier file too"):
         bench_model_cv.load_saved([default, default])
+
+
+def test_bench_int8_quantizes_and_compares_with_the_float_model(benchmarks, tmp_path):
+    import bench_int8
+
+    out = tmp_path / "int8.json"
+    argv = ["--model-dir", str(tmp_path / "no-model"), "--project", str(tmp_path)]
+    argv += ["--architecture", "small_cnn", "--image-size", "64", "--resize-size", "64"]
+    argv += ["--calibration", "8", "--runs", "20", "--json", str(out)]
+    assert bench_int8.main(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == "untrained head" and figures["calibration_images"] == 8
+    fp32, int8 = figures["models"]["float"], figures["models"]["int8"]
+    assert int8["size_mb"] < fp32["size_mb"]  # int8 weights
+    assert int8["batch1_p50_ms"] > 0 and fp32["batch8_p50_ms"] > 0
+    assert 0 <= int8["samples_f1_macro"] <= 1 and 0 <= figures["agreement"]["samples"] <= 1

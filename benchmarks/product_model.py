@@ -1,0 +1,29 @@
+"""The product architecture with its ImageNet weights and an untrained head: the compute of
+the real champion, for benchmarks that need a serving model without training one."""
+
+from __future__ import annotations
+
+from plants_mlops import contracts
+from plants_mlops.model import artifact
+
+
+def untrained_product_model(
+    architecture: str, image_size: int, resize_size: int, run_id: str | None = None
+) -> tuple[bytes, artifact.ServingMeta]:
+    """(ONNX bytes under the serving contract, its serving meta)."""
+    from plants_mlops.model.architectures import LITE_VARIANTS, SPECS, build_model
+    from plants_mlops.model.export import onnx_bytes
+
+    weights = "imagenet" if architecture in LITE_VARIANTS else None
+    model = build_model(architecture, image_size=image_size, weights=weights).eval()
+    spec = SPECS[architecture]
+    meta = artifact.ServingMeta(
+        labels=contracts.LABELS,
+        image_size=image_size,
+        resize_size=resize_size,
+        mean=spec.mean,
+        std=spec.std,
+        architecture=architecture,
+        mlflow_run_id=run_id,
+    )
+    return onnx_bytes(model, image_size), meta
