@@ -153,3 +153,32 @@ def test_dashboards_start_at_once_and_a_failed_one_leaves_the_others_stoppable(
     assert dashboards.stop_all(tmp_path) == [f"stopped web ({url})"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(url, timeout=5)
+
+
+def test_dashboard_ports_stay_below_the_ephemeral_range_and_skip_a_port_in_use(monkeypatch):
+    """A UI's port must be free to bind, not only free of listeners: a port held as the
+    local end of a connection passed the old connect test, and a port in the kernel's
+    ephemeral range can be taken by any outgoing connection before the UI binds it (the
+    ZenML daemon of `plants-mlops dashboards` then died: "TCP port ... is not available")."""
+    import socket
+    from types import SimpleNamespace
+
+    from plants_mlops.orchestration import dashboards
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [dashboards._port("PLANTS_TEST_UNSET_PORT") for _ in range(50)]
+    assert all(20000 <= p < low for p in ports), ports
+
+    with socket.socket() as held:  # bound, not listening: what a connection's local end is
+        for candidate in range(20000, low):
+            try:
+                held.bind((dashboards.HOST, candidate))
+                break
+            except OSError:
+                continue
+        taken = held.getsockname()[1]
+        draws = iter([taken, taken + 1 if taken + 1 < low else taken - 1])
+        monkeypatch.setattr(dashboards, "random", SimpleNamespace(randint=lambda a, b: next(draws)))
+        port = dashboards._port("PLANTS_TEST_UNSET_PORT")
+    assert port != taken
+    assert dashboards._ephemeral_low() == low

@@ -41,14 +41,36 @@ def _state_dir(project: Path) -> Path:
     return path
 
 
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The lowest port the kernel hands out as the local port of outgoing connections."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default range starts here
+
+
+def _bindable(port: int) -> bool:
+    """Nothing holds ``port`` on HOST: no listener, and no connection using it as its local
+    port (a connect test sees only the first; the UI's own bind fails on either)."""
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def _port(var: str) -> int:
-    """``$var`` if set, else a free port below 49152 (kedro-viz refuses the ephemeral range)."""
+    """``$var`` if set, else a free port from 20000 up to the kernel's ephemeral range: a port
+    inside it can be taken by any outgoing connection between this check and the UI's bind
+    (the ZenML daemon then died with "port not available"); kedro-viz refuses the range."""
     if os.environ.get(var):
         return int(os.environ[var])
+    high = max(20001, min(45000, _ephemeral_low() - 1))
     for _ in range(200):
-        port = random.randint(20000, 45000)
-        with _PORT_LOCK, socket.socket() as s:
-            if port not in _HANDED_OUT and s.connect_ex((HOST, port)) != 0:
+        port = random.randint(20000, high)
+        with _PORT_LOCK:
+            if port not in _HANDED_OUT and _bindable(port):
                 _HANDED_OUT.add(port)
                 return port
     raise UserFacingError(f"no free port found; set {var}")
