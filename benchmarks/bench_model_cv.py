@@ -19,6 +19,7 @@ models; the serving ONNX size and batch-1 ONNX Runtime latency (p50); and, for a
     python benchmarks/bench_model_cv.py --candidates lite0_128,lite1_128 --folds 3
     python benchmarks/bench_model_cv.py --exclude-ids docs/curation/top20.json   # curated pool
     python benchmarks/bench_model_cv.py --from-json default.json,lite0_192.json  # paired
+    python benchmarks/bench_model_cv.py --repeated 'runs/cv_s*.json'  # fresh folds per --seed
 
 Data: ``--pool`` (default: the shared dataset, else samples/plants): ``{label}/*.jpg``,
 square-resized to the formatting size (160 px, or the candidate's input size when larger).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import glob
 import json
 import os
 import sys
@@ -402,6 +404,110 @@ def load_saved(paths: list[str]) -> tuple[list[dict], dict]:
     return headers, results
 
 
+def _label(name: str, header: dict) -> str:
+    """A candidate as it was run: its name, its epoch budget and the images left out."""
+    label = f"{name} {header['epochs']}ep"
+    return label + (f" -{header['excluded']} excluded" if header.get("excluded") else "")
+
+
+def repeated_runs(paths: list[str]) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """label -> seed -> (header, result) of saved ``--json`` runs cut with any ``--seed``."""
+    runs: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        header = {k: v for k, v in saved.items() if k != "results"}
+        for name, result in saved["results"].items():
+            by_seed = runs.setdefault(_label(name, header), {})
+            if header["seed"] in by_seed:
+                raise ValueError(
+                    f"{path}: {name} with seed {header['seed']} is in an earlier file too"
+                )
+            by_seed[header["seed"]] = (header, result)
+    return runs
+
+
+def repeated_summary(runs: dict, baseline: str) -> dict[str, dict]:
+    """Repeated k-fold CV: per candidate the mean macro F1 over every fold of every seed, the
+    95 % interval over the seeds' means (a seed's folds share their training images, so the
+    seed is the independent unit), and the difference to ``baseline`` paired within each
+    seed whose folds both were cut the same way."""
+    out = {}
+    for label, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        results = [by_seed[s][1] for s in seeds]
+        mean, lo, hi = t_interval([r["f1_macro_mean"] for r in results])
+        row = {
+            "seeds": seeds,
+            "folds": sum(len(r["folds"]) for r in results),
+            "f1_macro_mean": float(np.mean([f["f1_macro"] for r in results for f in r["folds"]])),
+            "f1_macro_ci95_over_seeds": [lo, hi],
+            "errors_total": sum(r["errors_total"] for r in results),
+            "n_total": sum(r["n_total"] for r in results),
+            "ece_mean": float(np.mean([r["ece_mean"] for r in results])),
+            "ece_calibrated_mean": float(np.mean([r["ece_calibrated_mean"] for r in results])),
+            "fit_seconds_mean": float(np.mean([r["fit_seconds_mean"] for r in results])),
+            "devices": sorted(
+                {by_seed[s][0].get("gpu") or by_seed[s][0].get("device", "cpu") for s in seeds}
+            ),
+        }
+        if all("f1_macro_tta_mean" in r for r in results):
+            row["f1_macro_tta_mean"] = float(np.mean([r["f1_macro_tta_mean"] for r in results]))
+        base = runs.get(baseline, {})
+        shared = [
+            s
+            for s in seeds
+            if s in base
+            and label != baseline
+            and all(by_seed[s][0].get(k) == base[s][0].get(k) for k in FOLD_KEYS)
+        ]
+        if shared:
+            diffs = [by_seed[s][1]["f1_macro_mean"] - base[s][1]["f1_macro_mean"] for s in shared]
+            row["paired_vs_default"] = {
+                "seeds": shared,
+                "diff_ci95": list(t_interval(diffs)),
+                "better": sum(d > 1e-9 for d in diffs),
+                "worse": sum(d < -1e-9 for d in diffs),
+            }
+        out[label] = row
+    return out
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 5, 42]`` -> ``1-3, 5, 42``."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(v) if v == start else f"{start}-{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def repeated_markdown(summary: dict) -> str:
+    lines = [
+        "| candidate (epochs, pool) | seeds | folds | macro F1 mean [95% CI over seeds] | errors | "
+        "vs default, paired within seeds [95% CI] | seeds better / worse | flip TTA | "
+        "ECE raw -> T-scaled | fit s/fold | device |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in summary.items():
+        lo, hi = r["f1_macro_ci95_over_seeds"]
+        pair = r.get("paired_vs_default")
+        d, wl = "-", "-"
+        if pair:
+            m, plo, phi = pair["diff_ci95"]
+            d = f"{m:+.4f} [{plo:+.3f}, {phi:+.3f}] ({len(pair['seeds'])} seeds)"
+            wl = f"{pair['better']} / {pair['worse']}"
+        tta = f"{r['f1_macro_tta_mean']:.4f}" if "f1_macro_tta_mean" in r else "-"
+        seed_text = _ranges(r["seeds"])
+        lines.append(
+            f"| {label} | {seed_text} | {r['folds']} | {r['f1_macro_mean']:.4f} [{lo:.3f}, {hi:.3f}] | "
+            f"{r['errors_total']}/{r['n_total']} | {d} | {wl} | {tta} | {r['ece_mean']:.3f} -> "
+            f"{r['ece_calibrated_mean']:.3f} | {r['fit_seconds_mean']:.0f} | {', '.join(r['devices'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -427,10 +533,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", help="write the results here (rewritten after each candidate)")
     p.add_argument(
+        "--repeated",
+        help="summarise saved --json runs cut with different --seed values (comma-separated "
+        "files or globs): repeated k-fold CV per candidate, paired with the default per seed",
+    )
+    p.add_argument(
         "--from-json",
         help="print the tables of saved --json files (comma-separated, same folds) and exit",
     )
     args = p.parse_args(argv)
+    if args.repeated:
+        paths = sorted({f for pattern in args.repeated.split(",") for f in glob.glob(pattern)})
+        if not paths:
+            p.error(f"--repeated {args.repeated}: no file matches")
+        try:
+            runs = repeated_runs(paths)
+        except ValueError as exc:
+            p.error(str(exc))
+        summary = repeated_summary(runs, f"{BASELINE} {_defaults()['epochs']}ep")
+        print(f"{len(paths)} runs")
+        print(repeated_markdown(summary))
+        return 0
     if args.from_json:
         try:
             headers, results = load_saved(args.from_json.split(","))
@@ -496,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
         "val_fraction": args.val_fraction,
         "seed": args.seed,
         "device": args.device,
+        "gpu": torch.cuda.get_device_name(0)
+        if args.device != "cpu" and torch.cuda.is_available()
+        else None,
+        "torch": torch.__version__,
         "torch_threads": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_start": os.getloadavg(),

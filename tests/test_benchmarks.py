@@ -124,6 +124,41 @@ def test_saved_runs_over_the_same_folds_are_compared_fold_by_fold(benchmarks, tm
         bench_model_cv.load_saved([default, default])
 
 
+def test_repeated_cv_pairs_each_seed_with_the_default_cut_the_same_way(
+    benchmarks, tmp_path, capsys
+):
+    import bench_model_cv
+
+    files = [
+        _saved_run(tmp_path / "d1.json", "lite0_128", [0.9, 1.0], seed=1),
+        _saved_run(tmp_path / "d2.json", "lite0_128", [0.9, 0.9], seed=2),
+        _saved_run(tmp_path / "c1.json", "lite0_224", [1.0, 1.0], seed=1),
+        _saved_run(tmp_path / "c2.json", "lite0_224", [0.9, 0.8], seed=2),
+    ]
+    curated = json.loads(Path(files[0]).read_text()) | {"excluded": 3, "pool_size": 57}
+    (tmp_path / "k1.json").write_text(json.dumps(curated))
+    runs = bench_model_cv.repeated_runs([*files, str(tmp_path / "k1.json")])
+    summary = bench_model_cv.repeated_summary(runs, "lite0_128 12ep")
+    cand = summary["lite0_224 12ep"]
+    assert cand["seeds"] == [1, 2] and cand["folds"] == 4
+    assert cand["f1_macro_mean"] == pytest.approx(0.925)
+    # seed 1: 1.0 - 0.95 = +0.05, seed 2: 0.85 - 0.90 = -0.05
+    pair = cand["paired_vs_default"]
+    assert pair["seeds"] == [1, 2] and (pair["better"], pair["worse"]) == (1, 1)
+    assert pair["diff_ci95"][0] == pytest.approx(0.0) and pair["diff_ci95"][1] < -0.05
+    assert "paired_vs_default" not in summary["lite0_128 12ep"]
+    # a pool with images left out is other folds: reported on its own, never paired
+    assert "paired_vs_default" not in summary["lite0_128 12ep -3 excluded"]
+    assert summary["lite0_128 12ep -3 excluded"]["n_total"] == 60
+
+    assert bench_model_cv.main(["--repeated", str(tmp_path / "[cd]*.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| lite0_224 12ep | 1-2 | 4 | 0.9250 [" in out and "| 1 / 1 |" in out
+    with pytest.raises(ValueError, match="seed 1 is in an earlier file too"):
+        bench_model_cv.repeated_runs([files[0], files[0]])
+    assert bench_model_cv._ranges([1, 2, 3, 5, 42]) == "1-3, 5, 42"
+
+
 def test_bench_int8_quantizes_and_compares_with_the_float_model(benchmarks, tmp_path):
     import bench_int8
 
