@@ -51,6 +51,31 @@ def test_training_on_cpu_is_deterministic_for_a_fixed_seed(data):
     assert len(hist_a["epochs"]) == TINY["epochs"]
 
 
+def test_loader_workers_start_once_per_fit_and_stay_reproducible(data, tmp_path, monkeypatch):
+    """With DataLoader workers (CUDA's default: 4) the workers live for the whole fit: on
+    the lent H200 restarting them every epoch was most of an epoch (docs/benchmarks.md)."""
+    import os
+
+    from plants_mlops.model import train as train_module
+
+    pids = tmp_path / "pids"
+
+    class RecordingDataset(train_module.AugmentedDataset):
+        def __getitem__(self, i):
+            with pids.open("a") as f:  # runs in the worker processes
+                f.write(f"{os.getpid()}\n")
+            return super().__getitem__(i)
+
+    monkeypatch.setattr(train_module, "AugmentedDataset", RecordingDataset)
+    params = deep_merge(TINY, {"num_workers": 2, "early_stopping": {"patience": 99}})
+    ckpt_a, hist_a = train_model(data.dataset_index, data.fmt_images, params)
+    workers = set(pids.read_text().split())
+    assert len(hist_a["epochs"]) == 3 and len(workers) == 2 and str(os.getpid()) not in workers
+    ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, params)
+    a, b = load_checkpoint(ckpt_a)[0].state_dict(), load_checkpoint(ckpt_b)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_another_seed_gives_another_model(data):
     ckpt_a, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
     ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1, "seed": 8})

@@ -136,7 +136,7 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         num_workers=params.loader_workers(cuda),
         pin_memory=cuda,
         drop_last=len(train_ds) > params.batch_size,
-        persistent_workers=False,
+        persistent_workers=params.loader_workers(cuda) > 0,
     )
     val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
     val_y = splits["val"].labels
