@@ -24,14 +24,24 @@ TRAIN = {
 GATE = {"registry.gate.min_f1": 0.0, "registry.gate.require_beat_baseline": "false"}
 
 
+# int8 whatever the small CNN's F1 does (the F1 rule has its own tests in test_training.py)
+INT8 = {"training.serving_precision.mode": "int8", "training.serving_precision.max_f1_drop": 1.0}
+
+
 @pytest.mark.slow
 def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monkeypatch, capsys):
     for pipeline in ("training", "evaluation", "registry"):
-        data_project.run(pipeline, params={**TRAIN, **GATE})
+        data_project.run(pipeline, params={**TRAIN, **GATE, **INT8})
 
     data = data_project.path / "data"
-    for name in ("model.onnx", "model_checkpoint.pt", "serving_meta.json"):
+    for name in ("model.onnx", "model_fp32.onnx", "model_checkpoint.pt", "serving_meta.json"):
         assert (data / "06_models" / name).stat().st_size > 0
+    # the int8 model serves; the float export is kept beside it; the choice is recorded
+    choice = json.loads((data / "08_reporting" / "serving_precision.json").read_text())
+    assert choice["precision"] == "int8" and choice["mode"] == "int8"
+    assert choice["model_bytes_int8"] == (data / "06_models" / "model.onnx").stat().st_size
+    assert choice["model_bytes_fp32"] == (data / "06_models" / "model_fp32.onnx").stat().st_size
+    assert 0.0 <= choice["val_f1_macro_int8"] <= 1.0 and choice["calibration_images"] > 0
     summary = json.loads((data / "08_reporting" / "training_report.json").read_text())
     fingerprint = json.loads((data / "03_primary" / "dataset_fingerprint.json").read_text())
     assert summary["dataset_fingerprint"] == fingerprint["fingerprint"]
@@ -39,6 +49,7 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     meta = json.loads((data / "06_models" / "serving_meta.json").read_text())
     assert meta["mlflow_run_id"] == summary["mlflow_run_id"]
     assert meta["resize_size"] == 160 and meta["image_size"] == 64
+    assert meta["precision"] == "int8" and summary["serving_precision"] == choice
 
     report = json.loads((data / "08_reporting" / "evaluation_report.json").read_text())
     assert report["mlflow_run_id"] == summary["mlflow_run_id"]
@@ -54,8 +65,8 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     capsys.readouterr()
     assert cli.main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["version"], r["aliases"], r["verdict"]) for r in rows] == [
-        ("1", ["champion"], "pass")
+    assert [(r["version"], r["aliases"], r["verdict"], r["precision"]) for r in rows] == [
+        ("1", ["champion"], "pass", "int8")
     ]
 
 

@@ -86,7 +86,7 @@ def test_model_shows_version_metrics_fingerprint_and_lineage_to_the_mlflow_run(c
     assert body["lineage"]["run_id"] == reg.run_id
     assert body["lineage"]["run_url"].endswith(f"/runs/{reg.run_id}")
     assert body["lineage"]["metrics"]["test_accuracy"] == 0.5
-    assert body["embedding_dim"] == 32
+    assert body["embedding_dim"] == 32 and body["precision"] == "fp32"
     assert body["last_reload_error"] is None
 
 

@@ -10,7 +10,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from support import images, servers
-from support.champion import register_champion, set_champion, unique_model_name
+from support.champion import (
+    register_champion,
+    serving_meta,
+    set_champion,
+    tiny_cnn_onnx,
+    unique_model_name,
+)
 from support.serving import ADMIN_KEY, api_in_process, predict_burst, running_api
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -19,6 +25,36 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 def _predict(client: httpx.Client, i: int = 0) -> httpx.Response:
     data = images.sample_jpeg(i % 50, "dandelion" if i % 2 else "grass")
     return client.post("/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+
+
+def test_a_static_int8_champion_is_served_and_says_so(tmp_path, mlflow_tracking_uri):
+    """What training registers when int8 wins (model/quantize.py): the API runs the QDQ
+    graph as it is, with the float model's answers, and reports the precision."""
+    import numpy as np
+
+    from plants_mlops import imaging
+    from plants_mlops.model import artifact, quantize
+
+    name = unique_model_name()
+    float_onnx = tiny_cnn_onnx(seed=3)
+    meta = artifact.ServingMeta.parse(serving_meta(64, None, 160))
+    fp32 = artifact.ServingArtifact.from_bytes(float_onnx, meta, threads=1)
+    blobs = [images.sample_jpeg(i, "dandelion" if i % 2 else "grass") for i in range(16)]
+    x = np.stack([fp32.preprocess(imaging.decode_image(b).image)[0] for b in blobs])
+    int8_onnx = quantize.quantize_int8(float_onnx, x)
+    version = register_champion(
+        mlflow_tracking_uri, name=name, onnx=int8_onnx, precision="int8"
+    ).version
+    expected = fp32.run(x).probabilities
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as c:
+        body = c.get("/model").json()
+        answers = [
+            c.post("/predict", files={"file": ("x.jpg", b, "image/jpeg")}).json() for b in blobs
+        ]
+    assert (body["version"], body["precision"]) == (version, "int8")
+    served = np.array([[a["probabilities"][lab] for lab in meta.labels] for a in answers])
+    assert np.abs(served - expected).max() < 0.02  # the float model's answers, quantized
+    assert [a["label"] for a in answers] == [meta.labels[i] for i in expected.argmax(axis=1)]
 
 
 def test_ready_is_503_and_predict_503_until_a_champion_exists_then_reload_serves_it(

@@ -6,6 +6,7 @@ import logging
 import time
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from support import model_data
@@ -74,6 +75,60 @@ def test_loader_workers_start_once_per_fit_and_stay_reproducible(data, tmp_path,
     ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, params)
     a, b = load_checkpoint(ckpt_a)[0].state_dict(), load_checkpoint(ckpt_b)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _precision(data, **policy):
+    """The trained TINY model through choose_serving_precision with this policy."""
+    from plants_mlops.pipelines.training.nodes import choose_serving_precision
+
+    ckpt, history = train_model(data.dataset_index, data.fmt_images, TINY)
+    float_onnx = export_serving_model(ckpt, TINY)
+    params = deep_merge(TINY, {"serving_precision": policy})
+    served, record = choose_serving_precision(
+        float_onnx, history, data.dataset_index, data.fmt_images, params
+    )
+    return float_onnx, served, record
+
+
+def test_an_int8_serving_model_keeps_the_contract_and_records_its_validation_f1(data):
+    float_onnx, served, record = _precision(data, mode="int8", max_f1_drop=1.0)
+    assert record["precision"] == "int8" and served != float_onnx
+    assert record["model_bytes_int8"] == len(served) and record["model_bytes_fp32"] == len(
+        float_onnx
+    )
+    n_val = int((data.dataset_index["split"] == "val").sum())
+    assert record["val_images"] == n_val and record["calibration_images"] == min(
+        TINY["serving_precision"]["calibration_images"],
+        int((data.dataset_index["split"] == "train").sum()),
+    )
+    assert 0.0 <= record["val_f1_macro_int8"] <= 1.0 and 0.0 <= record["val_agreement"] <= 1.0
+    # a QDQ graph that ONNX Runtime runs with the serving contract
+    session = artifact.open_session(served, threads=1)
+    ops = {node.op_type for node in onnx.load_from_string(served).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = np.zeros((2, 3, TINY["image_size"], TINY["image_size"]), np.float32)
+    logits, emb = session.run([ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING], {ONNX_INPUT: x})
+    assert logits.shape == (2, len(LABELS)) and emb.shape[0] == 2
+
+
+def test_int8_is_refused_when_it_loses_validation_f1_or_is_not_faster(data):
+    # a limit no quantized model can meet (its F1 would have to beat fp32's by 1.0)
+    float_onnx, served, record = _precision(data, mode="int8", max_f1_drop=-1.0)
+    assert served == float_onnx and record["precision"] == "fp32"
+    assert "validation macro F1" in record["reason"] and "serving fp32" in record["reason"]
+    # auto measures both; a speed-up nobody reaches keeps fp32, with both latencies
+    float_onnx, served, record = _precision(data, mode="auto", max_f1_drop=1.0, min_speedup=1e6)
+    assert served == float_onnx and record["precision"] == "fp32"
+    assert record["latency_p50_ms_fp32"] > 0 and record["latency_p50_ms_int8"] > 0
+    assert "min_speedup" in record["reason"]
+    # fp32: the export as is, nothing quantized
+    float_onnx, served, record = _precision(data, mode="fp32")
+    assert served == float_onnx and record == {
+        "mode": "fp32",
+        "precision": "fp32",
+        "model_bytes_fp32": len(float_onnx),
+        "reason": "training.serving_precision.mode is fp32",
+    }
 
 
 def test_another_seed_gives_another_model(data):

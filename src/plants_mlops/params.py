@@ -154,6 +154,19 @@ class Calibration(Params):
     min_nll_gain: float
 
 
+class ServingPrecision(Params):
+    """The precision of the ONNX model the API serves (``model/quantize.py``)."""
+
+    # fp32: the float export; int8: static QDQ int8 when its validation macro F1 stays
+    # within max_f1_drop of fp32's; auto: int8 only when it is also min_speedup times
+    # faster at batch 1 on the training machine.
+    mode: Literal["fp32", "int8", "auto"]
+    max_f1_drop: float
+    min_speedup: float
+    calibration_images: int
+    latency_runs: int
+
+
 class TrainingMlflow(Params):
     enabled: bool
     tracking_uri: str | None
@@ -181,6 +194,7 @@ class TrainingParams(Params):
     num_workers: int | None
     max_images_per_split: int | None
     onnx_opset: int
+    serving_precision: ServingPrecision
     quiet: bool
     mlflow: TrainingMlflow
 

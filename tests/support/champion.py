@@ -55,6 +55,14 @@ def build_tiny_cnn(seed: int = 0, embedding_dim: int = 32):
     return TinyNet().eval()
 
 
+def tiny_cnn_onnx(seed: int = 0, image_size: int = 64) -> bytes:
+    """The tiny CNN's serving graph as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(build_tiny_cnn(seed), path, image_size)
+        return path.read_bytes()
+
+
 def export_onnx(model, path: Path, image_size: int) -> None:
     import torch
 
@@ -76,10 +84,15 @@ def export_onnx(model, path: Path, image_size: int) -> None:
 
 
 def serving_meta(
-    image_size: int, run_id: str | None, resize_size: int, architecture: str = "tiny-cnn"
+    image_size: int,
+    run_id: str | None,
+    resize_size: int,
+    architecture: str = "tiny-cnn",
+    precision: str = "fp32",
 ) -> dict:
     """Serving meta in the shape training writes (``model/artifact.ServingMeta``)."""
     return {
+        "precision": precision,
         "labels": list(contracts.LABELS),
         "image_size": image_size,
         "resize_size": resize_size,
@@ -102,12 +115,15 @@ def register_champion(
     set_alias: bool = True,
     experiment: str = "serving-tests",
     name: str = contracts.REGISTERED_MODEL_NAME,
+    onnx: bytes | None = None,
+    precision: str = "fp32",
 ) -> RegisteredChampion:
     """Log + register a new version exactly as the training and registry stages do
     (``model/artifact.log_serving_model``, ``model/registry.register_version``) and, by
     default, make it the champion (an audited alias move).
 
-    ``broken=True`` registers a valid ONNX graph that breaks the serving contract (for
+    ``onnx``/``precision``: register this graph (e.g. a static int8 one) instead of the
+    tiny CNN. ``broken=True`` registers a valid ONNX graph that breaks the serving contract (for
     the failed-to-load tests); the version is still a real registry entry, logged as a
     plain MLflow artifact because the artifact module refuses to log such a graph.
     """
@@ -121,6 +137,8 @@ def register_champion(
         resize_size=resize_size,
         broken=broken,
         experiment=experiment,
+        onnx=onnx,
+        precision=precision,
     )
     run_id = logged.run_id
     version = registry.register_version(cl, logged, {"verdict": "test"}, name)
@@ -141,16 +159,17 @@ def log_candidate(
     experiment: str = "serving-tests",
     onnx: bytes | None = None,
     architecture: str = "tiny-cnn",
+    precision: str = "fp32",
 ):
     """A finished MLflow run with a logged (not registered) serving model, as the training
     stage leaves it; returns (LoggedArtifact, serving meta). ``onnx``: log this serving
-    graph (of ``architecture``) instead of the tiny CNN."""
+    graph (of ``architecture``, in ``precision``) instead of the tiny CNN."""
     from plants_mlops.model import artifact, tracking
 
     cl = tracking.client(tracking_uri)
     run = cl.create_run(tracking.experiment_id(cl, experiment))
     run_id = run.info.run_id
-    meta = serving_meta(image_size, run_id, resize_size, architecture)
+    meta = serving_meta(image_size, run_id, resize_size, architecture, precision)
     tracking.Run(cl, run_id, run.info.experiment_id).log_metrics(
         {f"test_{k}": v for k, v in meta["test_metrics"].items()}
     )

@@ -316,6 +316,10 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     f1 = (summaries.get("evaluation", {}).get("metrics") or {}).get("test_f1_macro")
     score = f" (test F1 {f1:.4f})" if f1 is not None else ""
     version, verdict = registry.get("model_version", "?"), registry.get("verdict")
+    choice = REPORTING / "serving_precision.json"
+    if choice.exists():
+        precision = json.loads(choice.read_text())
+        log.info("serving model: %s (%s)", precision["precision"], precision["reason"])
     if verdict == "pass":
         log.info("champion: version %s%s", version, score)
     else:

@@ -80,7 +80,7 @@ def list_command(args: argparse.Namespace) -> int:
     if rows and not args.json:
         print(
             f"{'version':>7}  {'aliases':<20} {'verdict':<7} {'test_f1':>7} {'test_acc':>8}  "
-            f"{'created (UTC)':<25} run_id"
+            f"{'precision':<9}  {'created (UTC)':<25} run_id"
         )
     return _emit(
         args,
@@ -89,7 +89,7 @@ def list_command(args: argparse.Namespace) -> int:
         lambda r: (
             f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {r['verdict'] or '-':<7} "
             f"{_fmt(r['test_f1_macro']):>7} {_fmt(r['test_accuracy']):>8}  "
-            f"{r['created_at']:<25} {r['run_id'] or '-'}"
+            f"{r['precision']:<9}  {r['created_at']:<25} {r['run_id'] or '-'}"
         ),
     )
 

@@ -60,6 +60,9 @@ class ServingMeta(BaseModel):
     # probabilities are softmax(logits / temperature). Artifacts from before calibration
     # have none: 1.0, the plain softmax.
     temperature: float = 1.0
+    # The ONNX graph's number format (model/quantize.py): "fp32" or "int8" (static QDQ).
+    # Artifacts from before the choice existed are float.
+    precision: str = "fp32"
 
     @field_validator("dataset_fingerprint", mode="before")
     @classmethod

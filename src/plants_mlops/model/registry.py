@@ -99,6 +99,11 @@ def measure_onnx_latency_ms(
 
 
 def _latency_p50_ms(session, image_size: int, runs: int) -> float:
+    return float(np.median(latency_samples_ms(session, image_size, runs)))
+
+
+def latency_samples_ms(session, image_size: int, runs: int) -> list[float]:
+    """``runs`` timed batch-1 runs of an open session (after 5 warm-up runs), in ms."""
     from plants_mlops.contracts import ONNX_INPUT
 
     x = np.zeros((1, 3, image_size, image_size), np.float32)
@@ -108,8 +113,8 @@ def _latency_p50_ms(session, image_size: int, runs: int) -> float:
     for _ in range(max(runs, 1)):
         t0 = time.perf_counter()
         session.run(None, {ONNX_INPUT: x})
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000.0)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
 
 
 def measure_version(
@@ -407,6 +412,8 @@ def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
                 "test_f1_macro": _float(tags.get("test_f1_macro")),
                 "test_accuracy": _float(tags.get("test_accuracy")),
                 "dataset_fingerprint": tags.get("dataset_fingerprint"),
+                # versions registered before the choice existed served fp32
+                "precision": tags.get("serving_precision", "fp32"),
             }
         )
     return rows

@@ -42,6 +42,7 @@ class ServingModel(RegisteredArtifact):
             "source": self.source,
             "run_id": self.run_id,
             "architecture": self.meta.architecture,
+            "precision": self.meta.precision,
             "labels": list(self.meta.labels),
             "image_size": self.meta.image_size,
             "resize_size": self.meta.resize_size,

@@ -68,6 +68,7 @@ class ModelResponse(BaseModel):
     model_uri: str
     run_id: str | None = None
     architecture: str
+    precision: str = "fp32"  # "int8": a static QDQ int8 graph (docs/model.md)
     labels: list[str]
     image_size: int
     resize_size: int

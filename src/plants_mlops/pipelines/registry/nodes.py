@@ -69,6 +69,9 @@ def register_and_gate(
         "mlflow_run_id": run_id,
         "test_f1_macro": f"{candidate_f1:.6f}",
         "test_accuracy": f"{metrics['accuracy']:.6f}",
+        "serving_precision": (training_report.get("serving_precision") or {}).get(
+            "precision", "fp32"
+        ),
     }
     previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
     version = registry.register_version(cl, logged, identity, name)

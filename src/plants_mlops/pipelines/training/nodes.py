@@ -161,6 +161,57 @@ def export_serving_model(model_checkpoint: bytes, params: dict[str, Any]) -> byt
     return data
 
 
+def _serving_meta(training_history: dict, **fields):
+    """The serving metadata that the training history fixes (preprocessing, temperature)."""
+    from plants_mlops.model import artifact
+
+    cfg = training_history["config"]
+    return artifact.ServingMeta(
+        labels=LABELS,
+        image_size=int(cfg["image_size"]),
+        resize_size=int(training_history["resize_size"]),
+        mean=tuple(training_history["mean"]),
+        std=tuple(training_history["std"]),
+        architecture=cfg["architecture"],
+        temperature=(training_history.get("calibration") or {}).get("temperature", 1.0),
+        **fields,
+    )
+
+
+def choose_serving_precision(
+    float_serving_model: bytes,
+    training_history: dict,
+    dataset_index: pd.DataFrame,
+    fmt_images: dict,
+    params: dict[str, Any],
+) -> tuple[bytes, dict]:
+    """The model the API will serve: the float export, or its static int8 version when that
+    keeps the validation macro F1 (and, in ``auto``, is faster here). Returns (serving
+    model, the record of the choice: precision, reason, F1 and latency of both)."""
+    from plants_mlops.model import quantize
+    from plants_mlops.model.data import load_subset
+
+    p = parse(TrainingParams, params, "training")
+    policy = p.serving_precision
+    if policy.mode == quantize.FP32:
+        return quantize.choose_precision(float_serving_model, None, (), (), None, policy)
+    splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
+    train, val = splits["train"], splits["val"]
+    rng = np.random.default_rng(p.seed)
+    picked = rng.choice(len(train), size=min(policy.calibration_images, len(train)), replace=False)
+    calibration = [train.images[int(i)] for i in sorted(picked)]
+    model, record = quantize.choose_precision(
+        float_serving_model,
+        _serving_meta(training_history),
+        calibration,
+        val.images,
+        val.labels,
+        policy,
+    )
+    log.info("serving precision: %s (%s)", record["precision"], record["reason"])
+    return model, record
+
+
 def log_training_run(
     model_checkpoint: bytes,
     serving_model: bytes,
@@ -169,10 +220,14 @@ def log_training_run(
     fmt_images: dict,
     dataset_fingerprint: dict,
     params: dict[str, Any],
+    serving_precision: dict | None = None,
 ) -> tuple[dict, dict, dict]:
     """Test the ONNX model on the test split (serving preprocessing) and log the run:
     params, per-epoch metrics, fingerprint and split sizes, git commit, figures, and the
     model (``model/artifact.py``: ONNX flavour, signature, input example, serving meta).
+
+    ``serving_precision`` is the record of :func:`choose_serving_precision` (none: the
+    model is the float export).
 
     Returns (serving_meta, training_report, training_summary).
     """
@@ -183,17 +238,13 @@ def log_training_run(
     p = parse(TrainingParams, params, "training")
     cfg = training_history["config"]
     fingerprint = (dataset_fingerprint or {}).get("fingerprint")
-    meta = artifact.ServingMeta(
-        labels=LABELS,
-        image_size=int(cfg["image_size"]),
-        resize_size=int(training_history["resize_size"]),
-        mean=tuple(training_history["mean"]),
-        std=tuple(training_history["std"]),
-        architecture=cfg["architecture"],
+    precision = serving_precision or {"precision": "fp32", "reason": "float export"}
+    meta = _serving_meta(
+        training_history,
         dataset_fingerprint=fingerprint,
         model_sha256=hashlib.sha256(serving_model).hexdigest(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        temperature=(training_history.get("calibration") or {}).get("temperature", 1.0),
+        precision=precision["precision"],
     )
     test = load_subset(dataset_index, fmt_images, ("test",), p)["test"]
     served = artifact.ServingArtifact.from_bytes(serving_model, meta)
@@ -215,6 +266,7 @@ def log_training_run(
         "train_seconds": training_history["train_seconds"],
         "images_per_second": training_history["images_per_second"],
         "model_size_bytes": len(serving_model),
+        "serving_precision": precision,
         "checkpoint_size_bytes": len(model_checkpoint),
         "val_metrics": scalar_metrics(training_history.get("val_metrics") or {}),
         "calibration": scalar_metrics(training_history.get("calibration") or {}),
@@ -286,9 +338,19 @@ def _log_run(
                 "git_commit": report["git_commit"] or "unknown",
                 "architecture": cfg["architecture"],
                 "device": history["device"],
+                "serving_precision": meta.precision,
                 "plants.stage": "training",
             }
         )
+        precision = report["serving_precision"]
+        run.log_metrics(
+            {
+                f"precision_{k}": float(v)
+                for k, v in precision.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+        )
+        run.log_dict(precision, "serving/precision.json")
         for row in history["epochs"]:
             run.log_metrics(
                 {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])

@@ -1,9 +1,16 @@
-"""``kedro run --pipelines training``: dataset index + fmt images -> checkpoint, ONNX serving
-model, serving metadata and an MLflow run (see docs/model.md)."""
+"""``kedro run --pipelines training``: dataset index + fmt images -> checkpoint, float ONNX
+export, the serving model in its chosen precision (fp32 or int8), serving metadata and an
+MLflow run (see docs/model.md)."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import export_serving_model, log_training_run, require_valid_data, train_model
+from .nodes import (
+    choose_serving_precision,
+    export_serving_model,
+    log_training_run,
+    require_valid_data,
+    train_model,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -24,8 +31,20 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 export_serving_model,
                 inputs=["model_checkpoint", "params:training"],
-                outputs="serving_model",
+                outputs="float_serving_model",
                 name="export_serving_model",
+            ),
+            Node(
+                choose_serving_precision,
+                inputs=[
+                    "float_serving_model",
+                    "training_history",
+                    "validated_dataset_index",
+                    "fmt_images",
+                    "params:training",
+                ],
+                outputs=["serving_model", "serving_precision"],
+                name="choose_serving_precision",
             ),
             Node(
                 log_training_run,
@@ -37,6 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "fmt_images",
                     "dataset_fingerprint",
                     "params:training",
+                    "serving_precision",
                 ],
                 outputs=["serving_meta", "training_report", "training_summary"],
                 name="log_training_run",
