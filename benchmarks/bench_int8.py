@@ -4,10 +4,12 @@ Quantizes an ONNX serving model with ONNX Runtime's static quantization (QDQ for
 per-channel int8 weights, uint8 activations, calibrated on training images after
 ``quant_pre_process``) and prints, for the float and the int8 model: file size, batch-1
 and batch-8 latency on one thread (the server's session options), and macro F1 on each
-evaluation split with the share of images on which the two models agree. Nothing in the
-product serves the int8 model yet (docs/serving.md, *Performance*).
+evaluation split with the share of images on which the two models agree. The training
+pipeline makes the same model (``model/quantize.py``) and serves it when it keeps the
+validation F1 (``training.serving_precision``, docs/model.md).
 
-With a trained model in ``--model-dir`` (``data/06_models`` after ``make demo``) and the
+With a trained model in ``--model-dir`` (``data/06_models`` after ``make demo``: its float
+export ``model_fp32.onnx`` when there is one, else ``model.onnx``) and the
 project's dataset index and raw images, it measures that model: calibration on training
 images, evaluation on the validation and test splits. Otherwise it builds the product
 architecture (ImageNet weights, untrained head: the champion's compute; agreement on an
@@ -23,7 +25,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,48 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from plants_mlops import contracts, imaging  # noqa: E402
+from plants_mlops import imaging  # noqa: E402
 from plants_mlops.model import artifact  # noqa: E402
-
-
-def quantize_int8(onnx: bytes, calibration: np.ndarray) -> bytes:
-    """Static QDQ int8 quantization of a serving model, calibrated on model inputs."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.inputs = iter({contracts.ONNX_INPUT: x[None]} for x in calibration)
-
-        def get_next(self):
-            return next(self.inputs, None)
-
-    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
-        src, pre, dst = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(onnx)
-        quant_pre_process(str(src), str(pre))
-        quantize_static(
-            str(pre),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        return dst.read_bytes()
+from plants_mlops.model.quantize import quantize_int8  # noqa: E402
 
 
 def trained_model(model_dir: Path, project: Path):
     """(float ONNX bytes, meta, {split: [(image bytes, label)]}) of a trained model, or
     None when the folder or the dataset index is missing."""
     index_path = project / "data" / "03_primary" / "dataset_index.parquet"
-    onnx_path = model_dir / artifact.ONNX_FILE
+    onnx_path = model_dir / "model_fp32.onnx"  # the float export, when training kept one
+    if not onnx_path.is_file():
+        onnx_path = model_dir / artifact.ONNX_FILE
     if not (onnx_path.is_file() and (model_dir / artifact.META_FILE).is_file()):
         return None
     if not index_path.is_file():

@@ -183,6 +183,33 @@ def _int8(onnx_model: bytes) -> bytes:
         return dst.read_bytes()
 
 
+def _static_int8_fold(model, kw: dict, pool, train_idx, test, test_x, k: int, args) -> dict:
+    """The fold's model as the training pipeline would serve it in int8 (static QDQ,
+    calibrated on 64 of the fold's training images through the serving preprocessing):
+    macro F1 of the float ONNX model and of the int8 one on the held-out fold, and the share
+    of held-out images on which they agree."""
+    from plants_mlops.model.calibration import softmax
+    from plants_mlops.model.data import eval_tensor
+    from plants_mlops.model.export import onnx_bytes
+    from plants_mlops.model.metrics import classification_metrics
+    from plants_mlops.model.quantize import quantize_int8
+
+    rng = np.random.default_rng(args.seed + k)
+    picked = np.sort(rng.choice(train_idx, size=min(64, len(train_idx)), replace=False))
+    calib = _subset(pool, picked)
+    calib_x = eval_tensor(calib, **kw)[: len(calib)].numpy()
+    fp32 = onnx_bytes(model, kw["image_size"])
+    int8 = quantize_int8(fp32, calib_x)
+    x = test_x.numpy()
+    fp_logits, q_logits = _ort_logits(fp32, x), _ort_logits(int8, x)
+    return {
+        "onnx_fp32_f1_macro": classification_metrics(test.labels, softmax(fp_logits))["f1_macro"],
+        "static_int8_f1_macro": classification_metrics(test.labels, softmax(q_logits))["f1_macro"],
+        "static_int8_agreement": float((fp_logits.argmax(1) == q_logits.argmax(1)).mean()),
+        "static_int8_model_mb": round(len(int8) / 1e6, 2),
+    }
+
+
 def confidence_table(y: np.ndarray, proba: np.ndarray, thresholds: list[float]) -> list[dict]:
     """For each threshold: share of images whose top probability is below it (would be
     answered "uncertain") and the error rate among the rest."""
@@ -255,6 +282,8 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2
             row["f1_macro_tta"] = classification_metrics(test.labels, proba_tta)["f1_macro"]
+        if args.static_int8:
+            row.update(_static_int8_fold(result.model, kw, pool, train_idx, test, test_x, k, args))
         if k == 0 or args.quantize_all_folds:
             onnx_model = onnx_bytes(result.model, params.image_size)
         if len(onnx_model) / 1e6 > args.max_model_mb:
@@ -305,6 +334,15 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
     if tta:
         out["f1_macro_tta_mean"], *ci = t_interval([r["f1_macro_tta"] for r in rows])
         out["f1_macro_tta_ci95"] = ci
+    if args.static_int8:
+        diffs = [r["static_int8_f1_macro"] - r["onnx_fp32_f1_macro"] for r in rows]
+        out["static_int8"] = {
+            "onnx_fp32_f1_macro_mean": float(np.mean([r["onnx_fp32_f1_macro"] for r in rows])),
+            "f1_macro_mean": float(np.mean([r["static_int8_f1_macro"] for r in rows])),
+            "f1_diff_vs_fp32_ci95": list(t_interval(diffs)),
+            "agreement_mean": float(np.mean([r["static_int8_agreement"] for r in rows])),
+            "model_mb": rows[0]["static_int8_model_mb"],
+        }
     if "int8_f1_macro" in rows[0]:
         out["int8_f1_macro_mean"] = float(np.mean([r["int8_f1_macro"] for r in rows]))
         out["int8_model_mb"] = rows[0]["int8_model_mb"]
@@ -347,6 +385,14 @@ def print_table(results: dict) -> None:
         if "int8_f1_macro_mean" in r:
             print(
                 f"{name + ' int8':<22}{r['int8_f1_macro_mean']:>9.4f}{'':>48}{r['int8_model_mb']:>7.2f}"
+            )
+        if "static_int8" in r:
+            q = r["static_int8"]
+            d, lo, hi = q["f1_diff_vs_fp32_ci95"]
+            print(
+                f"{name + ' static int8':<22}{q['f1_macro_mean']:>9.4f}"
+                f"  vs its fp32 ONNX {q['onnx_fp32_f1_macro_mean']:.4f}: {d:+.4f} [{lo:+.3f},{hi:+.3f}],"
+                f" same prediction on {q['agreement_mean']:.1%}, {q['model_mb']:.2f} MB"
             )
 
 
@@ -526,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-model-mb", type=float, default=20.0, help="PROBLEM.md size limit")
     p.add_argument("--min-nll-gain", type=float, default=0.0)
     p.add_argument("--quantize-all-folds", action="store_true")
+    p.add_argument(
+        "--static-int8",
+        action="store_true",
+        help="also score every fold's model as static int8 (what training.serving_precision serves)",
+    )
     p.add_argument(
         "--thresholds",
         type=lambda s: [float(x) for x in s.split(",")],

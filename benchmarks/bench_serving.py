@@ -53,10 +53,46 @@ SERVER_SETTINGS = (
 )
 
 
+def serving_precision(onnx: bytes, meta, precision: str) -> tuple[bytes, object, str]:
+    """The model in the precision the training pipeline would serve: ``int8`` (static QDQ,
+    calibrated on sample images), ``fp32``, or ``auto``: int8 when it is
+    ``training.serving_precision.min_speedup`` times faster at batch 1 here (the training
+    pipeline's rule; its F1 check needs a trained head, which this model does not have)."""
+    import yaml
+
+    from plants_mlops import imaging
+    from plants_mlops.model import artifact, quantize
+
+    if precision == quantize.FP32:
+        return onnx, meta, "fp32 (asked)"
+    fp32 = artifact.ServingArtifact.from_bytes(onnx, meta, threads=1)
+    calib = sorted(SAMPLES.glob("*/*.jpg"))[1::6]  # not the request images ([::4])
+    x = np.stack([fp32.preprocess(imaging.decode_image(p.read_bytes()).image)[0] for p in calib])
+    int8 = quantize.quantize_int8(onnx, x)
+    if precision == "auto":
+        conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())
+        min_speedup = conf["training"]["serving_precision"]["min_speedup"]
+        t_fp32, t_int8 = quantize.interleaved_latency_ms([onnx, int8], meta.image_size, 100)
+        why = f"batch-1 p50 fp32 {t_fp32:.2f} ms, int8 {t_int8:.2f} ms, min_speedup {min_speedup}"
+        if t_fp32 / t_int8 < min_speedup:
+            return onnx, meta, f"fp32 (auto: {why})"
+        return int8, meta.model_copy(update={"precision": "int8"}), f"int8 (auto: {why})"
+    return int8, meta.model_copy(update={"precision": "int8"}), "int8 (asked)"
+
+
+def absolute_sqlite(uri: str | None) -> str | None:
+    """A relative SQLite tracking URI made absolute: the server runs in a temporary folder,
+    where ``sqlite:///data/mlflow.db`` would name an empty new store."""
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
 def register_benchmark_model(
-    tracking_uri: str, architecture: str, image_size: int, resize_size: int
+    tracking_uri: str, architecture: str, image_size: int, resize_size: int, precision: str
 ) -> str:
-    """Build, export (ONNX contract) and register a model; return its models:/ URI."""
+    """Build, export (ONNX contract), quantize if asked and register a model; return its
+    models:/ URI."""
     from product_model import untrained_product_model  # benchmarks/product_model.py
 
     from plants_mlops import contracts
@@ -66,6 +102,8 @@ def register_benchmark_model(
     cl = tracking.client(tracking_uri)
     with tracking.open_run(cl, "bench-serving") as run:
         onnx, meta = untrained_product_model(architecture, image_size, resize_size, run.run_id)
+        onnx, meta, chosen = serving_precision(onnx, meta, precision)
+        print(f"serving precision: {chosen}")
         logged = artifact.log_serving_model(cl, run.run_id, onnx, meta)
     version = registry.register_version(cl, logged, {"verdict": "benchmark"}, name)
     registry.move_alias(
@@ -241,6 +279,12 @@ def main() -> int:
     ap.add_argument("--architecture", default="efficientnet_lite0")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--resize-size", type=int, default=160)
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="of the built model (auto: as training.serving_precision would choose here)",
+    )
     ap.add_argument("--requests", type=int, default=400, help="requests at concurrency 1")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration at concurrency 8")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -251,7 +295,7 @@ def main() -> int:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    tracking_uri = args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}"
+    tracking_uri = absolute_sqlite(args.tracking_uri) or f"sqlite:///{work / 'mlflow.db'}"
     model_uri = args.model_uri
     if model_uri is None:
         if args.tracking_uri:
@@ -259,7 +303,7 @@ def main() -> int:
         else:
             print(f"registering a {args.architecture}@{args.image_size} model in {work} ...")
             model_uri = register_benchmark_model(
-                tracking_uri, args.architecture, args.image_size, args.resize_size
+                tracking_uri, args.architecture, args.image_size, args.resize_size, args.precision
             )
 
     files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
@@ -326,6 +370,7 @@ def main() -> int:
 
     print(
         f"model: {model['name']} v{model['version']} ({model['architecture']}, "
+        f"{model.get('precision', 'fp32')}, "
         f"input {model['image_size']} px, resize {model['resize_size']} px), "
         f"ORT threads {args.ort_threads}"
     )

@@ -1,6 +1,6 @@
 """Training benchmark: throughput (images/s), epoch time, model size, test F1 and the wall
-time of the training pipeline's work (fit + ONNX export + test evaluation + MLflow logging
-to a throw-away SQLite store).
+time of the training pipeline's work (fit + ONNX export + the serving precision's choice +
+test evaluation + MLflow logging to a throw-away SQLite store).
 
 Data: the project's ``data/`` (after the data pipelines ran) when present, else a dataset
 built from ``samples/plants`` in memory (``plants_mlops.model.devdata``), so it runs
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from plants_mlops.pipelines.training.nodes import (
+        choose_serving_precision,
         export_serving_model,
         log_training_run,
         train_model,
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ckpt, history = train_model(data.dataset_index, data.fmt_images, params)
         t_fit = time.perf_counter()
-        onnx_model = export_serving_model(ckpt, params)
+        float_model = export_serving_model(ckpt, params)
         t_export = time.perf_counter()
+        onnx_model, precision = choose_serving_precision(
+            float_model, history, data.dataset_index, data.fmt_images, params
+        )
+        t_precision = time.perf_counter()
         meta, summary, _ = log_training_run(
             ckpt,
             onnx_model,
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             data.fmt_images,
             data.dataset_fingerprint,
             params,
+            precision,
         )
         t_end = time.perf_counter()
 
@@ -143,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_seconds_first": round(epochs[0]["epoch_seconds"], 2),
         "fit_seconds": round(t_fit - t0, 1),
         "export_seconds": round(t_export - t_fit, 1),
-        "test_and_logging_seconds": round(t_end - t_export, 1),
+        "precision_choice_seconds": round(t_precision - t_export, 1),
+        "test_and_logging_seconds": round(t_end - t_precision, 1),
         "pipeline_wall_seconds": round(t_end - t0, 1),
         "process_wall_seconds_incl_imports": round(t_end - t_import, 1),
+        "serving_precision": precision["precision"],
+        "serving_precision_reason": precision["reason"],
         "model_size_mb": round(len(onnx_model) / 1e6, 2),
+        "float_model_size_mb": round(len(float_model) / 1e6, 2),
         "checkpoint_size_mb": round(len(ckpt) / 1e6, 2),
         "onnx_batch1_latency_p50_ms_1_thread": round(latency_ms, 2),
         "val_f1_macro": round(summary["val_metrics"].get("f1_macro", float("nan")), 4),

@@ -41,6 +41,26 @@ def test_bench_training_runs_and_writes_its_figures(benchmarks, tmp_path):
     assert figures["temperature"] > 0
 
 
+def test_bench_serving_opens_a_relative_sqlite_store_and_builds_the_int8_model(
+    benchmarks, tmp_path, monkeypatch
+):
+    import bench_serving
+    from product_model import untrained_product_model
+
+    # the server runs in a temporary folder: a relative store must not name a new empty one
+    monkeypatch.chdir(tmp_path)
+    assert bench_serving.absolute_sqlite("sqlite:///data/mlflow.db") == (
+        f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    )
+    for uri in ("sqlite:////abs/mlflow.db", "http://mlflow:5000", None):
+        assert bench_serving.absolute_sqlite(uri) == uri
+
+    onnx, meta = untrained_product_model("small_cnn", 64, 160)
+    int8, int8_meta, why = bench_serving.serving_precision(onnx, meta, "int8")
+    assert int8 != onnx and int8_meta.precision == "int8" and why == "int8 (asked)"
+    assert bench_serving.serving_precision(onnx, meta, "fp32")[:2] == (onnx, meta)
+
+
 def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tmp_path):
     import bench_model_cv
 
@@ -54,7 +74,7 @@ def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tm
     out = tmp_path / "cv.json"
     argv = ["--candidates", "small_cnn_64", "--folds", "3", "--epochs", "1", "--threads", "1"]
     argv += ["--pool", str(pool), "--exclude-ids", str(exclude), "--json", str(out)]
-    assert bench_model_cv.main(argv) == 0
+    assert bench_model_cv.main([*argv, "--static-int8"]) == 0
     saved = json.loads(out.read_text())
     assert saved["pool_size"] == len(index) - 3 and saved["excluded"] == 3
     result = saved["results"]["small_cnn_64"]
@@ -64,6 +84,12 @@ def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tm
     assert lo <= result["f1_macro_mean"] <= hi
     assert "f1_macro_tta_mean" in result and result["model_mb"] > 0
     assert result["onnx_batch1_latency_p50_ms"] > 0
+    # every fold's model also scored as the static int8 model training would serve
+    assert all(0 <= f["static_int8_agreement"] <= 1 for f in result["folds"])
+    q = result["static_int8"]
+    assert q["f1_diff_vs_fp32_ci95"][0] == pytest.approx(
+        q["f1_macro_mean"] - q["onnx_fp32_f1_macro_mean"]
+    )
     thresholds = [row["threshold"] for row in result["confidence_calibrated"]]
     assert thresholds == sorted(thresholds) and 0.75 in thresholds
     assert bench_model_cv.main(["--from-json", str(out)]) == 0
