@@ -2,10 +2,10 @@
 
 ONNX Runtime's static quantization: per-channel int8 weights, uint8 activations whose
 ranges are calibrated on training images through the serving preprocessing. On CPUs with
-int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI) the default Lite0 runs 2.4x faster
-at batch 1 in a quarter of the file (docs/benchmarks.md); elsewhere it may gain little, so
-``auto`` measures both models on the training machine before it picks one. Nothing is
-taken on trust: the int8 model is kept only when its validation macro F1 stays within
+int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI) the default Lite0 runs 2.1-2.4x
+faster at batch 1 in a quarter of the file (docs/benchmarks.md); elsewhere it may gain
+little, so ``auto`` measures both models on the training machine before it picks one.
+Nothing is taken on trust: the int8 model is kept only when its validation macro F1 stays within
 ``max_f1_drop`` of the float model's, and the reason for either choice is recorded in the
 serving metadata (``precision``), the training report, the MLflow run and the registry.
 """

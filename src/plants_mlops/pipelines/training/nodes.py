@@ -193,8 +193,9 @@ def choose_serving_precision(
 
     p = parse(TrainingParams, params, "training")
     policy = p.serving_precision
-    if policy.mode == quantize.FP32:
-        return quantize.choose_precision(float_serving_model, None, (), (), None, policy)
+    meta = _serving_meta(training_history)
+    if policy.mode == quantize.FP32:  # nothing to calibrate or validate
+        return quantize.choose_precision(float_serving_model, meta, (), (), np.array([]), policy)
     splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     rng = np.random.default_rng(p.seed)
@@ -202,7 +203,7 @@ def choose_serving_precision(
     calibration = [train.images[int(i)] for i in sorted(picked)]
     model, record = quantize.choose_precision(
         float_serving_model,
-        _serving_meta(training_history),
+        meta,
         calibration,
         val.images,
         val.labels,
