@@ -183,14 +183,13 @@ def _int8(onnx_model: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def _static_int8_fold(model, kw: dict, pool, train_idx, test, test_x, k: int, args) -> dict:
-    """The fold's model as the training pipeline would serve it in int8 (static QDQ,
-    calibrated on 64 of the fold's training images through the serving preprocessing):
-    macro F1 of the float ONNX model and of the int8 one on the held-out fold, and the share
-    of held-out images on which they agree."""
+def _static_int8_fold(fp32: bytes, kw: dict, pool, train_idx, test, test_x, k: int, args) -> dict:
+    """The fold's model (``fp32``: its float ONNX export) as the training pipeline would
+    serve it in int8 (static QDQ, calibrated on 64 of the fold's training images through the
+    serving preprocessing): macro F1 of the float ONNX model and of the int8 one on the
+    held-out fold, and the share of held-out images on which they agree."""
     from plants_mlops.model.calibration import softmax
     from plants_mlops.model.data import eval_tensor
-    from plants_mlops.model.export import onnx_bytes
     from plants_mlops.model.metrics import classification_metrics
     from plants_mlops.model.quantize import quantize_int8
 
@@ -198,7 +197,6 @@ def _static_int8_fold(model, kw: dict, pool, train_idx, test, test_x, k: int, ar
     picked = np.sort(rng.choice(train_idx, size=min(64, len(train_idx)), replace=False))
     calib = _subset(pool, picked)
     calib_x = eval_tensor(calib, **kw)[: len(calib)].numpy()
-    fp32 = onnx_bytes(model, kw["image_size"])
     int8 = quantize_int8(fp32, calib_x)
     x = test_x.numpy()
     fp_logits, q_logits = _ort_logits(fp32, x), _ort_logits(int8, x)
@@ -282,12 +280,13 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2
             row["f1_macro_tta"] = classification_metrics(test.labels, proba_tta)["f1_macro"]
-        if args.static_int8:
-            row.update(_static_int8_fold(result.model, kw, pool, train_idx, test, test_x, k, args))
-        if k == 0 or args.quantize_all_folds:
+        # the fold's float export, made once for whatever below needs it
+        if k == 0 or args.quantize_all_folds or args.static_int8:
             onnx_model = onnx_bytes(result.model, params.image_size)
+        if args.static_int8:
+            row.update(_static_int8_fold(onnx_model, kw, pool, train_idx, test, test_x, k, args))
         if len(onnx_model) / 1e6 > args.max_model_mb:
-            if k > 0 and not args.quantize_all_folds:
+            if k > 0 and not (args.quantize_all_folds or args.static_int8):
                 onnx_model = onnx_bytes(result.model, params.image_size)
             q = _int8(onnx_model)
             q_logits = _ort_logits(q, test_x.numpy())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import subprocess
@@ -56,30 +57,28 @@ SERVER_SETTINGS = (
 
 
 def serving_precision(onnx: bytes, meta, precision: str) -> tuple[bytes, object, str]:
-    """The model in the precision the training pipeline would serve: ``int8`` (static QDQ,
-    calibrated on sample images), ``fp32``, or ``auto``: int8 when it is
-    ``training.serving_precision.min_speedup`` times faster at batch 1 here (the training
-    pipeline's rule; its F1 check needs a trained head, which this model does not have)."""
+    """The model in the precision the training pipeline would serve, by its own rule
+    (``quantize.choose_precision`` with ``training.serving_precision``): ``int8`` (static
+    QDQ, calibrated on sample images), ``fp32``, or ``auto``: int8 when it is
+    ``min_speedup`` times faster at batch 1 here. The F1 limit is lifted: this model's
+    head is untrained, so its F1 says nothing."""
     import yaml
 
     from plants_mlops import imaging
-    from plants_mlops.model import artifact, quantize
+    from plants_mlops.model import quantize
+    from plants_mlops.params import ServingPrecision
 
-    if precision == quantize.FP32:
-        return onnx, meta, "fp32 (asked)"
-    fp32 = artifact.ServingArtifact.from_bytes(onnx, meta, threads=1)
+    conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())
+    policy = ServingPrecision.model_validate(
+        {**conf["training"]["serving_precision"], "mode": precision, "max_f1_drop": math.inf}
+    )
     calib = sorted(SAMPLES.glob("*/*.jpg"))[1::6]  # not the request images ([::4])
-    x = np.stack([fp32.preprocess(imaging.decode_image(p.read_bytes()).image)[0] for p in calib])
-    int8 = quantize.quantize_int8(onnx, x)
-    if precision == "auto":
-        conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())
-        min_speedup = conf["training"]["serving_precision"]["min_speedup"]
-        t_fp32, t_int8 = quantize.interleaved_latency_ms([onnx, int8], meta.image_size, 100)
-        why = f"batch-1 p50 fp32 {t_fp32:.2f} ms, int8 {t_int8:.2f} ms, min_speedup {min_speedup}"
-        if t_fp32 / t_int8 < min_speedup:
-            return onnx, meta, f"fp32 (auto: {why})"
-        return int8, meta.model_copy(update={"precision": "int8"}), f"int8 (auto: {why})"
-    return int8, meta.model_copy(update={"precision": "int8"}), "int8 (asked)"
+    images = [imaging.decode_image(p.read_bytes()).image for p in calib]
+    labels = np.array([meta.labels.index(p.parent.name) for p in calib])
+    model, record = quantize.choose_precision(onnx, meta, images, images, labels, policy)
+    chosen = record["precision"]
+    why = f"auto: {record['reason']}" if precision == "auto" else "asked"
+    return model, meta.model_copy(update={"precision": chosen}), f"{chosen} ({why})"
 
 
 def absolute_sqlite(uri: str | None) -> str | None:
