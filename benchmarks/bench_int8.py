@@ -89,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", type=Path, default=ROOT / "data" / "06_models")
     ap.add_argument("--project", type=Path, default=ROOT, help="where data/ lives")
     ap.add_argument("--calibration", type=int, default=64, help="training images")
-    ap.add_argument("--architecture", default="efficientnet_lite0", help="without a model")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--resize-size", type=int, default=160)
+    from product_model import product_defaults  # benchmarks/product_model.py
+
+    product = product_defaults()  # parameters_training.yml / parameters_formatting.yml
+    ap.add_argument("--architecture", default=product["architecture"], help="without a model")
+    ap.add_argument("--image-size", type=int, default=product["image_size"])
+    ap.add_argument("--resize-size", type=int, default=product["resize_size"])
     ap.add_argument("--runs", type=int, default=200, help="timed runs at batch 1")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)

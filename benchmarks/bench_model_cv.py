@@ -44,42 +44,67 @@ sys.path.insert(0, str(ROOT / "src"))
 SHARED_POOL = Path("/work/shared/datasets/plants")
 FMT_SIZE = 160  # conf/base/parameters_formatting.yml: formatting.image_size
 
+# Fine-tuning candidates (every layer, `epochs` of AdamW) were measured when fine-tuning at
+# 128 px was the default; they name both so that they stay what they were.
+FT = {"strategy": "finetune", "image_size": 128}
+
+
+def _ft(**overrides) -> dict:
+    return {**FT, **overrides}
+
+
 # name -> (overrides of params:training, flip TTA evaluated too)
 CANDIDATES: dict[str, tuple[dict, bool]] = {
-    "lite0_128": ({}, True),  # the default of parameters_training.yml
-    "lite0_128_ls": ({"label_smoothing": 0.1}, True),
-    "lite0_160": ({"image_size": 160}, False),
-    "lite1_128": ({"architecture": "efficientnet_lite1"}, False),
+    "lite0_128": (_ft(), True),  # the default of parameters_training.yml until 2026-12-01
+    "lite0_128_ls": (_ft(label_smoothing=0.1), True),
+    "lite0_160": (_ft(image_size=160), False),
+    "lite1_128": (_ft(architecture="efficientnet_lite1"), False),
     "lite0_128_trivialaug": (
-        {"augment": {"policy": "trivialaugment", "crop_scale": [0.35, 1.0]}},
+        _ft(augment={"policy": "trivialaugment", "crop_scale": [0.35, 1.0]}),
         False,
     ),
-    "lite2_128": ({"architecture": "efficientnet_lite2"}, False),
-    "lite0_192": ({"image_size": 192}, False),
-    "lite0_224": ({"image_size": 224}, False),
-    "lite0_128_randaug": ({"augment": {"policy": "randaugment"}}, True),
+    "lite2_128": (_ft(architecture="efficientnet_lite2"), False),
+    "lite0_192": (_ft(image_size=192), False),
+    "lite0_224": (_ft(image_size=224), False),
+    "lite0_128_randaug": (_ft(augment={"policy": "randaugment"}), True),
     # a third of the default learning rate: the 12-epoch fits peak at epochs 2-6
-    "lite0_128_lr3e4": ({"optimizer": {"lr": 0.0003}}, True),
+    "lite0_128_lr3e4": (_ft(optimizer={"lr": 0.0003}), True),
     # both of the last two; run with --epochs 20, since lr 3e-4 still gained at epoch 12
     "lite0_128_randaug_lr3e4": (
-        {"augment": {"policy": "randaugment"}, "optimizer": {"lr": 0.0003}},
+        _ft(augment={"policy": "randaugment"}, optimizer={"lr": 0.0003}),
         True,
     ),
-    "lite1_240": ({"architecture": "efficientnet_lite1", "image_size": 240}, False),
-    "lite2_260": ({"architecture": "efficientnet_lite2", "image_size": 260}, False),
+    "lite1_240": (_ft(architecture="efficientnet_lite1", image_size=240), False),
+    "lite2_260": (_ft(architecture="efficientnet_lite2", image_size=260), False),
+    # the linear probe (frozen backbone + logistic regression, model/probe.py) per input size
+    "lite0_128_probe": ({"strategy": "linear_probe", "image_size": 128}, True),
+    "lite0_160_probe": ({"strategy": "linear_probe", "image_size": 160}, True),  # the default
+    "lite0_192_probe": ({"strategy": "linear_probe", "image_size": 192}, True),
+    "lite0_224_probe": ({"strategy": "linear_probe", "image_size": 224}, True),
     # seconds per fold: for smoke runs and the bench's own test, not a product candidate
-    "small_cnn_64": ({"architecture": "small_cnn", "weights": None, "image_size": 64}, True),
+    "small_cnn_64": (
+        _ft(architecture="small_cnn", weights=None, image_size=64),
+        True,
+    ),
 }
 DEFAULT_CANDIDATES = [
+    "lite0_160_probe",
+    "lite0_128_probe",
+    "lite0_224_probe",
     "lite0_128",
-    "lite0_128_ls",
-    "lite0_160",
-    "lite1_128",
-    "lite0_128_trivialaug",
-    "lite2_128",
-    "lite0_224",
 ]
-BASELINE = "lite0_128"
+BASELINE = "lite0_160_probe"  # parameters_training.yml
+# what runs saved before the probe became the default were compared with
+FORMER_BASELINES = ("lite0_128",)
+
+
+def baseline_of(names, asked: str | None = None) -> str | None:
+    """The candidate the paired columns compare with: ``asked``, else the default, else the
+    former default (runs saved before 2026-12-01), whichever the results hold."""
+    for name in (asked,) if asked else (BASELINE, *FORMER_BASELINES):
+        if name in names:
+            return name
+    return None
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -276,6 +301,8 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
             "fit_seconds": round(fit_s, 1),
             "images_per_second": round(result.images_per_second, 1),
         }
+        if params.strategy == "linear_probe":  # its "epochs" are the C grid
+            row["probe_C"] = result.history[result.best_epoch - 1]["C"]
         if tta:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2
@@ -301,7 +328,12 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         print(
             f"  {name} fold {k}: F1 {row['f1_macro']:.4f} ({row['errors']}/{row['n_test']} wrong)"
             f" ECE {row['ece']:.3f}->{row['ece_calibrated']:.3f} T={row['temperature']:.2f}"
-            f" epochs {row['epochs_run']} ({row['best_epoch']}) {fit_s:.0f}s",
+            + (
+                f" C={row['probe_C']:g}"
+                if "probe_C" in row
+                else f" epochs {row['epochs_run']} ({row['best_epoch']})"
+            )
+            + f" {fit_s:.0f}s",
             flush=True,
         )
     size_mb = len(onnx_model) / 1e6
@@ -314,6 +346,7 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
     y = np.concatenate(oof_y)
     out = {
         "candidate": name,
+        "strategy": params.strategy,
         "overrides": overrides,
         "folds": rows,
         "f1_macro_mean": mean,
@@ -348,18 +381,19 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
     return out
 
 
-def paired(results: dict, name: str) -> list[float] | None:
+def paired(results: dict, name: str, baseline: str | None = None) -> list[float] | None:
     """Mean and 95 % interval of (candidate F1 - baseline F1) over the shared folds."""
-    if name == BASELINE or BASELINE not in results:
+    baseline = baseline_of(results, baseline)
+    if baseline is None or name == baseline:
         return None
     a = [r["f1_macro"] for r in results[name]["folds"]]
-    b = [r["f1_macro"] for r in results[BASELINE]["folds"]]
+    b = [r["f1_macro"] for r in results[baseline]["folds"]]
     if len(a) != len(b):
         return None
     return list(t_interval([x - y for x, y in zip(a, b, strict=True)]))
 
 
-def print_table(results: dict) -> None:
+def print_table(results: dict, baseline: str | None = None) -> None:
     print("\n== bench_model_cv")
     head = (
         f"{'candidate':<22}{'F1 mean':>9}{'95% CI':>17}{'vs default':>22}{'errors':>9}"
@@ -367,7 +401,7 @@ def print_table(results: dict) -> None:
     )
     print(head)
     for name, r in results.items():
-        diff = paired(results, name)
+        diff = paired(results, name, baseline)
         d = f"{diff[0]:+.4f} [{diff[1]:+.3f},{diff[2]:+.3f}]" if diff else "-"
         lo, hi = r["f1_macro_ci95"]
         print(
@@ -395,7 +429,7 @@ def print_table(results: dict) -> None:
             )
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(results: dict, baseline: str | None = None) -> str:
     """The table of docs/model.md: one row per candidate (and its TTA / int8 variants)."""
     lines = [
         "| candidate | macro F1 mean [95% CI] | vs default (paired) [95% CI] | errors | "
@@ -404,7 +438,7 @@ def markdown_table(results: dict) -> str:
     ]
     for name, r in results.items():
         lo, hi = r["f1_macro_ci95"]
-        diff = paired(results, name)
+        diff = paired(results, name, baseline)
         d = f"{diff[0]:+.4f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else "-"
         lines.append(
             f"| {name} | {r['f1_macro_mean']:.4f} [{lo:.3f}, {hi:.3f}] | {d} | "
@@ -449,9 +483,11 @@ def load_saved(paths: list[str]) -> tuple[list[dict], dict]:
     return headers, results
 
 
-def _label(name: str, header: dict) -> str:
-    """A candidate as it was run: its name, its epoch budget and the images left out."""
-    label = f"{name} {header['epochs']}ep"
+def _label(name: str, header: dict, result: dict | None = None) -> str:
+    """A candidate as it was run: its name, its epoch budget (fine-tuning) and the images
+    left out."""
+    probe = (result or {}).get("strategy") == "linear_probe"
+    label = name if probe else f"{name} {header['epochs']}ep"
     return label + (f" -{header['excluded']} excluded" if header.get("excluded") else "")
 
 
@@ -462,7 +498,7 @@ def repeated_runs(paths: list[str]) -> dict[str, dict[int, tuple[dict, dict]]]:
         saved = json.loads(Path(path).read_text())
         header = {k: v for k, v in saved.items() if k != "results"}
         for name, result in saved["results"].items():
-            by_seed = runs.setdefault(_label(name, header), {})
+            by_seed = runs.setdefault(_label(name, header, result), {})
             if header["seed"] in by_seed:
                 raise ValueError(
                     f"{path}: {name} with seed {header['seed']} is in an earlier file too"
@@ -559,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         "--candidates", help=f"comma-separated (default: {','.join(DEFAULT_CANDIDATES)})"
     )
     p.add_argument("--list", action="store_true", help="list the candidates and exit")
+    p.add_argument(
+        "--baseline",
+        help=f"the paired columns' reference (default: {BASELINE}, else {FORMER_BASELINES[0]})",
+    )
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, help="epochs per fit (default: parameters_training.yml)")
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -600,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = repeated_runs(paths)
         except ValueError as exc:
             p.error(str(exc))
-        summary = repeated_summary(runs, f"{BASELINE} {_defaults()['epochs']}ep")
+        names = {label.split(" ")[0]: label for label in runs if " -" not in label}
+        baseline = baseline_of(names, args.baseline)
+        summary = repeated_summary(runs, names.get(baseline, ""))
         print(f"{len(paths)} runs")
         print(repeated_markdown(summary))
         return 0
@@ -611,9 +653,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(exc))
         for header in headers:
             print(json.dumps(header))
-        print_table(results)
+        print_table(results, args.baseline)
         print()
-        print(markdown_table(results))
+        print(markdown_table(results, args.baseline))
         return 0
     if args.list:
         for name, (ov, tta) in CANDIDATES.items():
@@ -683,14 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"-- {name} {json.dumps(CANDIDATES[name][0])}", flush=True)
         results[name] = run_candidate(name, pools, folds, base, args)
-        results[name]["paired_diff_vs_default"] = paired(results, name)
+        results[name]["paired_diff_vs_default"] = paired(results, name, args.baseline)
         if args.json:
             header["wall_seconds"] = round(time.perf_counter() - t0, 1)
             header["load_average_now"] = os.getloadavg()
             Path(args.json).write_text(json.dumps({**header, "results": results}, indent=2))
-    print_table(results)
+    print_table(results, args.baseline)
     print()
-    print(markdown_table(results))
+    print(markdown_table(results, args.baseline))
     print(f"\nwall {time.perf_counter() - t0:.0f} s, load average now {os.getloadavg()}")
     return 0
 

@@ -2,9 +2,9 @@
 concurrency 8, over HTTP on 127.0.0.1 with real JPEG uploads (decode included), each
 figure also as a ratio to the in-process floor (decode + preprocess + model, no HTTP).
 
-By default it trains nothing: it builds the product architecture (efficientnet_lite0 with
-its bundled ImageNet weights and an untrained head, so the compute is exactly the real
-champion's) in the precision training would serve here (``--precision auto``: static int8
+By default it trains nothing: it builds the product architecture (``training.architecture``
+at ``training.image_size`` after the formatting size's square resize, with its bundled
+ImageNet weights and an untrained head, so the compute is exactly the real champion's) in the precision training would serve here (``--precision auto``: static int8
 when it is faster, as ``training.serving_precision`` decides; or ``fp32`` / ``int8``),
 registers it in a throw-away local MLflow registry and serves it. Point it at
 an existing champion with ``--tracking-uri URI [--model-uri models:/plants-classifier@champion]``.
@@ -277,9 +277,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tracking-uri", help="use this registry instead of a throw-away one")
     ap.add_argument("--model-uri", default=None)
-    ap.add_argument("--architecture", default="efficientnet_lite0")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--resize-size", type=int, default=160)
+    from product_model import product_defaults  # benchmarks/product_model.py
+
+    product = product_defaults()  # parameters_training.yml / parameters_formatting.yml
+    ap.add_argument("--architecture", default=product["architecture"])
+    ap.add_argument("--image-size", type=int, default=product["image_size"])
+    ap.add_argument("--resize-size", type=int, default=product["resize_size"])
     ap.add_argument(
         "--precision",
         choices=["auto", "fp32", "int8"],

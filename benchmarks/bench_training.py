@@ -1,4 +1,5 @@
-"""Training benchmark: throughput (images/s), epoch time, model size, test F1 and the wall
+"""Training benchmark: throughput (images/s; for the linear probe, images embedded per
+second), epoch time (the probe: seconds per point of its C grid), model size, test F1 and the wall
 time of the training pipeline's work (fit + ONNX export + the serving precision's choice +
 test evaluation + MLflow logging to a throw-away SQLite store).
 
@@ -9,6 +10,7 @@ standalone on a fresh machine (e.g. a lent GPU).
     python benchmarks/bench_training.py                         # defaults of parameters_training.yml
     python benchmarks/bench_training.py --device cuda --epochs 12
     python benchmarks/bench_training.py --architecture mobilenet_v3_small --weights none
+    python benchmarks/bench_training.py --strategy finetune --image-size 128  # the former default
     python benchmarks/bench_training.py --quick                 # small_cnn, 64 px, 2 epochs
 """
 
@@ -56,6 +58,7 @@ def _load_data(data_root: Path, source: str):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--strategy", choices=["finetune", "linear_probe"])
     p.add_argument("--architecture")
     p.add_argument("--weights", help="none | imagenet | path (default: parameters_training.yml)")
     p.add_argument("--image-size", type=int)
@@ -66,15 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--data", choices=["auto", "project", "samples"], default="auto")
     p.add_argument("--data-root", default=str(ROOT / "data"))
-    p.add_argument("--quick", action="store_true", help="small_cnn, 64 px, 2 epochs")
+    p.add_argument("--quick", action="store_true", help="small_cnn, 64 px, fine-tuned for 2 epochs")
     p.add_argument("--no-mlflow", action="store_true", help="skip logging the run")
     p.add_argument("--json-out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
 
     params = _defaults()
     if args.quick:
-        params.update(architecture="small_cnn", weights=None, image_size=64, epochs=2)
-    for key in ("architecture", "image_size", "epochs", "batch_size"):
+        params.update(
+            strategy="finetune", architecture="small_cnn", weights=None, image_size=64, epochs=2
+        )
+    for key in ("strategy", "architecture", "image_size", "epochs", "batch_size"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.weights is not None:
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "data": source,
+        "strategy": params["strategy"],
+        "probe_C": history.get("probe_C"),
         "architecture": params["architecture"],
         "weights": params.get("weights"),
         "image_size": params["image_size"],

@@ -3,8 +3,27 @@ the real champion, for benchmarks that need a serving model without training one
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from plants_mlops import contracts
 from plants_mlops.model import artifact
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
+
+
+def product_defaults() -> dict:
+    """The product model's shape from the project's parameters: ``architecture`` and
+    ``image_size`` (parameters_training.yml), ``resize_size`` (the formatting size the API
+    square-resizes to first, parameters_formatting.yml)."""
+    import yaml
+
+    training = yaml.safe_load((CONF / "parameters_training.yml").read_text())["training"]
+    formatting = yaml.safe_load((CONF / "parameters_formatting.yml").read_text())["formatting"]
+    return {
+        "architecture": training["architecture"],
+        "image_size": int(training["image_size"]),
+        "resize_size": int(formatting["image_size"]),
+    }
 
 
 def untrained_product_model(

@@ -51,11 +51,13 @@ def test_progress_lines_and_epochs_reach_both(demo_logging):
     demo.log.info("[1/7] ingestion ... done (400 rows) in 2.0 s")
     logging.getLogger(demo.EPOCH_LOGGER).info("epoch %d/%d: val_f1=%.4f", 1, 12, 0.9)
     logging.getLogger(demo.EPOCH_LOGGER).info("building the model")  # not an epoch line
+    logging.getLogger(demo.EPOCH_LOGGER).info("linear probe: C=%g chosen", 0.3)
     demo.detail.info("dandelion.jpg true=dandelion predicted=dandelion")
     shown = console.getvalue().splitlines()
     assert shown == [
         "[1/7] ingestion ... done (400 rows) in 2.0 s",
         "      epoch 1/12: val_f1=0.9000",
+        "      linear probe: C=0.3 chosen",
     ]
     text = _file(state)
     assert "[1/7] ingestion" in text and "epoch 1/12" in text

@@ -167,6 +167,19 @@ class ServingPrecision(Params):
     latency_runs: int
 
 
+class LinearProbe(Params):
+    """``strategy: linear_probe``: a logistic regression on the frozen backbone's embedding
+    (``model/probe.py``)."""
+
+    C_grid: list[float]  # inverse L2 strengths tried; chosen by cross-validated log-loss
+    folds: int  # stratified folds over the train split for that choice
+    hflip: bool  # the mirror image of every training image as a second row
+    max_iter: int  # lbfgs iterations per fit
+    # A stratified sample of at most this many training images (null: all): the embeddings
+    # are held in memory (10 KiB per image with its mirror), so this bounds the fit's RSS.
+    max_train_images: int | None
+
+
 class TrainingMlflow(Params):
     enabled: bool
     tracking_uri: str | None
@@ -175,6 +188,11 @@ class TrainingMlflow(Params):
 
 
 class TrainingParams(Params):
+    # finetune: every layer, epochs of SGD/AdamW (the fields below up to calibration);
+    # linear_probe: the backbone frozen, ``probe`` fits the head (epochs, optimizer,
+    # scheduler, label smoothing, early stopping and augment are unused).
+    strategy: Literal["finetune", "linear_probe"]
+    probe: LinearProbe
     architecture: str
     weights: str | None
     image_size: int

@@ -22,11 +22,12 @@ def build(per_label: int = 60, size: int = 160) -> ModelData:
 
 
 def small_cnn_params(**overrides) -> dict:
-    """``params:training`` for a quick CPU model (small_cnn, random weights, 64 px, no MLflow
-    logging) with ``overrides`` merged in."""
+    """``params:training`` for a quick CPU model (small_cnn, random weights, 64 px, fine-tuned
+    for its epochs, no MLflow logging) with ``overrides`` merged in."""
     from support.params import stage_params
 
     base = {
+        "strategy": "finetune",
         "architecture": "small_cnn",
         "weights": None,
         "image_size": 64,

@@ -4,9 +4,9 @@ seed the plants_data table -> run every pipeline (through ZenML on the ``local``
 plain Kedro sessions with ``--kedro``) -> start the API on the champion, predict a few
 held-out images -> run the monitoring pipeline -> stop what it started.
 
-The console shows one line per stage (and per training epoch) and the results; everything
-else Kedro, ZenML, MLflow and the API log goes to ``data/08_reporting/demo-<UTC time>.log``,
-named at the start and at the end.
+The console shows one line per stage (and per training epoch, or the linear probe's one
+line) and the results; everything else Kedro, ZenML, MLflow and the API log goes to
+``data/08_reporting/demo-<UTC time>.log``, named at the start and at the end.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ REPORTING = Path("data") / "08_reporting"
 log = logging.getLogger("plants_mlops.demo")
 # Per-prediction lines: the log file only.
 detail = logging.getLogger("plants_mlops.demo.detail")
-# Training logs one line per epoch there; the console shows those lines too.
+# Training logs one line per epoch (the linear probe: one line) there; the console shows
+# them too.
 EPOCH_LOGGER = "plants_mlops.model.train"
 # Each ZenML step logs "<stage>: <summary metadata>" there when its stage has run.
 STEP_LOGGER = "plants_mlops.orchestration.steps"
@@ -87,13 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class ConsoleFilter(logging.Filter):
-    """Lets through the demo's own lines and training's one line per epoch, nothing else."""
+    """Lets through the demo's own lines and training's one line per epoch (or the linear
+    probe's one line), nothing else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == log.name:
             return True
         return record.name == EPOCH_LOGGER and str(record.msg).startswith(
-            ("epoch ", "early stopping")
+            ("epoch ", "early stopping", "linear probe")
         )
 
 

@@ -117,6 +117,37 @@ def load_splits(
     return out
 
 
+class Picked(Sequence):
+    """The items of ``base`` at ``index``, still read on access."""
+
+    def __init__(self, base: Sequence, index: Sequence[int]) -> None:
+        self.base, self.index = base, list(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.base[j] for j in self.index[i]]
+        return self.base[self.index[i]]
+
+
+def stratified_sample(split: SplitImages, n: int, seed: int) -> SplitImages:
+    """At most ``n`` images of ``split``, each class keeping its share (seeded; order kept)."""
+    if len(split) <= n:
+        return split
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        share = max(1, round(n * len(members) / len(split)))
+        keep += rng.choice(members, size=min(share, len(members)), replace=False).tolist()
+    keep.sort()
+    return SplitImages(
+        Picked(split.images, keep), split.labels[keep], [split.keys[i] for i in keep]
+    )
+
+
 class Subset(Protocol):
     """What picks a split's images: ``params:training`` and ``params:evaluation.subset``."""
 

@@ -1,7 +1,15 @@
-"""The training loop: CUDA with mixed precision when present, deterministic CPU otherwise.
+"""Training: CUDA with mixed precision when present, deterministic CPU otherwise.
 
-``train`` returns the model restored to its best epoch (early stopping on validation macro
-F1, ties broken by validation loss) with the per-epoch history.
+``train`` runs one of two strategies (``training.strategy``):
+
+- ``finetune``: every layer trained; returns the model restored to its best epoch (early
+  stopping on validation macro F1, ties broken by validation loss) with the per-epoch
+  history.
+- ``linear_probe``: the backbone frozen, a logistic regression on its embeddings written
+  into the head (``model/probe.py``); the "epochs" of its history are the points of the
+  ``C`` grid, ``best_epoch`` the one chosen.
+
+Either way the result is a ``PlantsNet`` with a temperature fitted on the validation split.
 """
 
 from __future__ import annotations
@@ -19,7 +27,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from plants_mlops.model.architectures import SPECS, PlantsNet, build_model
-from plants_mlops.model.data import AugmentedDataset, SplitImages, eval_tensor
+from plants_mlops.model.data import (
+    AugmentedDataset,
+    SplitImages,
+    eval_tensor,
+    stratified_sample,
+)
 from plants_mlops.model.metrics import classification_metrics
 from plants_mlops.params import Optimizer, TrainingParams
 
@@ -119,6 +132,10 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         dropout=params.dropout,
         bn_momentum=params.bn_momentum,
     ).to(device, memory_format=torch.channels_last)
+    val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
+    val_y = splits["val"].labels
+    if params.strategy == "linear_probe":
+        return _train_probe(model, splits, params, device, val_x, val_y)
 
     train_ds = AugmentedDataset(
         splits["train"],
@@ -138,8 +155,6 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         drop_last=len(train_ds) > params.batch_size,
         persistent_workers=params.loader_workers(cuda) > 0,
     )
-    val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
-    val_y = splits["val"].labels
 
     epochs = params.epochs
     optimizer = _optimizer(model, params.optimizer)
@@ -227,32 +242,125 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    calibration = {"temperature": 1.0, "applied": False}
-    if params.calibration.enabled:
-        from plants_mlops.model.calibration import calibrate
+    rate = seen / train_time if train_time else 0.0
+    val = (val_x, val_y)
+    return _result(model, history, best_epoch, train_time, rate, best_val, val, device, params)
 
-        calibration = calibrate(
-            predict_logits(model, val_x, device), val_y, min_gain=params.calibration.min_nll_gain
-        )
+
+def _train_probe(
+    model: PlantsNet,
+    splits: Mapping[str, SplitImages],
+    params: TrainingParams,
+    device: torch.device,
+    val_x,
+    val_y: np.ndarray,
+) -> TrainResult:
+    """The ``linear_probe`` strategy: embeddings of the train split (and its mirror images)
+    through the frozen backbone, the logistic regression's C chosen by cross-validation on
+    them, the fit written into the head."""
+    from plants_mlops.model import probe
+
+    spec = SPECS[params.architecture]
+    cfg = params.probe
+    t0 = time.perf_counter()
+    train = splits["train"]
+    if cfg.max_train_images is not None and len(train) > cfg.max_train_images:
         log.info(
-            "temperature scaling on val: T=%.3f %s (%s), NLL %.4f -> %.4f, ECE %.4f -> %.4f",
-            calibration["fitted_temperature"],
-            "applied" if calibration["applied"] else "not applied",
-            calibration["reason"],
-            calibration["nll_before"],
-            calibration["nll_after"],
-            calibration["ece_before"],
-            calibration["ece_after"],
+            "linear probe: a stratified %d of the %d training images "
+            "(training.probe.max_train_images)",
+            cfg.max_train_images,
+            len(train),
         )
+        train = stratified_sample(train, cfg.max_train_images, params.seed)
+    train_view = eval_tensor(train, image_size=params.image_size, mean=spec.mean, std=spec.std)
+    emb = probe.embed(model, train_view, device, hflip=cfg.hflip)
+    embed_seconds = time.perf_counter() - t0
+    fitted = probe.fit(
+        emb,
+        train.labels,
+        grid=cfg.C_grid,
+        folds=cfg.folds,
+        max_iter=cfg.max_iter,
+        seed=params.seed,
+    )
+    probe.load_into_head(model, fitted)
+    train_time = time.perf_counter() - t0
+    val = classification_metrics(val_y, predict_proba(model, val_x, device))
+    history = [
+        {
+            "epoch": i,  # the grid point: the probe's "epochs" (docs/model.md)
+            "C": row["C"],
+            "cv_log_loss": row["cv_log_loss"],
+            "cv_accuracy": row["cv_accuracy"],
+            "epoch_seconds": row["seconds"],
+        }
+        for i, row in enumerate(fitted.grid, start=1)
+    ]
+    best_epoch = 1 + [row["C"] for row in fitted.grid].index(fitted.C)
+    images = emb.shape[0] * (emb.shape[1] if emb.ndim == 3 else 1)
+    log.info(
+        "linear probe: %d embeddings in %.1fs (%.1f img/s), C=%g chosen by %d-fold CV "
+        "(log-loss %.4f), val_f1=%.4f, %.1fs in all",
+        images,
+        embed_seconds,
+        images / embed_seconds if embed_seconds else 0.0,
+        fitted.C,
+        cfg.folds,
+        fitted.grid[best_epoch - 1]["cv_log_loss"],
+        val["f1_macro"],
+        train_time,
+    )
+    rate = images / embed_seconds if embed_seconds else 0.0
+    return _result(
+        model, history, best_epoch, train_time, rate, val, (val_x, val_y), device, params
+    )
+
+
+def _result(
+    model: PlantsNet,
+    history: list[dict[str, float]],
+    best_epoch: int,
+    train_seconds: float,
+    images_per_second: float,
+    val_metrics: dict,
+    val: tuple,
+    device: torch.device,
+    params: TrainingParams,
+) -> TrainResult:
+    """The fitted model with its temperature scaling on the validation split ``val``
+    (``(view, labels)``; T = 1 when disabled)."""
+    spec = SPECS[params.architecture]
     return TrainResult(
         model=model,
         history=history,
         best_epoch=best_epoch,
         device=str(device),
-        train_seconds=train_time,
-        images_per_second=seen / train_time if train_time else 0.0,
+        train_seconds=train_seconds,
+        images_per_second=images_per_second,
         mean=spec.mean,
         std=spec.std,
-        val_metrics=best_val,
-        calibration=calibration,
+        val_metrics=val_metrics,
+        calibration=_calibrate(model, *val, device, params),
     )
+
+
+def _calibrate(model, val_x, val_y: np.ndarray, device, params: TrainingParams) -> dict:
+    """Temperature scaling on the validation split (T = 1 when disabled)."""
+    if not params.calibration.enabled:
+        return {"temperature": 1.0, "applied": False}
+    from plants_mlops.model.calibration import calibrate
+
+    calibration = calibrate(
+        predict_logits(model, val_x, device), val_y, min_gain=params.calibration.min_nll_gain
+    )
+    log.info(
+        "temperature scaling on val: T=%.3f %s (%s), NLL %.4f -> %.4f, ECE %.4f -> %.4f",
+        calibration["fitted_temperature"],
+        "applied" if calibration["applied"] else "not applied",
+        calibration["reason"],
+        calibration["nll_before"],
+        calibration["nll_after"],
+        calibration["ece_before"],
+        calibration["ece_after"],
+    )
+    return calibration

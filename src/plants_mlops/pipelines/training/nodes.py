@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # What a training run records as its configuration (checkpoint + MLflow params).
 CONFIG_KEYS = (
+    "strategy",
+    "probe",
     "architecture",
     "weights",
     "image_size",
@@ -125,6 +127,8 @@ def train_model(
         "val_metrics": result.val_metrics,
         "calibration": result.calibration,
     }
+    if p.strategy == "linear_probe":  # its "epochs" are the points of the C grid
+        history["probe_C"] = result.history[result.best_epoch - 1]["C"]
     ckpt = checkpoint_bytes(
         result.model,
         _config(p),
@@ -256,6 +260,7 @@ def log_training_run(
     split_sizes = {s: int((dataset_index["split"] == s).sum()) for s in SPLITS}
     used_sizes = {**training_history["split_sizes"], "test": int(len(y_test))}
     report = {
+        "strategy": cfg.get("strategy", "finetune"),
         "architecture": cfg["architecture"],
         "image_size": cfg["image_size"],
         "dataset_fingerprint": fingerprint,
@@ -263,6 +268,7 @@ def log_training_run(
         "split_sizes_used": used_sizes,
         "best_epoch": training_history["best_epoch"],
         "epochs_run": training_history["epochs_run"],
+        "probe_C": training_history.get("probe_C"),
         "device": training_history["device"],
         "train_seconds": training_history["train_seconds"],
         "images_per_second": training_history["images_per_second"],
@@ -338,6 +344,7 @@ def _log_run(
                 "dataset_fingerprint": meta.dataset_fingerprint or "unknown",
                 "git_commit": report["git_commit"] or "unknown",
                 "architecture": cfg["architecture"],
+                "training_strategy": cfg.get("strategy", "finetune"),
                 "device": history["device"],
                 "serving_precision": meta.precision,
                 "plants.stage": "training",

@@ -1,0 +1,141 @@
+"""The linear probe (``training.strategy: linear_probe``, model/probe.py): the backbone
+frozen, a logistic regression on its embedding folded into the head."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from support import model_data
+from support.params import deep_merge
+
+from plants_mlops.contracts import ONNX_INPUT
+from plants_mlops.model import artifact, probe
+from plants_mlops.model.architectures import build_model
+from plants_mlops.model.data import stratified_sample
+from plants_mlops.model.export import load_checkpoint
+from plants_mlops.model.train import seed_everything
+from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
+
+PROBE = model_data.small_cnn_params(
+    strategy="linear_probe",
+    probe={"C_grid": [0.01, 0.1, 1.0], "folds": 3},
+    seed=5,
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> model_data.ModelData:
+    return model_data.build(per_label=40)
+
+
+def test_the_head_gives_the_regressions_probabilities():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    emb = rng.normal(size=(60, 2, 128)) * rng.uniform(0.1, 5.0, size=128) + 3.0
+    emb[:, :, :4] += y[:, None, None] * 2.0  # a few informative dimensions
+    fitted = probe.fit(emb, y, grid=[0.01, 0.1, 1.0], folds=3, max_iter=1000, seed=0)
+    model = build_model("small_cnn", image_size=64, weights=None).eval()
+    probe.load_into_head(model, fitted)
+
+    test = rng.normal(size=(20, 128)) * 2.0 + 3.0
+    with torch.no_grad():
+        logits = model.head(torch.from_numpy(test).float()).double()
+    proba = logits.softmax(dim=1)[:, 1].numpy()
+    expected = 1.0 / (1.0 + np.exp(-fitted.decision(test)))
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rows = emb.reshape(-1, 128)
+    scaler = StandardScaler().fit(rows)
+    ref = LogisticRegression(C=fitted.C, max_iter=1000).fit(scaler.transform(rows), np.repeat(y, 2))
+    np.testing.assert_allclose(proba, ref.predict_proba(scaler.transform(test))[:, 1], atol=1e-4)
+
+
+def test_c_is_chosen_with_an_images_views_in_one_fold():
+    """Labels are noise and each mirror row equals its image's row: folds that split an
+    image's rows would reward memorising (the largest C, accuracy near 1); kept together,
+    nothing generalises and the strongest regularisation has the lowest log-loss."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 1, 64))
+    emb = np.concatenate([x, x], axis=1)
+    y = rng.permutation(np.repeat([0, 1], 40))
+    fitted = probe.fit(emb, y, grid=[0.001, 0.1, 10.0], folds=4, max_iter=2000, seed=0)
+    assert max(row["cv_accuracy"] for row in fitted.grid) < 0.7
+    assert fitted.C == 0.001
+    assert [row["C"] for row in fitted.grid] == [0.001, 0.1, 10.0]
+
+
+def test_the_probe_needs_both_classes_and_a_grid():
+    emb = np.zeros((10, 8))
+    with pytest.raises(ValueError, match="both classes"):
+        probe.fit(emb, np.zeros(10, dtype=int), grid=[1.0], folds=2, max_iter=10, seed=0)
+    with pytest.raises(ValueError, match="C_grid is empty"):
+        probe.fit(emb, np.repeat([0, 1], 5), grid=[], folds=2, max_iter=10, seed=0)
+
+
+def test_probe_training_keeps_the_backbone_and_fits_the_head(data):
+    ckpt, hist = train_model(data.dataset_index, data.fmt_images, PROBE)
+    model, cfg, meta = load_checkpoint(ckpt)
+    assert cfg["strategy"] == "linear_probe" and cfg["probe"]["C_grid"] == [0.01, 0.1, 1.0]
+
+    # the backbone is the initial one, untouched (eval mode: BatchNorm statistics too)
+    seed_everything(PROBE["seed"], torch.device("cpu"))
+    initial = build_model(
+        "small_cnn",
+        image_size=64,
+        weights=None,
+        dropout=PROBE["dropout"],
+        bn_momentum=PROBE["bn_momentum"],
+    ).state_dict()
+    trained = model.state_dict()
+    backbone = [k for k in trained if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(trained[k], initial[k]) for k in backbone)
+    assert not torch.equal(trained["head.weight"], initial["head.weight"])
+
+    # its "epochs" are the C grid; the chosen one is recorded
+    assert [row["C"] for row in hist["epochs"]] == [0.01, 0.1, 1.0]
+    assert hist["epochs_run"] == 3 and 1 <= hist["best_epoch"] <= 3
+    assert hist["probe_C"] == hist["epochs"][hist["best_epoch"] - 1]["C"]
+    assert {"cv_log_loss", "cv_accuracy", "epoch_seconds"} <= set(hist["epochs"][0])
+    assert hist["val_metrics"]["f1_macro"] >= 0.7  # colour alone separates these samples
+    assert hist["calibration"]["temperature"] > 0
+
+    # the same seed and data give the same model; the export serves the head's answers
+    again, _ = train_model(data.dataset_index, data.fmt_images, PROBE)
+    other = load_checkpoint(again)[0].state_dict()
+    assert all(torch.equal(trained[k], other[k]) for k in trained)
+    session = artifact.open_session(export_serving_model(ckpt, PROBE))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        logits, _ = model(x)
+    np.testing.assert_allclose(
+        session.run(None, {ONNX_INPUT: x.numpy()})[0], logits.numpy(), rtol=1e-3, atol=1e-4
+    )
+
+
+def test_the_probe_fits_on_a_stratified_sample_above_its_cap(data, caplog):
+    params = deep_merge(PROBE, {"probe": {"max_train_images": 20}})
+    with caplog.at_level(logging.INFO, logger="plants_mlops.model.train"):
+        _, hist = train_model(data.dataset_index, data.fmt_images, params)
+    assert any("a stratified 20 of the" in r.getMessage() for r in caplog.records)
+    assert hist["val_metrics"]["f1_macro"] > 0
+
+
+def test_stratified_sample_keeps_class_shares_order_and_seed():
+    from plants_mlops.model.data import SplitImages
+
+    labels = np.array([0] * 30 + [1] * 10)
+    split = SplitImages(list(range(40)), labels, [f"k{i}" for i in range(40)])
+    a = stratified_sample(split, 20, seed=3)
+    assert len(a) == 20 and int((a.labels == 1).sum()) == 5
+    picked = [a.images[i] for i in range(len(a))]
+    assert picked == sorted(picked) and a.keys == [f"k{i}" for i in picked]
+    assert a.images[2:4] == picked[2:4]
+    assert stratified_sample(split, 20, seed=3).keys == a.keys
+    assert stratified_sample(split, 20, seed=4).keys != a.keys
+    assert stratified_sample(split, 50, seed=3) is split
