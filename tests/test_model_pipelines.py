@@ -11,7 +11,8 @@ import pytest
 
 from plants_mlops import cli
 
-# A quick model (small CNN, 64 px, a stratified subset) and a gate it can pass.
+# A quick model (small CNN, 64 px, a stratified subset) and a gate it can pass; the
+# strategy is the default's (the linear probe: training.epochs is then unused).
 TRAIN = {
     "training.architecture": "small_cnn",
     "training.weights": "null",
@@ -43,6 +44,8 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     assert choice["model_bytes_fp32"] == (data / "06_models" / "model_fp32.onnx").stat().st_size
     assert 0.0 <= choice["val_f1_macro_int8"] <= 1.0 and choice["calibration_images"] > 0
     summary = json.loads((data / "08_reporting" / "training_report.json").read_text())
+    assert summary["strategy"] == "linear_probe"  # the default strategy, through Kedro
+    assert summary["probe_C"] in (0.01, 0.03, 0.1, 0.3, 1.0)
     fingerprint = json.loads((data / "03_primary" / "dataset_fingerprint.json").read_text())
     assert summary["dataset_fingerprint"] == fingerprint["fingerprint"]
     assert summary["mlflow_run_id"] and summary["model_uri"].startswith("models:/")

@@ -66,7 +66,7 @@ def test_c_is_chosen_with_an_images_views_in_one_fold():
     y = rng.permutation(np.repeat([0, 1], 40))
     fitted = probe.fit(emb, y, grid=[0.001, 0.1, 10.0], folds=4, max_iter=2000, seed=0)
     assert max(row["cv_accuracy"] for row in fitted.grid) < 0.7
-    assert fitted.C == 0.001
+    assert fitted.C == 0.001 and fitted.folds == 4
     assert [row["C"] for row in fitted.grid] == [0.001, 0.1, 10.0]
 
 

@@ -35,6 +35,7 @@ class ProbeFit:
     intercept: float
     mean: np.ndarray  # [D] scaler centre
     scale: np.ndarray  # [D] scaler scale (1 where a dimension is constant)
+    folds: int  # the cross-validation's folds (fewer than asked when a class is smaller)
     # One row per C of the grid: cross-validated log-loss and accuracy on the train rows.
     grid: list[dict[str, float]] = field(default_factory=list)
 
@@ -136,6 +137,7 @@ def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
         intercept=float(clf.intercept_[0]),
         mean=scaler.mean_.astype(np.float64),
         scale=scaler.scale_.astype(np.float64),
+        folds=k,
         grid=table,
     )
 

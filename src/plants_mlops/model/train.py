@@ -305,7 +305,7 @@ def _train_probe(
         embed_seconds,
         images / embed_seconds if embed_seconds else 0.0,
         fitted.C,
-        cfg.folds,
+        fitted.folds,
         fitted.grid[best_epoch - 1]["cv_log_loss"],
         val["f1_macro"],
         train_time,
