@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -42,6 +43,16 @@ os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+# Kedro's logging set-up (`dictConfig`: the root logger's handlers replaced) runs when
+# `kedro.framework.project` is first imported and when the package is first configured;
+# inside a test it removed that test's `caplog` handler (tests/test_log_capture.py). Done
+# here, once per process, before any test; later sessions leave the handlers alone.
+_quiet = logging.Filter("nothing")  # its one "Using '...' as logging configuration" line
+logging.getLogger("kedro.framework.project").addFilter(_quiet)
+from kedro.framework.project import LOGGING as _KEDRO_LOGGING  # noqa: E402
+
+_KEDRO_LOGGING.set_project_logging("plants_mlops")
+logging.getLogger("kedro.framework.project").removeFilter(_quiet)
 # Test credentials for the moto S3 server only; real ones never live in the repository.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
