@@ -4,8 +4,9 @@ figure also as a ratio to the in-process floor (decode + preprocess + model, no 
 
 By default it trains nothing: it builds the product architecture (``training.architecture``
 at ``training.image_size`` after the formatting size's square resize, with its bundled
-ImageNet weights and an untrained head, so the compute is exactly the real champion's) in the precision training would serve here (``--precision auto``: static int8
-when it is faster, as ``training.serving_precision`` decides; or ``fp32`` / ``int8``),
+ImageNet weights and an untrained head, so the compute is exactly the real champion's) in
+the precision training would serve here (``--precision auto``: static int8 when it is
+faster, as ``training.serving_precision`` decides; or ``fp32`` / ``int8``),
 registers it in a throw-away local MLflow registry and serves it. Point it at
 an existing champion with ``--tracking-uri URI [--model-uri models:/plants-classifier@champion]``.
 

@@ -110,10 +110,14 @@ def test_a_review_verdict_file_excludes_only_the_items_judged_to_be_excluded(ben
     assert bench_model_cv._excluded(str(path)) == {"grass/" + "a" * 64, "a" * 64}
 
 
-def _saved_run(path: Path, name: str, fold_f1: list[float], seed: int = 42) -> str:
-    """A bench_model_cv ``--json`` file holding one candidate with these fold F1s."""
+def _saved_run(
+    path: Path, name: str, fold_f1: list[float], seed: int = 42, strategy: str | None = None
+) -> str:
+    """A bench_model_cv ``--json`` file holding one candidate with these fold F1s (runs
+    saved before the linear probe have no ``strategy``: fine-tuning)."""
     n = len(fold_f1)
     result = {
+        **({"strategy": strategy} if strategy else {}),
         "folds": [{"fold": k, "f1_macro": f1} for k, f1 in enumerate(fold_f1)],
         "f1_macro_mean": sum(fold_f1) / n,
         "f1_macro_ci95": [min(fold_f1), max(fold_f1)],
@@ -183,6 +187,31 @@ def test_repeated_cv_pairs_each_seed_with_the_default_cut_the_same_way(
     with pytest.raises(ValueError, match="seed 1 is in an earlier file too"):
         bench_model_cv.repeated_runs([files[0], files[0]])
     assert bench_model_cv._ranges([1, 2, 3, 5, 42]) == "1-3, 5, 42"
+
+
+def test_repeated_cv_pairs_with_the_probe_default_or_the_baseline_asked_for(
+    benchmarks, tmp_path, capsys
+):
+    import bench_model_cv
+
+    for seed, (probe, tuned) in {
+        1: ([1.0, 0.9], [0.9, 0.9]),
+        2: ([0.95, 0.95], [0.9, 0.8]),
+    }.items():
+        _saved_run(tmp_path / f"p{seed}.json", "lite0_160_probe", probe, seed, "linear_probe")
+        _saved_run(tmp_path / f"f{seed}.json", "lite0_128", tuned, seed)
+    pattern = str(tmp_path / "*.json")
+    # the probe has no epoch budget in its label; it is the default, so the reference
+    assert bench_model_cv.main(["--repeated", pattern]) == 0
+    out = capsys.readouterr().out
+    assert "| lite0_160_probe | 1-2 | 4 | 0.9500 [" in out
+    assert "| lite0_128 12ep | 1-2 | 4 | 0.8750 [" in out and "| 0 / 2 |" in out
+    # --baseline: the former default as the reference instead
+    assert bench_model_cv.main(["--repeated", pattern, "--baseline", "lite0_128"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "lite0_160_probe" in line]
+    assert len(rows) == 1 and "| +0.0750 [" in rows[0] and "| 2 / 0 |" in rows[0]
+    assert bench_model_cv.baseline_of({"lite0_128": 1}) == "lite0_128"  # runs before the probe
+    assert bench_model_cv.baseline_of({"lite0_224": 1}) is None
 
 
 def test_bench_int8_quantizes_and_compares_with_the_float_model(benchmarks, tmp_path):
