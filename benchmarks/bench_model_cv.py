@@ -118,9 +118,9 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def _defaults() -> dict:
-    import yaml
+    from product_model import stage_defaults  # benchmarks/product_model.py
 
-    return yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
+    return stage_defaults("training")
 
 
 def _excluded(path: str | None) -> set[str]:
@@ -301,8 +301,8 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
             "fit_seconds": round(fit_s, 1),
             "images_per_second": round(result.images_per_second, 1),
         }
-        if params.strategy == "linear_probe":  # its "epochs" are the C grid
-            row["probe_C"] = result.history[result.best_epoch - 1]["C"]
+        if result.probe_C is not None:
+            row["probe_C"] = result.probe_C
         if tta:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2

@@ -63,15 +63,18 @@ def serving_precision(onnx: bytes, meta, precision: str) -> tuple[bytes, object,
     QDQ, calibrated on sample images), ``fp32``, or ``auto``: int8 when it is
     ``min_speedup`` times faster at batch 1 here. The F1 limit is lifted: this model's
     head is untrained, so its F1 says nothing."""
-    import yaml
+    from product_model import stage_defaults  # benchmarks/product_model.py
 
     from plants_mlops import imaging
     from plants_mlops.model import quantize
     from plants_mlops.params import ServingPrecision
 
-    conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())
     policy = ServingPrecision.model_validate(
-        {**conf["training"]["serving_precision"], "mode": precision, "max_f1_drop": math.inf}
+        {
+            **stage_defaults("training")["serving_precision"],
+            "mode": precision,
+            "max_f1_drop": math.inf,
+        }
     )
     calib = sorted(SAMPLES.glob("*/*.jpg"))[1::6]  # not the request images ([::4])
     images = [imaging.decode_image(p.read_bytes()).image for p in calib]

@@ -32,9 +32,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _defaults() -> dict:
-    import yaml
+    from product_model import stage_defaults  # benchmarks/product_model.py
 
-    return yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
+    return stage_defaults("training")
 
 
 def _load_data(data_root: Path, source: str):

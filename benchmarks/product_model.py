@@ -11,14 +11,18 @@ from plants_mlops.model import artifact
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
 
+def stage_defaults(stage: str) -> dict:
+    """``params:<stage>`` as ``conf/base/parameters_<stage>.yml`` ships it."""
+    import yaml
+
+    return yaml.safe_load((CONF / f"parameters_{stage}.yml").read_text())[stage]
+
+
 def product_defaults() -> dict:
     """The product model's shape from the project's parameters: ``architecture`` and
     ``image_size`` (parameters_training.yml), ``resize_size`` (the formatting size the API
     square-resizes to first, parameters_formatting.yml)."""
-    import yaml
-
-    training = yaml.safe_load((CONF / "parameters_training.yml").read_text())["training"]
-    formatting = yaml.safe_load((CONF / "parameters_formatting.yml").read_text())["formatting"]
+    training, formatting = stage_defaults("training"), stage_defaults("formatting")
     return {
         "architecture": training["architecture"],
         "image_size": int(training["image_size"]),

@@ -78,6 +78,12 @@ class TrainResult:
     # when disabled or when it does not lower the validation NLL.
     calibration: dict = field(default_factory=lambda: {"temperature": 1.0, "applied": False})
 
+    @property
+    def probe_C(self) -> float | None:
+        """The linear probe's chosen C (its best "epoch" is a point of the C grid); None
+        when fine-tuned."""
+        return self.history[self.best_epoch - 1].get("C") if self.history else None
+
 
 def _optimizer(model: nn.Module, cfg: Optimizer) -> torch.optim.Optimizer:
     if cfg.name == "adamw":

@@ -127,8 +127,8 @@ def train_model(
         "val_metrics": result.val_metrics,
         "calibration": result.calibration,
     }
-    if p.strategy == "linear_probe":  # its "epochs" are the points of the C grid
-        history["probe_C"] = result.history[result.best_epoch - 1]["C"]
+    if result.probe_C is not None:
+        history["probe_C"] = result.probe_C
     ckpt = checkpoint_bytes(
         result.model,
         _config(p),
