@@ -195,6 +195,57 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+# The server's threads by their OS names (plants_mlops.serving.osthreads); an unnamed
+# thread of a worker is one of the request thread pool's (decode + preprocess, and the
+# model call of a request alone in flight) or, with PLANTS_ORT_THREADS > 1, ONNX Runtime's.
+THREAD_ROLES = {
+    "batch-run": "model runners",
+    "prediction-log": "prediction log",
+    "model-watch": "model watcher",
+}
+
+
+def thread_cpu_ticks(root: int) -> dict[str, int]:
+    """CPU clock ticks so far of every thread under ``root`` (uvicorn's supervisor and its
+    workers, or the one server process), by role: ``supervisor``, ``event loop`` (a
+    worker's main thread), the named roles of THREAD_ROLES, ``thread pool``."""
+    pids = process_tree(root)
+    ticks: dict[str, int] = {}
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:  # ended meanwhile
+            continue
+        for tid in tids:
+            try:
+                comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+            except OSError:
+                continue
+            if pid == root and len(pids) > 1:
+                role = "supervisor"
+            elif tid == pid:
+                role = "event loop"
+            else:
+                role = THREAD_ROLES.get(comm, "thread pool")
+            utime, stime = fields.split()[11:13]
+            ticks[role] = ticks.get(role, 0) + int(utime) + int(stime)
+    return ticks
+
+
+def cpu_by_thread(before: dict[str, int], after: dict[str, int], requests: int) -> str:
+    """``after - before`` as ms of CPU per request by role, largest first."""
+    ms = {
+        role: (after.get(role, 0) - before.get(role, 0)) * 1000 / os.sysconf("SC_CLK_TCK")
+        for role in after
+    }
+    return ", ".join(
+        f"{role} {value / max(1, requests):.2f}"
+        for role, value in sorted(ms.items(), key=lambda kv: -kv[1])
+        if value / max(1, requests) >= 0.005
+    )
+
+
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
     boundary = uuid.uuid4().hex
     body = (
@@ -364,12 +415,14 @@ def main() -> int:
         cpu0 = tree_cpu_seconds(proc.pid)
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
         cpu1 = tree_cpu_seconds(proc.pid)
+        threads0 = thread_cpu_ticks(proc.pid)
         client0 = time.process_time()
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
         )
         client8 = time.process_time() - client0  # the load generator shares the cores
         cpu8 = tree_cpu_seconds(proc.pid)
+        threads8 = cpu_by_thread(threads0, thread_cpu_ticks(proc.pid), len(lat8))
         peaks = [process_peak_rss_mb(p) for p in process_tree(proc.pid)]
         server_rss = sum(p for p in peaks if p is not None) if any(peaks) else None
     finally:
@@ -406,6 +459,7 @@ def main() -> int:
         f"load generator CPU per request at concurrency {args.concurrency} "
         f"{client8 * 1000 / len(lat8):5.2f} ms"
     )
+    print(f"server CPU per request at concurrency {args.concurrency}, by thread (ms): {threads8}")
     print(
         f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "
         f"{rate8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from plants_mlops.serving.osthreads import name_os_thread
+
 log = logging.getLogger("plants_mlops.serving.batching")
 
 
@@ -55,7 +57,12 @@ class MicroBatcher:
     def start(self) -> None:
         """Start the runners on the running event loop (the app's lifespan)."""
         self._queue = asyncio.Queue()
-        self._pool = ThreadPoolExecutor(self.runners, thread_name_prefix="batch-run")
+        self._pool = ThreadPoolExecutor(
+            self.runners,
+            thread_name_prefix="batch-run",
+            initializer=name_os_thread,
+            initargs=("batch-run",),
+        )
         self._tasks = [
             asyncio.get_running_loop().create_task(self._runner(), name=f"batch-runner-{i}")
             for i in range(self.runners)
