@@ -9,6 +9,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plants_mlops.imaging import ImageDecodeError
 
+# The hint of every "not an upload" 422 (FastAPI's validation and serving/upload.py).
+UPLOAD_HINT = (
+    "(send multipart/form-data with the image in the field 'file', or 'files' for /predict/batch)"
+)
+
 # imaging.decode_image reasons -> (HTTP status, message prefix)
 DECODE_STATUS = {
     "empty": 400,
@@ -72,8 +77,5 @@ def install(app: FastAPI) -> None:
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
         detail = "; ".join(parts)
         if any(str(e.get("loc", ("",))[-1]) in ("file", "files") for e in exc.errors()):
-            detail += (
-                " (send multipart/form-data with the image in the field "
-                "'file', or 'files' for /predict/batch)"
-            )
+            detail += " " + UPLOAD_HINT
         return JSONResponse(error_body(request, "invalid_request", detail), status_code=422)

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from plants_mlops.serving import batching
-from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
+from plants_mlops.serving import batching, upload
+from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep, serving_model
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
+from plants_mlops.serving.service import PredictionService
 
 router = APIRouter(tags=["predict"])
 
@@ -23,8 +24,8 @@ ERRORS = {
 }
 
 
-def _check_content_type(upload: UploadFile) -> None:
-    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+def _check_content_type(content_type: str | None) -> None:
+    ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
         raise ApiError(
             415,
@@ -34,7 +35,7 @@ def _check_content_type(upload: UploadFile) -> None:
 
 
 async def _read(upload: UploadFile, limit: int) -> bytes:
-    _check_content_type(upload)
+    _check_content_type(upload.content_type)
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ApiError(413, "too_large", f"file exceeds the upload limit of {limit} bytes")
@@ -42,21 +43,30 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
 
 
 @router.post(
-    "/predict", response_model=PredictionResponse, responses=ERRORS, summary="Classify one image"
+    "/predict",
+    response_model=PredictionResponse,
+    responses=ERRORS,
+    summary="Classify one image",
+    openapi_extra=upload.OPENAPI_BODY,
 )
-async def predict(
-    file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, GIF, BMP)")],
-    model: ModelDep,
-    service: ServiceDep,
-    rid: RequestIdDep,
-    request: Request,
-) -> Response:
-    data = await _read(file, service.config.max_upload_bytes)
+async def predict(request: Request) -> Response:
+    # No File()/Depends parameters: their parsing and solving cost the event loop more
+    # than anything else HTTP adds per request (serving/upload.py); the body is bounded
+    # by the middleware's size limit and timeout while it is read.
+    body = await request.body()
+    service: PredictionService = request.app.state.service
+    model = serving_model(service)
+    part = upload.file_part(request.headers.get("content-type", ""), body)
+    _check_content_type(part.content_type)
+    limit = service.config.max_upload_bytes
+    if len(part.data) > limit:
+        raise ApiError(413, "too_large", f"file exceeds the upload limit of {limit} bytes")
+    rid = request.state.request_id
     batcher = getattr(request.app.state, "batcher", None)
     if batcher is not None:  # concurrent requests share model calls (serving/batching.py)
-        result = await batching.predict_one(service, batcher, model, data, rid)
+        result = await batching.predict_one(service, batcher, model, part.data, rid)
     else:
-        result = await run_in_threadpool(service.predict_one, model, data, rid)
+        result = await run_in_threadpool(service.predict_one, model, part.data, rid)
     # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
     # validate it again against response_model and encode it through jsonable_encoder.
     return Response(result.model_dump_json(), media_type="application/json")
@@ -78,8 +88,8 @@ async def predict_batch(
     if len(files) > limit:
         raise ApiError(413, "too_many_files", f"{len(files)} files; the batch limit is {limit}")
     payload: list[tuple[str | None, bytes]] = []
-    for upload in files:
-        payload.append((upload.filename, await _read(upload, service.config.max_upload_bytes)))
+    for file in files:
+        payload.append((file.filename, await _read(file, service.config.max_upload_bytes)))
     items = await run_in_threadpool(service.predict_many, model, payload, rid)
     ok = sum(1 for i in items if i.prediction is not None)
     return BatchResponse(
