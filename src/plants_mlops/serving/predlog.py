@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from plants_mlops import contracts, imaging
+from plants_mlops.serving.osthreads import name_os_thread
 
 log = logging.getLogger("plants_mlops.serving.predlog")
 
@@ -273,8 +274,6 @@ class PredictionLogWriter:
         self.sink.close()
 
     def _run(self) -> None:
-        from plants_mlops.serving.osthreads import name_os_thread
-
         name_os_thread("prediction-log")
         deadline = time.monotonic() + self.flush_seconds
         stopping = False
