@@ -75,6 +75,11 @@ BAD = {
         b"--zz\r\nnonsense\r\n\r\nD\r\n--zz--",
         "not 'Name: value'",
     ),
+    "thousands of parts": (
+        "multipart/form-data; boundary=zz",
+        b"--zz" + b"\r\n\r\nx\r\n--zz" * 5000 + b"--",
+        "more than 1000 parts",
+    ),
     "not form-data": (
         "multipart/form-data; boundary=zz",
         b'--zz\r\nContent-Disposition: attachment; name="file"; filename="a"\r\n\r\nD\r\n--zz--',

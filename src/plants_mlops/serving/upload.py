@@ -23,6 +23,9 @@ from plants_mlops.serving.errors import UPLOAD_HINT, ApiError
 FIELD = "file"
 MAX_BOUNDARY = 200  # RFC 2046 says at most 70 characters; clients stay far below this
 MAX_PART_HEADERS = 16 * 1024  # the headers of one part (a browser sends about 150 bytes)
+# Parts looked at before giving up: a body of thousands of tiny parts would otherwise keep
+# the event loop busy (Starlette's form parser stops at 1000 fields too).
+MAX_PARTS = 1000
 
 # The request body /predict documents (OpenAPI), as FastAPI would for a File() parameter.
 OPENAPI_BODY = {
@@ -98,7 +101,11 @@ def file_part(content_type: str, body: bytes) -> UploadedFile:
     if start < 0:
         raise _invalid("the body holds no part (its boundary never appears)")
     pos = start + len(delimiter)
+    parts = 0
     while not body.startswith(b"--", pos):  # "--" after a delimiter closes the body
+        parts += 1
+        if parts > MAX_PARTS:
+            raise _invalid(f"more than {MAX_PARTS} parts before the file")
         line_end = body.find(b"\r\n", pos)
         if line_end < 0:
             raise _invalid("the body ends inside a part")
