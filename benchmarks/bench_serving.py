@@ -182,16 +182,21 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cpu_ticks(stat: str) -> int:
+    """utime + stime, in clock ticks, of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants (uvicorn's workers), from
     /proc: a cost per request that other sessions' load on the shared cores barely moves."""
     total = 0
     for p in process_tree(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += cpu_ticks(f"/proc/{p}/stat")
         except OSError:  # ended meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -219,7 +224,7 @@ def thread_cpu_ticks(root: int) -> dict[str, int]:
         for tid in tids:
             try:
                 comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                used = cpu_ticks(f"/proc/{pid}/task/{tid}/stat")
             except OSError:
                 continue
             if pid == root and len(pids) > 1:
@@ -228,8 +233,7 @@ def thread_cpu_ticks(root: int) -> dict[str, int]:
                 role = "event loop"
             else:
                 role = THREAD_ROLES.get(comm, "thread pool")
-            utime, stime = fields.split()[11:13]
-            ticks[role] = ticks.get(role, 0) + int(utime) + int(stime)
+            ticks[role] = ticks.get(role, 0) + used
     return ticks
 
 

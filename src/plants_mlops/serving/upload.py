@@ -115,7 +115,7 @@ def file_part(content_type: str, body: bytes) -> UploadedFile:
         end = body.find(next_part, head_end + 4)
         if end < 0:
             raise _invalid("the body ends inside a part (no closing boundary)")
-        headers = body[line_end + 2 : head_end] if head_end > line_end else b""
+        headers = body[line_end + 2 : head_end]  # empty when the part has none
         name, filename, part_type = _part_headers(headers) if headers else (None, None, "")
         if name == FIELD:
             if filename is None:

@@ -34,12 +34,16 @@ def _check_content_type(content_type: str | None) -> None:
         )
 
 
-async def _read(upload: UploadFile, limit: int) -> bytes:
-    _check_content_type(upload.content_type)
-    data = await upload.read(limit + 1)
+def _checked(content_type: str | None, data: bytes, limit: int) -> bytes:
+    """An uploaded file's bytes, once its content type and size pass."""
+    _check_content_type(content_type)
     if len(data) > limit:
         raise ApiError(413, "too_large", f"file exceeds the upload limit of {limit} bytes")
     return data
+
+
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    return _checked(upload.content_type, await upload.read(limit + 1), limit)
 
 
 @router.post(
@@ -57,16 +61,13 @@ async def predict(request: Request) -> Response:
     service: PredictionService = request.app.state.service
     model = serving_model(service)
     part = upload.file_part(request.headers.get("content-type", ""), body)
-    _check_content_type(part.content_type)
-    limit = service.config.max_upload_bytes
-    if len(part.data) > limit:
-        raise ApiError(413, "too_large", f"file exceeds the upload limit of {limit} bytes")
+    data = _checked(part.content_type, part.data, service.config.max_upload_bytes)
     rid = request.state.request_id
     batcher = getattr(request.app.state, "batcher", None)
     if batcher is not None:  # concurrent requests share model calls (serving/batching.py)
-        result = await batching.predict_one(service, batcher, model, part.data, rid)
+        result = await batching.predict_one(service, batcher, model, data, rid)
     else:
-        result = await run_in_threadpool(service.predict_one, model, part.data, rid)
+        result = await run_in_threadpool(service.predict_one, model, data, rid)
     # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
     # validate it again against response_model and encode it through jsonable_encoder.
     return Response(result.model_dump_json(), media_type="application/json")
