@@ -201,10 +201,11 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 # The server's threads by their OS names (plants_mlops.serving.osthreads); an unnamed
-# thread of a worker is one of the request thread pool's (decode + preprocess, and the
-# model call of a request alone in flight) or, with PLANTS_ORT_THREADS > 1, ONNX Runtime's.
+# thread of a worker is one of the request thread pool's (/predict/batch, /predict with
+# batching off) or, with PLANTS_ORT_THREADS > 1, ONNX Runtime's.
 THREAD_ROLES = {
-    "batch-run": "model runners",
+    "predict-lane": "prediction lanes",
+    "predict-decode": "large-image decode",
     "prediction-log": "prediction log",
     "model-watch": "model watcher",
 }
@@ -248,6 +249,17 @@ def cpu_by_thread(before: dict[str, int], after: dict[str, int], requests: int) 
         for role, value in sorted(ms.items(), key=lambda kv: -kv[1])
         if value / max(1, requests) >= 0.005
     )
+
+
+def model_calls(port: int) -> tuple[float, float]:
+    """The server's batched model calls so far and their images (its /metrics, all workers)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        for key in ("count", "sum"):
+            if line.startswith(f"plants_inference_batch_size_{key} "):
+                found[key] = found.get(key, 0.0) + float(line.split()[-1])
+    return found.get("count", 0.0), found.get("sum", 0.0)
 
 
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
@@ -420,6 +432,7 @@ def main() -> int:
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
         cpu1 = tree_cpu_seconds(proc.pid)
         threads0 = thread_cpu_ticks(proc.pid)
+        calls0 = model_calls(port)
         client0 = time.process_time()
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
@@ -427,6 +440,7 @@ def main() -> int:
         client8 = time.process_time() - client0  # the load generator shares the cores
         cpu8 = tree_cpu_seconds(proc.pid)
         threads8 = cpu_by_thread(threads0, thread_cpu_ticks(proc.pid), len(lat8))
+        calls8 = [b - a for a, b in zip(calls0, model_calls(port), strict=True)]
         peaks = [process_peak_rss_mb(p) for p in process_tree(proc.pid)]
         server_rss = sum(p for p in peaks if p is not None) if any(peaks) else None
     finally:
@@ -464,6 +478,11 @@ def main() -> int:
         f"{client8 * 1000 / len(lat8):5.2f} ms"
     )
     print(f"server CPU per request at concurrency {args.concurrency}, by thread (ms): {threads8}")
+    if calls8[0]:
+        print(
+            f"model calls at concurrency {args.concurrency}: {calls8[0]:.0f} for "
+            f"{calls8[1]:.0f} images, {calls8[1] / calls8[0]:.2f} images per call (micro-batching)"
+        )
     print(
         f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "
         f"{rate8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "

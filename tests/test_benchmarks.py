@@ -255,7 +255,7 @@ def test_bench_serving_attributes_server_cpu_to_threads_by_their_os_names(benchm
                 pass
             done.wait()  # alive until the test has read /proc
 
-        names = ("batch-run", "prediction-log", None, "x" * 20)
+        names = ("predict-lane", "prediction-log", None, "x" * 20)
         threads = [threading.Thread(target=burn, args=(n, 0.3 if n != "x" * 20 else 0))
                    for n in names]
         for t in threads:
@@ -283,14 +283,14 @@ def test_bench_serving_attributes_server_cpu_to_threads_by_their_os_names(benchm
         proc.stdin.close()
         proc.wait(timeout=30)
     assert proc.returncode == 0
-    assert {"batch-run", "prediction-log", "x" * 15} <= set(comm)  # cut to 15 bytes
-    assert set(ticks) == {"event loop", "model runners", "prediction log", "thread pool"}
-    for role in ("event loop", "model runners", "prediction log", "thread pool"):
+    assert {"predict-lane", "prediction-log", "x" * 15} <= set(comm)  # cut to 15 bytes
+    assert set(ticks) == {"event loop", "prediction lanes", "prediction log", "thread pool"}
+    for role in ("event loop", "prediction lanes", "prediction log", "thread pool"):
         assert ticks[role] >= 0.2 * os.sysconf("SC_CLK_TCK"), ticks  # each burnt 0.3 s
     line = bench_serving.cpu_by_thread(
-        {"event loop": 0}, {"event loop": 200, "model runners": 100, "idle": 0}, 10
+        {"event loop": 0}, {"event loop": 200, "prediction lanes": 100, "idle": 0}, 10
     )
     hz = os.sysconf("SC_CLK_TCK")
-    assert (
-        line == f"event loop {200 * 1000 / hz / 10:.2f}, model runners {100 * 1000 / hz / 10:.2f}"
+    assert line == (
+        f"event loop {200 * 1000 / hz / 10:.2f}, prediction lanes {100 * 1000 / hz / 10:.2f}"
     )

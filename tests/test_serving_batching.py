@@ -104,33 +104,114 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer_and_
     assert logged == sorted(f"burst-{i}" for i in good)
 
 
-def test_a_request_alone_in_flight_runs_its_model_call_on_its_decode_thread(
+def _record_threads(service, calls: list[tuple[str, str]]) -> None:
+    """Record on which thread ``service`` decodes and answers each request (wrappers around
+    its own methods: the real decode, model and response still run)."""
+    for method in ("_prepare", "_respond"):
+        original = getattr(service, method)
+
+        def traced(*args, _original=original, _method=method):
+            calls.append((_method, threading.current_thread().name))
+            return _original(*args)
+
+        setattr(service, method, traced)
+
+
+def test_each_request_is_decoded_predicted_and_answered_on_one_lane_thread(
     tmp_path, mlflow_tracking_uri
 ):
-    """Nothing else decoding or queued: no batch could form, so the request's model call
-    runs where it was decoded instead of going back to the event loop and to a runner
-    thread (two hand-offs fewer: c1 p50 about 0.7 ms lower, docs/serving.md)."""
+    """One hand-off per request: the event loop queues the upload, a lane thread decodes
+    it, runs the model and builds the answer, and the loop sends it (docs/serving.md,
+    *Prediction lanes*). No thread is started per request."""
     name = unique_model_name()
     register_champion(mlflow_tracking_uri, name=name)
-
-    def runner_threads() -> set[int | None]:
-        return {t.ident for t in threading.enumerate() if t.name.startswith("batch-run")}
-
-    before = runner_threads()
+    calls: list[tuple[str, str]] = []
     with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as client:
+        _record_threads(client.app.state.service, calls)
+        before = {t.ident for t in threading.enumerate()}
         answers = [
             client.post(
                 "/predict", files={"file": (f"{i}.jpg", images.sample_jpeg(i), "image/jpeg")}
             )
             for i in range(5)
         ]
-        started = runner_threads() - before
+        started = {t.ident for t in threading.enumerate()} - before
         metrics = client.get("/metrics").text
     assert [r.status_code for r in answers] == [200] * 5, answers[-1].text
-    assert started == set()  # no model call went to a runner: none was ever started
+    assert started == set()  # no thread was started for a request
+    assert [m for m, _ in calls] == ["_prepare", "_respond"] * 5
+    assert {t for _, t in calls} <= {"predict-lane-0", "predict-lane-1"}, calls
+    for i in range(5):  # decoded and answered on the same thread
+        assert calls[2 * i][1] == calls[2 * i + 1][1]
     # Each still counts as a model call of one image.
     assert _metric(metrics, "plants_inference_batch_size_count") == 5
     assert _metric(metrics, "plants_inference_batch_size_sum") == 5
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 160, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_large_images_decode_beside_the_lane_and_still_get_answers(tmp_path, mlflow_tracking_uri):
+    """An image over the lane's pixel limit (read from its header) decodes on a side
+    thread, so it does not hold up the small uploads queued behind it; a damaged one still
+    gets its own clear error."""
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    calls: list[tuple[str, str]] = []
+    big = images.sample_jpeg(1)
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as client:
+        client.app.state.batcher.inline_pixels = 10_000  # the sample photos are ~50,000 px
+        _record_threads(client.app.state.service, calls)
+        good = client.post("/predict", files={"file": ("big.jpg", big, "image/jpeg")})
+        broken = client.post(
+            "/predict", files={"file": ("cut.jpg", images.truncated_jpeg(), "image/jpeg")}
+        )
+        small = client.post("/predict", files={"file": ("tiny.png", _tiny_png(), "image/png")})
+    assert good.status_code == 200 and good.json()["label"] in ("dandelion", "grass"), good.text
+    assert broken.status_code == 400 and broken.json()["error"] == "truncated", broken.text
+    assert small.status_code == 200, small.text
+    decoded_on = [t for m, t in calls if m == "_prepare"]
+    assert decoded_on[0].startswith("predict-decode") and decoded_on[1].startswith(
+        "predict-decode"
+    ), calls
+    assert decoded_on[2].startswith("predict-lane"), calls  # 64 x 64: on its lane
+    answered_on = [t for m, t in calls if m == "_respond"]
+    assert all(t.startswith("predict-lane") for t in answered_on), calls
+
+
+def test_an_unexpected_error_fails_only_its_request_and_the_lane_keeps_serving(
+    tmp_path, mlflow_tracking_uri
+):
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as client:
+        service = client.app.state.service
+        respond = service._respond
+
+        def respond_or_fail(model, prep, probs, emb, request_id, endpoint):
+            if request_id == "boom":
+                raise RuntimeError("a bug while answering")
+            return respond(model, prep, probs, emb, request_id, endpoint)
+
+        service._respond = respond_or_fail
+        answers = [
+            client.post(
+                "/predict",
+                files={"file": ("a.jpg", images.sample_jpeg(i), "image/jpeg")},
+                headers={"X-Request-ID": rid},
+            )
+            for i, rid in enumerate(["ok-1", "boom", "ok-2"])
+        ]
+    assert [r.status_code for r in answers] == [200, 500, 200], [r.text for r in answers]
+    assert answers[1].json()["error"] == "internal_error"
+    assert answers[1].json()["request_id"] == "boom"
 
 
 def test_batching_off_still_predicts_one_call_per_request(tmp_path, mlflow_tracking_uri):

@@ -80,6 +80,18 @@ class DecodeBudget:
                 self._cond.notify_all()
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header (no pixel decoded), or 0 when the bytes are
+    not a readable image: ``decode_image`` then says what is wrong with them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 0
+    return width * height
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None
 ) -> DecodedImage:

@@ -56,6 +56,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         batcher = None
         if config.batch_wait_ms > 0:
             batcher = MicroBatcher(
+                app.state.service,
                 max_batch=config.batch_max,
                 wait_ms=config.batch_wait_ms,
                 runners=config.batch_runners,

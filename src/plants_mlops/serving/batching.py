@@ -1,208 +1,255 @@
 """Dynamic micro-batching: concurrent ``POST /predict`` requests share ONNX Runtime calls.
 
-Each request still decodes and preprocesses its own image (in the thread pool, in
-parallel), then hands its model input to the :class:`MicroBatcher` and awaits its own row
-of the result; the response, the prediction-log record and the metrics stay per request
-(``PredictionService._respond``). A runner takes the first waiting input and, while other
-requests are still being decoded, waits at most ``wait_ms`` for more (up to ``max_batch``),
-then runs them as one batch. A request whose input is ready while nothing else is in
-flight runs its model call on its own decode thread (:meth:`MicroBatcher.claim_alone`): it
-pays no batching delay and no hand-offs to the event loop and a runner thread.
+Each worker process runs ``runners`` *lanes*: threads that take the requests waiting in one
+queue, decode and preprocess each, run the ones that decoded as one model call, and build
+every response, the prediction-log record and the metrics, then hand the whole batch's
+answers back to the event loop in one wake-up. A request costs the event loop one hand-off
+(to a lane and back), never a thread per request; a lane does the floor's work in the
+floor's order (decode, preprocess, model), one request after the other, so a core is not
+shared by several decodes at once.
 
-- Hot swap: every input carries the model its request read; a batch is split by model, so
+- Batching: a lane takes every request already waiting (up to ``max_batch``); requests that
+  arrive while it decodes join the same model call. When the queue is empty but requests
+  are still being read from their clients (``arriving``), it waits for them at most
+  ``wait_ms``.
+- Large images (over ``inline_pixels``, read from the header) decode on a side pool of
+  threads and then queue again, so one big photo does not hold up the small ones behind
+  it in the lane; their model call still batches.
+- Hot swap: every request carries the model it read; a batch is split by model, so
   requests that started on the old version finish on it and nothing is dropped.
-- Errors: decode errors happen before an input is queued and fail only their request. If
-  a batched call raises, its inputs are retried one by one, so only the input that fails
-  alone gets the error.
-- ``runners`` batches can run at once (one ONNX Runtime call each, on its own thread).
+- Errors: a decode error fails only its request. If a batched call raises, its inputs are
+  retried one by one, so only the input that fails alone gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
-from collections.abc import Awaitable
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from plants_mlops import imaging
 from plants_mlops.serving.osthreads import name_os_thread
 
 log = logging.getLogger("plants_mlops.serving.batching")
 
+_STOP = object()
+# Images up to this many pixels (about 1000 x 1000) decode on their lane: a few ms at most.
+INLINE_PIXELS = 1_000_000
 
-@dataclass
-class _Pending:
+
+@dataclass(slots=True)
+class _Job:
     model: Any  # the ServingModel the request read (ServingModel.run)
-    x: np.ndarray  # CHW float32 model input
+    data: bytes  # the upload
+    prep: Any  # service.Prepared, once decoded
+    request_id: str
     future: asyncio.Future = field(repr=False)
 
 
 class MicroBatcher:
-    def __init__(self, *, max_batch: int, wait_ms: float, runners: int = 1, on_batch=None) -> None:
+    def __init__(
+        self,
+        service,
+        *,
+        max_batch: int,
+        wait_ms: float,
+        runners: int = 1,
+        on_batch=None,
+        inline_pixels: int = INLINE_PIXELS,
+        side_threads: int = 4,
+    ) -> None:
+        self.service = service  # PredictionService: _prepare and _respond
         self.on_batch = on_batch  # callback(size) after each model call (metrics)
         self.max_batch = max(1, int(max_batch))
         self.wait = max(0.0, float(wait_ms)) / 1000.0
         self.runners = max(1, int(runners))
-        self.preparing = 0  # requests decoding now (their inputs will follow soon)
-        self.running = 0  # model calls running now (batches, and lone requests' own calls)
-        self._running_lock = threading.Lock()  # lone calls claim a runner from a decode thread
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self.inline_pixels = inline_pixels
+        self.side_threads = side_threads
+        self.arriving = 0  # requests still reading their upload (on the event loop)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._side: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
-        """Start the runners on the running event loop (the app's lifespan)."""
-        self._queue = asyncio.Queue()
-        self._pool = ThreadPoolExecutor(
-            self.runners,
-            thread_name_prefix="batch-run",
+        """Start the lanes; answers go back to the running event loop (the app's lifespan)."""
+        self._loop = asyncio.get_running_loop()
+        self._side = ThreadPoolExecutor(
+            self.side_threads,
+            thread_name_prefix="predict-decode",
             initializer=name_os_thread,
-            initargs=("batch-run",),
+            initargs=("predict-decode",),
         )
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._runner(), name=f"batch-runner-{i}")
+        self._threads = [
+            threading.Thread(target=self._lane, name=f"predict-lane-{i}", daemon=True)
             for i in range(self.runners)
         ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        while self._queue is not None and not self._queue.empty():  # never left hanging
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("the server is shutting down"))
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        threads, self._threads = self._threads, []
+        await asyncio.to_thread(lambda: [t.join() for t in threads])
+        if self._side is not None:  # a large image still decoding queues, then fails below
+            await asyncio.to_thread(self._side.shutdown, True)
+        while True:  # never left hanging
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP and not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
 
-    def claim_alone(self) -> bool:
-        """From a decode thread, once its input is ready: True (and a runner taken) when
-        this request is the only one in flight, nothing is queued and a runner is free, so
-        it runs its model call right there (:meth:`run_alone`): no batch could form anyway,
-        and the hand-offs to the event loop and to a runner thread and back are saved."""
-        with self._running_lock:
-            queue = self._queue
-            if queue is None or not queue.empty() or self.preparing > 1:
-                return False
-            if self.running >= self.runners:
-                return False
-            self.running += 1
-            return True
-
-    def run_alone(self, model, x: np.ndarray):
-        """The model call of a request :meth:`claim_alone` let through, on its own thread."""
-        try:
-            out = model.run(x[None])
-        finally:
-            with self._running_lock:
-                self.running -= 1
-        if self.on_batch is not None:
-            self.on_batch(1)
-        return out
-
-    async def prepare(self, work: Awaitable):
-        """Await a request's decode + preprocess, counted so runners know more is coming."""
-        self.preparing += 1
-        try:
-            return await work
-        finally:
-            self.preparing -= 1
-
-    async def infer(self, model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """This input's (probabilities, embedding), computed in a shared batch."""
-        if self._queue is None:
+    async def predict(self, model, data: bytes, request_id: str):
+        """This upload's answer (a PredictionResponse's JSON), computed by a lane in a
+        shared model call; an ApiError for an upload that is not a usable image."""
+        if self._loop is None:
             raise RuntimeError("the micro-batcher is not running")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(model, x, future))
+        future = self._loop.create_future()
+        self._queue.put(_Job(model, data, None, request_id, future))
         return await future
 
-    async def _collect(self) -> list[_Pending]:
-        queue = self._queue
-        batch = [await queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait
-        while len(batch) < self.max_batch:
-            if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if self.preparing <= 0 or remaining <= 0:
-                break  # nothing else on its way, or waited long enough
-            try:  # asyncio.timeout: wait_for would wrap the get in a new Task
-                async with asyncio.timeout(remaining):
-                    batch.append(await queue.get())
-            except TimeoutError:
-                break
-        return batch
+    # -- lane threads -------------------------------------------------------------------
 
-    async def _runner(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _take(self, batch: list[_Job], room: int) -> None:
+        """Add to ``batch`` what is waiting, up to ``room`` requests."""
+        while room > 0:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is _STOP:
+                self._queue.put(_STOP)  # seen at this lane's next turn
+                return
+            batch.append(job)
+            room -= 1
+
+    def _lane(self) -> None:
+        name_os_thread("predict-lane")
         while True:
-            batch = await self._collect()
-            groups: dict[int, list[_Pending]] = {}
-            for item in batch:  # one call per model: a swap mid-burst splits the batch
-                groups.setdefault(id(item.model), []).append(item)
-            for items in groups.values():
-                try:
-                    await self._run(loop, items)
-                except asyncio.CancelledError:
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(RuntimeError("the server is shutting down"))
-                    raise
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            taken = [first]
+            answers: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+            try:
+                self._serve(taken, answers)
+            except Exception as exc:  # a bug must not stop the lane: its requests get a 500
+                log.exception("prediction lane failed", extra={"event": "lane_failed"})
+                answered = {id(future) for future, _, _ in answers}
+                answers += [(j.future, None, exc) for j in taken if id(j.future) not in answered]
+            if answers:
+                self._loop.call_soon_threadsafe(_deliver, answers)
 
-    async def _run(self, loop, items: list[_Pending]) -> None:
-        model = items[0].model
-        with self._running_lock:
-            self.running += 1
+    def _serve(self, taken: list[_Job], answers: list) -> None:
+        """Decode ``taken`` (and what joins it), run the model, fill ``answers``."""
+        self._take(taken, self.max_batch - 1)
+        ready: list[_Job] = []
+        self._decode(taken, ready, answers)
+        # Requests that arrived while this lane decoded join the same model call; if none
+        # did but some are still being read from their clients, wait for them a little.
+        deadline = time.perf_counter() + self.wait
+        while len(ready) < self.max_batch:
+            more: list[_Job] = []
+            self._take(more, self.max_batch - len(ready))
+            if not more and self.arriving > 0:
+                remaining = deadline - time.perf_counter()
+                if remaining > 0:
+                    try:
+                        job = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        self._queue.put(_STOP)
+                        break
+                    more.append(job)
+            if not more:
+                break
+            taken += more
+            self._decode(more, ready, answers)
+        self._run(ready, answers)
+
+    def _decode(self, jobs: list[_Job], ready: list[_Job], answers: list) -> None:
+        for job in jobs:
+            if job.future.cancelled():  # its client went away while it waited
+                continue
+            if job.prep is None:
+                if imaging.header_pixels(job.data) > self.inline_pixels:
+                    self._side.submit(self._decode_aside, job)  # queues again once decoded
+                    continue
+                try:
+                    job.prep = self.service._prepare(job.model, job.data)
+                except Exception as exc:  # ApiError: this request's own 4xx
+                    answers.append((job.future, None, exc))
+                    continue
+            ready.append(job)
+
+    def _decode_aside(self, job: _Job) -> None:
         try:
-            out = await loop.run_in_executor(
-                self._pool, model.run, np.stack([item.x for item in items])
-            )
+            job.prep = self.service._prepare(job.model, job.data)
         except Exception as exc:
-            out, failure = None, exc
-        finally:
-            with self._running_lock:
-                self.running -= 1
-        if out is None:
-            if len(items) > 1:  # find the input that fails; the others still get answers
+            self._loop.call_soon_threadsafe(_deliver, [(job.future, None, exc)])
+            return
+        self._queue.put(job)
+
+    def _run(self, ready: list[_Job], answers: list) -> None:
+        groups: dict[int, list[_Job]] = {}
+        for job in ready:  # one call per model: a swap mid-burst splits the batch
+            groups.setdefault(id(job.model), []).append(job)
+        for jobs in groups.values():
+            self._call(jobs, answers)
+
+    def _call(self, jobs: list[_Job], answers: list) -> None:
+        model = jobs[0].model
+        try:
+            out = model.run(np.stack([job.prep.x for job in jobs]))
+        except Exception as exc:
+            if len(jobs) > 1:  # find the input that fails; the others still get answers
                 log.warning(
                     "a batch of %d failed (%s); retrying its inputs one by one",
-                    len(items),
-                    failure,
-                    extra={"event": "batch_failed", "size": len(items)},
+                    len(jobs),
+                    exc,
+                    extra={"event": "batch_failed", "size": len(jobs)},
                 )
-                for item in items:
-                    await self._run(loop, [item])
-                return
-            if not items[0].future.done():
-                items[0].future.set_exception(failure)
+                for job in jobs:
+                    self._call([job], answers)
+            else:
+                answers.append((jobs[0].future, None, exc))
             return
         if self.on_batch is not None:
-            self.on_batch(len(items))
-        for row, item in enumerate(items):
-            if not item.future.done():  # a client that went away cancelled its future
-                item.future.set_result((out.probabilities[row], out.embeddings[row]))
+            self.on_batch(len(jobs))
+        for row, job in enumerate(jobs):
+            try:
+                result = self.service._respond(
+                    model,
+                    job.prep,
+                    out.probabilities[row],
+                    out.embeddings[row],
+                    job.request_id,
+                    "predict",
+                ).model_dump_json()
+            except Exception as exc:
+                answers.append((job.future, None, exc))
+                continue
+            answers.append((job.future, result, None))
 
 
-async def predict_one(service, batcher: MicroBatcher, model, data: bytes, request_id: str):
-    """``PredictionService.predict_one`` with the model call shared through ``batcher``:
-    decode and preprocess on the thread pool, infer in a batch, respond per request. A
-    request alone in flight runs its model call on its decode thread instead."""
-    from starlette.concurrency import run_in_threadpool
-
-    def decode_and_maybe_run():
-        prep = service._prepare(model, data)
-        return prep, (batcher.run_alone(model, prep.x) if batcher.claim_alone() else None)
-
-    prep, out = await batcher.prepare(run_in_threadpool(decode_and_maybe_run))
-    if out is not None:  # ran alone on the decode thread
-        probs, emb = out.probabilities[0], out.embeddings[0]
-    else:
-        probs, emb = await batcher.infer(model, prep.x)
-    return service._respond(model, prep, probs, emb, request_id, "predict")
+def _deliver(answers: list) -> None:
+    """On the event loop: each request's answer (a client that went away cancelled its
+    future)."""
+    for future, result, exc in answers:
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)

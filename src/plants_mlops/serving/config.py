@@ -180,9 +180,9 @@ class ServingConfig:
     # image, or many phone photos, decode together; more wait their turn.
     decode_budget_pixels: int = 48_000_000
     ort_threads: int = 1
-    # Micro-batching of concurrent /predict requests (serving/batching.py): how long a
-    # batch may wait for requests still decoding (0: off, one model call per request),
-    # its largest size, and how many batches run at once.
+    # Micro-batching of concurrent /predict requests on prediction lanes
+    # (serving/batching.py): how long a lane may wait for uploads still being read (0: off,
+    # one model call per request on the thread pool), the largest batch, and the lanes.
     batch_wait_ms: float = 2.0
     batch_max: int = 16
     batch_runners: int = 1

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from plants_mlops.serving import batching, upload
+from plants_mlops.serving import upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep, serving_model
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
@@ -57,20 +57,26 @@ async def predict(request: Request) -> Response:
     # No File()/Depends parameters: their parsing and solving cost the event loop about
     # 0.2 ms per request, the largest single share of what HTTP adds (serving/upload.py).
     # The body is bounded by the middleware's size limit and timeout while it is read.
-    body = await request.body()
+    batcher = getattr(request.app.state, "batcher", None)
+    if batcher is not None:  # a lane may wait for uploads still on their way
+        batcher.arriving += 1
+    try:
+        body = await request.body()
+    finally:
+        if batcher is not None:
+            batcher.arriving -= 1
     service: PredictionService = request.app.state.service
     model = serving_model(service)
     part = upload.file_part(request.headers.get("content-type", ""), body)
     data = _checked(part.content_type, part.data, service.config.max_upload_bytes)
     rid = request.state.request_id
-    batcher = getattr(request.app.state, "batcher", None)
-    if batcher is not None:  # concurrent requests share model calls (serving/batching.py)
-        result = await batching.predict_one(service, batcher, model, data, rid)
+    if batcher is not None:  # decoded, batched and answered on a lane (serving/batching.py)
+        body = await batcher.predict(model, data, rid)
     else:
-        result = await run_in_threadpool(service.predict_one, model, data, rid)
+        body = (await run_in_threadpool(service.predict_one, model, data, rid)).model_dump_json()
     # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
     # validate it again against response_model and encode it through jsonable_encoder.
-    return Response(result.model_dump_json(), media_type="application/json")
+    return Response(body, media_type="application/json")
 
 
 @router.post(
