@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -43,6 +45,11 @@ def error_body(request: Request | None, code: str, detail: str) -> dict:
         else None
     )
     return {"error": code, "detail": detail, "request_id": rid}
+
+
+def error_json(exc: ApiError, request_id: str | None) -> bytes:
+    """``exc`` as the JSON body its handler below sends (for a route answered in raw ASGI)."""
+    return json.dumps({"error": exc.code, "detail": exc.detail, "request_id": request_id}).encode()
 
 
 _HTTP_CODES = {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, File, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from plants_mlops.serving import upload
+from plants_mlops.serving import errors, upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep, serving_model
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
@@ -46,6 +48,71 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     return _checked(upload.content_type, await upload.read(limit + 1), limit)
 
 
+async def _answer(app, content_type: str, body: bytes, request_id: str) -> str:
+    """The JSON answer to a ``/predict`` upload; ApiError for one that cannot be served."""
+    service: PredictionService = app.state.service
+    model = serving_model(service)
+    part = upload.file_part(content_type, body)
+    data = _checked(part.content_type, part.data, service.config.max_upload_bytes)
+    batcher = getattr(app.state, "batcher", None)
+    if batcher is not None:  # decoded, batched and answered on a lane (serving/batching.py)
+        return await batcher.predict(model, data, request_id)
+    # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
+    # validate it again against response_model and encode it through jsonable_encoder.
+    return (await run_in_threadpool(service.predict_one, model, data, request_id)).model_dump_json()
+
+
+@contextlib.contextmanager
+def _arriving(app):
+    """Counts an upload still being read: a lane may wait for it (PLANTS_BATCH_WAIT_MS)."""
+    batcher = getattr(app.state, "batcher", None)
+    if batcher is None:
+        yield
+        return
+    batcher.arriving += 1
+    try:
+        yield
+    finally:
+        batcher.arriving -= 1
+
+
+async def predict_asgi(scope, receive, send) -> None:
+    """``POST /predict`` as a raw ASGI app: what the server runs (``PlantsAPI`` shortcuts
+    it inside ``RequestContextMiddleware``, past Starlette's middleware stack and FastAPI's
+    routing, which rebuilds an included route's handler on every request). The same
+    answers as :func:`predict`, the FastAPI route that documents it."""
+    app = scope["app"]
+    rid = scope["state"]["request_id"]
+    with _arriving(app):
+        chunks = []
+        while True:  # bounded by the middleware's size limit and timeout
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+    try:
+        payload = (
+            await _answer(app, content_type.decode("latin-1"), b"".join(chunks), rid)
+        ).encode()
+        status = 200
+    except ApiError as exc:
+        payload, status = errors.error_json(exc, rid), exc.status
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
 @router.post(
     "/predict",
     response_model=PredictionResponse,
@@ -57,26 +124,11 @@ async def predict(request: Request) -> Response:
     # No File()/Depends parameters: their parsing and solving cost the event loop about
     # 0.2 ms per request, the largest single share of what HTTP adds (serving/upload.py).
     # The body is bounded by the middleware's size limit and timeout while it is read.
-    batcher = getattr(request.app.state, "batcher", None)
-    if batcher is not None:  # a lane may wait for uploads still on their way
-        batcher.arriving += 1
-    try:
+    with _arriving(request.app):
         body = await request.body()
-    finally:
-        if batcher is not None:
-            batcher.arriving -= 1
-    service: PredictionService = request.app.state.service
-    model = serving_model(service)
-    part = upload.file_part(request.headers.get("content-type", ""), body)
-    data = _checked(part.content_type, part.data, service.config.max_upload_bytes)
     rid = request.state.request_id
-    if batcher is not None:  # decoded, batched and answered on a lane (serving/batching.py)
-        body = await batcher.predict(model, data, rid)
-    else:
-        body = (await run_in_threadpool(service.predict_one, model, data, rid)).model_dump_json()
-    # Serialised once by pydantic's own JSON encoder: returning the model would have FastAPI
-    # validate it again against response_model and encode it through jsonable_encoder.
-    return Response(body, media_type="application/json")
+    answer = await _answer(request.app, request.headers.get("content-type", ""), body, rid)
+    return Response(answer, media_type="application/json")
 
 
 @router.post(
