@@ -328,3 +328,41 @@ def test_alpha_is_composited_on_white_without_full_size_copies():
     assert rgb.mode == "RGB"
     r, g, b = rgb.getpixel((0, 0))
     assert r == 255 and abs(g - 127) <= 1 and abs(b - 127) <= 1
+
+
+def test_header_pixels_reads_the_size_every_decoder_would_see():
+    """The lanes route an upload by its header's pixel count (serving/batching.py): JPEG
+    and PNG headers are read directly, others through Pillow; bytes that are no image
+    give 0 (decode_image then names the problem)."""
+    import io
+
+    from PIL import Image
+    from support import images
+
+    from plants_mlops import imaging
+
+    def encoded(fmt: str, size=(123, 45), **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (40, 90, 20)).save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the header's size is still the stored one
+    cases = {
+        "jpeg": encoded("JPEG"),
+        "progressive": encoded("JPEG", size=(300, 200), progressive=True),
+        "exif": encoded("JPEG", size=(301, 199), exif=exif),
+        "png": encoded("PNG"),
+        "webp": encoded("WEBP"),
+        "gif": encoded("GIF"),
+        "sample": images.sample_jpeg(7),
+        "greyscale": images.greyscale_jpeg(),
+        "cmyk": images.cmyk_jpeg(),
+        "bomb": images.decompression_bomb_png(),
+    }
+    for name, data in cases.items():
+        width, height = Image.open(io.BytesIO(data)).size
+        assert imaging.header_pixels(data) == width * height, name
+    assert imaging.header_pixels(images.truncated_jpeg()) > 0  # its header is whole
+    for junk in (b"", b"\xff\xd8", b"\xff\xd8\x00\x00garbage" * 3, b"<html></html>", b"\x89PNG"):
+        assert imaging.header_pixels(junk) == 0, junk

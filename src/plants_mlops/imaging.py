@@ -80,9 +80,44 @@ class DecodeBudget:
                 self._cond.notify_all()
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless...; not DHT C4, JPG C8, DAC CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first start-of-frame segment, walking the segment
+    lengths from the start of the file; None when the walk does not reach one."""
+    i, end = 2, len(data)
+    while i + 9 <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def header_pixels(data: bytes) -> int:
     """Width x height from the image's header (no pixel decoded), or 0 when the bytes are
-    not a readable image: ``decode_image`` then says what is wrong with them."""
+    not a readable image: ``decode_image`` then says what is wrong with them. JPEG and
+    PNG headers are read directly (a few us: the API asks for every upload); other
+    formats through Pillow."""
+    if data[:2] == b"\xff\xd8":
+        size = _jpeg_size(data)
+        if size is not None:
+            return size[0] * size[1]
+    elif data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
