@@ -3,6 +3,7 @@ new champion, and a clean shutdown that flushes the prediction log."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import boto3
@@ -162,6 +163,15 @@ def test_clean_shutdown_flushes_every_prediction_to_the_sql_log(
     engine.dispose()
     assert sorted(logged) == sorted(request_ids)
     assert '"event": "prediction_log_closed"' in api.log_text()
+    # Every request has its access line, the last ones (written in batches) included.
+    access = [
+        json.loads(line)
+        for line in api.log_text().splitlines()
+        if line.startswith("{") and '"event": "http_request"' in line
+    ]
+    assert [d["path"] for d in access if d["method"] == "POST"] == ["/predict"] * 25 + [
+        "/predict/batch"
+    ]
 
 
 def test_the_s3_prediction_log_is_a_date_partitioned_parquet_dataset_monitoring_can_read(

@@ -14,6 +14,7 @@ from plants_mlops.orchestration.retrain import RetrainRunner
 from plants_mlops.serving import errors
 from plants_mlops.serving.batching import MicroBatcher
 from plants_mlops.serving.config import ServingConfig
+from plants_mlops.serving.logs import flush_access_log
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.middleware import RequestContextMiddleware
 from plants_mlops.serving.model import ModelManager
@@ -114,6 +115,7 @@ def create_app(config: ServingConfig | None = None) -> PlantsAPI:
                     writer.written,
                     extra={"event": "prediction_log_closed", "rows": writer.written},
                 )
+            flush_access_log()
 
     app = PlantsAPI(
         title="plants-mlops prediction API",
