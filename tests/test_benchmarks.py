@@ -294,3 +294,30 @@ def test_bench_serving_attributes_server_cpu_to_threads_by_their_os_names(benchm
     assert line == (
         f"event loop {200 * 1000 / hz / 10:.2f}, prediction lanes {100 * 1000 / hz / 10:.2f}"
     )
+
+
+def test_bench_serving_compares_with_the_mean_of_the_floors_around_the_http_load(benchmarks):
+    """The floor is measured before and after the HTTP load; the ratios use the mean of the
+    two per batch size, and the best batch of those means (not the best of either run)."""
+    import bench_serving
+
+    before = {
+        "lat": [0.002, 0.003],
+        "cores": 2,
+        "rates": {1: 1000.0, 2: 1100.0, 4: 900.0},
+        "best": 2,
+        "cpu_ms": {1: 2.0, 2: 1.8, 4: 2.2},
+    }
+    after = {
+        "lat": [0.004],
+        "cores": 2,
+        "rates": {1: 1000.0, 2: 700.0, 4: 1000.0},
+        "best": 4,
+        "cpu_ms": {1: 2.0, 2: 2.6, 4: 1.8},
+    }
+    floor = bench_serving.bracket_floors(before, after)
+    assert floor["rates"] == {1: 1000.0, 2: 900.0, 4: 950.0}
+    assert floor["best"] == 1  # the best mean, though each run alone had another best
+    assert floor["cpu_ms"] == pytest.approx({1: 2.0, 2: 2.2, 4: 2.0})
+    assert floor["lat"] == [0.002, 0.003, 0.004] and floor["cores"] == 2
+    assert floor["bracket"] == (1100.0, 1000.0)
