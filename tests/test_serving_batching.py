@@ -347,3 +347,93 @@ def test_two_workers_each_listen_and_share_keep_alive_connections_opened_at_once
                 s.close()
     served = sorted(n for n in per_worker.values() if n)
     assert sum(served) == 16 and len(served) == 2, per_worker
+
+
+def test_predict_answers_the_same_through_the_shortcut_and_through_fastapi_routing(
+    tmp_path, mlflow_tracking_uri
+):
+    """The server answers POST /predict in raw ASGI (``PlantsAPI`` shortcut); without the
+    shortcut (as with a root path, behind a proxy) the request goes through Starlette and
+    FastAPI's routing to the route that documents it. Both give the same answers, errors
+    and headers."""
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    calls = {"predict_asgi": 0}
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as client:
+        app = client.app
+        route, shortcut = app.shortcuts[("POST", "/predict")]
+        assert route.path == "/predict"
+
+        async def counted(scope, receive, send, _inner=shortcut):
+            calls["predict_asgi"] += 1
+            await _inner(scope, receive, send)
+
+        answers = {}
+        for way, shortcuts in (
+            ("shortcut", {("POST", "/predict"): (route, counted)}),
+            ("routed", {}),
+        ):
+            app.shortcuts = shortcuts
+            answers[way] = [
+                client.post(
+                    "/predict", files={"file": ("a.jpg", images.sample_jpeg(3), "image/jpeg")}
+                ),
+                client.post("/predict", files={"file": ("a.txt", b"hello", "text/plain")}),
+                client.post(
+                    "/predict",
+                    files={"file": ("cut.jpg", images.truncated_jpeg(), "image/jpeg")},
+                ),
+                client.post("/predict", json={"image": "x"}),
+            ]
+        metrics = client.get("/metrics").text
+    assert calls["predict_asgi"] == 4  # the shortcut served the first four, not the rest
+    for fast, slow in zip(answers["shortcut"], answers["routed"], strict=True):
+        assert fast.status_code == slow.status_code, (fast.text, slow.text)
+        assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+        for header in ("x-request-id", "x-content-type-options", "x-frame-options"):
+            assert header in fast.headers and header in slow.headers
+        a, b = fast.json(), slow.json()
+        assert a["request_id"] == fast.headers["x-request-id"]
+        assert b["request_id"] == slow.headers["x-request-id"]
+        if fast.status_code == 200:
+            assert a["label"] == b["label"] and a["probabilities"] == b["probabilities"]
+        else:
+            assert a["error"] == b["error"] and a["detail"] == b["detail"]
+    assert [r.status_code for r in answers["shortcut"]] == [200, 415, 400, 422]
+    # Both count under the route's own label.
+    assert _metric(metrics, "plants_http_requests_total", route="/predict", status="200") == 2
+
+
+def test_the_shortcut_leaves_requests_under_a_root_path_to_fastapi_routing():
+    """Behind a proxy's root path the path to match is not scope["path"] alone; such a
+    request goes through Starlette's routing, which strips the root path."""
+    import asyncio
+
+    from plants_mlops.serving.app import PlantsAPI
+
+    app = PlantsAPI()
+    seen = []
+
+    async def shortcut(scope, receive, send):
+        seen.append(scope["path"])
+
+    class Route:
+        path = "/predict"
+        methods = {"POST"}
+
+    app.add_shortcut(Route, shortcut)
+    base = {"type": "http", "method": "POST", "headers": [], "query_string": b""}
+    asyncio.run(app({**base, "path": "/predict", "root_path": ""}, None, None))
+    assert seen == ["/predict"]
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {**base, "path": "/api/predict", "root_path": "/api", "raw_path": b"/api/predict"}
+    asyncio.run(app({**scope, "scheme": "http", "server": ("t", 80)}, receive, send))
+    assert seen == ["/predict"]  # not taken: FastAPI answered (no such route here: 404)
+    assert sent[0]["status"] == 404
