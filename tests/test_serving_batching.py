@@ -186,6 +186,29 @@ def test_large_images_decode_beside_the_lane_and_still_get_answers(tmp_path, mlf
     assert all(t.startswith("predict-lane") for t in answered_on), calls
 
 
+def test_a_lane_does_not_wait_for_the_decode_budget_that_large_uploads_hold(
+    tmp_path, mlflow_tracking_uri
+):
+    """The decode budget bounds the memory of large decodes; a lane decodes only small
+    images (checked from the header), one at a time, so it does not queue behind them."""
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as client:
+        budget = client.app.state.service.decode_budget
+        budget.wait_seconds = 1.0  # a budgeted decode would give up (503 busy) after 1 s
+        with budget.reserve(budget.total):  # large uploads hold the whole budget
+            answer = client.post(
+                "/predict", files={"file": ("a.jpg", images.sample_jpeg(2), "image/jpeg")}
+            )
+            big = client.app.state.batcher
+            big.inline_pixels = 10_000  # now the same photo counts as large: budgeted
+            refused = client.post(
+                "/predict", files={"file": ("a.jpg", images.sample_jpeg(2), "image/jpeg")}
+            )
+    assert answer.status_code == 200, answer.text
+    assert refused.status_code == 503 and refused.json()["error"] == "busy", refused.text
+
+
 def test_an_unexpected_error_fails_only_its_request_and_the_lane_keeps_serving(
     tmp_path, mlflow_tracking_uri
 ):

@@ -364,5 +364,14 @@ def test_header_pixels_reads_the_size_every_decoder_would_see():
         width, height = Image.open(io.BytesIO(data)).size
         assert imaging.header_pixels(data) == width * height, name
     assert imaging.header_pixels(images.truncated_jpeg()) > 0  # its header is whole
+    # Two start-of-frame segments: Pillow takes the last one, and so must the lanes' check
+    # (a small first one must not let a large image decode on a lane).
+    small = encoded("JPEG", size=(16, 8))
+    at = small.index(b"\xff\xc0")
+    sof = bytearray(small[at : at + 2 + int.from_bytes(small[at + 2 : at + 4], "big")])
+    sof[5:9] = (3000).to_bytes(2, "big") + (4000).to_bytes(2, "big")
+    twice = small[: at + len(sof)] + bytes(sof) + small[at + len(sof) :]
+    assert Image.open(io.BytesIO(twice)).size == (4000, 3000)
+    assert imaging.header_pixels(twice) == 4000 * 3000
     for junk in (b"", b"\xff\xd8", b"\xff\xd8\x00\x00garbage" * 3, b"<html></html>", b"\x89PNG"):
         assert imaging.header_pixels(junk) == 0, junk

@@ -86,10 +86,11 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's first start-of-frame segment, walking the segment
-    lengths from the start of the file; None when the walk does not reach one."""
-    i, end = 2, len(data)
-    while i + 9 <= end:
+    """(width, height) as Pillow reads a JPEG's header: walking the segment lengths from
+    the start of the file to the start of scan, the last start-of-frame segment's size;
+    None when the walk does not get there."""
+    i, end, size = 2, len(data), None
+    while i + 4 <= end:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -99,9 +100,14 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
             i += 2
             continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
         if marker in _JPEG_SOF:
-            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
-                data[i + 5 : i + 7], "big"
+            if i + 9 > end:
+                return None
+            size = (
+                int.from_bytes(data[i + 7 : i + 9], "big"),
+                int.from_bytes(data[i + 5 : i + 7], "big"),
             )
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None

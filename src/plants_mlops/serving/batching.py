@@ -186,8 +186,8 @@ class MicroBatcher:
                 if imaging.header_pixels(job.data) > self.inline_pixels:
                     self._side.submit(self._decode_aside, job)  # queues again once decoded
                     continue
-                try:
-                    job.prep = self.service._prepare(job.model, job.data)
+                try:  # small (header checked): outside the decode budget, never waiting
+                    job.prep = self.service._prepare(job.model, job.data, budgeted=False)
                 except Exception as exc:  # ApiError: this request's own 4xx
                     answers.append((job.future, None, exc))
                     continue

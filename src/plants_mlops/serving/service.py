@@ -48,11 +48,17 @@ class PredictionService:
         )
         self.feedback = FeedbackStore(config.db_url)
 
-    def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
+    def _prepare(self, model: ServingModel, data: bytes, *, budgeted: bool = True) -> Prepared:
+        """Decode and preprocess ``data``. ``budgeted=False``: without reserving its pixels
+        in the decode budget, for an image a prediction lane decodes (at most
+        ``batching.INLINE_PIXELS``, one at a time per lane): a lane must not wait behind
+        large uploads holding the budget."""
         started = time.perf_counter()
         try:
             decoded = imaging.decode_image(
-                data, max_pixels=self.config.max_pixels, budget=self.decode_budget
+                data,
+                max_pixels=self.config.max_pixels,
+                budget=self.decode_budget if budgeted else None,
             )
         except imaging.ImageDecodeError as exc:
             self.metrics.rejected.labels(reason=exc.reason).inc()
