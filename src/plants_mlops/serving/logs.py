@@ -44,14 +44,14 @@ class JsonFormatter(logging.Formatter):
 class BatchedStreamHandler(logging.StreamHandler):
     """A StreamHandler that writes INFO and DEBUG lines in batches (the access log's).
 
-    The access log writes a line per request: written one by one, each line is a write to
-    stderr from the event loop, and the write releases the GIL, which the prediction
-    lanes then take: about 0.06 ms of the server's CPU per request on two cores
-    (docs/serving.md). Here those lines wait in memory and a flusher thread writes them
-    together, ``interval`` seconds after the first of them (or at once past ``max_lines``).
-    A WARNING or worse is written at once, after the lines before it, so order is kept;
-    the lines still waiting are written by ``flush`` (the app's shutdown, ``logging.shutdown``); a
-    process killed with SIGKILL loses at most ``interval`` seconds of INFO lines.
+    The access log writes a line per request. Written one by one, each line was a write to
+    stderr from the event loop, a system call that releases the GIL to the prediction
+    lanes (docs/serving.md, *The event loop's share*). Here the lines wait in memory and a
+    flusher thread writes them together ``interval`` seconds after the first of them (or
+    at once past ``max_lines``). A WARNING or worse is written at once, after the lines
+    before it, so order is kept. ``flush`` writes what waits (the app's shutdown,
+    ``logging.shutdown``); a process killed with SIGKILL loses at most ``interval``
+    seconds of INFO lines.
     """
 
     def __init__(self, stream=None, *, interval: float = 0.2, max_lines: int = 1000) -> None:

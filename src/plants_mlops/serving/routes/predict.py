@@ -121,6 +121,7 @@ async def predict_asgi(scope, receive, send) -> None:
     openapi_extra=upload.OPENAPI_BODY,
 )
 async def predict(request: Request) -> Response:
+    # Served by predict_asgi (the app's shortcut) unless a root path is set: same answers.
     # No File()/Depends parameters: their parsing and solving cost the event loop about
     # 0.2 ms per request, the largest single share of what HTTP adds (serving/upload.py).
     # The body is bounded by the middleware's size limit and timeout while it is read.
