@@ -110,9 +110,9 @@ def _record_threads(service, calls: list[tuple[str, str]]) -> None:
     for method in ("_prepare", "_respond"):
         original = getattr(service, method)
 
-        def traced(*args, _original=original, _method=method):
+        def traced(*args, _original=original, _method=method, **kwargs):
             calls.append((_method, threading.current_thread().name))
-            return _original(*args)
+            return _original(*args, **kwargs)
 
         setattr(service, method, traced)
 
