@@ -189,7 +189,7 @@ class ServingConfig:
     prediction_log: str = "sql"  # sql | s3 | off
     db_url: str = DEFAULT_DB_URL
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
-    log_batch_size: int = 64
+    log_batch_size: int = 256  # rows per write (or log_flush_seconds): fewer commits
     log_flush_seconds: float = 1.0
     log_retention_days: float = 30.0  # SQL rows older than this are deleted
     log_max_rows: int = 1_000_000  # ... and the oldest beyond this count
@@ -238,7 +238,7 @@ class ServingConfig:
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
-            log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 64),
+            log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 256),
             log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),
             log_retention_days=_env_float("PLANTS_PREDICTION_LOG_RETENTION_DAYS", 30.0),
             log_max_rows=_env_int("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000_000),

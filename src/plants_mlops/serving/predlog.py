@@ -213,7 +213,7 @@ class PredictionLogWriter:
         self,
         sink,
         *,
-        batch_size: int = 64,
+        batch_size: int = 256,
         flush_seconds: float = 1.0,
         spill_dir: Path = SPILL_DIR,
         max_queue: int = 10_000,
