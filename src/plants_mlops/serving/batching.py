@@ -12,13 +12,16 @@ shared by several decodes at once.
   arrive while it decodes join the same model call. When the queue is empty but requests
   are still being read from their clients (``arriving``), it waits for them at most
   ``wait_ms``.
-- Large images (over ``inline_pixels``, read from the header) decode on a side pool of
-  threads and then queue again, so one big photo does not hold up the small ones behind
-  it in the lane; their model call still batches.
+- Large images (over ``inline_pixels``, read from the header as Pillow reads it) decode
+  on a side pool of threads, within the decode budget, and then queue again, so one big
+  photo does not hold up the small ones behind it in the lane; their model call still
+  batches. The small ones a lane decodes stay outside the budget: a lane never waits
+  behind large uploads that hold it.
 - Hot swap: every request carries the model it read; a batch is split by model, so
   requests that started on the old version finish on it and nothing is dropped.
 - Errors: a decode error fails only its request. If a batched call raises, its inputs are
-  retried one by one, so only the input that fails alone gets the error.
+  retried one by one, so only the input that fails alone gets the error. An unexpected
+  error in a lane fails the requests it held (500) and the lane goes on.
 """
 
 from __future__ import annotations
