@@ -47,9 +47,10 @@ def error_body(request: Request | None, code: str, detail: str) -> dict:
     return {"error": code, "detail": detail, "request_id": rid}
 
 
-def error_json(exc: ApiError, request_id: str | None) -> bytes:
-    """``exc`` as the JSON body its handler below sends (for a route answered in raw ASGI)."""
-    return json.dumps({"error": exc.code, "detail": exc.detail, "request_id": request_id}).encode()
+def error_json(code: str, detail: str, request_id: str | None) -> bytes:
+    """``error_body``'s document as bytes, for what answers in raw ASGI (the middleware's
+    own refusals, the ``/predict`` shortcut)."""
+    return json.dumps({"error": code, "detail": detail, "request_id": request_id}).encode()
 
 
 _HTTP_CODES = {

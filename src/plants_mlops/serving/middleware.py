@@ -4,12 +4,12 @@ and a JSON 500 instead of a traceback if anything below fails."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
 import time
 
+from plants_mlops.serving.errors import error_json
 from plants_mlops.serving.logs import ACCESS_LOGGER, request_id_var
 from plants_mlops.serving.metrics import ServiceMetrics
 
@@ -216,16 +216,13 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _json(send, status: int, code: str, detail: str, rid: str) -> None:
-        body = json.dumps({"error": code, "detail": detail, "request_id": rid}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, error_json(code, detail, rid), close=True)
+
+
+async def send_json(send, status: int, body: bytes, *, close: bool = False) -> None:
+    """A whole JSON response in raw ASGI (``close``: and the connection closes after it)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from plants_mlops.serving import errors, upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep, serving_model
 from plants_mlops.serving.errors import ApiError
+from plants_mlops.serving.middleware import send_json
 from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
 from plants_mlops.serving.service import PredictionService
 
@@ -99,18 +100,8 @@ async def predict_asgi(scope, receive, send) -> None:
         ).encode()
         status = 200
     except ApiError as exc:
-        payload, status = errors.error_json(exc, rid), exc.status
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+        payload, status = errors.error_json(exc.code, exc.detail, rid), exc.status
+    await send_json(send, status, payload)
 
 
 @router.post(
