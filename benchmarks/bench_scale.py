@@ -197,7 +197,7 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
         [
             str(VENV_BIN / "python"),
             "-c",
-            "import sys,time; from plants_mlops.datasets import data_synth as d\n"
+            "import sys,time; from plants_mlops.commands import mirror as d\n"
             "with d.serve(sys.argv[1], 0, float(sys.argv[3])) as url:\n"
             "    open(sys.argv[2], 'w').write(url)\n"
             "    time.sleep(10**6)",

@@ -10,6 +10,7 @@ import pandas as pd
 from support.params import stage_params
 
 from plants_mlops import cli, contracts, db
+from plants_mlops.commands import mirror
 from plants_mlops.datasets import data_synth
 from plants_mlops.pipelines.ingestion.nodes import ingest_all
 
@@ -54,7 +55,7 @@ def test_ingesting_the_synthetic_mirror_keeps_good_rows_and_names_the_broken(tmp
             for i, r in enumerate(manifest)
         ]
     )
-    with data_synth.serve(tmp_path / "cat", slow_s=0.3) as url:
+    with mirror.serve(tmp_path / "cat", slow_s=0.3) as url:
         params = stage_params(
             "ingestion",
             raw_root="raw",

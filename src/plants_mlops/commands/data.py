@@ -304,9 +304,9 @@ def synth_command(args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> int:
     import time
 
-    from plants_mlops.datasets import data_synth
+    from plants_mlops.commands import mirror
 
-    with data_synth.serve(args.root, args.port, args.slow_s) as url:
+    with mirror.serve(args.root, args.port, args.slow_s) as url:
         print(f"serving {args.root} at {url} (Ctrl-C stops)", flush=True)
         try:
             while True:

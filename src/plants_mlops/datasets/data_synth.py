@@ -1,5 +1,6 @@
 """A deterministic synthetic catalogue for scale tests: N distinct small JPEGs per label,
-a share of broken rows, a manifest CSV, and a loopback HTTP mirror that serves them.
+a share of broken rows and a manifest CSV (``plants_mlops.commands.mirror`` serves them over
+loopback HTTP).
 
 Images are cheap variations of a few dozen pre-rendered base pictures per label (crop,
 size 64-200 px, brightness) with the image's number written into its top-left pixels, so
@@ -19,13 +20,8 @@ import csv
 import hashlib
 import io
 import random
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -169,36 +165,3 @@ def synth(
             writer.writerow([prefix + rel, label, sha])
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    slow_s = 0.2
-    protocol_version = "HTTP/1.1"  # keep-alive: one connection per client thread
-    # TCP_NODELAY: the handler writes the headers and the body in two sends; with Nagle on,
-    # the body waited for the client's delayed ACK of the headers (40 ms on Linux) on every
-    # keep-alive request, which capped 8 client threads at ~170 requests/s whatever the CPU.
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args):  # quiet: 100,000 lines otherwise
-        pass
-
-    def do_GET(self):
-        if self.path.startswith("/slow/"):
-            time.sleep(self.slow_s)
-        return super().do_GET()
-
-
-@contextmanager
-def serve(root: str | Path, port: int = 0, slow_s: float = 0.2) -> Iterator[str]:
-    """A loopback HTTP mirror over ``root`` (threads; ``/slow/...`` waits ``slow_s``);
-    yields its base URL and stops on exit."""
-    handler = type("SynthHandler", (_Handler,), {"slow_s": slow_s})
-    server = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(root)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from plants_mlops.orchestration.retrain import RetrainRunner
+from plants_mlops.retrain import RetrainRunner
 from plants_mlops.serving import errors
 from plants_mlops.serving.batching import MicroBatcher
 from plants_mlops.serving.config import ServingConfig

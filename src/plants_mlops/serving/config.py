@@ -16,7 +16,7 @@ from pathlib import Path
 from plants_mlops import imaging
 from plants_mlops.contracts import DEFAULT_DB_URL, DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI
 from plants_mlops.errors import UserFacingError
-from plants_mlops.orchestration.retrain import default_retrain_command
+from plants_mlops.retrain import default_retrain_command
 
 
 def _env_float(name: str, default: float) -> float:

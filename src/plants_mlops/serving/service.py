@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from plants_mlops import imaging
-from plants_mlops.orchestration.retrain import RetrainRunner
+from plants_mlops.retrain import RetrainRunner
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.feedback import FeedbackStore, RecentPredictions

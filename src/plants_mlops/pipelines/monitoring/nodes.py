@@ -271,7 +271,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     """Start the retraining command in the background when drift is found and enabled."""
     import shlex
 
-    from plants_mlops.orchestration.retrain import default_retrain_command, start_retrain
+    from plants_mlops.retrain import default_retrain_command, start_retrain
 
     cfg = parse(MonitoringParams, params, "monitoring").retrain
     enabled = cfg.enabled

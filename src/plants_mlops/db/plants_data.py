@@ -1,9 +1,5 @@
 """The ``plants_data`` table: one row per image URL, the source of truth for ingestion.
 
-Works on SQLite (the embedded default, ``sqlite:///data/plants.db``), MySQL/MariaDB and
-PostgreSQL through one SQLAlchemy 2 table definition. The URL comes from, in order: an
-explicit argument, ``PLANTS_DB_URL``, the default.
-
 Seeding is idempotent: a row is identified by its ``url_source``; rows already in the table
 are left untouched, so re-seeding changes nothing and a user adds images by adding rows to
 a CSV (``url_source,label`` and optionally ``sha256``, the expected content hash).
@@ -15,7 +11,6 @@ import csv
 import datetime as dt
 import io
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,11 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from plants_mlops import contracts
+from plants_mlops.db.base import metadata, utcnow
 from plants_mlops.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_URL = contracts.DEFAULT_DB_URL
 TABLE_NAME = "plants_data"
 # A unique index on url_source must fit MySQL/MariaDB's 3072-byte key limit (utf8mb4).
 MAX_URL_LENGTH = 700
@@ -49,7 +44,6 @@ COLUMNS = (
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-metadata = sa.MetaData()
 plants_data = sa.Table(
     TABLE_NAME,
     metadata,
@@ -65,155 +59,6 @@ plants_data = sa.Table(
     sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_plants_data_status", "status"),
 )
-
-# Curation decisions on plants_data rows: an append-only log (who, when, why). The newest
-# decision of a row is in force; `restore` cancels the ones before it. Raw bytes are never
-# deleted: formatting leaves an excluded row out and indexes a relabelled one under its
-# new label (plants_mlops.pipelines.curation.decisions).
-DECISION_ACTIONS = ("exclude", "relabel", "restore")
-data_decisions = sa.Table(
-    "data_decisions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("row_id", sa.Integer, nullable=False, index=True),
-    sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("label", sa.String(64), nullable=True),  # the new label of a relabel
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("decided_by", sa.String(128), nullable=False),
-    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-# Feedback from the API (POST /feedback): a candidate row that enters plants_data only when
-# a person accepts it (`plants-mlops data feedback accept ID`).
-FEEDBACK_STATES = ("pending", "accepted", "rejected")
-feedback_candidates = sa.Table(
-    "feedback_candidates",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), nullable=False, index=True),
-    sa.Column("true_label", sa.String(64), nullable=False),
-    sa.Column("predicted_label", sa.String(64), nullable=True),
-    sa.Column("confidence", sa.Float, nullable=True),
-    sa.Column("model_version", sa.String(32), nullable=True),
-    sa.Column("image_path", sa.String(1024), nullable=True),  # the kept image, if any
-    sa.Column("image_sha256", sa.String(64), nullable=True),
-    sa.Column("comment", sa.Text, nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("decided_by", sa.String(128), nullable=True),
-    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("row_id", sa.Integer, nullable=True),  # the plants_data row it became
-)
-
-# Schema versions: 1 = plants_data; 2 = + data_decisions, feedback_candidates.
-SCHEMA_VERSION = 2
-schema_version = sa.Table(
-    "plants_schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def resolve_url(url: str | None = None) -> str:
-    """The database URL: the argument, else ``PLANTS_DB_URL``, else the SQLite default."""
-    return url or os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for logs and messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return "<unparseable database URL>"
-
-
-def make_engine(url: str | None = None) -> sa.Engine:
-    """An engine on the table's database; creates the SQLite folder and the table if needed."""
-    url = resolve_url(url)
-    try:
-        parsed = sa.engine.make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
-        # SQLAlchemy's message repeats the string, password included: say where it came from.
-        raise UserFacingError(
-            "not a database URL (PLANTS_DB_URL or --db-url; the value is not shown because it "
-            "may hold a password): expected e.g. postgresql+psycopg2://user:pass@host/db"
-        ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
-    try:
-        migrate(engine)
-    except sa.exc.OperationalError as exc:
-        raise UserFacingError(
-            f"cannot reach the plants_data database at {redact(url)}: {exc.orig}"
-        ) from None
-    return engine
-
-
-def add_missing_columns(engine: sa.Engine, table: sa.Table) -> list[str]:
-    """``ALTER TABLE ... ADD COLUMN`` for each column of ``table`` the database lacks (all
-    nullable or with a server default, so existing rows stay valid). SQLite, MariaDB/MySQL
-    and PostgreSQL all add a column in place. Returns the names added."""
-    inspector = sa.inspect(engine)
-    if not inspector.has_table(table.name):
-        return []
-    present = {c["name"] for c in inspector.get_columns(table.name)}
-    added = []
-    with engine.begin() as conn:
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl = column.type.compile(dialect=engine.dialect)
-            default = ""
-            if column.server_default is not None:
-                default = f" DEFAULT {column.server_default.arg}"
-            name = engine.dialect.identifier_preparer.quote(column.name)
-            tname = engine.dialect.identifier_preparer.quote(table.name)
-            conn.execute(sa.text(f"ALTER TABLE {tname} ADD COLUMN {name} {ddl}{default}"))
-            added.append(column.name)
-    if added:
-        log.info("upgraded table %s in place: added %s", table.name, ", ".join(added))
-    return added
-
-
-def migrate(engine: sa.Engine) -> int:
-    """Bring the database to ``SCHEMA_VERSION`` in place: new tables are created, new
-    columns added to old tables; rows are never touched. Idempotent. Returns the version
-    found before (0 = empty database, 1 = plants_data only, before versions were recorded)."""
-    inspector = sa.inspect(engine)
-    existing = set(inspector.get_table_names())
-    before = 0
-    if schema_version.name in existing:
-        with engine.connect() as conn:
-            before = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-    elif TABLE_NAME in existing:
-        before = 1
-    if before >= SCHEMA_VERSION:
-        return before
-    metadata.create_all(engine)
-    for table in metadata.sorted_tables:
-        add_missing_columns(engine, table)
-    try:
-        with engine.begin() as conn:
-            done = {r.version for r in conn.execute(sa.select(schema_version.c.version))}
-            todo = [v for v in range(1, SCHEMA_VERSION + 1) if v not in done]
-            if todo:
-                conn.execute(
-                    sa.insert(schema_version),
-                    [{"version": v, "applied_at": utcnow()} for v in todo],
-                )
-    except sa.exc.IntegrityError:
-        pass  # another process recorded the same upgrade at the same moment
-    if before:
-        log.info("database schema upgraded in place from version %d to %d", before, SCHEMA_VERSION)
-    return before
-
 
 # --------------------------------------------------------------------------- seeding
 
@@ -529,146 +374,3 @@ def status_summary(engine: sa.Engine) -> dict[str, Any]:
         "by_label": by_label,
         "failed": failed,
     }
-
-
-# --------------------------------------------------------------------------- decisions
-
-
-def current_user() -> str:
-    """Who a decision is recorded under: ``PLANTS_USER``, else the login name."""
-    import getpass
-
-    try:
-        return os.environ.get("PLANTS_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def record_decision(
-    engine: sa.Engine,
-    row_id: int,
-    action: str,
-    reason: str,
-    *,
-    label: str | None = None,
-    who: str | None = None,
-) -> dict[str, Any]:
-    """Record an exclude / relabel / restore decision on a plants_data row."""
-    if action not in DECISION_ACTIONS:
-        raise UserFacingError(f"action {action!r} is not one of {', '.join(DECISION_ACTIONS)}")
-    if action != "restore" and not (reason or "").strip():
-        raise UserFacingError(f"{action} needs a reason (--reason TEXT)")
-    if action == "relabel" and label not in contracts.LABELS:
-        raise UserFacingError(f"label {label!r} is not one of {', '.join(contracts.LABELS)}")
-    with engine.begin() as conn:
-        row = conn.execute(
-            sa.select(plants_data.c.id, plants_data.c.label).where(plants_data.c.id == row_id)
-        ).first()
-        if row is None:
-            raise UserFacingError(f"no plants_data row with id {row_id}")
-        if action == "relabel" and label == row.label:
-            raise UserFacingError(f"row {row_id} is already labelled {label!r}")
-        values = {
-            "row_id": row_id,
-            "action": action,
-            "label": label if action == "relabel" else None,
-            "reason": (reason or "").strip() or "restored",
-            "decided_by": who or current_user(),
-            "decided_at": utcnow(),
-        }
-        conn.execute(sa.insert(data_decisions).values(**values))
-    return values
-
-
-def decision_history(engine: sa.Engine, row_id: int | None = None) -> list[dict[str, Any]]:
-    """Every decision, oldest first (of one row when ``row_id`` is given)."""
-    query = sa.select(data_decisions).order_by(data_decisions.c.id)
-    if row_id is not None:
-        query = query.where(data_decisions.c.row_id == row_id)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def decisions_in_force(engine: sa.Engine) -> list[dict[str, Any]]:
-    """The newest decision of each row, unless that is a restore: what formatting applies."""
-    latest: dict[int, dict[str, Any]] = {}
-    for d in decision_history(engine):
-        latest[d["row_id"]] = d
-    return [d for d in latest.values() if d["action"] != "restore"]
-
-
-# --------------------------------------------------------------------------- feedback
-
-
-def file_feedback(engine: sa.Engine, **values: Any) -> int:
-    """A pending feedback candidate; returns its id. Never touches plants_data."""
-    if values.get("true_label") not in contracts.LABELS:
-        raise UserFacingError(
-            f"label {values.get('true_label')!r} is not one of {', '.join(contracts.LABELS)}"
-        )
-    with engine.begin() as conn:
-        result = conn.execute(
-            sa.insert(feedback_candidates).values(**values, status="pending", created_at=utcnow())
-        )
-        return int(result.inserted_primary_key[0])
-
-
-def list_feedback(engine: sa.Engine, status: str | None = "pending") -> list[dict[str, Any]]:
-    query = sa.select(feedback_candidates).order_by(feedback_candidates.c.id)
-    if status:
-        query = query.where(feedback_candidates.c.status == status)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def decide_feedback(
-    engine: sa.Engine, candidate_id: int, accept: bool, reason: str, who: str | None = None
-) -> dict[str, Any]:
-    """Accept (insert a pending plants_data row whose url_source is the kept image, so the
-    next ingestion stores it like any other) or reject a pending candidate."""
-    now = utcnow()
-    with engine.begin() as conn:
-        cand = conn.execute(
-            sa.select(feedback_candidates).where(feedback_candidates.c.id == candidate_id)
-        ).first()
-        if cand is None:
-            raise UserFacingError(f"no feedback candidate with id {candidate_id}")
-        if cand.status != "pending":
-            raise UserFacingError(f"feedback {candidate_id} is already {cand.status}")
-        row_id = None
-        if accept:
-            if not cand.image_path:
-                raise UserFacingError(
-                    f"feedback {candidate_id} has no kept image (the API keeps the image of an "
-                    "uncertain prediction only with PLANTS_KEEP_UNCERTAIN_IMAGES=true): "
-                    "reject it, or add the image by URL with `db seed`"
-                )
-            existing = conn.execute(
-                sa.select(plants_data.c.id).where(plants_data.c.url_source == cand.image_path)
-            ).first()
-            if existing is not None:
-                row_id = existing.id
-            else:
-                result = conn.execute(
-                    sa.insert(plants_data).values(
-                        url_source=cand.image_path,
-                        label=cand.true_label,
-                        sha256=cand.image_sha256,
-                        status=contracts.STATUS_PENDING,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                row_id = int(result.inserted_primary_key[0])
-        conn.execute(
-            sa.update(feedback_candidates)
-            .where(feedback_candidates.c.id == candidate_id)
-            .values(
-                status="accepted" if accept else "rejected",
-                decided_by=who or current_user(),
-                decided_at=now,
-                reason=reason,
-                row_id=row_id,
-            )
-        )
-    return {"id": candidate_id, "accepted": accept, "row_id": row_id}

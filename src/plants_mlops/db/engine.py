@@ -1,0 +1,107 @@
+"""Engines and migrations: one schema version for the tables of ``plants_mlops.db``,
+brought up to date in place (new tables created, new columns added, rows never touched)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from plants_mlops.db import decisions, feedback  # noqa: F401  (their tables join metadata)
+from plants_mlops.db.base import metadata, redact, resolve_url, utcnow
+from plants_mlops.db.plants_data import TABLE_NAME
+from plants_mlops.errors import UserFacingError
+
+log = logging.getLogger("plants_mlops.db")
+
+# Schema versions: 1 = plants_data; 2 = + data_decisions, feedback_candidates.
+SCHEMA_VERSION = 2
+schema_version = sa.Table(
+    "plants_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def make_engine(url: str | None = None) -> sa.Engine:
+    """An engine on the table's database; creates the SQLite folder and the table if needed."""
+    url = resolve_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        # SQLAlchemy's message repeats the string, password included: say where it came from.
+        raise UserFacingError(
+            "not a database URL (PLANTS_DB_URL or --db-url; the value is not shown because it "
+            "may hold a password): expected e.g. postgresql+psycopg2://user:pass@host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    try:
+        migrate(engine)
+    except sa.exc.OperationalError as exc:
+        raise UserFacingError(
+            f"cannot reach the plants_data database at {redact(url)}: {exc.orig}"
+        ) from None
+    return engine
+
+
+def add_missing_columns(engine: sa.Engine, table: sa.Table) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for each column of ``table`` the database lacks (all
+    nullable or with a server default, so existing rows stay valid). SQLite, MariaDB/MySQL
+    and PostgreSQL all add a column in place. Returns the names added."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(table.name):
+        return []
+    present = {c["name"] for c in inspector.get_columns(table.name)}
+    added = []
+    with engine.begin() as conn:
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = column.type.compile(dialect=engine.dialect)
+            default = ""
+            if column.server_default is not None:
+                default = f" DEFAULT {column.server_default.arg}"
+            name = engine.dialect.identifier_preparer.quote(column.name)
+            tname = engine.dialect.identifier_preparer.quote(table.name)
+            conn.execute(sa.text(f"ALTER TABLE {tname} ADD COLUMN {name} {ddl}{default}"))
+            added.append(column.name)
+    if added:
+        log.info("upgraded table %s in place: added %s", table.name, ", ".join(added))
+    return added
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Bring the database to ``SCHEMA_VERSION`` in place: new tables are created, new
+    columns added to old tables; rows are never touched. Idempotent. Returns the version
+    found before (0 = empty database, 1 = plants_data only, before versions were recorded)."""
+    inspector = sa.inspect(engine)
+    existing = set(inspector.get_table_names())
+    before = 0
+    if schema_version.name in existing:
+        with engine.connect() as conn:
+            before = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+    elif TABLE_NAME in existing:
+        before = 1
+    if before >= SCHEMA_VERSION:
+        return before
+    metadata.create_all(engine)
+    for table in metadata.sorted_tables:
+        add_missing_columns(engine, table)
+    try:
+        with engine.begin() as conn:
+            done = {r.version for r in conn.execute(sa.select(schema_version.c.version))}
+            todo = [v for v in range(1, SCHEMA_VERSION + 1) if v not in done]
+            if todo:
+                conn.execute(
+                    sa.insert(schema_version),
+                    [{"version": v, "applied_at": utcnow()} for v in todo],
+                )
+    except sa.exc.IntegrityError:
+        pass  # another process recorded the same upgrade at the same moment
+    if before:
+        log.info("database schema upgraded in place from version %d to %d", before, SCHEMA_VERSION)
+    return before

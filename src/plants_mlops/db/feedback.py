@@ -1,0 +1,110 @@
+"""The ``feedback_candidates`` table: feedback from the API (``POST /feedback``) waiting
+for a person's decision; an accepted candidate becomes a pending ``plants_data`` row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from plants_mlops import contracts
+from plants_mlops.db.base import current_user, metadata, utcnow
+from plants_mlops.db.plants_data import plants_data
+from plants_mlops.errors import UserFacingError
+
+# Feedback from the API (POST /feedback): a candidate row that enters plants_data only when
+# a person accepts it (`plants-mlops data feedback accept ID`).
+FEEDBACK_STATES = ("pending", "accepted", "rejected")
+feedback_candidates = sa.Table(
+    "feedback_candidates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("true_label", sa.String(64), nullable=False),
+    sa.Column("predicted_label", sa.String(64), nullable=True),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Column("model_version", sa.String(32), nullable=True),
+    sa.Column("image_path", sa.String(1024), nullable=True),  # the kept image, if any
+    sa.Column("image_sha256", sa.String(64), nullable=True),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_by", sa.String(128), nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("row_id", sa.Integer, nullable=True),  # the plants_data row it became
+)
+
+
+def file_feedback(engine: sa.Engine, **values: Any) -> int:
+    """A pending feedback candidate; returns its id. Never touches plants_data."""
+    if values.get("true_label") not in contracts.LABELS:
+        raise UserFacingError(
+            f"label {values.get('true_label')!r} is not one of {', '.join(contracts.LABELS)}"
+        )
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.insert(feedback_candidates).values(**values, status="pending", created_at=utcnow())
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def list_feedback(engine: sa.Engine, status: str | None = "pending") -> list[dict[str, Any]]:
+    query = sa.select(feedback_candidates).order_by(feedback_candidates.c.id)
+    if status:
+        query = query.where(feedback_candidates.c.status == status)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def decide_feedback(
+    engine: sa.Engine, candidate_id: int, accept: bool, reason: str, who: str | None = None
+) -> dict[str, Any]:
+    """Accept (insert a pending plants_data row whose url_source is the kept image, so the
+    next ingestion stores it like any other) or reject a pending candidate."""
+    now = utcnow()
+    with engine.begin() as conn:
+        cand = conn.execute(
+            sa.select(feedback_candidates).where(feedback_candidates.c.id == candidate_id)
+        ).first()
+        if cand is None:
+            raise UserFacingError(f"no feedback candidate with id {candidate_id}")
+        if cand.status != "pending":
+            raise UserFacingError(f"feedback {candidate_id} is already {cand.status}")
+        row_id = None
+        if accept:
+            if not cand.image_path:
+                raise UserFacingError(
+                    f"feedback {candidate_id} has no kept image (the API keeps the image of an "
+                    "uncertain prediction only with PLANTS_KEEP_UNCERTAIN_IMAGES=true): "
+                    "reject it, or add the image by URL with `db seed`"
+                )
+            existing = conn.execute(
+                sa.select(plants_data.c.id).where(plants_data.c.url_source == cand.image_path)
+            ).first()
+            if existing is not None:
+                row_id = existing.id
+            else:
+                result = conn.execute(
+                    sa.insert(plants_data).values(
+                        url_source=cand.image_path,
+                        label=cand.true_label,
+                        sha256=cand.image_sha256,
+                        status=contracts.STATUS_PENDING,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                row_id = int(result.inserted_primary_key[0])
+        conn.execute(
+            sa.update(feedback_candidates)
+            .where(feedback_candidates.c.id == candidate_id)
+            .values(
+                status="accepted" if accept else "rejected",
+                decided_by=who or current_user(),
+                decided_at=now,
+                reason=reason,
+                row_id=row_id,
+            )
+        )
+    return {"id": candidate_id, "accepted": accept, "row_id": row_id}
