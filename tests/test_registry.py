@@ -184,7 +184,11 @@ def test_promote_rollback_and_audit_commands(
     assert rc == 0 and f"champion: {v2} -> {v1}" in out
     assert registry.alias_version(client, ALIAS_CHAMPION, model_name) == v1
 
-    rc, out, _ = run_cli(capsys, mlflow_tracking_uri, model_name, "rollback", "--to", v2)
+    rc, out, err = run_cli(capsys, mlflow_tracking_uri, model_name, "rollback", "--to", v2)
+    assert rc == 1 and "failed the gate" in err  # v2 failed the gate: no side door
+    rc, out, _ = run_cli(
+        capsys, mlflow_tracking_uri, model_name, "rollback", "--to", v2, "--force", "--reason", "r"
+    )
     assert rc == 0 and registry.alias_version(client, ALIAS_CHAMPION, model_name) == v2
 
     rc, out, err = run_cli(capsys, mlflow_tracking_uri, model_name, "promote", "99")
@@ -198,7 +202,7 @@ def test_promote_rollback_and_audit_commands(
         ("gate-fail", "challenger", None, v2),
         ("force-promote", "champion", v1, v2),
         ("rollback", "champion", v2, v1),
-        ("rollback", "champion", v1, v2),
+        ("force-rollback", "champion", v1, v2),
     ]
     assert trail[2]["actor"] == "ci-tester" and trail[2]["reason"] == "hotfix for a new camera"
     assert all(e["at"] for e in trail)

@@ -64,6 +64,48 @@ def test_rollback_walks_back_through_the_champion_history(store, capsys):
     assert registry.alias_version(cl, ALIAS_CHAMPION) == v1
 
 
+def test_rollback_to_a_version_that_failed_the_gate_needs_force_and_a_reason(store, capsys):
+    v1 = register_champion(store).version
+    v2 = register_champion(store, seed=1, set_alias=False).version
+    cl = tracking.client(store)
+    cl.set_model_version_tag(NAME, v2, "verdict", "fail")
+
+    rc, _, err = run_cli(capsys, store, "rollback", "--to", v2)
+    assert rc == 1 and f"version {v2} failed the gate" in err and "--force" in err
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == v1
+
+    rc, _, _ = run_cli(capsys, store, "rollback", "--to", v2, "--force", "--reason", "incident 7")
+    assert rc == 0 and registry.alias_version(cl, ALIAS_CHAMPION) == v2
+    entry = registry.audit_trail(cl)[-1]
+    assert entry["action"] == "force-rollback" and entry["reason"] == "incident 7"
+    assert entry["gate_verdict"] == "fail" and entry["forced"] is True
+
+
+def test_a_version_without_a_verdict_is_refused_then_gated_by_the_next_registry_run(
+    store, capsys, monkeypatch
+):
+    """A registry run killed after the version row exists leaves no verdict: no path makes
+    that version champion, and rerunning the registry stage gates it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    champion = register_champion(store).version
+    logged, _ = log_candidate(store, seed=3)
+    cl = tracking.client(store)
+    orphan = registry.register_version(cl, logged, {"mlflow_run_id": logged.run_id}, NAME)
+
+    for argv in (["promote", orphan], ["rollback", "--to", orphan]):
+        rc, _, err = run_cli(capsys, store, *argv)
+        assert rc == 1 and f"version {orphan} has no gate verdict" in err
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == champion
+
+    training_report, evaluation_report = _reports(logged, {"version": champion, "f1_macro": 0.5})
+    decision, _ = register_and_gate(training_report, evaluation_report, stage_params("registry"))
+    assert decision["model_version"] == orphan and "already_registered" not in decision
+    assert decision["verdict"] == "pass"
+    assert cl.get_model_version(NAME, orphan).tags["verdict"] == "pass"
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == orphan
+    assert [r["version"] for r in registry.list_versions(cl)] == [orphan, champion]
+
+
 def _reports(logged, champion: dict) -> tuple[dict, dict]:
     training_report = {
         "mlflow_run_id": logged.run_id,

@@ -1,8 +1,9 @@
 """``plants-mlops registry list|promote|rollback|audit``: the MLflow Model Registry by hand.
 
 The tracking store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded
-``sqlite:///data/mlflow.db``. Every alias move is checked (the version's model must load)
-and recorded in the audit trail with who, when and why.
+``sqlite:///data/mlflow.db``. Every champion move is checked (the version must carry a
+passing gate verdict, or ``--force --reason``, and its model must load) and recorded in the
+audit trail with who, when and why.
 """
 
 from __future__ import annotations
@@ -36,13 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="promote a version that failed the gate (needs --reason; marked in the audit)",
+        help="promote a version without a passing gate verdict (needs --reason; marked in the audit)",
     )
     p.add_argument("--reason", help="recorded in the audit trail (default: manual promotion)")
     p.set_defaults(handler=promote_command)
 
     p = sub.add_parser("rollback", help="return the champion alias to the previous champion")
     p.add_argument("--to", metavar="VERSION", help="roll back to this version instead")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back to a version without a passing gate verdict (needs --reason)",
+    )
     p.add_argument("--reason", help="recorded in the audit trail (default: manual rollback)")
     p.set_defaults(handler=rollback_command)
 
@@ -113,7 +119,9 @@ def promote_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    _print_move(registry.rollback(_client(args), args.to, args.reason, args.model))
+    _print_move(
+        registry.rollback(_client(args), args.to, args.reason, args.model, force=args.force)
+    )
     return 0
 
 

@@ -7,8 +7,10 @@ object ``{at, actor, action, alias, from_version, to_version, reason}``: it live
 tracking store itself, so it works the same on SQLite, PostgreSQL and a remote server, and
 needs no extra artifact store.
 
-Before an alias points to a version, the version's model is downloaded and run once through
-ONNX Runtime: a model that fails to load never becomes champion.
+``champion`` moves only through ``move_champion``: the version must carry the gate's
+recorded verdict ``pass`` (or the move is ``--force --reason``, recorded as such), and its
+model is downloaded and run once through ONNX Runtime: a model that fails to load never
+becomes champion.
 """
 
 from __future__ import annotations
@@ -296,15 +298,23 @@ def version_of_run(cl, run_id: str, name: str = REGISTERED_MODEL_NAME):
     return None
 
 
-def promote(
+_DEFAULT_REASONS = {"promote": "manual promotion", "rollback": "manual rollback"}
+
+
+def move_champion(
     cl,
     version: str,
-    reason: str | None = None,
+    *,
+    action: str,
+    reason: str | None,
     name: str = REGISTERED_MODEL_NAME,
     force: bool = False,
 ) -> dict:
-    """Make ``version`` the champion (after checking it loads). A version the gate failed
-    is promoted only with ``force`` and a ``reason``, and the audit entry says so."""
+    """The one way the ``champion`` alias moves (promote, rollback, rollback --to, the
+    registry node). The version must exist, load, and carry the gate's recorded verdict
+    ``pass``; a version the gate failed, or one with no verdict (its registry run died
+    before the gate: the next registry run gates it), moves only with ``force`` and a
+    ``reason``, and the audit entry records the override and the verdict it overrode."""
     version = str(version)
     try:
         mv = cl.get_model_version(name, version)
@@ -312,30 +322,47 @@ def promote(
         raise RegistryError(f"{name} has no version {version} ({exc})") from exc
     if alias_version(cl, ALIAS_CHAMPION, name) == version:
         raise RegistryError(f"version {version} is already the champion")
-    verdict = (mv.tags or {}).get("verdict")
-    action = "promote"
-    if verdict == "fail":
+    tags = mv.tags or {}
+    verdict = tags.get("verdict")
+    if verdict != "pass":
+        why = (
+            f"failed the gate ({tags.get('gate.refused') or tags.get('gate.checks', '')})"
+            if verdict == "fail"
+            else "has no gate verdict (its registry run did not finish: the next registry "
+            "run gates it)"
+        )
         if not force:
             raise RegistryError(
-                f"version {version} failed the gate ({(mv.tags or {}).get('gate.checks', '')}); "
-                "to promote it anyway use --force --reason TEXT"
+                f"version {version} {why}; to make it the champion anyway use --force --reason TEXT"
             )
         if not reason:
             raise RegistryError("--force needs --reason TEXT: the audit trail records why")
-        action = "force-promote"
+        action = f"force-{action}"
     verify_loadable(cl, version, name)
     entry = move_alias(
         cl,
         ALIAS_CHAMPION,
         version,
         action=action,
-        reason=reason or "manual promotion",
+        reason=reason or _DEFAULT_REASONS.get(action.removeprefix("force-"), action),
         name=name,
-        extra={"gate_verdict": verdict} if verdict else None,
+        extra={"gate_verdict": verdict or "none", "forced": action.startswith("force-")},
     )
     if alias_version(cl, ALIAS_CHALLENGER, name) == version:
         cl.delete_registered_model_alias(name, ALIAS_CHALLENGER)
-    cl.set_model_version_tag(name, version, "promoted_reason", entry["reason"])
+    return entry
+
+
+def promote(
+    cl,
+    version: str,
+    reason: str | None = None,
+    name: str = REGISTERED_MODEL_NAME,
+    force: bool = False,
+) -> dict:
+    """Make ``version`` the champion (``move_champion``'s rules) and tag why."""
+    entry = move_champion(cl, version, action="promote", reason=reason, name=name, force=force)
+    cl.set_model_version_tag(name, str(version), "promoted_reason", entry["reason"])
     return entry
 
 
@@ -347,7 +374,7 @@ def champion_history(cl, name: str = REGISTERED_MODEL_NAME) -> list[str]:
         if entry.get("alias") != ALIAS_CHAMPION or not entry.get("to_version"):
             continue
         target = str(entry["to_version"])
-        if entry.get("action") == "rollback" and target in stack:
+        if entry.get("action") in ("rollback", "force-rollback") and target in stack:
             del stack[stack.index(target) + 1 :]
         else:
             stack.append(target)
@@ -364,8 +391,13 @@ def previous_champion(cl, name: str = REGISTERED_MODEL_NAME) -> str | None:
 
 
 def rollback(
-    cl, to: str | None, reason: str | None = None, name: str = REGISTERED_MODEL_NAME
+    cl,
+    to: str | None,
+    reason: str | None = None,
+    name: str = REGISTERED_MODEL_NAME,
+    force: bool = False,
 ) -> dict:
+    """Return the champion to the previous one (or ``to``), under ``move_champion``'s rules."""
     current = alias_version(cl, ALIAS_CHAMPION, name)
     target = str(to) if to is not None else previous_champion(cl, name)
     if target is None:
@@ -373,16 +405,7 @@ def rollback(
             f"no previous champion recorded for {name} (current: {current}); "
             "name one with --to VERSION"
         )
-    if target == current:
-        raise RegistryError(f"version {target} is already the champion")
-    try:
-        cl.get_model_version(name, target)
-    except Exception as exc:
-        raise RegistryError(f"{name} has no version {target} ({exc})") from exc
-    verify_loadable(cl, target, name)
-    return move_alias(
-        cl, ALIAS_CHAMPION, target, action="rollback", reason=reason or "manual rollback", name=name
-    )
+    return move_champion(cl, target, action="rollback", reason=reason, name=name, force=force)
 
 
 def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:

@@ -46,7 +46,9 @@ def register_and_gate(
     name = p.model_name
     cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
     existing = registry.version_of_run(cl, run_id, name)
-    if existing is not None:  # one training run, one version: a rerun changes nothing
+    # One training run, one version: a rerun changes nothing, unless the earlier run died
+    # between registering and recording the verdict; then this run gates that version.
+    if existing is not None and (existing.tags or {}).get("verdict"):
         return _already_registered(cl, existing, evaluation_report)
     champion = evaluation_report.get("champion") or {}
     evaluated = champion.get("version")
@@ -74,7 +76,11 @@ def register_and_gate(
         ),
     }
     previous = registry.alias_version(cl, ALIAS_CHAMPION, name)
-    version = registry.register_version(cl, logged, identity, name)
+    if existing is None:
+        version = registry.register_version(cl, logged, identity, name)
+    else:
+        version = str(existing.version)
+        log.info("%s version %s has no gate verdict yet: gating it now", name, version)
     # Size and latency are measured on the registered version itself (what the API would
     # download). A model that fails to load gets no alias: the champion stays where it was.
     try:
@@ -116,15 +122,13 @@ def register_and_gate(
     }
     if decision["refused_because"]:
         tags["gate.refused"] = "; ".join(decision["refused_because"])
-    for key, value in tags.items():
+    # The verdict last: a run killed among these writes leaves no verdict, so the version
+    # is gated again by the next run and no path can make it champion meanwhile.
+    for key, value in sorted(tags.items(), key=lambda kv: kv[0] == "verdict"):
         cl.set_model_version_tag(name, version, key, value)
     reason = f"registry pipeline gate {decision['verdict']}: {tags['gate.checks']}"
     if decision["verdict"] == "pass":
-        entry = registry.move_alias(
-            cl, ALIAS_CHAMPION, version, action="gate-pass", reason=reason, name=name
-        )
-        if registry.alias_version(cl, ALIAS_CHALLENGER, name) == version:
-            cl.delete_registered_model_alias(name, ALIAS_CHALLENGER)
+        entry = registry.move_champion(cl, version, action="gate-pass", reason=reason, name=name)
     else:
         entry = registry.move_alias(
             cl, ALIAS_CHALLENGER, version, action="gate-fail", reason=reason, name=name
