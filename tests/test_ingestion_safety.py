@@ -19,8 +19,8 @@ def _policy(**overrides) -> IngestionParams:
     return parse(IngestionParams, stage_params("ingestion", **{**base, **overrides}), "ingestion")
 
 
-def _fetch(url: str, policy: IngestionParams, trusted: tuple[str, ...] = ()):
-    with fetching.make_client(policy, 2, trusted_hosts=trusted) as client:
+def _fetch(url: str, policy: IngestionParams, trusted: tuple[fetching.Origin, ...] = ()):
+    with fetching.make_client(policy, 2, trusted) as client:
         return fetching.fetch(url, client, policy)
 
 
@@ -51,24 +51,56 @@ def test_only_http_and_https_are_fetched():
 
 
 def test_a_redirect_to_an_internal_address_is_refused(http_mirror):
-    host = http_mirror.split("//", 1)[1].split(":", 1)[0]  # the trusted mirror host
     url = f"{http_mirror}faults/redirect.jpg?to=http://localhost:1/secret"
     with pytest.raises(fetching.FetchError) as caught:
-        _fetch(url, _policy(), trusted=(host,))
+        _fetch(url, _policy(), trusted=(fetching.Origin.of(http_mirror),))
     assert caught.value.reason == "forbidden_address"
 
 
 def test_the_configured_mirror_is_trusted_and_a_setting_allows_private_networks(http_mirror):
-    host = http_mirror.split("//", 1)[1].split(":", 1)[0]
     url = f"{http_mirror}dandelion/00000000.jpg"
     before = mirror_counts(http_mirror).get("/dandelion/00000000.jpg", 0)
     with pytest.raises(fetching.FetchError):
         _fetch(url, _policy())  # not a mirror here, not allowed: never requested
     assert mirror_counts(http_mirror).get("/dandelion/00000000.jpg", 0) == before
-    data, _ = _fetch(url, _policy(), trusted=(host,))
+    data, _ = _fetch(url, _policy(), trusted=(fetching.Origin.of(http_mirror),))
     assert data[:3] == b"\xff\xd8\xff"
     data, _ = _fetch(url, _policy(allow_private_networks=True))
     assert data[:3] == b"\xff\xd8\xff"
+
+
+def test_a_mirror_is_trusted_only_for_its_own_origin_and_path(http_mirror):
+    """Trust is scheme + host + port + path prefix: another port of the mirror's host, a
+    path outside its prefix, a URL with userinfo and a redirect leaving it are refused
+    before any connection."""
+    from support.servers import free_port
+
+    trusted = (fetching.Origin.of(f"{http_mirror}dandelion/"),)
+    assert (
+        _fetch(f"{http_mirror}dandelion/00000000.jpg", _policy(), trusted)[0][:3] == b"\xff\xd8\xff"
+    )
+    base = http_mirror.rstrip("/")
+    other_port = base.rsplit(":", 1)[0] + f":{free_port()}"
+    refused = {
+        f"{other_port}/dandelion/00000000.jpg": "forbidden_address",
+        f"{base}/grass/00000000.jpg": "forbidden_address",
+        f"{base}/dandelion/../grass/00000000.jpg": "forbidden_address",
+        f"{base}/dandelion/%2e%2e/grass/00000000.jpg": "forbidden_address",
+        f"{base.replace('http://', 'https://')}/dandelion/00000000.jpg": "forbidden_address",
+        f"http://example.com@{base.split('//', 1)[1]}/dandelion/00000000.jpg": "forbidden_userinfo",
+        f"{base}/dandelion/../faults/redirect.jpg?to={other_port}/x.jpg": "forbidden_address",
+    }
+    before = mirror_counts(http_mirror)
+    for url, reason in refused.items():
+        with pytest.raises(fetching.FetchError) as caught:
+            _fetch(url, _policy(), trusted)
+        assert caught.value.reason == reason, url
+    assert mirror_counts(http_mirror) == before  # nothing outside the prefix was requested
+    # A redirect from inside the mirror is checked again: to another port, refused.
+    wide = (fetching.Origin.of(http_mirror),)
+    with pytest.raises(fetching.FetchError) as caught:
+        _fetch(f"{base}/faults/redirect.jpg?to={other_port}/x.jpg", _policy(), wide)
+    assert caught.value.reason == "forbidden_address"
 
 
 def test_a_mirror_folder_is_never_escaped(tmp_path):
@@ -88,9 +120,12 @@ def test_a_mirror_folder_is_never_escaped(tmp_path):
 
 
 def test_a_server_that_trickles_is_cut_at_the_total_deadline(http_mirror):
-    host = http_mirror.split("//", 1)[1].split(":", 1)[0]
     t0 = time.monotonic()
     with pytest.raises(fetching.FetchError) as caught:
-        _fetch(f"{http_mirror}faults/trickle.jpg", _policy(total_timeout_s=2.0), trusted=(host,))
+        _fetch(
+            f"{http_mirror}faults/trickle.jpg",
+            _policy(total_timeout_s=2.0),
+            trusted=(fetching.Origin.of(http_mirror),),
+        )
     assert caught.value.reason == "timeout" and "2 s" in caught.value.detail
     assert time.monotonic() - t0 < 8

@@ -6,6 +6,7 @@ Kept apart from the Kedro nodes so the policy reads in one place and is testable
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import random
 import socket
 import time
@@ -58,24 +59,67 @@ def resolve(url: str, mirrors: list[Mirror]) -> str:
     return url
 
 
-def trusted_hosts(mirrors: list[Mirror]) -> tuple[str, ...]:
-    """Hosts of the HTTP mirrors the configuration names: private addresses allowed."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a configured HTTP mirror lives: exact scheme, host and port, and the path
+    prefix under which it serves. Only URLs inside it skip the public-address check."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str  # always ends with "/"
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        parsed = urlparse(url)
+        path = _clean_path(parsed.path)
+        return cls(
+            parsed.scheme, (parsed.hostname or "").lower(), _port(parsed), path.rstrip("/") + "/"
+        )
+
+    def holds(self, url: str) -> bool:
+        parsed = urlparse(url)
+        return (
+            parsed.scheme == self.scheme
+            and (parsed.hostname or "").lower() == self.host
+            and _port(parsed) == self.port
+            and (_clean_path(parsed.path) + "/").startswith(self.path)
+        )
+
+
+def _port(parsed) -> int:
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1  # an unparsable port never matches a mirror
+    return port if port is not None else {"http": 80, "https": 443}.get(parsed.scheme, -1)
+
+
+def _clean_path(path: str) -> str:
+    """The path with percent-escapes decoded and dot segments resolved ("/" when empty)."""
+    return posixpath.normpath("/" + unquote(path).lstrip("/")).replace("//", "/")
+
+
+def trusted_origins(mirrors: list[Mirror]) -> tuple[Origin, ...]:
+    """The HTTP mirrors the configuration names (private addresses allowed inside them)."""
     return tuple(
-        urlparse(m.target).hostname or ""
-        for m in mirrors
-        if m.target.startswith(("http://", "https://"))
+        Origin.of(m.target) for m in mirrors if m.target.startswith(("http://", "https://"))
     )
 
 
-def check_address(url: str, policy: FetchPolicy, trusted: tuple[str, ...] = ()) -> None:
-    """Refuse a URL that is not http(s), or whose host resolves to a non-public address
-    (loopback, private, link-local, multicast, reserved), unless its host is a configured
-    mirror or ``allow_private_networks`` is on. Checked before connecting, on every hop."""
+def check_address(url: str, policy: FetchPolicy, trusted: tuple[Origin, ...] = ()) -> None:
+    """Refuse a URL that is not http(s), that carries userinfo (``user@host``), or whose
+    host resolves to a non-public address (loopback, private, link-local, multicast,
+    reserved), unless it lies inside a configured mirror's origin and path
+    (:class:`Origin`) or ``allow_private_networks`` is on. Checked before connecting, on
+    every hop (redirects included)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https"):
         raise FetchError("forbidden_scheme", f"{parsed.scheme}:// is not fetched (http, https)")
+    if "@" in parsed.netloc:
+        raise FetchError("forbidden_userinfo", f"{url}: a URL with user@ is never fetched")
     host = parsed.hostname or ""
-    if policy.allow_private_networks or host in trusted:
+    if policy.allow_private_networks or any(o.holds(url) for o in trusted):
         return
     try:
         infos = socket.getaddrinfo(host, parsed.port or 80, proto=socket.IPPROTO_TCP)
@@ -179,7 +223,7 @@ def _read_local(source: str, policy: FetchPolicy) -> bytes:
 
 
 def make_client(
-    policy: FetchPolicy, concurrency: int, trusted_hosts: tuple[str, ...] = ()
+    policy: FetchPolicy, concurrency: int, trusted: tuple[Origin, ...] = ()
 ) -> httpx.Client:
     """One pooled client; every request it sends, redirect hops included, is checked by
     :func:`check_address` first."""
@@ -189,7 +233,7 @@ def make_client(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     def check(request: httpx.Request) -> None:
-        check_address(str(request.url), policy, trusted_hosts)
+        check_address(str(request.url), policy, trusted)
 
     return httpx.Client(
         timeout=timeout,

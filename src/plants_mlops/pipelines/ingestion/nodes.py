@@ -190,7 +190,7 @@ def stream_rows(rows, params: IngestionParams, one, progress=None) -> Iterator[O
     window = concurrency * IN_FLIGHT_PER_WORKER
     pending_rows = iter(rows)
     with (
-        fetching.make_client(params, concurrency, fetching.trusted_hosts(mirrors)) as client,
+        fetching.make_client(params, concurrency, fetching.trusted_origins(mirrors)) as client,
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ingest") as pool,
     ):
         running = {pool.submit(one, row, client) for row in islice(pending_rows, window)}
