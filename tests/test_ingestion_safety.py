@@ -129,3 +129,21 @@ def test_a_server_that_trickles_is_cut_at_the_total_deadline(http_mirror):
         )
     assert caught.value.reason == "timeout" and "2 s" in caught.value.detail
     assert time.monotonic() - t0 < 8
+
+
+def test_a_jpeg_padded_out_or_cut_short_is_refused_not_stored_as_ok():
+    """libjpeg decodes both as grey padding; ingestion refuses them before decoding."""
+    from support import images
+
+    from plants_mlops.pipelines.ingestion.nodes import check_bytes
+
+    padded = images.padded_jpeg()
+    assert len(padded) == 693
+    with pytest.raises(fetching.FetchError) as caught:
+        check_bytes(padded, None)
+    assert caught.value.reason == "damaged_image" and "6000x6000" in caught.value.detail
+    whole = images.sample_jpeg(1)
+    with pytest.raises(fetching.FetchError) as caught:
+        check_bytes(whole[:-2] + b"\0" * 16, None)  # end marker gone, padded with zeros
+    assert caught.value.reason == "truncated"
+    assert check_bytes(whole, None)[1] == "jpg"

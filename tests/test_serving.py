@@ -143,6 +143,7 @@ BAD_INPUTS = {
     "not_an_image": (lambda: b"just some text, not pixels", "image/jpeg", 415, "not_an_image"),
     "html_page": (lambda: b"<!doctype html><html></html>", "image/jpeg", 415, "not_an_image"),
     "truncated_jpeg": (images.truncated_jpeg, "image/jpeg", 400, "truncated"),
+    "padded_jpeg": (images.padded_jpeg, "image/jpeg", 400, "damaged_image"),
     "empty_file": (lambda: b"", "image/jpeg", 400, "empty"),
     "wrong_content_type": (
         lambda: images.sample_jpeg(0),

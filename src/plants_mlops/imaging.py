@@ -113,6 +113,65 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# Huffman-coded SOFs (baseline, extended, progressive; not lossless C3/C7, not arithmetic)
+_JPEG_HUFFMAN_DCT = frozenset({0xC0, 0xC1, 0xC2, 0xC5, 0xC6})
+
+
+def _jpeg_scan_start(data: bytes) -> tuple[int, int, int, int] | None:
+    """(offset of the first start-of-scan, SOF marker, width, height), or None when the
+    header walk does not reach a scan."""
+    i, end, sof = 2, len(data), None
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            i += 2
+            continue
+        if marker == 0xDA:
+            return (i, *sof) if sof else None
+        if marker in _JPEG_SOF and i + 9 <= end:
+            sof = (
+                marker,
+                int.from_bytes(data[i + 7 : i + 9], "big"),
+                int.from_bytes(data[i + 5 : i + 7], "big"),
+            )
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def check_jpeg_complete(data: bytes) -> None:
+    """Refuse a JPEG that its decoder would quietly pad with grey: no end-of-image marker
+    after the scan (``truncated``), or fewer scan bytes than its declared size needs
+    (``damaged_image``: at least one bit per 8x8 luma block for Huffman-coded DCT, the
+    smallest a block can take; a 6000x6000 image needs >= 70 KB, a cut one carries a few
+    hundred bytes and a forged end marker). Not a JPEG, or one whose header does not reach
+    a scan: nothing to say here (the decoder judges it)."""
+    if data[:2] != b"\xff\xd8":
+        return
+    found = _jpeg_scan_start(data)
+    if found is None:
+        return
+    sos, sof, width, height = found
+    eoi = data.rfind(b"\xff\xd9")
+    if eoi < sos:
+        raise ImageDecodeError(
+            "truncated",
+            f"JPEG has no end-of-image marker after its scan: cut short ({len(data)} bytes)",
+        )
+    if sof in _JPEG_HUFFMAN_DCT:
+        need = -(-width // 8) * -(-height // 8) // 8
+        if eoi - sos < need:
+            raise ImageDecodeError(
+                "damaged_image",
+                f"JPEG declares {width}x{height} pixels but carries {eoi - sos} bytes of scan "
+                f"data (at least {need} needed): padded or cut short",
+            )
+
+
 def header_pixels(data: bytes) -> int:
     """Width x height from the image's header (no pixel decoded), or 0 when the bytes are
     not a readable image: ``decode_image`` then says what is wrong with them. JPEG and
@@ -139,7 +198,8 @@ def decode_image(
     """Decode, fully verify and normalise image bytes.
 
     Raises ImageDecodeError with reason ``empty``, ``not_an_image``, ``too_large``,
-    ``truncated`` (or ``busy`` when ``budget`` has no room in time). Greyscale, palette,
+    ``truncated``, ``damaged_image`` (a JPEG padded out: ``check_jpeg_complete``), or
+    ``busy`` when ``budget`` has no room in time. Greyscale, palette,
     CMYK and alpha images are converted to RGB (alpha is composited on white, as a browser
     shows it). The size is checked from the header, before any pixel is decoded.
     """
@@ -159,6 +219,7 @@ def decode_image(
                 )
             fmt = (probe.format or "").lower()
             probe.verify()  # structure check (truncated PNG chunks, bad CRCs)
+            check_jpeg_complete(data)  # what libjpeg would pad with grey, before decoding it
             with budget.reserve(width * height) if budget else contextlib.nullcontext():
                 img = Image.open(io.BytesIO(data))
                 img.load()  # full decode: truncated JPEG data raises here

@@ -55,6 +55,14 @@ def truncated_jpeg() -> bytes:
 
 
 @cache
+def padded_jpeg() -> bytes:
+    """693 bytes that declare 6000x6000: a JPEG's header and first scan bytes, then a
+    forged end-of-image marker (libjpeg pads the rest with grey)."""
+    data = _encode(Image.new("RGB", (6000, 6000), (90, 140, 60)), "JPEG", quality=75)
+    return data[:691] + b"\xff\xd9"
+
+
+@cache
 def decompression_bomb_png() -> bytes:
     """A small file (~60 KB) that declares 8000x8000 = 64 M pixels."""
     return _encode(Image.new("L", (8000, 8000)), "PNG", optimize=False, compress_level=9)
