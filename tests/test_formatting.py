@@ -116,7 +116,12 @@ def test_fmt_images_are_square_rgb_and_only_ok_rows_with_raw_bytes_count():
         raw, table, stage_params("formatting", image_size=32, workers=2)
     )
     assert sorted(fmt) == sorted([f"dandelion/{sha['a']}", f"grass/{sha['b']}"])
-    assert all(im.mode == "RGB" and im.size == (32, 32) for im in fmt.values())
+    decoded = {k: Image.open(io.BytesIO(b)) for k, b in fmt.items()}
+    assert all(im.mode == "RGB" and im.size == (32, 32) for im in decoded.values())
+    # each fmt JPEG's sha256 is in the index: training checks the files against it
+    assert dict(zip(index["image_key"], index["fmt_sha256"], strict=True)) == {
+        k: hashlib.sha256(b).hexdigest() for k, b in fmt.items()
+    }
     # transparent PNG composited on white, as a browser shows it
     assert index.set_index("label").loc["grass", "brightness"] == pytest.approx(1.0)
     assert list(index["source_id"]) == [1, 3]

@@ -14,6 +14,8 @@ import time
 from data_testlib import table
 from support import servers
 
+from plants_mlops.datasets import atomic
+
 
 def _start(
     project,
@@ -46,10 +48,24 @@ def test_killed_runs_lose_nothing_and_leave_no_partial_file(kedro_project):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+    # What a run killed in the middle of a write leaves (whether or not a kill above hit
+    # one): a hidden temporary of a process that is gone.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = (
+        kedro_project.path
+        / "data"
+        / "01_raw"
+        / "grass"
+        / (atomic.temp_name("x.jpg").replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    )
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"\xff\xd8half")
     kedro_project.run("ingestion")
 
     rows = table(os.environ["PLANTS_DB_URL"])
     assert len(rows) == 400 and set(rows["status"]) == {"ok"}
+    assert [p.name for p in _raw_files(kedro_project) if p.name.endswith(".tmp")] == []
     files = [p for p in _raw_files(kedro_project) if not p.name.startswith(".")]
     assert len(files) == 400
     for path in files:

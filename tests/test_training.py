@@ -403,3 +403,23 @@ def test_training_refuses_index_rows_without_a_formatted_image(data):
     partial = {k: v for k, v in data.fmt_images.items() if k not in keys[:5]}
     with pytest.raises(ValueError, match="5 of .* index rows have no formatted image"):
         require_valid_data(passed, fp, data.dataset_index, partial)
+
+
+def test_training_refuses_fmt_images_that_differ_from_what_formatting_wrote(data):
+    """Formatted files overwritten with other pixels, or cut short by a killed run: the
+    fingerprint covers the index, not the files; their recorded sha256 does."""
+    from plants_mlops.pipelines.training.nodes import require_valid_data
+
+    fp = data.dataset_fingerprint
+    passed = {"passed": True, "dataset_fingerprint": fp["fingerprint"]}
+    keys = sorted(data.dataset_index["image_key"])
+    grass = [k for k in keys if k.startswith("grass/")][:3]
+    dandelion = next(k for k in keys if k.startswith("dandelion/"))
+    images = dict(data.fmt_images)
+    for k in grass:  # decodable, other pixels
+        images[k] = data.fmt_images[dandelion]
+    whole = data.fmt_images[keys[-1]]()
+    images[keys[-1]] = lambda: whole[: len(whole) // 2]  # a half-written file
+    with pytest.raises(ValueError, match=r"4 of \d+ formatted images are damaged") as caught:
+        require_valid_data(passed, fp, data.dataset_index, images)
+    assert grass[0] in str(caught.value) and "sha256 differs" in str(caught.value)

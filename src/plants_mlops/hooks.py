@@ -11,9 +11,25 @@ from plants_mlops import memory
 log = logging.getLogger(__name__)
 
 
+def sweep_temporaries(pipeline, catalog) -> int:
+    """Delete what killed runs left of their saves (``datasets.atomic``) where this run's
+    datasets are written: the previous files stay intact, only the temporaries go."""
+    from plants_mlops.datasets.atomic import sweep_dataset
+
+    removed = 0
+    for name in sorted(pipeline.all_outputs()):
+        try:
+            dataset = catalog.get(name)
+        except Exception:  # a dataset kedro would create in memory
+            continue
+        if dataset is not None:
+            removed += sweep_dataset(dataset)
+    return removed
+
+
 class ProjectHooks:
     """Logs which environment and pipeline a run uses, so every log file says where data
-    went; nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
+    went; sweeps the temporaries killed runs left (``sweep_temporaries``); nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
     held low, so the buffers of the frames they free go back to the OS."""
 
     @hook_impl
@@ -23,6 +39,7 @@ class ProjectHooks:
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
             run_params.get("env") or "local",
         )
+        sweep_temporaries(pipeline, catalog)
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str, node) -> None:

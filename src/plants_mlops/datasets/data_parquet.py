@@ -20,10 +20,12 @@ import pandas as pd
 import pyarrow
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 
+from plants_mlops.datasets.atomic import AtomicSave
 
-class ParquetDataset(_ParquetDataset):
-    """``pandas.ParquetDataset``, same arguments and same data; Arrow's unused memory is
-    released after each load and save. ``arrow_strings``: string columns load as the
+
+class ParquetDataset(AtomicSave, _ParquetDataset):
+    """``pandas.ParquetDataset``, same arguments and same data; saved atomically
+    (``atomic.AtomicSave``); Arrow's unused memory is released after each load and save. ``arrow_strings``: string columns load as the
     Arrow-backed ``str`` dtype."""
 
     def __init__(self, *, arrow_strings: bool = False, **kwargs: Any) -> None:

@@ -7,7 +7,6 @@ so the raw layer uses this instead: the bytes a URL served are the bytes stored.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
@@ -17,6 +16,8 @@ from typing import Any
 import fsspec
 from kedro.io import AbstractDataset
 from kedro.io.core import get_protocol_and_path
+
+from plants_mlops.datasets.atomic import temp_name
 
 Blob = bytes | Callable[[], bytes]
 WRITE_THREADS = 8  # concurrent local writes (each fsync'd) and remote size lookups
@@ -92,6 +93,10 @@ class BlobStoreDataset(AbstractDataset[Mapping[str, Blob], dict[str, Callable[[]
             # of another size is a damaged copy: written again.
             if present.get(key) != len(blob):
                 todo[f"{self._root}/{key}"] = blob
+        self._write(todo)
+
+    def _write(self, todo: dict[str, bytes]) -> None:
+        """Write ``{full path: bytes}``, each file whole or not at all."""
         if not todo:
             return
         if self._protocol == "file":
@@ -153,6 +158,47 @@ class _Loader:
         return f"<loader of {self._store.uri(self._key)}>"
 
 
+class ImageStoreDataset(BlobStoreDataset):
+    """The fmt layer: JPEG bytes encoded by the formatting node (which records each file's
+    sha256 in the fmt index), stored byte for byte and atomically under ``{key}{suffix}``.
+    Loads ``{key: loader}``: calling a loader decodes the image (RGB PIL), ``loader.read()``
+    gives the stored bytes (what training hashes before its first step). A save always
+    writes: the same key at another image size is other bytes, possibly of the same size.
+    """
+
+    def __init__(self, *, suffix: str = ".jpg", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._suffix = suffix
+
+    def load(self) -> dict[str, _ImageLoader]:
+        n = len(self._suffix)
+        return {
+            key[:-n] if n else key: _ImageLoader(self, key)
+            for key in self.keys()
+            if key.endswith(self._suffix)
+        }
+
+    def save(self, data: Mapping[str, Blob]) -> None:
+        self._write(
+            {
+                f"{self._root}/{key}{self._suffix}": value() if callable(value) else value
+                for key, value in data.items()
+            }
+        )
+
+
+class _ImageLoader(_Loader):
+    __slots__ = ()
+
+    def read(self) -> bytes:
+        return super().__call__()
+
+    def __call__(self):
+        from plants_mlops import imaging
+
+        return imaging.decode_image(self.read()).image
+
+
 def _local_sizes(root: str) -> dict[str, int]:
     """:meth:`BlobStoreDataset.sizes` of a local folder, by ``os.scandir``: no info dict
     per file (fsspec's ``find(detail=True)`` held ~1 KB per file, 100 MB at 100,000)."""
@@ -183,7 +229,7 @@ def _atomic_write(path: str, blob: bytes) -> None:
     old state or the whole file, never a partial one (the temporary name is ignored)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = target.with_name(temp_name(target.name))
     try:
         with open(tmp, "wb") as fh:
             fh.write(blob)

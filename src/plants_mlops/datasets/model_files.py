@@ -1,5 +1,5 @@
 """``ModelFileDataset``: one binary file (checkpoint, ONNX model) as ``bytes``, on any
-fsspec filesystem (local disk or S3/MinIO), written as-is."""
+fsspec filesystem (local disk or S3/MinIO), written as-is and atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_filepath_str, get_protocol_and_path
+
+from plants_mlops.datasets.atomic import atomic_write_bytes
 
 
 class ModelFileDataset(AbstractDataset[bytes, bytes]):
@@ -55,9 +57,7 @@ class ModelFileDataset(AbstractDataset[bytes, bytes]):
         if not isinstance(data, bytes | bytearray):
             raise DatasetError(f"ModelFileDataset saves bytes, got {type(data).__name__}")
         path = get_filepath_str(self._filepath, self._protocol)
-        with self._fs.open(path, "wb") as f:
-            f.write(bytes(data))
-        self._fs.invalidate_cache(path)
+        atomic_write_bytes(self._fs, self._protocol, path, bytes(data))
 
     def _exists(self) -> bool:
         return self._fs.exists(get_filepath_str(self._filepath, self._protocol))

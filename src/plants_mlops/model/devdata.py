@@ -62,6 +62,7 @@ def from_folder(
                     "label": label,
                     "image_key": key,
                     **imaging.image_stats(img),
+                    "fmt_sha256": hashlib.sha256(jpeg).hexdigest(),
                     "split": _split(sha, fractions),
                 }
             )

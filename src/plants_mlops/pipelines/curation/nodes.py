@@ -114,10 +114,12 @@ def _write_cache(path: str | None, key: str, embeddings: dict[str, np.ndarray]) 
         }
     )
     try:
+        from plants_mlops.datasets.atomic import atomic_write_bytes
+
         fs, _, (target,) = fsspec.get_fs_token_paths(path, storage_options=_storage_options(path))
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(target, "wb") as fh:
-            frame.to_parquet(fh)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        atomic_write_bytes(fs, protocol, target, frame.to_parquet())
     except Exception as exc:  # the cache only saves time: never fail the run for it
         log.warning("curation: embedding cache %s not written (%s)", path, exc)
 

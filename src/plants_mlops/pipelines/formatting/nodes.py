@@ -19,7 +19,6 @@ from typing import Any
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from plants_mlops import contracts, imaging
 from plants_mlops.fingerprint import fingerprint_of
@@ -28,7 +27,9 @@ from plants_mlops.params import FormattingParams, parse
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["sha256", "label", "image_key", "source_id", "url_source"]
-EXTRA_COLUMNS = ["orig_width", "orig_height", "phash"]  # phash: imagehash, 16 hex digits
+# phash: imagehash, 16 hex digits; fmt_sha256: of the fmt JPEG as stored (training checks it)
+EXTRA_COLUMNS = ["orig_width", "orig_height", "phash", "fmt_sha256"]
+FMT_JPEG_QUALITY = 95
 FMT_INDEX_COLUMNS = ID_COLUMNS + list(imaging.STAT_COLUMNS) + EXTRA_COLUMNS
 DATASET_INDEX_COLUMNS = FMT_INDEX_COLUMNS + ["split"]
 
@@ -62,13 +63,16 @@ def _sources(plants_data: pd.DataFrame) -> dict[tuple[str, str], _Source]:
     return out
 
 
-def _format_one(load: Callable[[], bytes], size: int) -> tuple[Image.Image, dict[str, float]]:
+def _format_one(load: Callable[[], bytes], size: int) -> tuple[bytes, dict[str, Any]]:
+    """The fmt JPEG's bytes and its index columns (stats of the image the model sees)."""
     decoded = imaging.decode_image(load())
     img = imaging.square_resize(decoded.image, size)
-    stats = imaging.image_stats(img)
+    stats: dict[str, Any] = imaging.image_stats(img)
     stats["phash"] = str(imagehash.phash(img))  # near-duplicates (curation)
     stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
-    return img, stats
+    data = imaging.encode_jpeg(img, FMT_JPEG_QUALITY)
+    stats["fmt_sha256"] = hashlib.sha256(data).hexdigest()
+    return data, stats
 
 
 # Chunks saved as they are formatted (a generator node: Kedro saves each one, images
@@ -83,7 +87,7 @@ def format_new_images(
     fmt_index_previous: pd.DataFrame,
     params: dict,
     data_decisions: pd.DataFrame | None = None,
-) -> Iterator[tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]]:
+) -> Iterator[tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]]:
     """raw -> fmt for every ``ok`` row whose bytes are in the raw layer and that has no
     formatted twin yet, with the curation decisions in force applied (an excluded row left
     out, a relabelled one formatted under its new label); the formatting node, a generator.
@@ -91,7 +95,7 @@ def format_new_images(
     A twin counts when its file is in ``fmt_inventory`` (the fmt folder's listing) and its
     row is in ``fmt_index_previous`` (the fmt index of earlier runs, saved after its
     images) at the current ``image_size``: a rerun over an unchanged catalogue decodes
-    nothing. Yields (new fmt images keyed ``{label}/{sha256}``, the whole fmt index so far,
+    nothing. Yields (new fmt JPEGs' bytes keyed ``{label}/{sha256}``, the whole fmt index so far,
     the report so far) every ``FORMAT_CHUNK`` images, and once more at the end.
     """
     from plants_mlops.pipelines.curation.decisions import apply_decisions
@@ -162,7 +166,7 @@ def format_new_images(
             results = list(running)
             if n + 1 < len(chunks):
                 running = pool.map(work, chunks[n + 1])
-            fmt_images: dict[str, Image.Image] = {}
+            fmt_images: dict[str, bytes] = {}
             rows = []
             for (label, sha), result, error in results:
                 src = sources[(label, sha)]
@@ -216,11 +220,11 @@ def format_images(
     plants_data: pd.DataFrame,
     params: dict,
     data_decisions: pd.DataFrame | None = None,
-) -> tuple[dict[str, Image.Image], pd.DataFrame, dict[str, Any]]:
+) -> tuple[dict[str, bytes], pd.DataFrame, dict[str, Any]]:
     """raw -> fmt for every ``ok`` row whose bytes are in the raw layer, from scratch, all
     at once: (fmt images, fmt index, report). For callers outside Kedro (tests, benchmarks);
     the pipeline runs :func:`format_new_images`."""
-    images: dict[str, Image.Image] = {}
+    images: dict[str, bytes] = {}
     empty = pd.DataFrame(columns=FMT_INDEX_COLUMNS)
     last: tuple = ()
     for last in format_new_images(raw_images, plants_data, {}, empty, params, data_decisions):

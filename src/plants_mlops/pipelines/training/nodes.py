@@ -66,7 +66,10 @@ def require_valid_data(
     - the fingerprint recomputed from ``dataset_index`` itself must be the validated one
       (a label flipped or a row added in the parquet file changes it);
     - every index row must have its formatted image (a killed formatting run leaves
-      index rows without one).
+      index rows without one);
+    - every formatted image must decode and hash to the ``fmt_sha256`` formatting recorded
+      (a damaged or overwritten file refuses here, with the count and the first keys,
+      instead of crashing mid-fit or training on other pixels).
     """
     from plants_mlops.fingerprint import fingerprint_of
 
@@ -93,7 +96,47 @@ def require_valid_data(
             "interrupted or the fmt layer changed; run `kedro run --pipelines formatting "
             "validation`"
         )
+    _verify_fmt_images(dataset_index, fmt_images)
     return dataset_index
+
+
+def _verify_fmt_images(dataset_index: pd.DataFrame, fmt_images: dict) -> None:
+    """Read, hash and decode every formatted image the index names (threads: hashing and
+    JPEG decoding release the GIL); refuse on the first pass's damaged ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plants_mlops import imaging
+
+    if "fmt_sha256" not in dataset_index.columns:
+        raise ValueError(
+            "refusing to train: dataset_index records no fmt_sha256 (formatted by an older "
+            "version); run `kedro run --pipelines formatting,curation,validation`"
+        )
+
+    def damaged(item: tuple[str, str]) -> str | None:
+        key, expected = item
+        loader = fmt_images[key]
+        try:  # the fmt store's loaders read bytes with .read(); in-memory ones when called
+            data = loader.read() if hasattr(loader, "read") else loader()
+        except Exception as exc:  # a vanished or unreadable file
+            return f"{key} (unreadable: {type(exc).__name__})"
+        if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != expected:
+            return f"{key} (sha256 differs from formatting's)"
+        try:
+            imaging.decode_image(data)
+        except imaging.ImageDecodeError as exc:
+            return f"{key} ({exc.reason})"
+        return None
+
+    items = list(zip(dataset_index["image_key"], dataset_index["fmt_sha256"], strict=True))
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="fmt-check") as pool:
+        bad = [b for b in pool.map(damaged, items, chunksize=64) if b]
+    if bad:
+        raise ValueError(
+            f"refusing to train: {len(bad)} of {len(items)} formatted images are damaged or "
+            f"differ from what formatting wrote (first: {'; '.join(bad[:3])}); run "
+            "`kedro run --pipelines formatting,curation,validation`"
+        )
 
 
 def train_model(
