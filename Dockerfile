@@ -5,9 +5,8 @@
 # Build: docker build --target runtime -t plants-mlops:cpu .
 #        docker build --target gpu -t plants-mlops:gpu .
 
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS base
+# Base images are named literally (no ARG): scanners (checkov, hadolint) check the tag.
+FROM python:3.11.11-slim-bookworm AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -13,6 +13,24 @@ fi
 if [ -x /usr/sbin/mariadbd ] && ! (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
 fi
+# checkov (the policy scanner the suite runs on the rendered manifests and the Dockerfile)
+# lives in its own venv: its pins (termcolor<2.4) cannot share the project's. Rebuilt when
+# deploy/checkov/requirements.txt changes.
+checkov_venv="${CHECKOV_VENV:-.venv-checkov}"
+checkov_reqs=deploy/checkov/requirements.txt
+if ! cmp -s "$checkov_reqs" "$checkov_venv/.requirements.txt" 2>/dev/null; then
+  echo "installing checkov into $checkov_venv"
+  python="${PYTHON:-python3.11}"
+  command -v "$python" >/dev/null || python=python3
+  rm -rf "$checkov_venv"
+  if "$python" -m venv "$checkov_venv" \
+    && "$checkov_venv/bin/python" -m pip install --quiet --no-deps -r "$checkov_reqs"; then
+    cp "$checkov_reqs" "$checkov_venv/.requirements.txt"
+  else
+    echo "could not install checkov into $checkov_venv"
+  fi
+fi
+
 # Debian packages, by the command each provides: chromium + chromium-driver (browser
 # tests over WebDriver), docker-compose (static `docker-compose config`; no engine is
 # needed or used), prometheus (with promtool) and prometheus-pushgateway (the live

@@ -135,13 +135,33 @@ def test_mlflow_zenml_and_grafana_get_their_passwords_from_env(compose_services)
 
 def test_the_mlflow_start_script_serves_mlflow_behind_basic_auth(tmp_path):
     """The script compose and Kubernetes run, against SQLite instead of a server database:
-    anonymous requests are refused, the admin from the environment gets in."""
+    anonymous requests are refused, the admin gets in with the password from the file
+    MLFLOW_AUTH_ADMIN_PASSWORD_FILE names (as Kubernetes mounts it; compose passes the
+    others in the environment), and a secret set both ways is refused."""
     port = servers.free_port()
     password = secrets.token_hex(12)
+    (tmp_path / "admin_password").write_text(password + "\n")
+    script = ["sh", str(ROOT / "deploy" / "mlflow" / "start-mlflow.sh")]
+    both = subprocess.run(
+        script,
+        env={
+            "PATH": os.environ["PATH"],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": "x",
+            "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(tmp_path / "admin_password"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert both.returncode == 1
+    assert both.stderr.strip() == (
+        "start-mlflow.sh: both MLFLOW_AUTH_ADMIN_PASSWORD and "
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE are set: set one"
+    )
     env = {
         "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'auth.db'}",
-        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(tmp_path / "admin_password"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
         "MLFLOW_HOST": "127.0.0.1",
@@ -152,7 +172,7 @@ def test_the_mlflow_start_script_serves_mlflow_behind_basic_auth(tmp_path):
     }
     server = servers.ManagedProcess(
         "mlflow basic-auth",
-        ["sh", str(ROOT / "deploy" / "mlflow" / "start-mlflow.sh")],
+        script,
         health_url=f"http://127.0.0.1:{port}/health",
         env=env,
         log_path=tmp_path / "mlflow.log",

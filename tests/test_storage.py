@@ -154,3 +154,25 @@ def test_registering_the_minio_stack_bootstraps_its_bucket(s3_endpoint, kedro_pr
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert rule["Filter"] == {"Prefix": "prediction-log/"}
+
+
+def test_the_cli_reads_the_keys_from_files_as_the_cluster_mounts_them(iam_s3, tmp_path):
+    """The cluster mounts secrets as files and sets X_FILE (docs/deploy.md): a wrong key in
+    the file is refused by the server, the right one works, X and X_FILE disagreeing fail."""
+    endpoint, keys = iam_s3
+    files = {}
+    for name, value in keys.items():
+        (tmp_path / name).write_text(value + "\n")  # a trailing newline, as editors write
+        files[f"{name}_FILE"] = str(tmp_path / name)
+    base = {"PLANTS_S3_ENDPOINT_URL": endpoint, "PLANTS_S3_BUCKET": _bucket()}
+    unset = {name: "" for name in keys}
+    ok = _storage_cli({**base, **unset, **files})
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "AWS_SECRET_ACCESS_KEY").write_text("not-the-secret")
+    wrong = _storage_cli({**base, **unset, **files})
+    assert wrong.returncode == 1 and "(SignatureDoesNotMatch)" in wrong.stderr
+    both = _storage_cli({**base, **keys, **files})
+    assert both.returncode == 1
+    assert both.stderr.strip() == (
+        "error: both AWS_SECRET_ACCESS_KEY and AWS_SECRET_ACCESS_KEY_FILE are set: set one"
+    )

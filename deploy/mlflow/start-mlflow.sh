@@ -13,7 +13,30 @@
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  default false here: MLflow 3's job runner (it and
 #                                  8 Huey consumers per server) runs GenAI jobs this
 #                                  project never submits
+# Secrets as files (Kubernetes mounts them so): for each secret X below, X_FILE names a
+# file holding its value. MLFLOW_DB_PASSWORD(_FILE) is put into both database URIs, which
+# then carry the user and no password (letters and digits only: it is not URL-quoted).
 set -eu
+for var in MLFLOW_AUTH_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY \
+  MLFLOW_DB_PASSWORD AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; do
+  eval "file=\${${var}_FILE:-} current=\${${var}:-}"
+  [ -n "$file" ] || continue
+  if [ -n "$current" ]; then
+    echo "start-mlflow.sh: both $var and ${var}_FILE are set: set one" >&2
+    exit 1
+  fi
+  value=$(cat "$file")
+  export "$var=$value"
+done
+if [ -n "${MLFLOW_DB_PASSWORD:-}" ]; then
+  case "$MLFLOW_DB_PASSWORD" in
+    *[!A-Za-z0-9]*) echo "start-mlflow.sh: MLFLOW_DB_PASSWORD must be letters and digits" >&2; exit 1 ;;
+  esac
+  # scheme://user@host/db gets ":<password>" after the user
+  with_password() { printf '%s' "$1" | sed "s#^\([A-Za-z0-9+]*://[^:@/]*\)@#\1:${MLFLOW_DB_PASSWORD}@#"; }
+  MLFLOW_BACKEND_STORE_URI=$(with_password "${MLFLOW_BACKEND_STORE_URI:-}")
+  MLFLOW_AUTH_DATABASE_URI=$(with_password "${MLFLOW_AUTH_DATABASE_URI:-}")
+fi
 : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}"
 : "${MLFLOW_AUTH_DATABASE_URI:?set MLFLOW_AUTH_DATABASE_URI}"
 : "${MLFLOW_AUTH_ADMIN_PASSWORD:?set MLFLOW_AUTH_ADMIN_PASSWORD}"

@@ -16,6 +16,7 @@ import sys
 import click
 
 from plants_mlops.errors import UserFacingError
+from plants_mlops.secret_files import load_secret_files
 
 # Order shown in --help.
 COMMAND_MODULES = ("data", "registry", "stack", "storage", "serve", "demo")
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        load_secret_files()
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

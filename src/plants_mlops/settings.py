@@ -12,6 +12,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from plants_mlops.hooks import ProjectHooks
+from plants_mlops.secret_files import load_secret_files
 
 # Kedro's telemetry plugin asks questions on first run; this project never phones home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
@@ -26,6 +27,10 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 # omegaconf 2.4 deprecates register_new_resolver(), which kedro 1.7 itself calls for its
 # own `globals`/`runtime_params` resolvers on every command: noise, not our concern.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
+
+# `kedro run` (the cluster's CronJobs) reads its secrets from files too (X_FILE -> X),
+# before the catalog's ${oc.env:...} and MLflow look for them.
+load_secret_files()
 
 HOOKS = (ProjectHooks(),)
 

@@ -38,6 +38,9 @@ TRAINING_RESOURCES = {
     "limits": {"memory": "12Gi", "nvidia.com/gpu": "1"},
 }
 TRAINING_STEP = "training"
+# The label every pod ZenML starts here carries: the gpu overlay's NetworkPolicies select
+# it (deploy/k8s/overlays/gpu/network-policies-gpu.yaml).
+POD_LABELS = {"app.kubernetes.io/name": "zenml-pipeline"}
 
 
 def secret_env() -> list[dict[str, Any]]:
@@ -68,7 +71,7 @@ def service_account() -> str | None:
 def orchestrator_config() -> dict[str, Any]:
     """Component-level settings of the ``gpu`` stack's Kubernetes orchestrator: every pod
     it starts gets the secrets' env; the orchestrator pod runs as the service account."""
-    config: dict[str, Any] = {"pod_settings": {"env": secret_env()}}
+    config: dict[str, Any] = {"pod_settings": {"env": secret_env(), "labels": POD_LABELS}}
     if service_account():
         config["service_account_name"] = service_account()
     return config
@@ -83,6 +86,7 @@ def training_pod_settings():
         tolerations=tolerations(),
         resources=TRAINING_RESOURCES,
         env=secret_env(),
+        labels=POD_LABELS,
     )
 
 
