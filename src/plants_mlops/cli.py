@@ -12,10 +12,12 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from plants_mlops.errors import UserFacingError
+from plants_mlops.project import is_project, use_project_zenml
 
 # Order shown in --help.
 COMMAND_MODULES = ("data", "registry", "stack", "storage", "serve", "demo")
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    project = Path(getattr(args, "project", None) or ".").resolve()
+    if is_project(project):  # before any handler imports ZenML
+        use_project_zenml(project)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -129,6 +129,9 @@ def _stack_list(args: argparse.Namespace) -> int:
         mark = "*" if row["active"] else " "
         comps = ", ".join(f"{t}={'/'.join(n)}" for t, n in sorted(row["components"].items()))
         print(f"{mark} {row['name']:<10} env={row['kedro_env'] or '-':<6} {comps}")
+        for kind, where in row["stores"].items():
+            if where:
+                print(f"    {kind}: {where}")
     return 0
 
 

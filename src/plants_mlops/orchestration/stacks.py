@@ -18,6 +18,7 @@ from plants_mlops.contracts import MLFLOW_SECRET, S3_SECRET, STACK_NAMES
 from plants_mlops.errors import UserFacingError
 from plants_mlops.orchestration.gpu import orchestrator_config
 from plants_mlops.orchestration.pipeline import GPU_LABEL, KEDRO_ENV_LABEL
+from plants_mlops.project import PROJECT_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,11 @@ def register_stack(name: str, project: Path, activate: bool = True) -> StackSpec
         else:
             client.update_stack_component(comp.name, ctype, configuration=comp.config)
         components[ctype] = comp.name
-    labels = {KEDRO_ENV_LABEL: spec.kedro_env, GPU_LABEL: str(spec.gpu).lower()}
+    labels = {
+        KEDRO_ENV_LABEL: spec.kedro_env,
+        GPU_LABEL: str(spec.gpu).lower(),
+        PROJECT_LABEL: str(project.resolve()),
+    }
     try:
         existing_stack = client.get_stack(spec.name, allow_name_prefix_match=False)
     except KeyError:
@@ -234,17 +239,24 @@ def validate_stack(name: str) -> str | None:
 
 def list_stacks() -> list[dict[str, Any]]:
     from zenml.client import Client
+    from zenml.enums import StackComponentType
 
     client = Client()
     active = client.active_stack_model.id
     rows = []
     for stack in client.list_stacks(size=100).items:
+        stores = {}
+        for ctype, key in (("experiment_tracker", "tracking_uri"), ("artifact_store", "path")):
+            for comp in stack.components.get(StackComponentType(ctype), []):
+                stores[ctype] = comp.configuration.get(key, "")
         rows.append(
             {
                 "name": stack.name,
                 "active": stack.id == active,
                 "kedro_env": (stack.labels or {}).get(KEDRO_ENV_LABEL, ""),
+                "project": (stack.labels or {}).get(PROJECT_LABEL, ""),
                 "components": {t.value: [c.name for c in cs] for t, cs in stack.components.items()},
+                "stores": stores,
             }
         )
     return rows
