@@ -189,7 +189,20 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def check_cron(expression: str) -> str:
+    """``expression`` when it is a five-field cron expression, else a one-line error."""
+    from croniter import croniter
+
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        raise UserFacingError(
+            f"--cron {expression!r} is not a cron expression: five fields, minute hour "
+            'day-of-month month day-of-week, e.g. "0 3 * * 1" (Mondays at 03:00)'
+        )
+    return expression
+
+
 def _pipeline_schedule(args: argparse.Namespace) -> int:
+    check_cron(args.cron)
     project = _project(args)
     _activate(args, project)
     from plants_mlops.orchestration.pipeline import (

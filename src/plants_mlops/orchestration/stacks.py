@@ -41,13 +41,30 @@ class StackSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def _env(name: str, default: str | None = None, *, required_for: str | None = None) -> str:
-    value = os.environ.get(name, default)
-    if not value:
+# What each stack cannot be registered without (its keys go into ZenML secrets).
+REQUIRED_ENV = {
+    "local": (),
+    "minio": (
+        "PLANTS_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_TRACKING_URI",
+    ),
+}
+REQUIRED_ENV["gpu"] = (*REQUIRED_ENV["minio"], "PLANTS_KUBE_CONTEXT", "PLANTS_CONTAINER_REGISTRY")
+
+
+def _require(stack: str) -> None:
+    """Every variable the stack needs and lacks, named at once."""
+    missing = [name for name in REQUIRED_ENV.get(stack, ()) if not os.environ.get(name)]
+    if missing:
         raise UserFacingError(
-            f"set {name} to register the `{required_for}` stack (see docs/zenml.md)"
+            f"set {', '.join(missing)} to register the `{stack}` stack (see docs/zenml.md)"
         )
-    return value
+
+
+def _env(name: str, default: str | None = None) -> str:
+    return os.environ.get(name, default) or ""
 
 
 def _mlflow_components(stack: str, uri: str) -> list[Component]:
@@ -64,13 +81,13 @@ def _mlflow_components(stack: str, uri: str) -> list[Component]:
 
 
 def _s3_artifact_store() -> tuple[Component, dict[str, str]]:
-    endpoint = _env("PLANTS_S3_ENDPOINT_URL", required_for="minio")
+    endpoint = _env("PLANTS_S3_ENDPOINT_URL")
     bucket = os.environ.get("PLANTS_ZENML_BUCKET") or os.environ.get(
         "PLANTS_S3_BUCKET", "plants-mlops"
     )
     secret = {
-        "aws_access_key_id": _env("AWS_ACCESS_KEY_ID", required_for="minio"),
-        "aws_secret_access_key": _env("AWS_SECRET_ACCESS_KEY", required_for="minio"),
+        "aws_access_key_id": _env("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": _env("AWS_SECRET_ACCESS_KEY"),
     }
     store = Component(
         "artifact_store",
@@ -87,7 +104,7 @@ def _s3_artifact_store() -> tuple[Component, dict[str, str]]:
 
 
 def _remote_tracking_uri(stack: str) -> str:
-    uri = _env("MLFLOW_TRACKING_URI", required_for=stack)
+    uri = _env("MLFLOW_TRACKING_URI")
     if not uri.startswith(("http://", "https://")):
         raise UserFacingError(
             f"the `{stack}` stack needs an MLflow tracking server: "
@@ -105,6 +122,7 @@ def _mlflow_secret() -> dict[str, str]:
 
 def stack_spec(name: str, project: Path) -> StackSpec:
     """The components, secrets and labels of stack ``name`` from the current environment."""
+    _require(name)
     if name == "local":
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'data/mlflow.db'}"
         return StackSpec(
@@ -130,8 +148,8 @@ def stack_spec(name: str, project: Path) -> StackSpec:
         )
     if name == "gpu":
         store, s3_secret = _s3_artifact_store()
-        context = _env("PLANTS_KUBE_CONTEXT", required_for="gpu")
-        registry = _env("PLANTS_CONTAINER_REGISTRY", required_for="gpu")
+        context = _env("PLANTS_KUBE_CONTEXT")
+        registry = _env("PLANTS_CONTAINER_REGISTRY")
         return StackSpec(
             "gpu",
             "minio",
