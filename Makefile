@@ -1,6 +1,7 @@
 # plants-mlops: the two commands are `make demo` and `make test` (see README.md).
 # Each creates the virtual environment on first use; nothing else needs installing by hand.
 
+SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,9 +21,17 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the virtual environment in $(VENV) (~5 min: torch, ZenML, MLflow, Kedro)..."
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch/torchvision are pinned (==2.14.1 / ==0.29.1); constraints.txt pins the rest.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@$(BIN)/python -m pip install -c constraints.txt -e '.[dev]' \
+		| grep --line-buffered -E '^(Collecting|Successfully installed)' \
+		| awk '/^Collecting/ {n++; if (n % 25 == 0) {print "  " n " packages collected..."; fflush()}} /^Successfully/ {print "  installed"; fflush()}'; \
+		test $${PIPESTATUS[0]} -eq 0
+	@# `zenml` commands in a shell that sourced .venv/bin/activate use this project's ZenML
+	@# store, as every plants-mlops command does (docs/zenml.md).
+	@grep -q ZENML_CONFIG_PATH $(BIN)/activate || \
+		echo 'export ZENML_CONFIG_PATH="$(CURDIR)/data/zenml"' >> $(BIN)/activate
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -48,3 +57,4 @@ bench: $(STAMP)
 clean-data:
 	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null || true
 	rm -f data/*.db
+	rm -rf mlruns mlartifacts

@@ -145,6 +145,7 @@ class LocalZenml:
         self.project, self.env, self.tmp = project, env, tmp
         self.registered = cli(["stack", "register", "local"], env, project)
         self.runs: list[dict] = []
+        self.consoles: list[str] = []  # what each run printed
         self.first = self.run(["--stack", "local", "--params", *TINY_TRAINING], traced=True)
 
     def run(self, args: list[str], traced: bool = False) -> dict:
@@ -157,7 +158,9 @@ class LocalZenml:
         test_formatting."""
         out = self.tmp / f"run{len(self.runs) + 1}.json"
         env = self.env if traced else untraced(self.env)
-        self.runs.append(pipeline_run(args, env, self.project, out))
+        proc = cli(["pipeline", "run", *args, "--json-out", str(out)], env, self.project)
+        self.consoles.append(proc.stdout + proc.stderr)
+        self.runs.append(run_json(out))
         return self.runs[-1]
 
     @property

@@ -12,10 +12,12 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from plants_mlops.errors import UserFacingError
+from plants_mlops.project import is_project, use_project_zenml
 from plants_mlops.secret_files import load_secret_files
 
 # Order shown in --help.
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    project = Path(getattr(args, "project", None) or ".").resolve()
+    if is_project(project):  # before any handler imports ZenML
+        use_project_zenml(project)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
+import click
 from kedro.framework.hooks import hook_impl
 
-from plants_mlops import memory
+from plants_mlops import memory, storage
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,28 @@ class ProjectHooks:
     """Logs which environment and pipeline a run uses, so every log file says where data
     went; sweeps the temporaries killed runs left (``sweep_temporaries``); nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
     held low, so the buffers of the frames they free go back to the OS."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        """An environment's variables and its S3 server, checked before anything runs: one
+        line naming every missing variable (``kedro run --env minio`` needs three), or the
+        endpoint nothing answers at, instead of a traceback from the first dataset."""
+        conf = Path(context.project_path) / "conf"
+        env = context.env or "local"
+        missing = [
+            v for v in storage.required_env([conf / "base", conf / env]) if v not in os.environ
+        ]
+        if missing:
+            raise click.ClickException(
+                f"set {', '.join(missing)} for `--env {env}` (docs/data.md, *Storage environments*)"
+            )
+        if "PLANTS_S3_ENDPOINT_URL" in storage.required_env([conf / env]):
+            problem = storage.endpoint_problem(os.environ["PLANTS_S3_ENDPOINT_URL"])
+            if problem:
+                raise click.ClickException(
+                    f"PLANTS_S3_ENDPOINT_URL: {problem}; start the S3 server (MinIO: "
+                    "`docker compose up -d minio`) or point the variable at one"
+                )
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:

@@ -18,7 +18,10 @@ the Kubernetes Job ``storage-init`` (deploy/k8s/base/storage-init-job.yaml).
 from __future__ import annotations
 
 import os
+import re
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from plants_mlops.errors import UserFacingError
@@ -32,6 +35,32 @@ LIFECYCLE_RULE_ID = "prediction-log-expiry"
 CREDENTIAL_ERRORS = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
 )
+
+
+# `${oc.env:NAME}` without a default: a variable a configuration cannot do without.
+_REQUIRED_ENV = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def required_env(conf_dirs: list[Path]) -> list[str]:
+    """The environment variables the YAML files in ``conf_dirs`` need (no default), sorted."""
+    names: set[str] = set()
+    for folder in conf_dirs:
+        for path in sorted(folder.glob("**/*.yml")) if folder.is_dir() else []:
+            names.update(_REQUIRED_ENV.findall(path.read_text(encoding="utf-8")))
+    return sorted(names)
+
+
+def endpoint_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why nothing can be reached at the ``http(s)://host:port`` endpoint, or None."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"{url!r} is not an http(s)://host:port address"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"no server answers at {url} ({exc.strerror or exc})"
+    return None
 
 
 def s3_client_kwargs() -> dict[str, str]:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,7 +181,9 @@ def _keeps(handler: logging.Handler) -> bool:
     return type(handler).__name__ == "ZenMLLoggingHandler"
 
 
-def setup_logging(path: Path, console: TextIO | None = None) -> DemoLogging:
+def setup_logging(
+    path: Path, console: TextIO | None = None, stages: tuple[str, ...] = STAGES
+) -> DemoLogging:
     """Console: the demo's lines and training epochs. File: every record at INFO or above,
     from every logger (Kedro, ZenML, MLflow included).
 
@@ -206,7 +209,7 @@ def setup_logging(path: Path, console: TextIO | None = None) -> DemoLogging:
         root.addHandler(handler)
     for name in (log.name, EPOCH_LOGGER, STEP_LOGGER):
         logging.getLogger(name).setLevel(logging.INFO)
-    state = DemoLogging(path, [to_file, to_console], removed, saved_level)
+    state = DemoLogging(path, [to_file, to_console], removed, saved_level, StageProgress(stages))
     logging.getLogger(STEP_LOGGER).addHandler(state.progress)
     return state
 
@@ -256,6 +259,40 @@ class _LogStream(io.TextIOBase):
         return len(text)
 
 
+@contextlib.contextmanager
+def stage_console(
+    project: Path, name: str, stages: tuple[str, ...] = STAGES, zenml: bool = True
+) -> Iterator[DemoLogging]:
+    """The demo's console around a block: one line per stage on the console, every record
+    (Kedro, ZenML, MLflow, what libraries print) in ``data/08_reporting/<name>-<UTC>.log``,
+    named at the start and the end. A failure is one line naming the file."""
+    _quiet_environment()
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    if zenml:
+        import zenml as _zenml  # noqa: F401  (its logging setup must happen before ours)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = setup_logging(project / REPORTING / f"{name}-{stamp}.log", stages=stages)
+    log.info("full log: %s", logs.path)
+    try:
+        with (
+            contextlib.redirect_stdout(_LogStream(logging.INFO)),
+            contextlib.redirect_stderr(_LogStream(logging.WARNING)),
+        ):
+            yield logs
+    except Exception as exc:
+        detail.exception("%s stopped", name)  # the traceback: the file only
+        logs.close()
+        if isinstance(exc, UserFacingError):
+            raise UserFacingError(f"{exc} (full log: {logs.path})") from None
+        raise UserFacingError(
+            f"{name} stopped: {type(exc).__name__}: {exc} (traceback in {logs.path})"
+        ) from None
+    log.info("full log: %s", logs.path)
+    logs.close()
+
+
 # -- the demo ---------------------------------------------------------------------------
 
 
@@ -267,33 +304,13 @@ def _free_port() -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    _quiet_environment()
-    project = Path.cwd()
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(project)
-    if not args.kedro:
-        import zenml  # noqa: F401  (its logging setup must happen before ours)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    logs = setup_logging(REPORTING / f"demo-{stamp}.log")
-    log.info("full log: %s", logs.path)
-    try:
-        _demo(args, project, logs)
-    except Exception as exc:
-        detail.exception("demo stopped")  # the traceback: the file only
-        logs.close()
-        if isinstance(exc, UserFacingError):
-            raise UserFacingError(f"{exc} (full log: {logs.path})") from None
-        raise UserFacingError(
-            f"demo stopped: {type(exc).__name__}: {exc} (traceback in {logs.path})"
-        ) from None
-    log.info(
-        "demo finished in %.0f s; `plants-mlops serve` keeps the API up, "
-        "`plants-mlops dashboards` opens the UIs.",
-        time.monotonic() - started,
-    )
-    log.info("full log: %s", logs.path)
-    logs.close()
+    with stage_console(Path.cwd(), "demo", zenml=not args.kedro) as logs:
+        _demo(args, Path.cwd(), logs)
+        log.info(
+            "demo finished in %.0f s; `plants-mlops serve` keeps the API up, "
+            "`plants-mlops dashboards` opens the UIs.",
+            time.monotonic() - started,
+        )
     return 0
 
 
@@ -304,12 +321,8 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     log.info("plants_data: %s", report.lines()[0])
     # No progress bars on the console; each stage and epoch has its line.
     params = {"ingestion": {"progress": False}, "training": {"quiet": True}}
-    # What libraries print (MLflow's "Created version ...") goes to the file too.
-    with (
-        contextlib.redirect_stdout(_LogStream(logging.INFO)),
-        contextlib.redirect_stderr(_LogStream(logging.WARNING)),
-    ):
-        summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
+    # What libraries print (MLflow's "Created version ...") goes to the file too (stage_console).
+    summaries = _run_kedro(project, params) if args.kedro else _run_zenml(project, params, logs)
 
     review = REPORTING / "curation_review.html"
     if review.exists():

@@ -20,10 +20,6 @@ from pathlib import Path
 from plants_mlops.contracts import STACK_NAMES as STACKS
 from plants_mlops.errors import UserFacingError
 
-# Metrics and counts worth a place on the one-line step summary.
-KEY_METRICS = ("test_accuracy", "test_f1_macro", "test_roc_auc", "champion_f1_macro")
-COUNTS = ("rows", "fetched", "already_stored", "failed", "n_images", "checks")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     stack = sub.add_parser("stack", help="register, activate and list the ZenML stacks")
@@ -129,6 +125,9 @@ def _stack_list(args: argparse.Namespace) -> int:
         mark = "*" if row["active"] else " "
         comps = ", ".join(f"{t}={'/'.join(n)}" for t, n in sorted(row["components"].items()))
         print(f"{mark} {row['name']:<10} env={row['kedro_env'] or '-':<6} {comps}")
+        for kind, where in row["stores"].items():
+            if where:
+                print(f"    {kind}: {where}")
     return 0
 
 
@@ -141,10 +140,10 @@ def _activate(args: argparse.Namespace, project: Path) -> None:
 
 def _pipeline_run(args: argparse.Namespace) -> int:
     project = _project(args)
-    _activate(args, project)
-    from plants_mlops.orchestration.pipeline import nested_params, prepare_run, run_pipeline
-
     if args.dry_run:
+        _activate(args, project)
+        from plants_mlops.orchestration.pipeline import nested_params, prepare_run
+
         plan = prepare_run(
             project, args.env, args.pipelines, nested_params(args.params), not args.no_cache
         ).plan()
@@ -154,39 +153,67 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         print(text)
         return 0
 
-    result = run_pipeline(
-        project,
-        env=args.env,
-        stages=args.pipelines,
-        params=nested_params(args.params),
-        enable_cache=not args.no_cache,
-        run_name=args.run_name,
-    )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result.__dict__, indent=2, default=str))
-    print(
-        f"ZenML run {result.run_name} ({result.status}) on stack {result.stack}, "
-        f"Kedro env {result.env}"
-    )
-    for stage in result.stages:
-        summary = result.summaries.get(stage, {})
-        flags = " (cached)" if stage in result.cached else ""
-        keys = (
-            "dataset_fingerprint",
-            "mlflow_run_id",
-            "model_version",
-            "champion_version",
-            "verdict",
+    from plants_mlops.commands.demo import log as console
+    from plants_mlops.commands.demo import stage_console
+    from plants_mlops.contracts import STAGES as DEFAULT_STAGES
+
+    wanted = args.pipelines or DEFAULT_STAGES
+    stages = tuple(s for s in (*DEFAULT_STAGES, "monitoring") if s in wanted)
+    # One line per stage on the console (as `make demo` shows), everything else in a file.
+    with stage_console(project, "pipeline-run", stages) as logs:
+        _activate(args, project)
+        from plants_mlops.orchestration.pipeline import nested_params, run_pipeline
+
+        result = run_pipeline(
+            project,
+            env=args.env,
+            stages=args.pipelines,
+            params=nested_params(args.params),
+            enable_cache=not args.no_cache,
+            run_name=args.run_name,
         )
-        shown = {k: summary[k] for k in keys if summary.get(k)}
-        metrics = summary.get("metrics") or {}
-        shown.update({k: round(v, 4) for k, v in metrics.items() if k in KEY_METRICS})
-        shown.update({k: v for k, v in (summary.get("counts") or {}).items() if k in COUNTS})
-        print(f"  {stage:<11}{flags} {json.dumps(shown, default=str)}")
+        logs.progress.catch_up()
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(result.__dict__, indent=2, default=str))
+        console.info(
+            "ZenML run %s (%s) on stack %s, Kedro env %s",
+            result.run_name,
+            result.status,
+            result.stack,
+            result.env,
+        )
+        for line in _result_lines(result):
+            console.info("%s", line)
     return 0 if result.status == "completed" else 1
 
 
+def _result_lines(result) -> list[str]:
+    """What to open next: the model version, the MLflow run, the champion."""
+    lines = []
+    for stage in result.stages:
+        summary = result.summaries.get(stage, {})
+        if summary.get("mlflow_run_id") and stage == "training":
+            lines.append(f"  MLflow run {summary['mlflow_run_id']}")
+        if stage == "registry" and summary.get("model_version"):
+            verdict = summary.get("verdict") or "?"
+            lines.append(f"  registered version {summary['model_version']} (gate: {verdict})")
+    return lines
+
+
+def check_cron(expression: str) -> str:
+    """``expression`` when it is a five-field cron expression, else a one-line error."""
+    from croniter import croniter
+
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        raise UserFacingError(
+            f"--cron {expression!r} is not a cron expression: five fields, minute hour "
+            'day-of-month month day-of-week, e.g. "0 3 * * 1" (Mondays at 03:00)'
+        )
+    return expression
+
+
 def _pipeline_schedule(args: argparse.Namespace) -> int:
+    check_cron(args.cron)
     project = _project(args)
     _activate(args, project)
     from plants_mlops.orchestration.pipeline import (

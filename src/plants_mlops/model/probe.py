@@ -18,6 +18,7 @@ fewer degrees of freedom (docs/model.md, *Linear probe*). Here:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ import numpy as np
 import torch
 
 from plants_mlops.model.architectures import PlantsNet
+from plants_mlops.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,19 +50,27 @@ class ProbeFit:
 
 @torch.no_grad()
 def embed(
-    model: PlantsNet, view, device: torch.device, *, hflip: bool, batch_size: int = 64
+    model: PlantsNet,
+    view,
+    device: torch.device,
+    *,
+    hflip: bool,
+    batch_size: int = 64,
+    progress: bool = True,
 ) -> np.ndarray:
     """Backbone embeddings of ``view`` (a sliceable [N, 3, S, S] serving view): [N, D], or
     [N, 2, D] with the mirror image's embedding second when ``hflip``."""
     model.eval()
     out = []
-    for i in range(0, len(view), batch_size):
-        xb = view[i : i + batch_size].to(device)
-        xb = xb.contiguous(memory_format=torch.channels_last)
-        rows = [model.backbone(xb)]
-        if hflip:
-            rows.append(model.backbone(torch.flip(xb, dims=[3])))
-        out.append(torch.stack(rows, dim=1).float().cpu())
+    with Progress(len(view), "probe embeddings", log, bar=progress) as done:
+        for i in range(0, len(view), batch_size):
+            xb = view[i : i + batch_size].to(device)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            rows = [model.backbone(xb)]
+            if hflip:
+                rows.append(model.backbone(torch.flip(xb, dims=[3])))
+            out.append(torch.stack(rows, dim=1).float().cpu())
+            done.update(len(xb))
     emb = torch.cat(out).numpy()
     return emb if hflip else emb[:, 0]
 

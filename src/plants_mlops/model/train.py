@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
             leave=False,
-            disable=params.quiet,
+            disable=params.quiet or not sys.stderr.isatty(),  # a log gets the epoch's line
         )
         for xb, yb in bar:
             xb = xb.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -279,7 +280,7 @@ def _train_probe(
         )
         train = stratified_sample(train, cfg.max_train_images, params.seed)
     train_view = eval_tensor(train, image_size=params.image_size, mean=spec.mean, std=spec.std)
-    emb = probe.embed(model, train_view, device, hflip=cfg.hflip)
+    emb = probe.embed(model, train_view, device, hflip=cfg.hflip, progress=not params.quiet)
     embed_seconds = time.perf_counter() - t0
     fitted = probe.fit(
         emb,

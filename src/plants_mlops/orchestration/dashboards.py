@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ from plants_mlops.errors import UserFacingError
 
 BIN = Path(sys.executable).parent
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
+log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 _HANDED_OUT: set[int] = set()  # ports given to UIs starting now, not yet listening
 _PORT_LOCK = threading.Lock()
@@ -259,8 +260,17 @@ def start_all(project: Path, only: list[str] | None = None) -> dict[str, str]:
     pending = [n for n in wanted if n not in running]
     futures = {}
     if pending:
+        # the ZenML server alone takes 35-55 s: say so, then one line per UI as it comes up
+        log.info("starting %s (up to a minute)...", ", ".join(pending))
+        started = time.monotonic()
         with ThreadPoolExecutor(len(pending), thread_name_prefix="dashboard") as pool:
-            futures = {n: pool.submit(STARTERS[n], project, state_dir) for n in pending}
+            futures = {pool.submit(STARTERS[n], project, state_dir): n for n in pending}
+            for future in as_completed(futures):
+                state_word = "up" if future.exception() is None else "failed"
+                log.info(
+                    "  %s %s after %.0f s", futures[future], state_word, time.monotonic() - started
+                )
+            futures = {n: f for f, n in futures.items()}
     urls: dict[str, str] = {}
     for name in wanted:
         if name in running:

@@ -172,6 +172,7 @@ def prepare_run(
     from zenml.client import Client
 
     from plants_mlops.errors import UserFacingError
+    from plants_mlops.project import foreign_store
 
     project = Path(project).resolve()
     if not (project / "pyproject.toml").exists():
@@ -203,6 +204,9 @@ def prepare_run(
     tracker = stack.components.get(_tracker_type())
     uri = tracker[0].configuration.get("tracking_uri") if tracker else None
     if uri:
+        refusal = foreign_store(project, stack.name, uri, labels)
+        if refusal:
+            raise UserFacingError(refusal)
         # One MLflow store per run: the tracker (training) and the Kedro nodes of every other
         # step (evaluation resumes the training run, registry registers it) must agree.
         current = os.environ.get("MLFLOW_TRACKING_URI")

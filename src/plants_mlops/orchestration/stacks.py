@@ -18,6 +18,7 @@ from plants_mlops.contracts import MLFLOW_SECRET, S3_SECRET, STACK_NAMES
 from plants_mlops.errors import UserFacingError
 from plants_mlops.orchestration.gpu import orchestrator_config
 from plants_mlops.orchestration.pipeline import GPU_LABEL, KEDRO_ENV_LABEL
+from plants_mlops.project import PROJECT_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,30 @@ class StackSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def _env(name: str, default: str | None = None, *, required_for: str | None = None) -> str:
-    value = os.environ.get(name, default)
-    if not value:
+# What each stack cannot be registered without (its keys go into ZenML secrets).
+REQUIRED_ENV = {
+    "local": (),
+    "minio": (
+        "PLANTS_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_TRACKING_URI",
+    ),
+}
+REQUIRED_ENV["gpu"] = (*REQUIRED_ENV["minio"], "PLANTS_KUBE_CONTEXT", "PLANTS_CONTAINER_REGISTRY")
+
+
+def _require(stack: str) -> None:
+    """Every variable the stack needs and lacks, named at once."""
+    missing = [name for name in REQUIRED_ENV.get(stack, ()) if not os.environ.get(name)]
+    if missing:
         raise UserFacingError(
-            f"set {name} to register the `{required_for}` stack (see docs/zenml.md)"
+            f"set {', '.join(missing)} to register the `{stack}` stack (see docs/zenml.md)"
         )
-    return value
+
+
+def _env(name: str, default: str | None = None) -> str:
+    return os.environ.get(name, default) or ""
 
 
 def _mlflow_components(stack: str, uri: str) -> list[Component]:
@@ -63,13 +81,13 @@ def _mlflow_components(stack: str, uri: str) -> list[Component]:
 
 
 def _s3_artifact_store() -> tuple[Component, dict[str, str]]:
-    endpoint = _env("PLANTS_S3_ENDPOINT_URL", required_for="minio")
+    endpoint = _env("PLANTS_S3_ENDPOINT_URL")
     bucket = os.environ.get("PLANTS_ZENML_BUCKET") or os.environ.get(
         "PLANTS_S3_BUCKET", "plants-mlops"
     )
     secret = {
-        "aws_access_key_id": _env("AWS_ACCESS_KEY_ID", required_for="minio"),
-        "aws_secret_access_key": _env("AWS_SECRET_ACCESS_KEY", required_for="minio"),
+        "aws_access_key_id": _env("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": _env("AWS_SECRET_ACCESS_KEY"),
     }
     store = Component(
         "artifact_store",
@@ -86,7 +104,7 @@ def _s3_artifact_store() -> tuple[Component, dict[str, str]]:
 
 
 def _remote_tracking_uri(stack: str) -> str:
-    uri = _env("MLFLOW_TRACKING_URI", required_for=stack)
+    uri = _env("MLFLOW_TRACKING_URI")
     if not uri.startswith(("http://", "https://")):
         raise UserFacingError(
             f"the `{stack}` stack needs an MLflow tracking server: "
@@ -104,6 +122,7 @@ def _mlflow_secret() -> dict[str, str]:
 
 def stack_spec(name: str, project: Path) -> StackSpec:
     """The components, secrets and labels of stack ``name`` from the current environment."""
+    _require(name)
     if name == "local":
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'data/mlflow.db'}"
         return StackSpec(
@@ -129,8 +148,8 @@ def stack_spec(name: str, project: Path) -> StackSpec:
         )
     if name == "gpu":
         store, s3_secret = _s3_artifact_store()
-        context = _env("PLANTS_KUBE_CONTEXT", required_for="gpu")
-        registry = _env("PLANTS_CONTAINER_REGISTRY", required_for="gpu")
+        context = _env("PLANTS_KUBE_CONTEXT")
+        registry = _env("PLANTS_CONTAINER_REGISTRY")
         return StackSpec(
             "gpu",
             "minio",
@@ -203,7 +222,11 @@ def register_stack(name: str, project: Path, activate: bool = True) -> StackSpec
         else:
             client.update_stack_component(comp.name, ctype, configuration=comp.config)
         components[ctype] = comp.name
-    labels = {KEDRO_ENV_LABEL: spec.kedro_env, GPU_LABEL: str(spec.gpu).lower()}
+    labels = {
+        KEDRO_ENV_LABEL: spec.kedro_env,
+        GPU_LABEL: str(spec.gpu).lower(),
+        PROJECT_LABEL: str(project.resolve()),
+    }
     try:
         existing_stack = client.get_stack(spec.name, allow_name_prefix_match=False)
     except KeyError:
@@ -234,17 +257,24 @@ def validate_stack(name: str) -> str | None:
 
 def list_stacks() -> list[dict[str, Any]]:
     from zenml.client import Client
+    from zenml.enums import StackComponentType
 
     client = Client()
     active = client.active_stack_model.id
     rows = []
     for stack in client.list_stacks(size=100).items:
+        stores = {}
+        for ctype, key in (("experiment_tracker", "tracking_uri"), ("artifact_store", "path")):
+            for comp in stack.components.get(StackComponentType(ctype), []):
+                stores[ctype] = comp.configuration.get(key, "")
         rows.append(
             {
                 "name": stack.name,
                 "active": stack.id == active,
                 "kedro_env": (stack.labels or {}).get(KEDRO_ENV_LABEL, ""),
+                "project": (stack.labels or {}).get(PROJECT_LABEL, ""),
                 "components": {t.value: [c.name for c in cs] for t, cs in stack.components.items()},
+                "stores": stores,
             }
         )
     return rows

@@ -30,6 +30,7 @@ import pandas as pd
 
 from plants_mlops import contracts
 from plants_mlops.params import CurationParams, parse
+from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
     model = build_model(e.architecture, image_size=e.image_size, weights=e.weights).eval()
     model = model.to(memory_format=nhwc)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress(len(loads), "curation embeddings", log) as done:
         for start in range(0, len(loads), e.batch_size):
             batch = [
                 imaging.to_model_input(
@@ -69,6 +70,7 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
             ]
             _, emb = model(torch.from_numpy(np.stack(batch)).contiguous(memory_format=nhwc))
             out.append(emb.numpy().astype(np.float32))
+            done.update(len(batch))
     return np.concatenate(out) if out else np.zeros((0, spec.embedding_dim), np.float32)
 
 

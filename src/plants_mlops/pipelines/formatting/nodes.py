@@ -23,6 +23,7 @@ import pandas as pd
 from plants_mlops import contracts, imaging
 from plants_mlops.fingerprint import fingerprint_of
 from plants_mlops.params import FormattingParams, parse
+from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,15 @@ def format_new_images(
 
     workers = max(1, p.workers)
     chunks = [todo[i : i + FORMAT_CHUNK] for i in range(0, len(todo), FORMAT_CHUNK)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fmt") as pool,
+        Progress(len(todo), "formatting", log) as progress,
+    ):
         # the next chunk is decoded while the current one is saved
         running = pool.map(work, chunks[0]) if chunks else iter(())
         for n, _ in enumerate(chunks):
             results = list(running)
+            progress.update(len(results))
             if n + 1 < len(chunks):
                 running = pool.map(work, chunks[n + 1])
             fmt_images: dict[str, bytes] = {}

@@ -22,12 +22,12 @@ from itertools import islice
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from plants_mlops import contracts, imaging
 from plants_mlops.db import utcnow
 from plants_mlops.params import IngestionParams, parse
 from plants_mlops.pipelines.ingestion import fetch as fetching
+from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -247,20 +247,14 @@ def ingest_images(
         len(skipped),
     )
 
-    bar = tqdm(
-        total=len(to_fetch),
-        desc="ingestion",
-        unit="img",
-        disable=not p.progress or not to_fetch,
-    )
+    bar = Progress(len(to_fetch), "ingestion", log, bar=p.progress)
     tally = _Tally()
     batch: dict[str, bytes] = {}
     last_save = time.monotonic()
     try:
         for o in stream_rows(to_fetch, p, _fetcher(p)):
             tally.add(o)
-            bar.set_postfix(failed=tally.n_failed, refresh=False)
-            bar.update()
+            bar.update(failed=tally.n_failed)
             if o.error:
                 # keeps the expected sha256 (from the manifest) for the next attempt
                 updates.append(
