@@ -18,13 +18,13 @@ import click
 from plants_mlops.errors import UserFacingError
 
 # Order shown in --help.
-COMMAND_MODULES = ("data", "registry", "stack", "storage", "serve", "demo")
+COMMAND_MODULES = ("task", "data", "registry", "stack", "storage", "serve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plants-mlops",
-        description="Dandelion vs grass, from URLs to a monitored prediction API.",
+        description="Image classification, from URLs to a monitored prediction API.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
