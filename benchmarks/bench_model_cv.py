@@ -41,6 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+
+def _labels() -> tuple[str, ...]:
+    from plants_mlops import task
+
+    return task.load(conf=ROOT / "conf").labels
+
+
+LABELS = _labels()  # the shipped task's (conf/base/task.yml)
+
 SHARED_POOL = Path("/work/shared/datasets/plants")
 FMT_SIZE = 160  # conf/base/parameters_formatting.yml: formatting.image_size
 
@@ -160,7 +169,7 @@ def load_pool(folder: Path, size: int, exclude: set[str]):
     index = data.dataset_index.copy()
     keep = ~(index["image_key"].isin(exclude) | index["sha256"].isin(exclude))
     index = index[keep].assign(split="pool")
-    return load_splits(index, data.fmt_images, ("pool",))["pool"], int((~keep).sum())
+    return load_splits(index, data.fmt_images, LABELS, ("pool",))["pool"], int((~keep).sum())
 
 
 def _subset(pool, idx: np.ndarray):
@@ -226,8 +235,12 @@ def _static_int8_fold(fp32: bytes, kw: dict, pool, train_idx, test, test_x, k: i
     x = test_x.numpy()
     fp_logits, q_logits = _ort_logits(fp32, x), _ort_logits(int8, x)
     return {
-        "onnx_fp32_f1_macro": classification_metrics(test.labels, softmax(fp_logits))["f1_macro"],
-        "static_int8_f1_macro": classification_metrics(test.labels, softmax(q_logits))["f1_macro"],
+        "onnx_fp32_f1_macro": classification_metrics(test.labels, softmax(fp_logits), LABELS)[
+            "f1_macro"
+        ],
+        "static_int8_f1_macro": classification_metrics(test.labels, softmax(q_logits), LABELS)[
+            "f1_macro"
+        ],
         "static_int8_agreement": float((fp_logits.argmax(1) == q_logits.argmax(1)).mean()),
         "static_int8_model_mb": round(len(int8) / 1e6, 2),
     }
@@ -273,7 +286,7 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
     for k, (train_idx, val_idx, test_idx) in enumerate(folds):
         t0 = time.perf_counter()
         splits = {"train": _subset(pool, train_idx), "val": _subset(pool, val_idx)}
-        result = train(splits, params)
+        result = train(splits, params, LABELS)
         fit_s = time.perf_counter() - t0
         test = _subset(pool, test_idx)
         kw = {"image_size": params.image_size, "mean": result.mean, "std": result.std}
@@ -284,7 +297,7 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         logits = predict_logits(result.model, test_x, device)
         cal = calibrate(val_logits, splits["val"].labels, min_gain=args.min_nll_gain)
         proba, proba_cal = softmax(logits), softmax(logits, cal["temperature"])
-        metrics = classification_metrics(test.labels, proba)
+        metrics = classification_metrics(test.labels, proba, LABELS)
         row = {
             "fold": k,
             "f1_macro": metrics["f1_macro"],
@@ -306,7 +319,7 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         if tta:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2
-            row["f1_macro_tta"] = classification_metrics(test.labels, proba_tta)["f1_macro"]
+            row["f1_macro_tta"] = classification_metrics(test.labels, proba_tta, LABELS)["f1_macro"]
         # the fold's float export, made once for whatever below needs it
         if k == 0 or args.quantize_all_folds or args.static_int8:
             onnx_model = onnx_bytes(result.model, params.image_size)
@@ -317,7 +330,7 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
                 onnx_model = onnx_bytes(result.model, params.image_size)
             q = _int8(onnx_model)
             q_logits = _ort_logits(q, test_x.numpy())
-            row["int8_f1_macro"] = classification_metrics(test.labels, softmax(q_logits))[
+            row["int8_f1_macro"] = classification_metrics(test.labels, softmax(q_logits), LABELS)[
                 "f1_macro"
             ]
             row["int8_model_mb"] = round(len(q) / 1e6, 2)

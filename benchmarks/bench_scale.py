@@ -149,13 +149,22 @@ def _node_seconds(stage: str, report: dict) -> tuple[float | None, float | None]
     return None, None
 
 
+def _labels() -> tuple[str, ...]:
+    """The shipped task's labels (conf/base/task.yml)."""
+    from plants_mlops import task
+
+    return task.load(conf=ROOT / "conf").labels
+
+
 def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
     from plants_mlops import db
     from plants_mlops.datasets import data_synth
 
     cat = workdir / f"catalogue-{n}-seed{args.seed}"
     if not (cat / data_synth.MANIFEST).is_file():
-        report = data_synth.synth(n, cat, seed=args.seed, broken_share=args.broken_share)
+        report = data_synth.synth(
+            n, cat, labels=_labels(), seed=args.seed, broken_share=args.broken_share
+        )
         print(f"synth {n}: {report.seconds:.1f} s, {report.bytes_written / 1e6:.0f} MB", flush=True)
     project = workdir / f"project-{n}-{args.store}"
     reuse = args.reuse_project and (project / "data" / "plants.db").is_file()
@@ -188,7 +197,7 @@ def run_size(n: int, args, workdir: Path, s3_url: str | None) -> list[dict]:
         kedro_env = ["--env", "minio"]
     if not reuse:
         engine = db.make_engine(env["PLANTS_DB_URL"])
-        seeded = db.seed(engine, cat / data_synth.MANIFEST)
+        seeded = db.seed(engine, cat / data_synth.MANIFEST, labels=_labels())
         engine.dispose()
         print(f"table: {seeded.added} rows", flush=True)
 
@@ -327,12 +336,15 @@ def train_child(project: Path, steps: int, kedro_env: str | None) -> int:
         index = catalog.load("dataset_index")
         fmt_images = catalog.load("fmt_images")
         p = parse(TrainingParams, catalog.load("params:training"), "training")
+        labels = tuple(catalog.load("params:task")["labels"])
     t0 = time.perf_counter()
-    splits = load_subset(index, fmt_images, ("train",), p)
+    splits = load_subset(index, fmt_images, labels, ("train",), p)
     check_s = time.perf_counter() - t0
     torch.manual_seed(p.seed)
     spec = SPECS[p.architecture]
-    model = build_model(p.architecture, image_size=p.image_size, weights=p.weights)
+    model = build_model(
+        p.architecture, n_classes=len(labels), image_size=p.image_size, weights=p.weights
+    )
     ds = AugmentedDataset(
         splits["train"], image_size=p.image_size, mean=spec.mean, std=spec.std, augment=p.augment
     )

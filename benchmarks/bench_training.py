@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the bench never logs into a real store
         t0 = time.perf_counter()
-        ckpt, history = train_model(data.dataset_index, data.fmt_images, params)
+        ckpt, history = train_model(
+            data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+        )
         t_fit = time.perf_counter()
         float_model = export_serving_model(ckpt, params)
         t_export = time.perf_counter()

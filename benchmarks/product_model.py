@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plants_mlops import contracts
+from plants_mlops import task
 from plants_mlops.model import artifact
+
+# The shipped task's labels (conf/base/task.yml): the product model answers them.
+LABELS = task.load(conf=Path(__file__).resolve().parents[1] / "conf").labels
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -38,10 +41,12 @@ def untrained_product_model(
     from plants_mlops.model.export import onnx_bytes
 
     weights = "imagenet" if architecture in LITE_VARIANTS else None
-    model = build_model(architecture, image_size=image_size, weights=weights).eval()
+    model = build_model(
+        architecture, n_classes=len(LABELS), image_size=image_size, weights=weights
+    ).eval()
     spec = SPECS[architecture]
     meta = artifact.ServingMeta(
-        labels=contracts.LABELS,
+        labels=LABELS,
         image_size=image_size,
         resize_size=resize_size,
         mean=spec.mean,

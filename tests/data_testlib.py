@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import yaml
+from support.params import base_labels
 
 from plants_mlops import db
 
@@ -54,7 +55,8 @@ def fault_rows(base_url: str, label: str = "dandelion") -> list[dict]:
 
 
 def seed(db_url: str, rows: list[dict], tmp_path: Path) -> db.SeedReport:
-    return db.seed(db.make_engine(db_url), write_csv(tmp_path / "seed.csv", rows))
+    labels = base_labels()
+    return db.seed(db.make_engine(db_url), write_csv(tmp_path / "seed.csv", rows), labels=labels)
 
 
 def table(db_url: str) -> pd.DataFrame:

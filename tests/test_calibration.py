@@ -92,7 +92,9 @@ def test_the_serving_artifact_applies_the_stored_temperature(tiny_onnx):
 
 def test_training_fits_the_temperature_on_val_and_evaluation_reports_ece(small_data):
     params = model_data.small_cnn_params(epochs=2, seed=3)
-    ckpt, history = train_model(small_data.dataset_index, small_data.fmt_images, params)
+    ckpt, history = train_model(
+        small_data.dataset_index, small_data.fmt_images, params, small_data.dataset_fingerprint
+    )
     cal = history["calibration"]
     assert cal["temperature"] == (cal["fitted_temperature"] if cal["applied"] else 1.0)
     assert cal["nll_after"] <= cal["nll_before"]
@@ -120,7 +122,9 @@ def test_training_fits_the_temperature_on_val_and_evaluation_reports_ece(small_d
     disabled = model_data.small_cnn_params(
         epochs=2, seed=3, calibration={"enabled": False, "min_nll_gain": 0.0}
     )
-    _, history_off = train_model(small_data.dataset_index, small_data.fmt_images, disabled)
+    _, history_off = train_model(
+        small_data.dataset_index, small_data.fmt_images, disabled, small_data.dataset_fingerprint
+    )
     assert history_off["calibration"] == {"temperature": 1.0, "applied": False}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from data_testlib import read_json
 from PIL import ImageEnhance
-from support.params import stage_params
+from support.params import stage_params, task_params
 
 from plants_mlops import cli
 from plants_mlops.pipelines.curation.nodes import near_duplicate_pairs
@@ -312,7 +312,7 @@ index = pd.DataFrame({"image_key": keys, "label": names, "split": split, "source
                       "sha256": sha, "url_source": [f"https://x/{i}.jpg" for i in range(n)]})
 features = pd.DataFrame({"image_key": keys, "embedding": list(emb.astype(np.float32)),
                          "phash": [f"{int(w):016x}" for w in rng.integers(0, 2**63, n)]})
-queue, near, report = find_issues(features, index, json.loads(sys.argv[1]))
+queue, near, report = find_issues(features, index, *json.loads(sys.argv[1]))
 print(json.dumps({"forks": len(forks), "label_issues": report["label_issues"]}))
 """
 
@@ -324,7 +324,12 @@ def test_curation_finds_label_issues_without_forking_the_process():
     of a worker still starting and join it forever: a test run hung there once. The node
     ranks label issues in its own process."""
     out = subprocess.run(
-        [sys.executable, "-c", _FORK_PROBE, json.dumps(stage_params("curation"))],
+        [
+            sys.executable,
+            "-c",
+            _FORK_PROBE,
+            json.dumps([stage_params("curation"), task_params()]),
+        ],
         capture_output=True,
         text=True,
         check=True,

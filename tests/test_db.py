@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from data_testlib import manifest_rows, write_csv
+from support.params import base_labels
 
 from plants_mlops import cli, contracts, db
 from plants_mlops.datasets.data_plants_table import PlantsTableDataset
 from plants_mlops.errors import UserFacingError
+
+LABELS = base_labels()  # the shipped task's (conf/base/task.yml)
 
 
 @pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
@@ -24,9 +27,9 @@ def db_url(request, tmp_path) -> str:
 def test_table_seeds_updates_and_reports_on_every_backend(db_url, tmp_path):
     engine = db.make_engine(db_url)
     rows = manifest_rows(per_label=5)
-    report = db.seed(engine, write_csv(tmp_path / "m.csv", rows))
+    report = db.seed(engine, write_csv(tmp_path / "m.csv", rows), labels=LABELS)
     assert (report.added, report.unchanged, report.refused) == (10, 0, [])
-    assert db.seed(engine, tmp_path / "m.csv").as_dict()["added"] == 0  # idempotent
+    assert db.seed(engine, tmp_path / "m.csv", labels=LABELS).as_dict()["added"] == 0  # idempotent
 
     ds = PlantsTableDataset(credentials={"con": db_url})
     loaded = ds.load()
@@ -91,7 +94,7 @@ def test_table_seeds_updates_and_reports_on_every_backend(db_url, tmp_path):
 
 def test_seeding_the_shipped_manifest_twice_adds_400_rows_once(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
-    first, second = db.seed(engine), db.seed(engine)
+    first, second = db.seed(engine, labels=None), db.seed(engine, labels=LABELS)
     assert (first.added, second.added, second.unchanged) == (400, 0, 400)
     assert db.status_summary(engine)["by_label"] == {
         "dandelion": {"pending": 200, "ok": 0, "failed": 0},
@@ -102,20 +105,20 @@ def test_seeding_the_shipped_manifest_twice_adds_400_rows_once(tmp_path):
 def test_new_images_are_added_by_adding_rows_and_bad_labels_are_refused(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
     rows = manifest_rows(per_label=2)
-    db.seed(engine, write_csv(tmp_path / "a.csv", rows[:3]))
+    db.seed(engine, write_csv(tmp_path / "a.csv", rows[:3]), labels=LABELS)
     more = rows + [
         {"url_source": "https://example.org/cat.jpg", "label": "cat"},
         {"url_source": "ftp://example.org/x.jpg", "label": "grass"},
         {"url_source": rows[3]["url_source"], "label": "grass"},  # twice in one CSV
     ]
-    report = db.seed(engine, write_csv(tmp_path / "b.csv", more))
+    report = db.seed(engine, write_csv(tmp_path / "b.csv", more), labels=LABELS)
     assert report.added == 1 and report.unchanged == 3
     reasons = [r["reason"] for r in report.refused]
     assert "label 'cat' is not one of dandelion, grass" in reasons[0]
     assert "not an http(s):// or file:// URL" in reasons[1]
     assert "appears twice" in reasons[2]
     relabel = [{"url_source": rows[0]["url_source"], "label": "grass"}]
-    report = db.seed(engine, write_csv(tmp_path / "c.csv", relabel))
+    report = db.seed(engine, write_csv(tmp_path / "c.csv", relabel), labels=LABELS)
     assert report.added == 0 and report.conflicts[0]["table_label"] == "dandelion"
     labels = {r["url_source"]: r["label"] for r in db.load_rows(engine)}
     assert labels[rows[0]["url_source"]] == "dandelion"  # the table keeps its label
@@ -129,9 +132,9 @@ def test_a_csv_without_the_needed_columns_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("url,class\nhttps://x/y.jpg,grass\n")
     with pytest.raises(UserFacingError, match="needs the columns url_source,label"):
-        db.seed(engine, bad)
+        db.seed(engine, bad, labels=LABELS)
     with pytest.raises(UserFacingError, match="no such CSV"):
-        db.seed(engine, tmp_path / "missing.csv")
+        db.seed(engine, tmp_path / "missing.csv", labels=LABELS)
 
 
 def test_table_dataset_seeds_an_empty_table_from_the_manifest(tmp_path):
@@ -176,7 +179,7 @@ def test_an_existing_database_upgrades_in_place_and_records_decisions(db_url, tm
     if db_url.startswith("sqlite"):
         (tmp_path / "sub").mkdir(exist_ok=True)
     old.create_all(engine)
-    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=3)))
+    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=3)), labels=LABELS)
     before = db.load_rows(engine)
     assert set(sa.inspect(engine).get_table_names()) == {"plants_data"}
     engine.dispose()
@@ -190,9 +193,11 @@ def test_an_existing_database_upgrades_in_place_and_records_decisions(db_url, tm
     assert sorted(versions) == list(range(1, db.SCHEMA_VERSION + 1))
     assert db.migrate(upgraded) == db.SCHEMA_VERSION  # idempotent: nothing left to do
 
-    db.record_decision(upgraded, 1, "exclude", "a drawing, not a photo", who="ana")
-    db.record_decision(upgraded, 2, "relabel", "grass only", label="grass", who="ana")
-    db.record_decision(upgraded, 1, "restore", "", who="bo")
+    db.record_decision(upgraded, 1, "exclude", "a drawing, not a photo", who="ana", labels=LABELS)
+    db.record_decision(
+        upgraded, 2, "relabel", "grass only", label="grass", who="ana", labels=LABELS
+    )
+    db.record_decision(upgraded, 1, "restore", "", who="bo", labels=LABELS)
     in_force = db.decisions_in_force(upgraded)
     assert [(d["row_id"], d["action"], d["label"]) for d in in_force] == [(2, "relabel", "grass")]
     history = db.decision_history(upgraded)
@@ -208,15 +213,15 @@ def test_an_existing_database_upgrades_in_place_and_records_decisions(db_url, tm
 
 def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
-    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=1)))
+    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=1)), labels=LABELS)
     with pytest.raises(UserFacingError, match="needs a reason"):
-        db.record_decision(engine, 1, "exclude", "  ")
+        db.record_decision(engine, 1, "exclude", "  ", labels=LABELS)
     with pytest.raises(UserFacingError, match="no plants_data row with id 99"):
-        db.record_decision(engine, 99, "exclude", "x")
+        db.record_decision(engine, 99, "exclude", "x", labels=LABELS)
     with pytest.raises(UserFacingError, match="'rose' is not one of"):
-        db.record_decision(engine, 1, "relabel", "x", label="rose")
+        db.record_decision(engine, 1, "relabel", "x", label="rose", labels=LABELS)
     with pytest.raises(UserFacingError, match="already labelled 'dandelion'"):
-        db.record_decision(engine, 1, "relabel", "x", label="dandelion")
+        db.record_decision(engine, 1, "relabel", "x", label="dandelion", labels=LABELS)
     assert db.decision_history(engine) == []  # nothing half-recorded
 
 
@@ -229,7 +234,7 @@ def _insert_rows(engine, n: int, columns) -> None:
             [
                 {
                     "url_source": f"https://example.org/{i}.jpg",
-                    "label": contracts.LABELS[i % 2],
+                    "label": base_labels()[i % 2],
                     "created_at": now,
                     "updated_at": now,
                     **columns(i),
@@ -256,7 +261,7 @@ def test_an_upsert_reads_only_the_rows_it_touches(db_url):
             [
                 {"id": 5, "status": contracts.STATUS_OK},
                 {"url_source": "https://example.org/7.jpg", "status": contracts.STATUS_FAILED},
-                {"url_source": "https://example.org/new.jpg", "label": contracts.LABELS[0]},
+                {"url_source": "https://example.org/new.jpg", "label": base_labels()[0]},
             ],
         )
     finally:
@@ -297,6 +302,6 @@ def test_the_table_loads_a_chunk_at_a_time_into_the_same_frame(db_url, monkeypat
     pd.testing.assert_frame_equal(chunked, whole)
     assert chunked["ingested_at"].dtype == whole["ingested_at"].dtype != object
     assert chunked["ingested_at"].isna().sum() == 12
-    assert len({id(v) for v in chunked["label"]}) == len(contracts.LABELS)
+    assert len({id(v) for v in chunked["label"]}) == len(base_labels())
     ds.release()
     engine.dispose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from support import model_data
 from support.champion import register_champion, unique_model_name
-from support.params import deep_merge, stage_params
+from support.params import base_labels, deep_merge, stage_params
 
 from plants_mlops.contracts import ALIAS_CHAMPION
 from plants_mlops.model import registry, tracking
@@ -23,6 +23,8 @@ from plants_mlops.pipelines.evaluation.nodes import (
 from plants_mlops.pipelines.registry.nodes import register_and_gate
 from plants_mlops.pipelines.training.nodes import log_training_run
 from plants_mlops.summaries import StageSummary
+
+LABELS = base_labels()  # the shipped task's (conf/base/task.yml)
 
 SUBSET = {"max_images_per_split": None, "seed": 0}
 
@@ -86,6 +88,7 @@ def test_a_subset_caps_the_test_images_evaluated(small_model, logged, small_data
 
 def test_baselines_use_the_train_majority_and_a_colour_histogram_on_the_test_split(small_data):
     baselines = evaluate_baselines(
+        {"labels": list(LABELS)},
         small_data.dataset_index,
         small_data.fmt_images,
         stage_params("evaluation")["baselines"],
@@ -140,6 +143,7 @@ def _inputs(small_model, logged, small_data, store, champion_name):
         small_model.onnx, meta, small_data.dataset_index, small_data.fmt_images, SUBSET
     )
     baselines = evaluate_baselines(
+        {"labels": list(LABELS)},
         small_data.dataset_index,
         small_data.fmt_images,
         stage_params("evaluation")["baselines"],

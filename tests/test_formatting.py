@@ -10,7 +10,7 @@ import pytest
 from data_testlib import read_json
 from PIL import Image
 from support.images import SAMPLES
-from support.params import stage_params
+from support.params import base_labels, stage_params, task_params
 
 from plants_mlops import contracts, imaging
 from plants_mlops.pipelines.formatting.nodes import (
@@ -149,13 +149,13 @@ def _fmt_index(shas_labels):
 
 def test_adding_images_never_moves_existing_ones_between_splits():
     shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(600)]
-    labels = [contracts.LABELS[i % 2] for i in range(600)]
+    labels = [base_labels()[i % 2] for i in range(600)]
     params = stage_params("formatting", image_size=160, split=SPLIT)
     small, fp_small, _ = build_dataset_index(
-        _fmt_index(list(zip(shas[:200], labels, strict=False))), {}, params
+        _fmt_index(list(zip(shas[:200], labels, strict=False))), {}, params, task_params()
     )
     big, fp_big, _ = build_dataset_index(
-        _fmt_index(list(zip(shas, labels, strict=True))), {}, params
+        _fmt_index(list(zip(shas, labels, strict=True))), {}, params, task_params()
     )
     moved = small.merge(big, on="sha256", suffixes=("_small", "_big"))
     assert len(moved) == 200 and (moved["split_small"] == moved["split_big"]).all()
@@ -170,7 +170,7 @@ def test_duplicate_bytes_are_kept_once_and_contradicting_labels_dropped():
     a, b = "a" * 64, "b" * 64
     fmt = _fmt_index([(a, "dandelion"), (b, "dandelion"), (b, "grass")])
     params = stage_params("formatting", image_size=160, split=SPLIT)
-    index, fingerprint, report = build_dataset_index(fmt, {}, params)
+    index, fingerprint, report = build_dataset_index(fmt, {}, params, task_params())
     assert list(index["sha256"]) == [a]
     assert {d["image_key"] for d in report["duplicates_dropped"]} == {
         f"dandelion/{b}",
@@ -185,6 +185,7 @@ def test_split_proportions_must_sum_to_one():
             _fmt_index([("a" * 64, "grass")]),
             {},
             stage_params("formatting", split={"train": 0.8, "val": 0.15, "test": 0.15}),
+            task_params(),
         )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support import model_data
-from support.params import deep_merge
+from support.params import base_labels, deep_merge
 
 from plants_mlops.contracts import ONNX_INPUT
 from plants_mlops.model import artifact, probe
@@ -18,6 +18,8 @@ from plants_mlops.model.data import stratified_sample
 from plants_mlops.model.export import load_checkpoint
 from plants_mlops.model.train import seed_everything
 from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
+
+LABELS = base_labels()  # the shipped task's (conf/base/task.yml)
 
 PROBE = model_data.small_cnn_params(
     strategy="linear_probe",
@@ -36,8 +38,8 @@ def test_the_head_gives_the_regressions_probabilities():
     y = np.repeat([0, 1], 30)
     emb = rng.normal(size=(60, 2, 128)) * rng.uniform(0.1, 5.0, size=128) + 3.0
     emb[:, :, :4] += y[:, None, None] * 2.0  # a few informative dimensions
-    fitted = probe.fit(emb, y, grid=[0.01, 0.1, 1.0], folds=3, max_iter=1000, seed=0)
-    model = build_model("small_cnn", image_size=64, weights=None).eval()
+    fitted = probe.fit(emb, y, grid=[0.01, 0.1, 1.0], folds=3, max_iter=1000, seed=0, n_classes=2)
+    model = build_model("small_cnn", n_classes=len(LABELS), image_size=64, weights=None).eval()
     probe.load_into_head(model, fitted)
 
     test = rng.normal(size=(20, 128)) * 2.0 + 3.0
@@ -64,7 +66,7 @@ def test_c_is_chosen_with_an_images_views_in_one_fold():
     x = rng.normal(size=(80, 1, 64))
     emb = np.concatenate([x, x], axis=1)
     y = rng.permutation(np.repeat([0, 1], 40))
-    fitted = probe.fit(emb, y, grid=[0.001, 0.1, 10.0], folds=4, max_iter=2000, seed=0)
+    fitted = probe.fit(emb, y, grid=[0.001, 0.1, 10.0], folds=4, max_iter=2000, seed=0, n_classes=2)
     assert max(row["cv_accuracy"] for row in fitted.grid) < 0.7
     assert fitted.C == 0.001 and fitted.folds == 4
     assert [row["C"] for row in fitted.grid] == [0.001, 0.1, 10.0]
@@ -72,14 +74,16 @@ def test_c_is_chosen_with_an_images_views_in_one_fold():
 
 def test_the_probe_needs_both_classes_and_a_grid():
     emb = np.zeros((10, 8))
-    with pytest.raises(ValueError, match="both classes"):
-        probe.fit(emb, np.zeros(10, dtype=int), grid=[1.0], folds=2, max_iter=10, seed=0)
+    with pytest.raises(ValueError, match=r"every one of the 2 classes.*\[1\] have no image"):
+        probe.fit(
+            emb, np.zeros(10, dtype=int), grid=[1.0], folds=2, max_iter=10, seed=0, n_classes=2
+        )
     with pytest.raises(ValueError, match="C_grid is empty"):
-        probe.fit(emb, np.repeat([0, 1], 5), grid=[], folds=2, max_iter=10, seed=0)
+        probe.fit(emb, np.repeat([0, 1], 5), grid=[], folds=2, max_iter=10, seed=0, n_classes=2)
 
 
 def test_probe_training_keeps_the_backbone_and_fits_the_head(data):
-    ckpt, hist = train_model(data.dataset_index, data.fmt_images, PROBE)
+    ckpt, hist = train_model(data.dataset_index, data.fmt_images, PROBE, data.dataset_fingerprint)
     model, cfg, meta = load_checkpoint(ckpt)
     assert cfg["strategy"] == "linear_probe" and cfg["probe"]["C_grid"] == [0.01, 0.1, 1.0]
 
@@ -87,6 +91,7 @@ def test_probe_training_keeps_the_backbone_and_fits_the_head(data):
     seed_everything(PROBE["seed"], torch.device("cpu"))
     initial = build_model(
         "small_cnn",
+        n_classes=len(LABELS),
         image_size=64,
         weights=None,
         dropout=PROBE["dropout"],
@@ -106,7 +111,7 @@ def test_probe_training_keeps_the_backbone_and_fits_the_head(data):
     assert hist["calibration"]["temperature"] > 0
 
     # the same seed and data give the same model; the export serves the head's answers
-    again, _ = train_model(data.dataset_index, data.fmt_images, PROBE)
+    again, _ = train_model(data.dataset_index, data.fmt_images, PROBE, data.dataset_fingerprint)
     other = load_checkpoint(again)[0].state_dict()
     assert all(torch.equal(trained[k], other[k]) for k in trained)
     session = artifact.open_session(export_serving_model(ckpt, PROBE))
@@ -121,7 +126,7 @@ def test_probe_training_keeps_the_backbone_and_fits_the_head(data):
 def test_the_probe_fits_on_a_stratified_sample_above_its_cap(data, caplog):
     params = deep_merge(PROBE, {"probe": {"max_train_images": 20}})
     with caplog.at_level(logging.INFO, logger="plants_mlops.model.train"):
-        _, hist = train_model(data.dataset_index, data.fmt_images, params)
+        _, hist = train_model(data.dataset_index, data.fmt_images, params, data.dataset_fingerprint)
     assert any("a stratified 20 of the" in r.getMessage() for r in caplog.records)
     assert hist["val_metrics"]["f1_macro"] > 0
 

@@ -24,10 +24,9 @@ import pytest
 import yaml
 from support import images, servers
 from support.champion import register_champion, unique_model_name
+from support.params import base_labels
 from support.prereqs import need
 from support.serving import running_api
-
-from plants_mlops import contracts
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
@@ -134,7 +133,7 @@ class MonitoringStack:
 
     def _send(self, c: httpx.Client, indices: range, n_rejected: int) -> None:
         for i in indices:
-            label = contracts.LABELS[i % len(contracts.LABELS)]
+            label = base_labels()[i % len(base_labels())]
             data = images.sample_jpeg(i, label)
             r = c.post("/predict", files={"file": ("x.jpg", data, "image/jpeg")})
             assert r.status_code == 200, r.text
@@ -161,7 +160,7 @@ def _frames(stat_columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = {c: rng.normal(100.0, 15.0, n) for c in stat_columns}
         for c in ("brightness", "mean_r", "mean_g", "mean_b"):
             data[c] = data[c] * shift
-        data["label"] = rng.choice(list(contracts.LABELS), n)
+        data["label"] = rng.choice(list(base_labels()), n)
         data["confidence"] = rng.uniform(0.6, 1.0, n)
         for j in range(8):
             data[f"emb_{j:04d}"] = rng.normal(0.0 if shift == 1.0 else 1.5, 1.0, n)
@@ -271,7 +270,7 @@ def test_prometheus_finds_predictions_by_label_and_model_version_and_the_latency
     }
     # what Prometheus counted is what the API answered, class by class
     assert scraped == {k: v for k, v in stack.predicted.items() if v}
-    assert set(scraped) <= set(contracts.LABELS)
+    assert set(scraped) <= set(base_labels())
     served = stack.query(f"plants_model_version_info{{{api}}}")
     assert [s["metric"]["version"] for s in served] == [stack.model_version]
 

@@ -68,7 +68,7 @@ def evaluate(trained: model_data.Trained, meta: dict, summary: dict, model_name:
     subset, baselines = params["subset"], params["baselines"]
     return compile_report(
         evaluate_candidate(trained.onnx, meta, d.dataset_index, d.fmt_images, subset),
-        evaluate_baselines(d.dataset_index, d.fmt_images, baselines, subset),
+        evaluate_baselines(meta, d.dataset_index, d.fmt_images, baselines, subset),
         evaluate_champion(meta, d.dataset_index, d.fmt_images, params, subset),
         summary,
         params,
@@ -257,6 +257,7 @@ def test_mlflow_going_down_mid_run_fails_clearly_and_keeps_the_champion(
             small_model.data.dataset_index,
             small_model.data.fmt_images,
             deep_merge(TRAIN, {"mlflow.enabled": True}),
+            small_model.data.dataset_fingerprint,
         )
     assert time.monotonic() - t0 < 60
     # Back up on the same store: nothing moved.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import pytest
 from support.champion import log_candidate, register_champion
-from support.params import stage_params
+from support.params import base_labels, stage_params
 
 from plants_mlops import cli
 from plants_mlops.contracts import ALIAS_CHAMPION
 from plants_mlops.model import registry, tracking
 from plants_mlops.pipelines.registry.nodes import register_and_gate
+
+LABELS = base_labels()  # the shipped task's (conf/base/task.yml)
 
 NAME = "plants-classifier"
 
@@ -173,7 +175,9 @@ def _oversized_resnet18_onnx(image_size: int = 64) -> bytes:
     from plants_mlops.model.architectures import build_model
     from plants_mlops.model.export import onnx_bytes
 
-    return onnx_bytes(build_model("resnet18", image_size=image_size), image_size)
+    return onnx_bytes(
+        build_model("resnet18", n_classes=len(LABELS), image_size=image_size), image_size
+    )
 
 
 def test_the_gate_refuses_a_model_over_the_size_limit_and_records_why(store, monkeypatch):

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from support import images
 from support.champion import register_champion, unique_model_name
+from support.params import base_labels
 from support.serving import ADMIN_KEY, running_api
-
-from plants_mlops import contracts
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,8 @@ def test_predict_returns_label_probabilities_model_version_request_id_and_latenc
     r = predict(client, images.sample_jpeg(0))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["label"] in contracts.LABELS
-    assert set(body["probabilities"]) == set(contracts.LABELS)
+    assert body["label"] in base_labels()
+    assert set(body["probabilities"]) == set(base_labels())
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert body["confidence"] == max(body["probabilities"].values())
     assert body["model_version"] == champion[1].version
@@ -115,7 +114,7 @@ def test_batch_predicts_each_file_and_reports_bad_files_without_failing_the_batc
     body = r.json()
     assert (body["count"], body["succeeded"], body["failed"]) == (3, 2, 1)
     assert body["items"][1]["error"]["error"] == "not_an_image"
-    assert body["items"][0]["prediction"]["label"] in contracts.LABELS
+    assert body["items"][0]["prediction"]["label"] in base_labels()
     single = predict(client, images.sample_jpeg(0)).json()
     assert body["items"][0]["prediction"]["probabilities"] == pytest.approx(
         single["probabilities"], abs=1e-4
@@ -136,7 +135,7 @@ def test_alpha_greyscale_cmyk_and_palette_images_are_predicted(client, kind):
     make, ctype = GOOD_ODD_IMAGES[kind]
     r = predict(client, make(), filename=f"{kind}.img", ctype=ctype)
     assert r.status_code == 200, r.text
-    assert r.json()["label"] in contracts.LABELS
+    assert r.json()["label"] in base_labels()
 
 
 BAD_INPUTS = {
@@ -247,7 +246,7 @@ def test_each_prediction_is_logged_with_stats_probabilities_and_embedding(client
             ).fetchone()
     assert row is not None, "prediction never reached the log"
     assert row["model_version"] == champion[1].version
-    assert row["label"] in contracts.LABELS
+    assert row["label"] in base_labels()
     assert 0 < row["stat_brightness"] < 1 and row["stat_sharpness"] > 0
     assert row["latency_ms"] > 0
     assert np.frombuffer(row["embedding"], dtype=np.float32).shape == (32,)

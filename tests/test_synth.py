@@ -7,7 +7,7 @@ import csv
 import hashlib
 
 import pandas as pd
-from support.params import stage_params
+from support.params import base_labels, stage_params
 
 from plants_mlops import cli, contracts, db
 from plants_mlops.commands import mirror
@@ -20,13 +20,13 @@ def _files(root) -> dict[str, bytes]:
 
 
 def test_synth_is_deterministic_distinct_and_breaks_the_share_asked(tmp_path):
-    a = data_synth.synth(120, tmp_path / "a", seed=3, broken_share=0.1)
-    data_synth.synth(120, tmp_path / "b", seed=3, broken_share=0.1)
-    c = data_synth.synth(120, tmp_path / "c", seed=4, broken_share=0.1)
+    a = data_synth.synth(120, tmp_path / "a", labels=base_labels(), seed=3, broken_share=0.1)
+    data_synth.synth(120, tmp_path / "b", labels=base_labels(), seed=3, broken_share=0.1)
+    c = data_synth.synth(120, tmp_path / "c", labels=base_labels(), seed=4, broken_share=0.1)
     files_a, files_b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert files_a == files_b  # same (n, seed): the same bytes
     assert files_a != _files(tmp_path / "c")
-    assert a.per_label == {label: 60 for label in contracts.LABELS}
+    assert a.per_label == {label: 60 for label in base_labels()}
     assert a.broken == {kind: 3 for kind in data_synth.BROKEN_KINDS}
     rows = list(csv.DictReader(a.manifest_text().splitlines()))
     assert len(rows) == 120 and len({r["url_source"] for r in rows}) == 120
@@ -39,7 +39,9 @@ def test_synth_is_deterministic_distinct_and_breaks_the_share_asked(tmp_path):
 
 
 def test_ingesting_the_synthetic_mirror_keeps_good_rows_and_names_the_broken(tmp_path):
-    report = data_synth.synth(48, tmp_path / "cat", seed=1, broken_share=1 / 6)
+    report = data_synth.synth(
+        48, tmp_path / "cat", labels=base_labels(), seed=1, broken_share=1 / 6
+    )
     manifest = list(csv.DictReader(report.manifest_text().splitlines()))
     frame = pd.DataFrame(
         [

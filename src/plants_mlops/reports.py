@@ -11,8 +11,6 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from plants_mlops.contracts import LABELS
-
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.5rem}
@@ -90,8 +88,9 @@ def evaluation_html(report: dict[str, Any]) -> str:
         ["model", *_METRICS], [(name, *(m.get(k) for k in _METRICS)) for name, m in candidates]
     )
     matrix = report["model"]["confusion_matrix"]
+    labels = report["model"]["labels"]
     confusion = table(
-        ["true \\ predicted", *LABELS], [(LABELS[i], *row) for i, row in enumerate(matrix)]
+        ["true \\ predicted", *labels], [(labels[i], *row) for i, row in enumerate(matrix)]
     )
     note = (
         f"<p>champion: {_cell(champion.get('version'))}"

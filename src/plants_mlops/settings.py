@@ -43,7 +43,8 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {"oc.env": oc.env},
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
     "config_patterns": {
-        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+        # task.yml (the task: name, labels, data-dependent thresholds) is `params:task`.
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*", "task.yml"],
         "globals": ["globals.yml"],
     },
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plants_mlops import contracts
+from support.params import base_labels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +47,7 @@ def build_tiny_cnn(seed: int = 0, embedding_dim: int = 32):
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
             )
-            self.head = nn.Linear(embedding_dim, len(contracts.LABELS))
+            self.head = nn.Linear(embedding_dim, len(base_labels()))
 
         def forward(self, x):
             emb = self.features(x)
@@ -93,7 +94,7 @@ def serving_meta(
     """Serving meta in the shape training writes (``model/artifact.ServingMeta``)."""
     return {
         "precision": precision,
-        "labels": list(contracts.LABELS),
+        "labels": list(base_labels()),
         "image_size": image_size,
         "resize_size": resize_size,
         "mean": list(IMAGENET_MEAN),

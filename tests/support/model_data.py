@@ -56,5 +56,7 @@ class Trained:
         from plants_mlops.pipelines.training.nodes import export_serving_model, train_model
 
         self.data = data
-        self.checkpoint, self.history = train_model(data.dataset_index, data.fmt_images, params)
+        self.checkpoint, self.history = train_model(
+            data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+        )
         self.onnx = export_serving_model(self.checkpoint, params)

@@ -50,3 +50,13 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 def stage_params(stage: str, **overrides: Any) -> dict[str, Any]:
     """``params:<stage>`` as conf/base sets it, with ``overrides`` deep-merged in."""
     return deep_merge(_base_parameters()[stage], overrides)
+
+
+def task_params(**overrides: Any) -> dict[str, Any]:
+    """``params:task`` of the shipped task (conf/base/task.yml), with ``overrides``."""
+    return deep_merge(_base_parameters()["task"], overrides)
+
+
+def base_labels() -> tuple[str, ...]:
+    """The shipped task's labels, in class order (conf/base/task.yml)."""
+    return tuple(_base_parameters()["task"]["labels"])

@@ -7,18 +7,30 @@ from __future__ import annotations
 import argparse
 import json
 
+from plants_mlops.errors import UserFacingError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_db(subparsers)
     register_curation(subparsers)
 
 
+def _env_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env",
+        help="the task's Kedro environment (conf/ENV: its labels and table; default: the "
+        "base task, conf/base/task.yml)",
+    )
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db-url",
-        help="SQLAlchemy URL (default: $PLANTS_DB_URL, else sqlite:///data/plants.db)",
+        help="SQLAlchemy URL (default: the task's db_url in conf/ENV/globals.yml; for the "
+        "base task $PLANTS_DB_URL, else sqlite:///data/plants.db)",
     )
+    _env_option(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     return common
 
@@ -59,15 +71,32 @@ def register_db(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=status_command)
 
 
+def _task(args: argparse.Namespace):
+    from plants_mlops import task
+
+    return task.load(getattr(args, "env", None))
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    """``--db-url``, else the task environment's table."""
+    return args.db_url or _task(args).db_url
+
+
 def seed_command(args: argparse.Namespace) -> int:
     from plants_mlops import db
 
-    engine = db.make_engine(args.db_url)
-    report = db.seed(engine, args.csv)
+    ctx = _task(args)
+    url = args.db_url or ctx.db_url
+    if args.csv is None and ctx.env is not None:
+        raise UserFacingError(
+            f"the shipped manifest is the base task's: give task {ctx.task.name!r} its "
+            "CSV with --csv"
+        )
+    report = db.seed(db.make_engine(url), args.csv, labels=ctx.labels)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(f"database: {db.redact(db.resolve_url(args.db_url))}")
+        print(f"database: {db.redact(db.resolve_url(url))}")
         print("\n".join(report.lines()))
     # Refused lines and label conflicts both need a person: a script must not read success.
     return 1 if report.refused or report.conflicts else 0
@@ -76,7 +105,7 @@ def seed_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     from plants_mlops import db
 
-    summary = db.status_summary(db.make_engine(args.db_url))
+    summary = db.status_summary(db.make_engine(_db_url(args)))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
@@ -153,7 +182,7 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
 
     synth = sub.add_parser(
         "synth",
-        help="write N distinct JPEGs (half per label), broken rows and a manifest CSV",
+        help="write N distinct JPEGs (1/K per label), broken rows and a manifest CSV",
         description="Deterministic in (N, --seed): the same bytes every time. Good rows carry "
         "their sha256 in the manifest; a --broken-share of rows is broken (404, truncated, "
         "not an image, slow). Serve the folder with `plants-mlops data serve` and map the "
@@ -169,10 +198,21 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also add the manifest's rows to the plants_data table",
     )
-    synth.add_argument("--db-url", help="SQLAlchemy URL (default: $PLANTS_DB_URL)")
+    synth.add_argument(
+        "--labels",
+        help="comma-separated labels, K >= 2 (default: the task's, see --env)",
+    )
+    synth.add_argument("--db-url", help="SQLAlchemy URL (default: the task's table)")
+    _env_option(synth)
     synth.set_defaults(handler=synth_command)
-    serve = sub.add_parser("serve", help="serve a synthetic catalogue on 127.0.0.1")
-    serve.add_argument("root", help="the folder `data synth` wrote")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a folder (a synthetic catalogue, your own images) on 127.0.0.1",
+        description="A loopback HTTP server over DIR for ingestion: map the manifest's URL "
+        "prefix onto it with an `ingestion.mirrors` entry of the task; only a mirror's own "
+        "origin passes the private-address check (docs/own-data.md).",
+    )
+    serve.add_argument("root", metavar="DIR", help="the folder to serve")
     serve.add_argument("--port", type=int, default=8700)
     serve.add_argument("--slow-s", type=float, default=0.2, help="delay of the slow rows")
     serve.set_defaults(handler=serve_command)
@@ -181,7 +221,7 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
 def _engine(args: argparse.Namespace):
     from plants_mlops import db
 
-    return db.make_engine(args.db_url)
+    return db.make_engine(_db_url(args))
 
 
 def review_command(args: argparse.Namespace) -> int:
@@ -231,7 +271,12 @@ def decide_command(args: argparse.Namespace) -> int:
     from plants_mlops import db
 
     done = db.record_decision(
-        _engine(args), args.row_id, args.action, args.reason, label=getattr(args, "label", None)
+        _engine(args),
+        args.row_id,
+        args.action,
+        args.reason,
+        label=getattr(args, "label", None),
+        labels=_task(args).labels,
     )
     if args.json:
         print(json.dumps(done, indent=2, default=str))
@@ -282,17 +327,24 @@ def feedback_command(args: argparse.Namespace) -> int:
 
 
 def synth_command(args: argparse.Namespace) -> int:
+    from plants_mlops import task
     from plants_mlops.datasets import data_synth
 
     prefix = args.prefix or data_synth.DEFAULT_PREFIX
+    labels = task.parse_labels(args.labels) if args.labels else _task(args).labels
     report = data_synth.synth(
-        args.n, args.out, seed=args.seed, broken_share=args.broken_share, prefix=prefix
+        args.n,
+        args.out,
+        labels=labels,
+        seed=args.seed,
+        broken_share=args.broken_share,
+        prefix=prefix,
     )
     print(json.dumps(report.__dict__, indent=2))
     if args.seed_db:
         from plants_mlops import db
 
-        seeded = db.seed(db.make_engine(args.db_url), report.manifest)
+        seeded = db.seed(db.make_engine(_db_url(args)), report.manifest, labels=labels)
         print("\n".join(seeded.lines()))
     print(
         f"serve it with: plants-mlops data serve {args.out}; then ingest with the mirror "

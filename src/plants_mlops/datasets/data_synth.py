@@ -1,6 +1,6 @@
-"""A deterministic synthetic catalogue for scale tests: N distinct small JPEGs per label,
-a share of broken rows and a manifest CSV (``plants_mlops.commands.mirror`` serves them over
-loopback HTTP).
+"""A deterministic synthetic catalogue for scale tests: N distinct small JPEGs over K
+labels, a share of broken rows and a manifest CSV (``plants_mlops.commands.mirror`` serves
+them over loopback HTTP).
 
 Images are cheap variations of a few dozen pre-rendered base pictures per label (crop,
 size 64-200 px, brightness) with the image's number written into its top-left pixels, so
@@ -21,13 +21,12 @@ import hashlib
 import io
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from plants_mlops.contracts import LABELS
 
 BROKEN_KINDS = ("missing", "truncated", "not_an_image", "slow")
 BASES_PER_LABEL = 32
@@ -51,9 +50,21 @@ class SynthReport:
         return Path(self.manifest).read_text()
 
 
-def _base_images(label: str, rng: np.random.Generator) -> list[Image.Image]:
-    """A few pictures that look vaguely like the label: green grass strokes, with yellow
-    discs for dandelions."""
+def _disc_colour(k: int, n_labels: int) -> tuple[int, int, int] | None:
+    """The flower colour of class ``k``: with two labels yellow discs for the first and
+    none for the second (dandelions and grass); with K > 2 a hue of its own per class."""
+    if n_labels == 2:
+        return (235, 215, 20) if k == 0 else None
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(k / n_labels, 0.9, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _base_images(k: int, n_labels: int, rng: np.random.Generator) -> list[Image.Image]:
+    """A few pictures per class: green grass strokes, with discs in the class's colour
+    (``_disc_colour``), so a model can tell the classes apart."""
+    colour = _disc_colour(k, n_labels)
     out = []
     for _ in range(BASES_PER_LABEL):
         green = rng.integers(60, 160)
@@ -70,12 +81,15 @@ def _base_images(label: str, rng: np.random.Generator) -> list[Image.Image]:
             dx, dy = rng.integers(-12, 12), rng.integers(-60, -10)
             shade = (int(rng.integers(20, 80)), int(rng.integers(120, 220)), 30)
             draw.line([(int(x), int(y)), (int(x + dx), int(y + dy))], fill=shade, width=2)
-        if label == LABELS[0]:  # dandelion: yellow flower heads
+        if colour is not None:  # flower heads
             for _ in range(int(rng.integers(2, 7))):
                 x, y = rng.integers(20, BASE_SIZE - 20, size=2)
                 r = int(rng.integers(8, 24))
-                yellow = (int(rng.integers(220, 256)), int(rng.integers(190, 240)), 20)
-                draw.ellipse([int(x) - r, int(y) - r, int(x) + r, int(y) + r], fill=yellow)
+                if n_labels == 2:  # the two-class catalogue's bytes as they always were
+                    fill = (int(rng.integers(220, 256)), int(rng.integers(190, 240)), 20)
+                else:
+                    fill = tuple(int(np.clip(c + rng.integers(-20, 20), 0, 255)) for c in colour)
+                draw.ellipse([int(x) - r, int(y) - r, int(x) + r, int(y) + r], fill=fill)
         out.append(img)
     return out
 
@@ -117,30 +131,34 @@ def synth(
     n: int,
     out: str | Path,
     *,
+    labels: Sequence[str],
     seed: int = 0,
     broken_share: float = 0.01,
     prefix: str = DEFAULT_PREFIX,
 ) -> SynthReport:
-    """Write ``n`` images (half per label) under ``out/{label}/``, the broken rows'
+    """Write ``n`` images (row i of class i mod K) under ``out/{label}/``, the broken rows'
     files, and ``out/manifest.csv`` (``url_source,label,sha256``; URLs under ``prefix``,
     to be mapped onto the mirror by an ingestion ``mirrors`` entry)."""
+    labels = tuple(labels)
     if n < 1:
         raise ValueError("n must be at least 1")
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"two or more distinct labels, got {list(labels)}")
     if not 0.0 <= broken_share < 1.0:
         raise ValueError("broken_share must be in [0, 1)")
     t0 = time.perf_counter()
     out = Path(out)
     np_rng = np.random.default_rng(seed)
-    bases = {label: _base_images(label, np_rng) for label in LABELS}
+    bases = {label: _base_images(k, len(labels), np_rng) for k, label in enumerate(labels)}
     report = SynthReport(out=str(out), manifest=str(out / MANIFEST), n=n, seed=seed)
     prefix = prefix.rstrip("/") + "/"
-    for label in LABELS:
+    for label in labels:
         (out / label).mkdir(parents=True, exist_ok=True)
     with open(out / MANIFEST, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["url_source", "label", "sha256"])
         for i in range(n):
-            label = LABELS[i % len(LABELS)]
+            label = labels[i % len(labels)]
             report.per_label[label] = report.per_label.get(label, 0) + 1
             kind = broken_kind(i, n, broken_share)
             name = f"{i:07d}.jpg"

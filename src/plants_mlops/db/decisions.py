@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from plants_mlops import contracts
 from plants_mlops.db.base import current_user, metadata, utcnow
 from plants_mlops.db.plants_data import plants_data
 from plants_mlops.errors import UserFacingError
@@ -37,15 +37,17 @@ def record_decision(
     reason: str,
     *,
     label: str | None = None,
+    labels: Sequence[str],
     who: str | None = None,
 ) -> dict[str, Any]:
-    """Record an exclude / relabel / restore decision on a plants_data row."""
+    """Record an exclude / relabel / restore decision on a plants_data row; a relabel
+    names one of ``labels`` (the task's)."""
     if action not in DECISION_ACTIONS:
         raise UserFacingError(f"action {action!r} is not one of {', '.join(DECISION_ACTIONS)}")
     if action != "restore" and not (reason or "").strip():
         raise UserFacingError(f"{action} needs a reason (--reason TEXT)")
-    if action == "relabel" and label not in contracts.LABELS:
-        raise UserFacingError(f"label {label!r} is not one of {', '.join(contracts.LABELS)}")
+    if action == "relabel" and label not in labels:
+        raise UserFacingError(f"label {label!r} is not one of {', '.join(labels)}")
     with engine.begin() as conn:
         row = conn.execute(
             sa.select(plants_data.c.id, plants_data.c.label).where(plants_data.c.id == row_id)

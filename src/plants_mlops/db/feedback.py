@@ -3,6 +3,7 @@ for a person's decision; an accepted candidate becomes a pending ``plants_data``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,11 +37,12 @@ feedback_candidates = sa.Table(
 )
 
 
-def file_feedback(engine: sa.Engine, **values: Any) -> int:
-    """A pending feedback candidate; returns its id. Never touches plants_data."""
-    if values.get("true_label") not in contracts.LABELS:
+def file_feedback(engine: sa.Engine, labels: Sequence[str], **values: Any) -> int:
+    """A pending feedback candidate whose true label is one of ``labels`` (the served
+    model's); returns its id. Never touches plants_data."""
+    if values.get("true_label") not in labels:
         raise UserFacingError(
-            f"label {values.get('true_label')!r} is not one of {', '.join(contracts.LABELS)}"
+            f"label {values.get('true_label')!r} is not one of {', '.join(labels)}"
         )
     with engine.begin() as conn:
         result = conn.execute(

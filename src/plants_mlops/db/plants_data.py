@@ -12,7 +12,7 @@ import datetime as dt
 import io
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from plants_mlops import contracts
 from plants_mlops.db.base import metadata, utcnow
 from plants_mlops.errors import UserFacingError
+from plants_mlops.params import LABEL_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,9 @@ def manifest_text() -> str:
     return resources.files("plants_mlops").joinpath("data/plants_data.csv").read_text()
 
 
-def read_manifest(text: str, report: SeedReport) -> list[dict[str, Any]]:
+def read_manifest(
+    text: str, report: SeedReport, labels: Sequence[str] | None
+) -> list[dict[str, Any]]:
     """Parse a manifest CSV; bad rows land in ``report.refused``, good ones are returned."""
     reader = csv.DictReader(io.StringIO(text))
     fields = {f.strip() for f in reader.fieldnames or []}
@@ -129,7 +132,7 @@ def read_manifest(text: str, report: SeedReport) -> list[dict[str, Any]]:
         if any(_UNDECODABLE.search(v) for v in rec.values()):
             reason = "line is not valid UTF-8"
         else:
-            reason = _refusal(url, label, sha, seen)
+            reason = _refusal(url, label, sha, seen, labels)
         if reason:
             report.refused.append({"line": line, "url_source": redact_url(url), "reason": reason})
             continue
@@ -158,7 +161,9 @@ def redact_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def _refusal(url: str, label: str, sha: str, seen: set[str]) -> str | None:
+def _refusal(
+    url: str, label: str, sha: str, seen: set[str], labels: Sequence[str] | None
+) -> str | None:
     if not url:
         return "empty url_source"
     if _CONTROL.search(url):
@@ -168,8 +173,10 @@ def _refusal(url: str, label: str, sha: str, seen: set[str]) -> str | None:
         return f"url_source {shown!r} is not an http(s):// or file:// URL"
     if len(url) > MAX_URL_LENGTH:
         return f"url_source longer than {MAX_URL_LENGTH} characters"
-    if label not in contracts.LABELS:
-        return f"label {label!r} is not one of {', '.join(contracts.LABELS)} (url {shown})"
+    if labels is not None and label not in labels:
+        return f"label {label!r} is not one of {', '.join(labels)} (url {shown})"
+    if not LABEL_PATTERN.fullmatch(label):
+        return f"label {label!r} is not a name of letters, digits, '_' or '-' (url {shown})"
     if sha and not _SHA256.match(sha.lower()):
         return f"sha256 {sha!r} is not 64 hex characters"
     if url in seen:
@@ -178,9 +185,15 @@ def _refusal(url: str, label: str, sha: str, seen: set[str]) -> str | None:
 
 
 def seed(
-    engine: sa.Engine, csv_path: str | Path | None = None, *, text: str | None = None
+    engine: sa.Engine,
+    csv_path: str | Path | None = None,
+    *,
+    labels: Sequence[str] | None,
+    text: str | None = None,
 ) -> SeedReport:
-    """Insert the CSV's rows whose url_source is not in the table yet. Idempotent."""
+    """Insert the CSV's rows whose url_source is not in the table yet. Idempotent. A row
+    whose label is not one of ``labels`` (the task's) is refused; ``None`` takes any label
+    name (the shipped manifest, seeding an empty table of the shipped task)."""
     if text is None:
         if csv_path is None:
             text, source = manifest_text(), "shipped manifest (plants_mlops/data/plants_data.csv)"
@@ -194,7 +207,7 @@ def seed(
     else:
         source = str(csv_path or "<text>")
     report = SeedReport(source=source)
-    rows = read_manifest(text, report)
+    rows = read_manifest(text, report, labels)
     now = utcnow()
     with engine.begin() as conn:
         existing = {
@@ -238,7 +251,7 @@ def ensure_seeded(engine: sa.Engine) -> SeedReport | None:
         if conn.execute(sa.select(sa.func.count()).select_from(plants_data)).scalar_one():
             return None
     log.info("plants_data is empty: seeding it from the shipped manifest")
-    report = seed(engine)
+    report = seed(engine, labels=None)
     for line in report.lines():
         log.info(line)
     return report

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from plants_mlops.contracts import LABELS
-
 # Per-architecture input normalisation (applied to pixels in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,13 +50,16 @@ LITE_VARIANTS = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet
 
 
 class PlantsNet(nn.Module):
-    """A backbone that maps images to an embedding, plus a linear head over ``LABELS``."""
+    """A backbone that maps images to an embedding, plus a linear head over the task's
+    ``n_classes`` labels."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, dropout: float) -> None:
+    def __init__(
+        self, backbone: nn.Module, embedding_dim: int, dropout: float, n_classes: int
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(embedding_dim, len(LABELS))
+        self.head = nn.Linear(embedding_dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.backbone(x)
@@ -165,12 +166,13 @@ def _load_state(net: nn.Module, path: str) -> None:
 def build_model(
     architecture: str,
     *,
+    n_classes: int,
     image_size: int,
     weights: str | None = None,
     dropout: float = 0.2,
     bn_momentum: float | None = 0.1,
 ) -> PlantsNet:
-    """Build a ``PlantsNet``. ``bn_momentum`` overrides every BatchNorm's momentum
+    """Build a ``PlantsNet`` with an ``n_classes`` head. ``bn_momentum`` overrides every BatchNorm's momentum
     (torchvision/TF defaults of 0.01 leave eval statistics stale in short runs)."""
     if architecture not in SPECS:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(SPECS)}")
@@ -187,7 +189,7 @@ def build_model(
         backbone = _resnet18(weights)
     else:
         backbone = _small_cnn(weights)
-    model = PlantsNet(backbone, SPECS[architecture].embedding_dim, dropout)
+    model = PlantsNet(backbone, SPECS[architecture].embedding_dim, dropout, n_classes)
     if bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 
 from plants_mlops import imaging
-from plants_mlops.contracts import LABELS
 from plants_mlops.params import Augment
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class SplitImages:
     """Square (fmt size) RGB images of one split, decoded on access, with their labels."""
 
     images: Sequence[Image.Image]
-    labels: np.ndarray  # int64, index into LABELS
+    labels: np.ndarray  # int64, index into the task's labels
     keys: list[str]
 
     def __len__(self) -> int:
@@ -70,19 +69,23 @@ def _to_image(value: Any) -> Image.Image:
 def load_splits(
     dataset_index: pd.DataFrame,
     fmt_images: Mapping[str, Callable[[], Any] | Any],
+    labels: Sequence[str],
     splits: tuple[str, ...] = ("train", "val", "test"),
     max_per_split: int | None = None,
     seed: int = 0,
 ) -> dict[str, SplitImages]:
-    """Decode the images of ``splits``. Rows whose image is missing or undecodable are
-    skipped with a warning (the run goes on with the rest); unknown labels are an error.
+    """Decode the images of ``splits``, their labels as indices into ``labels`` (the task's,
+    in class order). Rows whose image is missing or undecodable are skipped with a warning
+    (the run goes on with the rest); labels outside ``labels`` are an error.
     ``max_per_split`` keeps a stratified, seeded subset (for quick runs and tests)."""
     missing_cols = {"image_key", "label", "split"} - set(dataset_index.columns)
     if missing_cols:
         raise ValueError(f"dataset_index lacks columns {sorted(missing_cols)}")
-    bad = sorted(set(dataset_index["label"]) - set(LABELS))
+    labels = list(labels)
+    bad = sorted(set(dataset_index["label"]) - set(labels))
     if bad:
-        raise ValueError(f"dataset_index has labels outside {LABELS}: {bad}")
+        raise ValueError(f"dataset_index has labels outside {labels}: {bad}")
+    class_of = {label: i for i, label in enumerate(labels)}
     out: dict[str, SplitImages] = {}
     for split in splits:
         rows = dataset_index[dataset_index["split"] == split].sort_values("image_key")
@@ -93,7 +96,7 @@ def load_splits(
                 .apply(lambda g, f=frac: g.sample(frac=f, random_state=seed))
                 .sort_values("image_key")
             )
-        images, labels, keys, skipped = [], [], [], []
+        images, classes, keys, skipped = [], [], [], []
         for key, label in zip(rows["image_key"], rows["label"], strict=True):
             try:
                 value = fmt_images[key]
@@ -102,7 +105,7 @@ def load_splits(
             except (KeyError, TypeError, OSError, imaging.ImageDecodeError) as exc:
                 skipped.append(f"{key} ({type(exc).__name__}: {exc})")
                 continue
-            labels.append(LABELS.index(label))
+            classes.append(class_of[label])
             keys.append(key)
         if skipped:
             log.warning(
@@ -113,7 +116,7 @@ def load_splits(
             )
         if not images:
             raise ValueError(f"split {split!r} has no usable images")
-        out[split] = SplitImages(LazyImages(images), np.asarray(labels, dtype=np.int64), keys)
+        out[split] = SplitImages(LazyImages(images), np.asarray(classes, dtype=np.int64), keys)
     return out
 
 
@@ -156,12 +159,17 @@ class Subset(Protocol):
 
 
 def load_subset(
-    dataset_index: pd.DataFrame, fmt_images: Mapping, splits: tuple[str, ...], subset: Subset
+    dataset_index: pd.DataFrame,
+    fmt_images: Mapping,
+    labels: Sequence[str],
+    splits: tuple[str, ...],
+    subset: Subset,
 ) -> dict[str, SplitImages]:
     """:func:`load_splits` with the subset its parameters choose."""
     return load_splits(
         dataset_index,
         fmt_images,
+        labels,
         splits,
         max_per_split=subset.max_images_per_split,
         seed=subset.seed,

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from plants_mlops import imaging
-from plants_mlops.contracts import LABELS
 from plants_mlops.fingerprint import fingerprint_of
 
 
@@ -39,11 +38,15 @@ def from_folder(
     per_label: int | None = None,
     size: int = 160,
     fractions: tuple[float, float] = (0.7, 0.15),
+    labels: tuple[str, ...] | None = None,
 ) -> DevDataset:
     """``per_label`` images of each label (the first by file name; all when None),
-    ``imaging.square_resize``d to ``size`` and held as JPEG bytes in memory."""
+    ``imaging.square_resize``d to ``size`` and held as JPEG bytes in memory. The labels are
+    ``labels`` (class order), else the folder's sub-folders in name order."""
     rows, images = [], {}
-    for label in LABELS:
+    if labels is None:
+        labels = tuple(sorted(p.name for p in Path(folder).iterdir() if p.is_dir()))
+    for label in labels:
         paths = sorted((Path(folder) / label).glob("*.jpg"))[:per_label]
         if not paths:
             raise FileNotFoundError(f"no {label} images under {folder}")
@@ -67,4 +70,4 @@ def from_folder(
                 }
             )
     index = pd.DataFrame(rows)
-    return DevDataset(index, images, fingerprint_of(index, size))
+    return DevDataset(index, images, fingerprint_of(index, size, labels))

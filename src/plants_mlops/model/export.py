@@ -31,6 +31,7 @@ def load_checkpoint(data: bytes) -> tuple[PlantsNet, dict, dict]:
     cfg = ckpt["config"]
     model = build_model(
         cfg["architecture"],
+        n_classes=int(ckpt["state_dict"]["head.weight"].shape[0]),
         image_size=int(cfg["image_size"]),
         weights=None,
         dropout=float(cfg.get("dropout") or 0.0),

@@ -10,7 +10,8 @@ fewer degrees of freedom (docs/model.md, *Linear probe*). Here:
 - :func:`fit` standardises the embeddings, picks the inverse regularisation ``C`` from a grid
   by stratified k-fold cross-validated log-loss on the training rows (an image and its
   mirror stay in the same fold), and refits on all of them (``sklearn``'s
-  ``LogisticRegression``, lbfgs: deterministic).
+  ``LogisticRegression``, lbfgs: deterministic): a binary regression for two classes, a
+  multinomial (softmax) one for more.
 - :func:`load_into_head` folds the scaler and the regression into ``PlantsNet.head`` so the
   trained network is an ordinary ``PlantsNet``: the ONNX export, int8 quantisation,
   temperature scaling, evaluation and serving do not know how it was trained.
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class ProbeFit:
     C: float
-    coef: np.ndarray  # [D], on standardised embeddings
-    intercept: float
+    # On standardised embeddings: [1, D] and [1] for two classes (the logit of class 1),
+    # [K, D] and [K] for K > 2 (the multinomial logits).
+    coef: np.ndarray
+    intercept: np.ndarray
     mean: np.ndarray  # [D] scaler centre
     scale: np.ndarray  # [D] scaler scale (1 where a dimension is constant)
     folds: int  # the cross-validation's folds (fewer than asked when a class is smaller)
@@ -44,8 +47,10 @@ class ProbeFit:
     grid: list[dict[str, float]] = field(default_factory=list)
 
     def decision(self, emb: np.ndarray) -> np.ndarray:
-        """The logit of class 1 for embeddings [N, D]."""
-        return ((emb - self.mean) / self.scale) @ self.coef + self.intercept
+        """The regression's decision for embeddings [N, D]: [N] (the logit of class 1) for
+        two classes, [N, K] for more."""
+        out = ((emb - self.mean) / self.scale) @ self.coef.T + self.intercept
+        return out[:, 0] if self.coef.shape[0] == 1 else out
 
 
 @torch.no_grad()
@@ -96,22 +101,29 @@ def fit(
     folds: int,
     max_iter: int,
     seed: int,
+    n_classes: int,
 ) -> ProbeFit:
-    """The probe on training embeddings [N, D] or [N, V, D] with labels in {0, 1}; ``C``
+    """The probe on training embeddings [N, D] or [N, V, D] with labels in
+    {0, ..., n_classes - 1}; ``C``
     chosen by ``folds``-fold stratified cross-validated log-loss (ties: the smaller C).
     The fits run on one BLAS thread: on these small matrices more threads only contend
     (measured: 0.04 s per fit on one thread, over 1 s on two threads of a busy 2-core CPU)."""
-    if len(np.unique(y)) < 2:
-        raise ValueError("the linear probe needs both classes in the training split")
+    counts = np.bincount(y, minlength=n_classes)
+    if len(counts) > n_classes or (counts == 0).any():
+        absent = [int(i) for i in np.flatnonzero(counts == 0)]
+        raise ValueError(
+            f"the linear probe needs every one of the {n_classes} classes in the training "
+            f"split (class indices {absent} have no image)"
+        )
     if not grid:
         raise ValueError("training.probe.C_grid is empty")
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # small matrices: one BLAS thread
-        return _fit(emb, y, grid, folds, max_iter, seed)
+        return _fit(emb, y, grid, folds, max_iter, seed, n_classes)
 
 
-def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
+def _fit(emb, y, grid, folds, max_iter, seed, n_classes) -> ProbeFit:
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
@@ -121,6 +133,7 @@ def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
     Z = scaler.transform(X)
     views = 1 if emb.ndim == 2 else emb.shape[1]
     k = max(2, min(folds, int(np.bincount(y).min())))
+    classes = list(range(n_classes))
     cuts = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     table = []
     for C in grid:
@@ -130,9 +143,9 @@ def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
             tr_rows = (tr[:, None] * views + np.arange(views)).ravel()
             va_rows = (va[:, None] * views + np.arange(views)).ravel()
             clf = _logreg(C, max_iter).fit(Z[tr_rows], Y[tr_rows])
-            p = clf.predict_proba(Z[va_rows])[:, 1]
-            losses.append(log_loss(Y[va_rows], p, labels=[0, 1]) * len(va_rows))
-            right += int(((p > 0.5) == Y[va_rows]).sum())
+            p = clf.predict_proba(Z[va_rows])  # columns: clf.classes_, all of them
+            losses.append(log_loss(Y[va_rows], p, labels=classes) * len(va_rows))
+            right += int((p.argmax(axis=1) == Y[va_rows]).sum())
         table.append(
             {
                 "C": float(C),
@@ -145,8 +158,8 @@ def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
     clf = _logreg(best["C"], max_iter).fit(Z, Y)
     return ProbeFit(
         C=best["C"],
-        coef=clf.coef_[0].astype(np.float64),
-        intercept=float(clf.intercept_[0]),
+        coef=clf.coef_.astype(np.float64),
+        intercept=clf.intercept_.astype(np.float64),
         mean=scaler.mean_.astype(np.float64),
         scale=scaler.scale_.astype(np.float64),
         folds=k,
@@ -156,13 +169,17 @@ def _fit(emb, y, grid, folds, max_iter, seed) -> ProbeFit:
 
 @torch.no_grad()
 def load_into_head(model: PlantsNet, probe: ProbeFit) -> None:
-    """Write the probe into the two-class linear head: logits (-z/2, z/2) with z the probe's
-    logit of class 1, so the softmax equals the regression's sigmoid."""
-    w = probe.coef / probe.scale  # the scaler folded in
-    b = probe.intercept - float(w @ probe.mean)
+    """Write the probe into the linear head so the head's softmax is the regression's
+    probabilities: for two classes logits (-z/2, z/2) with z the logit of class 1 (softmax
+    = sigmoid), for K classes the multinomial logits themselves."""
+    w = probe.coef / probe.scale  # [K', D], the scaler folded in
+    b = probe.intercept - w @ probe.mean  # [K']
+    if len(w) == 1:
+        w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
     head = model.head
-    if head.out_features != 2:
-        raise ValueError(f"the linear probe needs a two-class head, not {head.out_features}")
-    weight = torch.from_numpy(np.stack([-w / 2, w / 2])).to(head.weight)
-    head.weight.copy_(weight)
-    head.bias.copy_(torch.tensor([-b / 2, b / 2]).to(head.bias))
+    if head.out_features != len(w):
+        raise ValueError(
+            f"the probe has {len(w)} classes, the model's head {head.out_features} outputs"
+        )
+    head.weight.copy_(torch.from_numpy(w).to(head.weight))
+    head.bias.copy_(torch.from_numpy(b).to(head.bias))

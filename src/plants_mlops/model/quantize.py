@@ -116,8 +116,8 @@ def choose_precision(
     )
     p_fp32 = fp32.predict_images(val_images).probabilities
     p_int8 = int8.predict_images(val_images).probabilities
-    f1_fp32 = classification_metrics(val_labels, p_fp32)["f1_macro"]
-    f1_int8 = classification_metrics(val_labels, p_int8)["f1_macro"]
+    f1_fp32 = classification_metrics(val_labels, p_fp32, meta.labels)["f1_macro"]
+    f1_int8 = classification_metrics(val_labels, p_int8, meta.labels)["f1_macro"]
     record.update(
         val_images=len(val_labels),
         val_f1_macro_fp32=f1_fp32,

@@ -19,7 +19,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,8 +121,12 @@ def _nll(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)).mean())
 
 
-def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainResult:
-    """Train on ``splits['train']``, select the epoch on ``splits['val']``."""
+def train(
+    splits: Mapping[str, SplitImages], params: TrainingParams, labels: Sequence[str]
+) -> TrainResult:
+    """Train a head over ``labels`` (the task's, in class order) on ``splits['train']``,
+    select the epoch on ``splits['val']``."""
+    labels = tuple(labels)
     device = select_device(params.device)
     if params.num_threads:
         torch.set_num_threads(params.num_threads)
@@ -134,6 +138,7 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(SPECS)}")
     model = build_model(
         arch,
+        n_classes=len(labels),
         image_size=image_size,
         weights=params.weights,
         dropout=params.dropout,
@@ -142,7 +147,7 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
     val_x = eval_tensor(splits["val"], image_size=image_size, mean=spec.mean, std=spec.std)
     val_y = splits["val"].labels
     if params.strategy == "linear_probe":
-        return _train_probe(model, splits, params, device, val_x, val_y)
+        return _train_probe(model, splits, params, device, val_x, val_y, labels)
 
     train_ds = AugmentedDataset(
         splits["train"],
@@ -213,7 +218,7 @@ def train(splits: Mapping[str, SplitImages], params: TrainingParams) -> TrainRes
         if scheduler is not None:
             scheduler.step()
         proba = predict_proba(model, val_x, device)
-        val = classification_metrics(val_y, proba)
+        val = classification_metrics(val_y, proba, labels)
         val_loss = _nll(proba, val_y)
         row = {
             "epoch": epoch,
@@ -261,6 +266,7 @@ def _train_probe(
     device: torch.device,
     val_x,
     val_y: np.ndarray,
+    labels: tuple[str, ...],
 ) -> TrainResult:
     """The ``linear_probe`` strategy: embeddings of the train split (and its mirror images)
     through the frozen backbone, the logistic regression's C chosen by cross-validation on
@@ -289,10 +295,11 @@ def _train_probe(
         folds=cfg.folds,
         max_iter=cfg.max_iter,
         seed=params.seed,
+        n_classes=len(labels),
     )
     probe.load_into_head(model, fitted)
     train_time = time.perf_counter() - t0
-    val = classification_metrics(val_y, predict_proba(model, val_x, device))
+    val = classification_metrics(val_y, predict_proba(model, val_x, device), labels)
     history = [
         {
             "epoch": i,  # the grid point: the probe's "epochs" (docs/model.md)

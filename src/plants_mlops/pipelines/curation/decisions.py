@@ -15,8 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from plants_mlops import contracts
-
 
 def apply_decisions(
     raw_images: dict[str, Callable[[], bytes]],
@@ -50,7 +48,8 @@ def apply_decisions(
             applied.append(note)
             continue
         new = d["label"]
-        if d["action"] == "relabel" and new in contracts.LABELS:
+        # a label outside the task is not dropped here: validation's label_set names it
+        if d["action"] == "relabel" and new:
             old_key = by_content.get((row["label"], row["sha256"]))
             if old_key is not None:
                 ext = old_key.rsplit(".", 1)[-1]

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plants_mlops import contracts
-from plants_mlops.params import CurationParams, parse
+from plants_mlops.params import CurationParams, TaskParams, parse
 from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,10 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
     # channels_last: the depthwise convolutions of the EfficientNet backbones run about a
     # third faster on CPU in NHWC (same embeddings to ~1e-5).
     nhwc = torch.channels_last
-    model = build_model(e.architecture, image_size=e.image_size, weights=e.weights).eval()
+    # n_classes=1: only the backbone's embedding is used here, never the head
+    model = build_model(
+        e.architecture, n_classes=1, image_size=e.image_size, weights=e.weights
+    ).eval()
     model = model.to(memory_format=nhwc)
     out = []
     with torch.inference_mode(), Progress(len(loads), "curation embeddings", log) as done:
@@ -198,15 +200,20 @@ def straddles(pair: dict) -> bool:
     return "test" in splits and len(splits) == 2
 
 
-def out_of_fold_probabilities(emb: np.ndarray, labels: np.ndarray, p: CurationParams) -> np.ndarray:
-    """[N, n_labels] out-of-fold probabilities of a logistic regression on the embeddings."""
+def out_of_fold_probabilities(
+    emb: np.ndarray, labels: np.ndarray, p: CurationParams, n_classes: int
+) -> np.ndarray:
+    """[N, n_classes] out-of-fold probabilities of a logistic regression on the embeddings
+    (multinomial for more than two classes; a class absent from the pool gets 0)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    k = min(p.label_issues.folds, int(np.bincount(labels, minlength=2).min()))
-    probs = np.full((len(labels), len(contracts.LABELS)), np.nan)
+    present = np.bincount(labels, minlength=n_classes)
+    present = present[present > 0]
+    k = min(p.label_issues.folds, int(present.min())) if len(present) >= 2 else 0
+    probs = np.full((len(labels), n_classes), np.nan)
     if k < 2:
         return probs
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=p.label_issues.seed)
@@ -218,15 +225,18 @@ def out_of_fold_probabilities(emb: np.ndarray, labels: np.ndarray, p: CurationPa
 
 
 def find_issues(
-    curation_features: pd.DataFrame, dataset_index: pd.DataFrame, params: dict
+    curation_features: pd.DataFrame, dataset_index: pd.DataFrame, params: dict, task: dict
 ) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
-    """(review queue, near-duplicate pairs for validation, report)."""
+    """(review queue, near-duplicate pairs for validation, report). Relabel suggestions
+    name the task's labels (``params:task``)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
 
     t0 = time.perf_counter()
     p = parse(CurationParams, params, "curation")
-    index = dataset_index.drop(columns=["phash"], errors="ignore").merge(
+    task_labels = parse(TaskParams, task, "task").labels
+    index = dataset_index[dataset_index["label"].isin(task_labels)]  # others: validation's
+    index = index.drop(columns=["phash"], errors="ignore").merge(
         curation_features[["image_key", "phash", "embedding"]], on="image_key"
     )
     emb = np.stack(index["embedding"].map(np.asarray)).astype(np.float32) if len(index) else None
@@ -270,11 +280,11 @@ def find_issues(
 
     # label issues on train+val (out-of-fold)
     n_issues = 0
-    probs_all = np.full((len(index), len(contracts.LABELS)), np.nan)
+    probs_all = np.full((len(index), len(task_labels)), np.nan)
     pool = np.flatnonzero(index["split"].isin(["train", "val"]).to_numpy())
     if emb is not None and len(pool) >= 2 * p.label_issues.folds:
-        labels = index["label"].map(contracts.LABELS.index).to_numpy()
-        probs = out_of_fold_probabilities(emb[pool], labels[pool], p)
+        labels = index["label"].map(task_labels.index).to_numpy()
+        probs = out_of_fold_probabilities(emb[pool], labels[pool], p, len(task_labels))
         probs_all[pool] = probs
         # n_jobs=1: in this process. cleanlab's default forks a pool (one worker per core),
         # and a fork of a process holding threads (torch, MLflow, ZenML) is unsafe; with a
@@ -294,7 +304,7 @@ def find_issues(
                 f"{probs[local, given]:.2f}"
             )
             it["score"] = max(it["score"], 1.0 + (1.0 - float(probs[local, given])))
-            it["action"] = f"relabel {contracts.LABELS[other]}" if other != given else "review"
+            it["action"] = f"relabel {task_labels[other]}" if other != given else "review"
 
     # outliers / off-topic
     n_outliers = 0
@@ -320,8 +330,7 @@ def find_issues(
         i = keys.index(key)
         if not np.isnan(probs_all[i]).any():
             it["probabilities"] = {
-                lab: round(float(v), 4)
-                for lab, v in zip(contracts.LABELS, probs_all[i], strict=True)
+                lab: round(float(v), 4) for lab, v in zip(task_labels, probs_all[i], strict=True)
             }
         it["ood_score"] = round(float(ood_scores[i]), 4)
         it["score"] = round(float(it["score"]), 4)

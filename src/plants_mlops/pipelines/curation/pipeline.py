@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 find_issues,
-                inputs=["curation_features", "dataset_index", "params:curation"],
+                inputs=["curation_features", "dataset_index", "params:curation", "params:task"],
                 outputs=["curation_queue", "curation_near_duplicates", "curation_report"],
                 name="curation_find_issues",
             ),

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plants_mlops.contracts import ALIAS_CHAMPION, LABELS
+from plants_mlops.contracts import ALIAS_CHAMPION
 from plants_mlops.model import tracking
 from plants_mlops.params import Baselines, EvaluationParams, EvaluationSubset, parse
 from plants_mlops.summaries import StageSummary
@@ -17,10 +17,10 @@ from plants_mlops.summaries import StageSummary
 log = logging.getLogger(__name__)
 
 
-def _splits(dataset_index, fmt_images, names, subset: EvaluationSubset):
+def _splits(dataset_index, fmt_images, labels, names, subset: EvaluationSubset):
     from plants_mlops.model.data import load_subset
 
-    return load_subset(dataset_index, fmt_images, names, subset)
+    return load_subset(dataset_index, fmt_images, labels, names, subset)
 
 
 def evaluate_candidate(
@@ -37,10 +37,12 @@ def evaluate_candidate(
     from plants_mlops.model.metrics import classification_metrics, expected_calibration_error
 
     subset = parse(EvaluationSubset, subset, "evaluation.subset")
-    test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
     model = ServingArtifact.from_bytes(serving_model, serving_meta)
+    labels = model.meta.labels
+    test = _splits(dataset_index, fmt_images, labels, ("test",), subset)["test"]
     pred = model.predict_images(test.images)
-    out = classification_metrics(test.labels, pred.probabilities)
+    out = classification_metrics(test.labels, pred.probabilities, labels)
+    out["labels"] = list(labels)
     out["temperature"] = float(model.meta.temperature)
     out["ece"] = expected_calibration_error(test.labels, pred.probabilities)
     out["ece_uncalibrated"] = expected_calibration_error(test.labels, softmax(pred.logits))
@@ -59,9 +61,14 @@ def colour_histogram(images, bins: int) -> np.ndarray:
 
 
 def evaluate_baselines(
-    dataset_index: pd.DataFrame, fmt_images: dict, params: dict[str, Any], subset: dict[str, Any]
+    serving_meta: dict,
+    dataset_index: pd.DataFrame,
+    fmt_images: dict,
+    params: dict[str, Any],
+    subset: dict[str, Any],
 ) -> dict:
-    """Majority class (of the train split) and a colour-histogram logistic regression."""
+    """Majority class (of the train split) and a colour-histogram logistic regression
+    (multinomial for more than two classes), over the model's labels."""
     params = parse(Baselines, params, "evaluation.baselines")
     subset = parse(EvaluationSubset, subset, "evaluation.subset")
     from sklearn.linear_model import LogisticRegression
@@ -70,22 +77,34 @@ def evaluate_baselines(
 
     from plants_mlops.model.metrics import classification_metrics
 
-    splits = _splits(dataset_index, fmt_images, ("train", "test"), subset)
+    labels = tuple(serving_meta["labels"])
+    splits = _splits(dataset_index, fmt_images, labels, ("train", "test"), subset)
     train, test = splits["train"], splits["test"]
-    counts = np.bincount(train.labels, minlength=len(LABELS))
-    majority = np.zeros((len(test), len(LABELS)))
+    counts = np.bincount(train.labels, minlength=len(labels))
+    majority = np.zeros((len(test), len(labels)))
     majority[:, int(counts.argmax())] = 1.0
     bins = params.histogram_bins
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=params.C, max_iter=2000))
     clf.fit(colour_histogram(train.images, bins), train.labels)
-    proba = clf.predict_proba(colour_histogram(test.images, bins))
+    proba = class_probabilities(clf, colour_histogram(test.images, bins), len(labels))
     return {
         "majority_class": {
-            "label": LABELS[int(counts.argmax())],
-            **classification_metrics(test.labels, majority),
+            "label": labels[int(counts.argmax())],
+            **classification_metrics(test.labels, majority, labels),
         },
-        "colour_histogram_logreg": {"bins": bins, **classification_metrics(test.labels, proba)},
+        "colour_histogram_logreg": {
+            "bins": bins,
+            **classification_metrics(test.labels, proba, labels),
+        },
     }
+
+
+def class_probabilities(clf, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """``clf.predict_proba`` as [N, n_classes] columns in class order: a class the training
+    split lacked (the fitted model never saw it) gets probability 0."""
+    proba = np.zeros((len(features), n_classes))
+    proba[:, clf.classes_] = clf.predict_proba(features)
+    return proba
 
 
 def evaluate_champion(
@@ -117,16 +136,22 @@ def evaluate_champion(
     out: dict[str, Any] = {"version": version, "run_id": mv.run_id}
     if mv.run_id and mv.run_id == serving_meta.get("mlflow_run_id"):
         out["note"] = "the champion is this very run's model"
+    labels = tuple(serving_meta["labels"])
     try:
         champion = artifact.load_version(cl, name, version)
-        test = _splits(dataset_index, fmt_images, ("test",), subset)["test"]
+        if tuple(champion.meta.labels) != labels:
+            raise ValueError(
+                f"the champion answers {list(champion.meta.labels)}, this model "
+                f"{list(labels)}: not comparable on one test split"
+            )
+        test = _splits(dataset_index, fmt_images, labels, ("test",), subset)["test"]
         proba = champion.predict_images(test.images).probabilities
     except Exception as exc:  # a broken champion must not block evaluating the candidate
         log.warning("champion version %s could not be evaluated: %s", version, exc)
         out["error"] = f"{type(exc).__name__}: {exc}"
         return out
     out["architecture"] = champion.meta.architecture
-    out.update(classification_metrics(test.labels, proba))
+    out.update(classification_metrics(test.labels, proba, labels))
     return out
 
 
@@ -164,7 +189,9 @@ def compile_report(
                 run.log_metrics(scalar_metrics(champion, "champion_"))
             run.log_dict(report, "evaluation/evaluation_report.json")
             run.log_png(
-                confusion_matrix_png(candidate["confusion_matrix"], "ONNX model, test split"),
+                confusion_matrix_png(
+                    candidate["confusion_matrix"], candidate["labels"], "ONNX model, test split"
+                ),
                 "figures/eval_confusion_matrix.png",
             )
     log.info(

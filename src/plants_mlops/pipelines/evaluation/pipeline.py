@@ -19,7 +19,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 evaluate_baselines,
-                ["dataset_index", "fmt_images", "params:evaluation.baselines", SUBSET],
+                [
+                    "serving_meta",
+                    "dataset_index",
+                    "fmt_images",
+                    "params:evaluation.baselines",
+                    SUBSET,
+                ],
                 "evaluation_baselines",
                 name="evaluate_baselines",
             ),

@@ -22,7 +22,7 @@ import pandas as pd
 
 from plants_mlops import contracts, imaging
 from plants_mlops.fingerprint import fingerprint_of
-from plants_mlops.params import FormattingParams, parse
+from plants_mlops.params import FormattingParams, parse, task_labels
 from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -289,11 +289,13 @@ def build_dataset_index(
     fmt_index: pd.DataFrame,
     fmt_report: dict[str, Any],
     params: dict,
+    task: dict,
     curation: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """fmt index -> dataset index (duplicates dropped, split assigned) + fingerprint + report.
 
     Identical bytes under two labels are contradictory: every copy is dropped and reported.
+    The fingerprint records ``params:task``'s labels (their order is the class index).
     With ``params:curation``, a near-duplicate of an earlier image joins that image's split
     (``curation.splits.join_near_duplicate_splits``).
     """
@@ -320,7 +322,7 @@ def build_dataset_index(
     index = (
         index.sort_values("image_key").reset_index(drop=True).reindex(columns=DATASET_INDEX_COLUMNS)
     )
-    fingerprint = fingerprint_of(index, p.image_size)
+    fingerprint = fingerprint_of(index, p.image_size, task_labels(task))
     report = {
         **fmt_report,
         "dataset_images": len(index),

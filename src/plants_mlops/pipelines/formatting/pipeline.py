@@ -25,7 +25,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 build_dataset_index,
-                inputs=["fmt_index", "fmt_report", "params:formatting", "params:curation"],
+                inputs=[
+                    "fmt_index",
+                    "fmt_report",
+                    "params:formatting",
+                    "params:task",
+                    "params:curation",
+                ],
                 outputs=["dataset_index", "dataset_fingerprint", "formatting_report"],
                 name="build_dataset_index",
             ),

@@ -25,7 +25,8 @@ import pandas as pd
 
 from plants_mlops import contracts, imaging
 from plants_mlops.db import utcnow
-from plants_mlops.params import IngestionParams, parse
+from plants_mlops.errors import UserFacingError
+from plants_mlops.params import LABEL_PATTERN, IngestionParams, parse
 from plants_mlops.pipelines.ingestion import fetch as fetching
 from plants_mlops.progress import Progress
 
@@ -62,7 +63,7 @@ def inventory_index(raw_inventory: dict[str, Any]) -> dict[tuple[str, str], str]
     for key in raw_inventory:
         label, _, name = key.partition("/")
         sha = name.split(".", 1)[0]
-        if label in contracts.LABELS and len(sha) == 64:
+        if LABEL_PATTERN.fullmatch(label) and len(sha) == 64:
             index[(label, sha)] = key
     return index
 
@@ -389,9 +390,33 @@ def _update(row_id, status, error, sha256, url_s3, ingested_at) -> dict:
     }
 
 
+class IngestionFailed(UserFacingError):
+    """Every row this run tried failed: nothing was stored, and the run must not read as
+    a success (a mirror refused as a private address, a wrong URL prefix, a dead server)."""
+
+
+def require_progress(report: dict[str, Any], shown: int = 3) -> None:
+    """Raise :class:`IngestionFailed` when the run fetched nothing, stored nothing before
+    and failed at least one row, with the count, the reasons and the first failures."""
+    if not report["failed"] or report["fetched"] or report["already_stored"]:
+        return
+    first = "; ".join(
+        f"row {f['id']} {f['url_source']}: {f['error']}" for f in report["failures"][:shown]
+    )
+    raise IngestionFailed(
+        f"ingestion: all {report['failed']} rows it fetched failed "
+        f"({', '.join(f'{k} {v}' for k, v in report['failed_by_reason'].items())}); "
+        f"first: {first}. The rows are marked failed in the table with their reasons "
+        "(`plants-mlops db status`); docs/own-data.md says how to serve a local folder."
+    )
+
+
 def summarize_ingestion(ingestion_report: dict[str, Any]) -> dict[str, Any]:
-    """The stage summary: how many rows were fetched, stored, skipped and failed."""
+    """The stage summary: how many rows were fetched, stored, skipped and failed. A run in
+    which every row failed stops here (after the report and the table were saved)."""
     from plants_mlops.summaries import StageSummary, integers
+
+    require_progress(ingestion_report)
 
     counts = integers(ingestion_report)
     counts.update({f"failed_{k}": v for k, v in ingestion_report["failed_by_reason"].items()})

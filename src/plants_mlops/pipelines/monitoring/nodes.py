@@ -178,12 +178,48 @@ def drift_report(
     # The embeddings verdict: the same method object Evidently ran, asked for its boolean.
     emb_score, emb_drift, emb_method = method(current[emb_cols].copy(), reference[emb_cols].copy())
     summary = _summarise(doc, stat_columns, len(current), len(reference))
+    # The predicted label over all K classes: a chi-square test of homogeneity (Evidently
+    # picks a z-test or chi-square by the number of values it happens to see).
+    summary["prediction_drift"]["label"] = label_drift(current["label"], reference["label"])
     summary["embeddings"] = {
         "method": emb_method,
         "score": float(emb_score),
         "drift": bool(emb_drift),
     }
     return snapshot.get_html_str(as_iframe=False), doc, summary
+
+
+LABEL_DRIFT_THRESHOLD = 0.05  # p-value below which the predicted-label shares drifted
+
+
+def label_drift(current: pd.Series, reference: pd.Series) -> dict[str, Any]:
+    """Chi-square test of homogeneity of the predicted labels' counts, current window vs
+    reference, over every label either predicted (a label neither predicted carries no
+    information). For two labels this is the two-proportion z-test (chi2 = z^2). Score =
+    the p-value; drift when it is below ``LABEL_DRIFT_THRESHOLD``."""
+    from scipy.stats import chi2_contingency
+
+    labels = sorted(set(current) | set(reference))
+    cur = current.value_counts().reindex(labels, fill_value=0)
+    ref = reference.value_counts().reindex(labels, fill_value=0)
+    shares = {
+        "current_shares": {k: round(float(v) / max(len(current), 1), 4) for k, v in cur.items()},
+        "reference_shares": {
+            k: round(float(v) / max(len(reference), 1), 4) for k, v in ref.items()
+        },
+    }
+    if len(labels) < 2 or not len(current) or not len(reference):
+        p_value = 1.0  # one label everywhere (or no rows): nothing moved
+    else:
+        table = np.array([cur.to_numpy(), ref.to_numpy()])
+        p_value = float(chi2_contingency(table, correction=False).pvalue)
+    return {
+        "method": "chisquare",
+        "score": p_value,
+        "threshold": LABEL_DRIFT_THRESHOLD,
+        "drift": p_value < LABEL_DRIFT_THRESHOLD,
+        **shares,
+    }
 
 
 def _summarise(

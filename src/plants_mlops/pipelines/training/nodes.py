@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plants_mlops.contracts import LABELS, SPLITS
+from plants_mlops.contracts import SPLITS
 from plants_mlops.model import tracking
 from plants_mlops.params import TrainingParams, parse
 from plants_mlops.summaries import StageSummary
@@ -81,7 +81,8 @@ def require_valid_data(
             f"(last validated: {str(validated)[:12]}); run `kedro run --pipelines validation`"
         )
     image_size = int(dataset_fingerprint.get("image_size") or 0)
-    actual = fingerprint_of(dataset_index, image_size)["fingerprint"]
+    labels = fingerprint_labels(dataset_fingerprint)
+    actual = fingerprint_of(dataset_index, image_size, labels)["fingerprint"]
     if actual != validated:
         raise ValueError(
             f"refusing to train: dataset_index differs from what validation passed (its "
@@ -139,10 +140,25 @@ def _verify_fmt_images(dataset_index: pd.DataFrame, fmt_images: dict) -> None:
         )
 
 
+def fingerprint_labels(dataset_fingerprint: dict) -> tuple[str, ...]:
+    """The task's labels as the dataset fingerprint recorded them (class order)."""
+    labels = dataset_fingerprint.get("labels")
+    if not labels:
+        raise ValueError(
+            "the dataset fingerprint records no labels (written before the task file "
+            "existed): run `kedro run --pipelines formatting,curation,validation`"
+        )
+    return tuple(labels)
+
+
 def train_model(
-    dataset_index: pd.DataFrame, fmt_images: dict, params: dict[str, Any]
+    dataset_index: pd.DataFrame,
+    fmt_images: dict,
+    params: dict[str, Any],
+    dataset_fingerprint: dict,
 ) -> tuple[bytes, dict]:
-    """Fit on the train split, early-stop on val; returns (checkpoint bytes, history)."""
+    """Fit on the train split, early-stop on val; returns (checkpoint bytes, history). The
+    head's classes are the labels the dataset fingerprint records (the task's, in order)."""
     from plants_mlops.model.data import load_subset
     from plants_mlops.model.export import checkpoint_bytes
     from plants_mlops.model.train import train
@@ -150,12 +166,14 @@ def train_model(
     p = parse(TrainingParams, params, "training")
     if p.mlflow.enabled:
         tracking.ensure_reachable(tracking.tracking_uri(p.mlflow.tracking_uri))
+    labels = fingerprint_labels(dataset_fingerprint)
     t0 = time.perf_counter()
-    splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
+    splits = load_subset(dataset_index, fmt_images, labels, ("train", "val"), p)
     resize_size = splits["train"].images[0].width
-    result = train(splits, p)
+    result = train(splits, p, labels)
     history = {
         "config": _config(p),
+        "labels": list(labels),
         "epochs": result.history,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -181,6 +199,7 @@ def train_model(
             "std": list(result.std),
             "best_epoch": result.best_epoch,
             "temperature": result.calibration["temperature"],
+            "labels": list(labels),
         },
     )
     return ckpt, history
@@ -198,7 +217,7 @@ def export_serving_model(model_checkpoint: bytes, params: dict[str, Any]) -> byt
     artifact.check_contract(
         artifact.open_session(data, threads=1),
         artifact.ServingMeta(
-            labels=LABELS,
+            labels=tuple(meta["labels"]),
             image_size=int(cfg["image_size"]),
             resize_size=int(meta["resize_size"]),
             mean=tuple(meta["mean"]),
@@ -214,7 +233,7 @@ def _serving_meta(training_history: dict, **fields):
 
     cfg = training_history["config"]
     return artifact.ServingMeta(
-        labels=LABELS,
+        labels=tuple(training_history["labels"]),
         image_size=int(cfg["image_size"]),
         resize_size=int(training_history["resize_size"]),
         mean=tuple(training_history["mean"]),
@@ -243,7 +262,7 @@ def choose_serving_precision(
     meta = _serving_meta(training_history)
     if policy.mode == quantize.FP32:  # nothing to calibrate or validate
         return quantize.choose_precision(float_serving_model, meta, (), (), np.array([]), policy)
-    splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
+    splits = load_subset(dataset_index, fmt_images, meta.labels, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     rng = np.random.default_rng(p.seed)
     picked = rng.choice(len(train), size=min(policy.calibration_images, len(train)), replace=False)
@@ -294,11 +313,11 @@ def log_training_run(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         precision=precision["precision"],
     )
-    test = load_subset(dataset_index, fmt_images, ("test",), p)["test"]
+    test = load_subset(dataset_index, fmt_images, meta.labels, ("test",), p)["test"]
     served = artifact.ServingArtifact.from_bytes(serving_model, meta)
     proba = served.predict_images(test.images).probabilities
     y_test = test.labels
-    metrics = classification_metrics(y_test, proba)
+    metrics = classification_metrics(y_test, proba, meta.labels)
     meta = meta.model_copy(update={"test_metrics": scalar_metrics(metrics)})
     split_sizes = {s: int((dataset_index["split"] == s).sum()) for s in SPLITS}
     used_sizes = {**training_history["split_sizes"], "test": int(len(y_test))}
@@ -306,6 +325,7 @@ def log_training_run(
         "strategy": cfg.get("strategy", "finetune"),
         "architecture": cfg["architecture"],
         "image_size": cfg["image_size"],
+        "labels": list(meta.labels),
         "dataset_fingerprint": fingerprint,
         "split_sizes": split_sizes,
         "split_sizes_used": used_sizes,
@@ -420,10 +440,10 @@ def _log_run(
         run.log_dict(fingerprint_doc or {}, "dataset/dataset_fingerprint.json")
         run.log_dict(history, "training/history.json")
         run.log_png(
-            confusion_matrix_png(test["confusion_matrix"], "Test confusion matrix"),
+            confusion_matrix_png(test["confusion_matrix"], meta.labels, "Test confusion matrix"),
             "figures/confusion_matrix.png",
         )
-        for name, png in curves_png(y_test, proba).items():
+        for name, png in curves_png(y_test, proba, meta.labels).items():
             run.log_png(png, f"figures/{name}")
         logged = artifact.log_serving_model(cl, run.run_id, serving_model, meta)
         run.log_dict(meta.to_dict(), f"serving/{artifact.META_FILE}")

@@ -24,7 +24,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 train_model,
-                inputs=["validated_dataset_index", "fmt_images", "params:training"],
+                inputs=[
+                    "validated_dataset_index",
+                    "fmt_images",
+                    "params:training",
+                    "dataset_fingerprint",
+                ],
                 outputs=["model_checkpoint", "training_history"],
                 name="train_model",
             ),

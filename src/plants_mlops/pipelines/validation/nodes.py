@@ -15,7 +15,7 @@ import pandera.pandas as pa
 
 from plants_mlops import contracts
 from plants_mlops.db import STATUSES, utcnow
-from plants_mlops.params import FormattingParams, ValidationParams, parse
+from plants_mlops.params import FormattingParams, ValidationParams, parse, task_labels
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,13 @@ class DataValidationError(Exception):
     """The data broke a validation rule; the message names the rule and the failing rows."""
 
 
-def plants_data_schema() -> pa.DataFrameSchema:
+def plants_data_schema(labels: tuple[str, ...]) -> pa.DataFrameSchema:
     ok = contracts.STATUS_OK
     return pa.DataFrameSchema(
         {
             "id": pa.Column(int, unique=True),
             "url_source": pa.Column(str, unique=True, nullable=False),
-            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, error="label_set")),
+            "label": pa.Column(str, pa.Check.isin(labels, error="label_set")),
             "status": pa.Column(str, pa.Check.isin(STATUSES, error="status_set")),
             "sha256": pa.Column(
                 str, pa.Check.str_matches(HEX64, error="sha256_hex"), nullable=True
@@ -57,7 +57,9 @@ def plants_data_schema() -> pa.DataFrameSchema:
     )
 
 
-def fmt_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchema:
+def fmt_index_schema(
+    image_size: int, min_source_side: int, labels: tuple[str, ...]
+) -> pa.DataFrameSchema:
     stats = {
         c: pa.Column(float, pa.Check.in_range(0.0, 1.0, error=f"{c}_in_unit_range"))
         for c in UNIT_STATS
@@ -65,7 +67,7 @@ def fmt_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchem
     return pa.DataFrameSchema(
         {
             "sha256": pa.Column(str, pa.Check.str_matches(HEX64, error="sha256_hex")),
-            "label": pa.Column(str, pa.Check.isin(contracts.LABELS, error="label_set")),
+            "label": pa.Column(str, pa.Check.isin(labels, error="label_set")),
             "image_key": pa.Column(str, unique=True),
             "source_id": pa.Column(int),
             "url_source": pa.Column(str),
@@ -87,8 +89,10 @@ def fmt_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchem
     )
 
 
-def dataset_index_schema(image_size: int, min_source_side: int) -> pa.DataFrameSchema:
-    base = fmt_index_schema(image_size, min_source_side)
+def dataset_index_schema(
+    image_size: int, min_source_side: int, labels: tuple[str, ...]
+) -> pa.DataFrameSchema:
+    base = fmt_index_schema(image_size, min_source_side, labels)
     return pa.DataFrameSchema(
         {
             **base.columns,
@@ -158,11 +162,12 @@ def _check(dataset, rule, passed, detail, failing_rows=None, n_failing=0) -> dic
 
 
 def dataset_rules(
-    index: pd.DataFrame, params: ValidationParams, split: dict
+    index: pd.DataFrame, params: ValidationParams, split: dict, labels: tuple[str, ...]
 ) -> list[dict[str, Any]]:
-    """Rules on the whole dataset index: class sizes, balance, split proportions."""
+    """Rules on the whole dataset index: class sizes, balance, split proportions (overall
+    and per class)."""
     checks = []
-    counts = {lab: int((index["label"] == lab).sum()) for lab in contracts.LABELS}
+    counts = {lab: int((index["label"] == lab).sum()) for lab in labels}
     minimum = params.min_images_per_class
     short = [lab for lab, n in counts.items() if n < minimum]
     checks.append(
@@ -204,10 +209,11 @@ def dataset_rules(
             len(off),
         )
     )
+    checks.append(per_class_split_rule(index, split, tol, labels))
     empty = [
         f"{s}/{lab}"
         for s in contracts.SPLITS
-        for lab in contracts.LABELS
+        for lab in labels
         if not ((index["split"] == s) & (index["label"] == lab)).any()
     ]
     checks.append(
@@ -221,6 +227,41 @@ def dataset_rules(
         )
     )
     return checks
+
+
+def per_class_split_rule(
+    index: pd.DataFrame, split: dict, tolerance: float, labels: tuple[str, ...]
+) -> dict[str, Any]:
+    """Each class's own train/val/test shares within bounds of the expected ones.
+
+    The overall shares can be right while one class sits mostly in one split (near-duplicate
+    joining moved a group of look-alikes together). A class of n images split at random has
+    a share with standard deviation sqrt(p (1 - p) / n), so the bound is the larger of
+    ``split_tolerance`` and three of those: small classes are not failed for chance."""
+    off, shares = [], {}
+    for lab in labels:
+        of_class = index["split"][index["label"] == lab]
+        n = len(of_class)
+        if n == 0:
+            continue  # min_images_per_class and every_split_has_every_class say it
+        shares[lab] = {}
+        for s in contracts.SPLITS:
+            p = float(split[s])
+            share = float((of_class == s).sum()) / n
+            shares[lab][s] = round(share, 3)
+            bound = max(tolerance, 3 * (p * (1 - p) / n) ** 0.5)
+            if abs(share - p) > bound:
+                off.append(f"{lab}/{s}: {share:.3f} (expected {p} +/- {bound:.3f}, n={n})")
+    return _check(
+        "dataset_index",
+        "split_proportions_per_class",
+        not off,
+        "per-class split shares "
+        + ("within bounds" if not off else "off: " + "; ".join(off[:10]))
+        + f"; shares {shares}",
+        off,
+        len(off),
+    )
 
 
 def formatted_keys(fmt_index: pd.DataFrame) -> pd.DataFrame:
@@ -286,13 +327,13 @@ def leakage_rule(dataset_index: pd.DataFrame, near_duplicates: dict[str, Any]) -
 
 
 def check_fmt_index(
-    fmt_index: pd.DataFrame, params: dict, formatting: dict
+    fmt_index: pd.DataFrame, params: dict, formatting: dict, task: dict
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The fmt index's schema checks, and its ``formatted_keys`` for the table's
     missing-rate rule."""
     p = parse(ValidationParams, params, "validation")
     fmt = parse(FormattingParams, formatting, "formatting")
-    schema = fmt_index_schema(fmt.image_size, p.min_source_side)
+    schema = fmt_index_schema(fmt.image_size, p.min_source_side, task_labels(task))
     checks = {
         "n_rows": len(fmt_index),
         "checks": schema_checks(fmt_index, schema, "image_key", p.max_failing_rows_listed),
@@ -300,14 +341,18 @@ def check_fmt_index(
     return checks, formatted_keys(fmt_index)
 
 
-def check_table(plants_data: pd.DataFrame, formatted: pd.DataFrame, params: dict) -> dict[str, Any]:
+def check_table(
+    plants_data: pd.DataFrame, formatted: pd.DataFrame, params: dict, task: dict
+) -> dict[str, Any]:
     """The ``plants_data`` table's schema checks and its missing-rate rule."""
     p = parse(ValidationParams, params, "validation")
     pdata = plants_data.copy(deep=False)  # a new id column, the others shared
     pdata["id"] = pdata["id"].astype("int64")
     return {
         "n_rows": len(plants_data),
-        "checks": schema_checks(pdata, plants_data_schema(), "id", p.max_failing_rows_listed),
+        "checks": schema_checks(
+            pdata, plants_data_schema(task_labels(task)), "id", p.max_failing_rows_listed
+        ),
         "missing_rate": missing_rate_rule(pdata, formatted, p),
     }
 
@@ -316,17 +361,19 @@ def check_dataset_index(
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
+    task: dict,
     near_duplicates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dataset index's schema checks, its rules (classes, balance, splits) and, when
     curation's near-duplicate pairs are given, the leakage rule."""
     p = parse(ValidationParams, params, "validation")
     fmt = parse(FormattingParams, formatting, "formatting")
-    schema = dataset_index_schema(fmt.image_size, p.min_source_side)
+    labels = task_labels(task)
+    schema = dataset_index_schema(fmt.image_size, p.min_source_side, labels)
     return {
         "n_rows": len(dataset_index),
         "checks": schema_checks(dataset_index, schema, "image_key", p.max_failing_rows_listed),
-        "rules": dataset_rules(dataset_index, p, fmt.split.model_dump()),
+        "rules": dataset_rules(dataset_index, p, fmt.split.model_dump(), labels),
         "leakage": None
         if near_duplicates is None
         else leakage_rule(dataset_index, near_duplicates),
@@ -379,14 +426,15 @@ def validate_data(
     dataset_index: pd.DataFrame,
     params: dict,
     formatting: dict,
+    task: dict,
     near_duplicates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every check on every dataset; returns the report (never raises for bad data)."""
-    fmt_checks, formatted = check_fmt_index(fmt_index, params, formatting)
+    fmt_checks, formatted = check_fmt_index(fmt_index, params, formatting, task)
     return assemble_report(
-        check_table(plants_data, formatted, params),
+        check_table(plants_data, formatted, params, task),
         fmt_checks,
-        check_dataset_index(dataset_index, params, formatting, near_duplicates),
+        check_dataset_index(dataset_index, params, formatting, task, near_duplicates),
         params,
         formatting,
     )

@@ -20,14 +20,19 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 check_fmt_index,
-                inputs=["fmt_index", "params:validation", "params:formatting"],
+                inputs=["fmt_index", "params:validation", "params:formatting", "params:task"],
                 outputs=["validation_fmt_index_checks", "validation_formatted_keys"],
                 name="check_fmt_index",
                 tags=[RETURN_MEMORY],
             ),
             node(
                 check_table,
-                inputs=["plants_data", "validation_formatted_keys", "params:validation"],
+                inputs=[
+                    "plants_data",
+                    "validation_formatted_keys",
+                    "params:validation",
+                    "params:task",
+                ],
                 outputs="validation_table_checks",
                 name="check_table",
                 tags=[RETURN_MEMORY],
@@ -38,6 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_index",
                     "params:validation",
                     "params:formatting",
+                    "params:task",
                     "curation_near_duplicates",
                 ],
                 outputs="validation_dataset_index_checks",
