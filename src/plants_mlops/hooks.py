@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -79,3 +80,28 @@ class ProjectHooks:
     @hook_impl
     def on_node_error(self, node) -> None:
         self.after_node_run(node)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        """Under the ``kedro`` command, a condition the user can fix (a damaged store, a
+        refusal, a service down) ends the run in one line and exit status 1, not a page of
+        traceback. In process (tests, ZenML steps) the error propagates as it is."""
+        message = user_facing(error)
+        if message is not None and os.path.basename(sys.argv[0] or "") == "kedro":
+            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.flush()
+            raise SystemExit(1)
+
+
+def user_facing(error: BaseException) -> str | None:
+    """The message of the first ``UserFacingError`` in ``error``'s chain, or None."""
+    from plants_mlops.errors import UserFacingError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UserFacingError):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return None

@@ -109,7 +109,10 @@ def status_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"database: {summary['database']}  rows: {summary['total']}")
+    print(
+        f"database: {summary['database']}  rows: {summary['total']}  "
+        f"integrity: {summary['integrity']}"
+    )
     print("by status: " + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items()))
     for label, counts in sorted(summary["by_label"].items()):
         print(f"  {label:<10} " + ", ".join(f"{k} {v}" for k, v in counts.items()))

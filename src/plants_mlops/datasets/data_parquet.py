@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow
+from kedro.io.core import DatasetError
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 
 from plants_mlops.datasets.atomic import AtomicSave
@@ -36,6 +37,16 @@ class ParquetDataset(AtomicSave, _ParquetDataset):
         try:
             with pd.option_context("future.infer_string", self._arrow_strings):
                 return super().load()
+        except DatasetError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, pyarrow.ArrowException | OSError) and self._exists():
+                from plants_mlops.db import DamagedStoreError
+
+                raise DamagedStoreError(
+                    f"{self._filepath} is damaged ({str(cause).splitlines()[0][:160]}): delete "
+                    "it and run again the pipeline that writes it"
+                ) from None
+            raise
         finally:
             pyarrow.default_memory_pool().release_unused()
 

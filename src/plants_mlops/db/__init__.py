@@ -25,7 +25,9 @@ from plants_mlops.db.decisions import (
 )
 from plants_mlops.db.engine import (
     SCHEMA_VERSION,
+    DamagedStoreError,
     add_missing_columns,
+    check_integrity,
     make_engine,
     migrate,
     schema_version,
@@ -60,6 +62,7 @@ __all__ = [
     "COLUMNS",
     "DECISION_ACTIONS",
     "DEFAULT_DB_URL",
+    "DamagedStoreError",
     "FEEDBACK_STATES",
     "MAX_URL_LENGTH",
     "SCHEMA_VERSION",
@@ -69,6 +72,7 @@ __all__ = [
     "UPSERT_SLICE",
     "SeedReport",
     "add_missing_columns",
+    "check_integrity",
     "current_user",
     "data_decisions",
     "decide_feedback",

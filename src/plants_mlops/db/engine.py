@@ -40,12 +40,64 @@ def make_engine(url: str | None = None) -> sa.Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(parsed, pool_pre_ping=True)
     try:
+        check_integrity(engine)
         migrate(engine)
     except sa.exc.OperationalError as exc:
+        if _damage(exc):
+            raise DamagedStoreError(_damaged_db(engine, str(exc.orig))) from None
         raise UserFacingError(
             f"cannot reach the plants_data database at {redact(url)}: {exc.orig}"
         ) from None
+    except sa.exc.DatabaseError as exc:  # "file is not a database", "disk image is malformed"
+        raise DamagedStoreError(_damaged_db(engine, str(exc.orig))) from None
     return engine
+
+
+class DamagedStoreError(UserFacingError):
+    """A store's file is damaged: the message names the file and the fix."""
+
+
+_CHECKED: dict[tuple, str] = {}  # (path, size, mtime) -> "ok": one check per file state
+
+
+def _damage(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _damaged_db(engine: sa.Engine, detail: str) -> str:
+    path = engine.url.database or str(engine.url)
+    return (
+        f"the database file {path} is damaged ({detail.splitlines()[0][:200]}): restore it "
+        "from a backup, or move it aside and run `plants-mlops db seed` then the ingestion "
+        "pipeline (the raw files already fetched are found again, not downloaded twice)"
+    )
+
+
+def check_integrity(engine: sa.Engine) -> str:
+    """The engine's own integrity check where it offers one: SQLite's ``PRAGMA
+    quick_check`` (pages, b-trees, record formats; O(size), ~10 ms per MB), once per state
+    of the file in a process. ``"ok"``, ``"not checked"`` (other engines, in-memory
+    databases), or DamagedStoreError naming the file and the fix."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return "not checked"
+    path = Path(engine.url.database)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "ok"  # created empty by the migration
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return _CHECKED[key]
+    try:
+        with engine.connect() as conn:
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+    except sa.exc.DatabaseError as exc:
+        raise DamagedStoreError(_damaged_db(engine, str(exc.orig))) from None
+    if rows != ["ok"]:
+        raise DamagedStoreError(_damaged_db(engine, "quick_check: " + "; ".join(rows)))
+    _CHECKED[key] = "ok"
+    return "ok"
 
 
 def add_missing_columns(engine: sa.Engine, table: sa.Table) -> list[str]:

@@ -367,7 +367,11 @@ def _clean(value: Any) -> Any:
 
 
 def status_summary(engine: sa.Engine) -> dict[str, Any]:
-    """Counts by status and by label/status, and the failed rows with their reasons."""
+    """Counts by status and by label/status, the failed rows with their reasons, and the
+    integrity check's result (``engine.check_integrity``; DamagedStoreError when it fails)."""
+    from plants_mlops.db.engine import check_integrity
+
+    integrity = check_integrity(engine)
     rows = load_rows(engine)
     by_status = {s: 0 for s in STATUSES}
     by_label: dict[str, dict[str, int]] = {}
@@ -382,6 +386,7 @@ def status_summary(engine: sa.Engine) -> dict[str, Any]:
     ]
     return {
         "database": engine.url.render_as_string(hide_password=True),
+        "integrity": integrity,
         "total": len(rows),
         "by_status": by_status,
         "by_label": by_label,
