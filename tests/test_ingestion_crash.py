@@ -214,3 +214,37 @@ def test_killed_runs_on_s3_lose_nothing_leave_no_partial_object_and_refetch_litt
     window = int(params["ingestion"].get("concurrency", 8)) * IN_FLIGHT_PER_WORKER
     assert refetched <= kills * (SAVE_EVERY_IMAGES + window), (refetched, kills)
     assert max(served.values()) <= 1 + kills
+
+
+def test_a_second_ingestion_on_the_same_data_root_exits_saying_since_when(
+    kedro_project, http_mirror, tmp_path
+):
+    """Two ingestion runs at once used to download everything twice: the second now
+    stops in one line before its first node, and the first finishes alone."""
+    import json
+
+    from data_testlib import manifest_rows, mirror_params, seed, write_params
+
+    slow = {"url_source": f"{http_mirror}faults/trickle.jpg", "label": "dandelion"}
+    seed(os.environ["PLANTS_DB_URL"], [*manifest_rows(per_label=5), slow], tmp_path)
+    write_params(kedro_project.path, "local", mirror_params(http_mirror, total_timeout_s=60))
+    lock = kedro_project.path / "data" / ".locks" / "ingestion.lock"
+    first = _start(kedro_project)
+    try:
+        deadline = time.monotonic() + 90
+        while not (lock.exists() and lock.read_bytes()):
+            assert first.poll() is None and time.monotonic() < deadline, "first run never locked"
+            time.sleep(0.2)
+        owner = json.loads(lock.read_text())
+        second = kedro_project.run_cli("ingestion", check=False)
+        assert second.returncode == 1
+        assert "Traceback" not in second.stderr, second.stderr[-3000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ingestion is already running on ")
+        assert f"since {owner['since']} (pid {first.pid} " in last
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    # The kernel dropped the killed run's lock: the next run proceeds.
+    write_params(kedro_project.path, "local", mirror_params(http_mirror, total_timeout_s=1))
+    assert kedro_project.run_cli("ingestion", check=False).returncode == 0

@@ -36,6 +36,41 @@ class ProjectHooks:
     went; sweeps the temporaries killed runs left (``sweep_temporaries``); nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
     held low, so the buffers of the frames they free go back to the OS."""
 
+    _context = None
+    _locks = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._context = context
+
+    def _take_run_locks(self, pipeline) -> None:
+        """One run at a time per stage and data root (``runlock``)."""
+        from plants_mlops.runlock import RunLocks
+
+        if self._context is None:
+            return
+        config = self._context.config_loader
+        root = str((config.get("globals") or {}).get("root") or "data")
+        if "://" not in root and not os.path.isabs(root):
+            root = os.path.join(str(self._context.project_path), root)
+        options = (config.get("credentials") or {}).get("storage") or {}
+        self._locks = RunLocks(root)
+        try:
+            self._locks.acquire(stages_of(pipeline), options)
+        except Exception as exc:
+            self._locks = None
+            _stop(exc)
+            raise
+
+    def _release_run_locks(self) -> None:
+        if self._locks is not None:
+            self._locks.release()
+            self._locks = None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release_run_locks()
+
     @hook_impl
     def after_context_created(self, context) -> None:
         """An environment's variables and its S3 server, checked before anything runs: one
@@ -65,6 +100,7 @@ class ProjectHooks:
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
             run_params.get("env") or "local",
         )
+        self._take_run_locks(pipeline)  # before the sweep: a live run's files stay put
         sweep_temporaries(pipeline, catalog)
 
     @hook_impl
@@ -86,11 +122,29 @@ class ProjectHooks:
         """Under the ``kedro`` command, a condition the user can fix (a damaged store, a
         refusal, a service down) ends the run in one line and exit status 1, not a page of
         traceback. In process (tests, ZenML steps) the error propagates as it is."""
-        message = user_facing(error)
-        if message is not None and os.path.basename(sys.argv[0] or "") == "kedro":
-            sys.stderr.write(f"error: {message}\n")
-            sys.stderr.flush()
-            raise SystemExit(1)
+        self._release_run_locks()
+        _stop(error)
+
+
+def _stop(error: BaseException) -> None:
+    """Under the ``kedro`` command, a user-facing ``error`` becomes one line on stderr and
+    exit status 1 (SystemExit); otherwise this returns and the caller raises it."""
+    message = user_facing(error)
+    if message is not None and os.path.basename(sys.argv[0] or "") == "kedro":
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+
+
+def stages_of(pipeline) -> list[str]:
+    """The project stages whose nodes ``pipeline`` runs (``pipelines.<stage>.*``)."""
+    stages = set()
+    for node in pipeline.nodes:
+        module = getattr(node.func, "__module__", "") or ""
+        parts = module.split(".")
+        if len(parts) > 2 and parts[:2] == ["plants_mlops", "pipelines"]:
+            stages.add(parts[2])
+    return sorted(stages)
 
 
 def user_facing(error: BaseException) -> str | None:
