@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--host", default=os.environ.get("PLANTS_SERVE_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("PLANTS_SERVE_PORT", "8000")))
+    # Read when `serve` runs, never while building the parser: a bad PLANTS_SERVE_PORT
+    # must not break `db status` or any other command.
+    p.add_argument("--port", default=None, help="TCP port (default: PLANTS_SERVE_PORT or 8000)")
     p.add_argument("--model-uri", default=None, help="default models:/plants-classifier@champion")
     p.add_argument(
         "--poll-seconds",
@@ -46,6 +48,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from plants_mlops.serving.config import ServingConfig, resolve_workers
     from plants_mlops.serving.logs import configure_json_logging
 
+    args.port = (
+        parse_port(args.port, "--port")
+        if args.port is not None
+        else parse_port(os.environ.get("PLANTS_SERVE_PORT", "8000"), "PLANTS_SERVE_PORT")
+    )
     if args.workers is None:  # not given: PLANTS_SERVE_WORKERS, else one per usable core
         args.workers = resolve_workers(os.environ.get("PLANTS_SERVE_WORKERS"))
     else:
@@ -73,6 +80,17 @@ def run_serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(config), workers=1, **common)
         return 0
     return _serve_workers(args, overrides, level, common)
+
+
+def parse_port(raw: str, name: str) -> int:
+    """A TCP port from a flag or a setting, or one line saying what is wrong with it."""
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        raise UserFacingError(f"{name}={raw!r} is not a port number (0..65535)") from None
+    if not 0 <= port <= 65535:
+        raise UserFacingError(f"{name}={port} is outside 0..65535")
+    return port
 
 
 def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
