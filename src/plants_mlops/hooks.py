@@ -33,15 +33,13 @@ def sweep_temporaries(pipeline, catalog) -> int:
 
 class ProjectHooks:
     """Logs which environment and pipeline a run uses, so every log file says where data
-    went; sweeps the temporaries killed runs left (``sweep_temporaries``); nodes tagged ``memory.RETURN_MEMORY`` load and run with glibc's mmap threshold
-    held low, so the buffers of the frames they free go back to the OS."""
+    went; takes the run's stage locks (``runlock``) and sweeps the temporaries killed runs
+    left (``sweep_temporaries``); nodes tagged ``memory.RETURN_MEMORY`` load and run with
+    glibc's mmap threshold held low, so the buffers of the frames they free go back to
+    the OS."""
 
     _context = None
     _locks = None
-
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        self._context = context
 
     def _take_run_locks(self, pipeline) -> None:
         """One run at a time per stage and data root (``runlock``)."""
@@ -76,6 +74,7 @@ class ProjectHooks:
         """An environment's variables and its S3 server, checked before anything runs: one
         line naming every missing variable (``kedro run --env minio`` needs three), or the
         endpoint nothing answers at, instead of a traceback from the first dataset."""
+        self._context = context  # its data root and credentials: the run locks
         conf = Path(context.project_path) / "conf"
         env = context.env or "local"
         missing = [
