@@ -101,7 +101,6 @@ def register_benchmark_model(
     models:/ URI."""
     from product_model import untrained_product_model  # benchmarks/product_model.py
 
-    from plants_mlops import contracts
     from plants_mlops.model import artifact, registry, tracking
 
     name = f"bench-{architecture}-{uuid.uuid4().hex[:6]}"
@@ -112,8 +111,10 @@ def register_benchmark_model(
         print(f"serving precision: {chosen}")
         logged = artifact.log_serving_model(cl, run.run_id, onnx, meta)
     version = registry.register_version(cl, logged, {"verdict": "benchmark"}, name)
-    registry.move_alias(
-        cl, contracts.ALIAS_CHAMPION, version, action="benchmark", reason="benchmark", name=name
+    # Not gated (an untrained head): champion only through the recorded override, the one
+    # way the API serves an ungated champion.
+    registry.move_champion(
+        cl, version, action="promote", reason="benchmark model", name=name, force=True
     )
     return f"models:/{name}@champion"
 

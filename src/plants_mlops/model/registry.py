@@ -366,6 +366,29 @@ def promote(
     return entry
 
 
+def serving_refusal(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> str | None:
+    """Why the API must not serve ``version`` as the champion, or None. The alias can be
+    moved around ``move_champion`` (MLflow's UI or API): a hot reload then follows it only
+    to a version with the gate's ``pass`` verdict, or one the audit trail's last champion
+    move made champion with ``--force --reason``."""
+    version = str(version)
+    tags = cl.get_model_version(name, version).tags or {}
+    if tags.get("verdict") == "pass":
+        return None
+    for entry in reversed(audit_trail(cl, name)):
+        if entry.get("alias") != ALIAS_CHAMPION:
+            continue
+        forced = entry.get("forced") or str(entry.get("action", "")).startswith("force-")
+        if str(entry.get("to_version")) == version and forced:
+            return None
+        break
+    return (
+        f"{name} version {version} holds the champion alias without a passing gate verdict "
+        f"(verdict: {tags.get('verdict') or 'none'}) or a recorded --force: not served; move "
+        "the alias with `plants-mlops registry promote|rollback`"
+    )
+
+
 def champion_history(cl, name: str = REGISTERED_MODEL_NAME) -> list[str]:
     """The champions in order, as a stack: a move pushes its version, a rollback pops back
     to its target. The last entry is the current champion."""
