@@ -28,10 +28,23 @@ log = logging.getLogger(__name__)
 
 # Fail within seconds, not minutes, when the server is gone (MLflow's default is 7 retries
 # with exponential backoff). Users can still override both through the environment.
+_USER_SET = {
+    k for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT") if k in os.environ
+}
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def bound_http_calls(timeout_s: float, retries: int) -> None:
+    """Tighter limits on MLflow's HTTP calls for a process that must answer quickly (the
+    API: a hung tracking server must not hold a reload, or a thread, for minutes); what the
+    user set in the environment stays. MLflow reads them at each request."""
+    if "MLFLOW_HTTP_REQUEST_TIMEOUT" not in _USER_SET:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
+    if "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in _USER_SET:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(retries))
 
 
 class TrackingUnavailableError(UserFacingError):
