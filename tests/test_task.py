@@ -134,7 +134,11 @@ LEAN = {
     "training.image_size": 64,
     "training.quiet": "true",
     "training.serving_precision.mode": "fp32",
+    "training.probe.C_grid": "[0.1,1.0]",
+    "training.probe.folds": 3,
+    "curation.label_issues.folds": 3,
     "registry.gate.min_f1": 0.5,
+    "registry.gate.latency_runs": 5,
     "registry.gate.require_beat_baseline": "false",
     "monitoring.min_current_rows": 8,
 }
@@ -142,8 +146,9 @@ LEAN = {
 
 @pytest.mark.slow
 def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monitoring(
-    kedro_project, tmp_path, monkeypatch
+    kedro_project, tmp_path, monkeypatch, mlflow_tracking_uri
 ):
+    from support.champion import unique_model_name
     from support.serving import api_in_process
 
     from plants_mlops.commands import mirror
@@ -151,6 +156,9 @@ def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monit
 
     project = kedro_project.path
     monkeypatch.chdir(project)
+    # the session's tracking server (no SQLite store to create), under a name of this run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
+    model_name = unique_model_name("shapes")
     cat = tmp_path / "catalogue"
     assert (
         cli.main(
@@ -166,6 +174,9 @@ def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monit
         doc = yaml.safe_load(task_file.read_text())
         doc["task"]["class_balance"]["min_images_per_class"] = 15
         task_file.write_text(yaml.safe_dump(doc))
+        env_globals = project / "conf" / "shapes" / "globals.yml"
+        text = env_globals.read_text().replace("shapes-classifier", model_name)
+        env_globals.write_text(text)
         assert cli.main(["db", "seed", "--env", "shapes", "--csv", str(cat / "manifest.csv")]) == 0
         kedro_project.run("data", env="shapes", params=LEAN)
     for stage in ("training", "evaluation", "registry"):
@@ -191,7 +202,7 @@ def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monit
     with api_in_process(
         tmp_path / "api",
         tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
-        model_name="shapes-classifier",
+        model_name=model_name,
         db_url=db_url,
     ) as client:
         answers = []
