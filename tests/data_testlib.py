@@ -26,7 +26,8 @@ FAULT_REASONS = {
 }
 # Thresholds that a 40-image subset can meet (the defaults expect the full 400).
 SUBSET_VALIDATION = {
-    "validation": {"min_images_per_class": 10, "split_tolerance": 0.3, "max_missing_rate": 0.05}
+    "validation": {"max_missing_rate": 0.05},
+    "task": {"class_balance": {"min_images_per_class": 10, "split_tolerance": 0.3}},
 }
 
 

@@ -97,9 +97,7 @@ def test_a_near_copy_straddling_test_fails_validation_naming_the_pair(data_proje
         for k in index["image_key"]
     }
     hashes[fake["image_key"]] = str(imagehash.phash(copy))
-    pairs = near_duplicate_pairs(
-        both, hashes, stage_params("curation")["near_duplicates"]["max_distance"]
-    )
+    pairs = near_duplicate_pairs(both, hashes, task_params()["near_duplicates"]["max_distance"])
     assert [(q["a"], q["b"]) for q in pairs] == [(train.image_key, fake["image_key"])]
     check = leakage_rule(both, {"max_distance": 8, "pairs": pairs})
     assert not check["passed"] and check["n_failing"] == 1

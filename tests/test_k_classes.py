@@ -179,3 +179,18 @@ def test_each_class_must_sit_in_every_split_near_its_expected_share():
         {"label": ["ant"] * 10, "split": ["train"] * 7 + ["val"] * 1 + ["test"] * 2}
     )
     assert per_class_split_rule(small, split, 0.07, ("ant",))["passed"]
+
+
+def test_temperature_scaling_fits_k_class_logits():
+    from plants_mlops.model.calibration import calibrate, nll
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 400)
+    logits = rng.normal(0.0, 1.0, (400, 4))
+    logits[np.arange(400), y] += 1.5
+    logits[rng.random(400) < 0.3] = rng.normal(0.0, 1.0, (1, 4))  # some confusions
+    overconfident = logits * 4.0
+    out = calibrate(overconfident, y)
+    assert out["applied"] and out["temperature"] > 2.0
+    assert nll(overconfident, y, out["temperature"]) < nll(overconfident, y)
+    assert out["ece_after"] < out["ece_before"]

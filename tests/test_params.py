@@ -61,14 +61,14 @@ def test_an_unknown_key_is_an_error_naming_it():
 
 
 def test_a_missing_key_and_each_other_problem_get_a_line_each():
-    bad = stage_params("validation", min_class_ratio="half")
-    del bad["split_tolerance"]
+    bad = stage_params("validation", max_missing_rate="half")
+    del bad["min_source_side"]
     with pytest.raises(UserFacingError) as err:
         P.parse(P.ValidationParams, bad, "validation")
     lines = str(err.value).splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("params:validation.min_class_ratio: Input should be")
-    assert lines[1].startswith("params:validation.split_tolerance: missing")
+    assert lines[0].startswith("params:validation.max_missing_rate: Input should be")
+    assert lines[1].startswith("params:validation.min_source_side: missing")
 
 
 def test_a_sub_block_is_named_from_its_stage():

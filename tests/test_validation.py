@@ -7,7 +7,7 @@ import hashlib
 import pandas as pd
 import pytest
 from data_testlib import read_json
-from support.params import stage_params, task_params
+from support.params import deep_merge, stage_params, task_params
 
 from plants_mlops import imaging
 from plants_mlops.pipelines.validation.nodes import (
@@ -17,10 +17,8 @@ from plants_mlops.pipelines.validation.nodes import (
 )
 
 # A dozen images: small classes, loose split shares, a few missing rows are fine.
-PARAMS = stage_params(
-    "validation", min_images_per_class=3, split_tolerance=0.5, max_missing_rate=0.2
-)
-TASK = task_params()
+PARAMS = stage_params("validation", max_missing_rate=0.2)
+TASK = task_params(class_balance={"min_images_per_class": 3, "split_tolerance": 0.5})
 FORMATTING = stage_params(
     "formatting", image_size=160, split={"train": 0.7, "val": 0.15, "test": 0.15}
 )
@@ -103,7 +101,12 @@ def test_dataset_rules_catch_imbalance_small_classes_skewed_splits_and_missing_i
     table.loc[table.index[:4], ["status", "error"]] = ["failed", "http_404: gone"]
     fmt = fmt[~fmt["sha256"].isin(table.loc[table.index[:4], "sha256"])]
     report = validate_data(
-        table, fmt, dataset, {**PARAMS, "split_tolerance": 0.1}, FORMATTING, TASK
+        table,
+        fmt,
+        dataset,
+        PARAMS,
+        FORMATTING,
+        deep_merge(TASK, {"class_balance.split_tolerance": 0.1}),
     )
     failed = _failed(report)
     assert failed[("dataset_index", "min_images_per_class")]["failing_rows"] == ["grass"]
@@ -161,7 +164,7 @@ def test_the_pipeline_holds_one_large_dataset_per_node_and_reports_as_validate_d
 def test_a_failing_check_stops_the_kedro_run_and_the_report_still_lands(data_project):
     """On the full manifest's layers (200 images per class), a threshold of 250 fails."""
     proc = data_project.run(
-        "validation", params={"validation.min_images_per_class": 250}, check=False
+        "validation", params={"task.class_balance.min_images_per_class": 250}, check=False
     )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr

@@ -38,7 +38,7 @@ class ClassBalance(Params):
 
 
 class TaskNearDuplicates(Params):
-    max_distance: int
+    max_distance: int  # bits of the 64-bit perceptual hash: <= this is the same picture
 
 
 class TaskParams(Params):
@@ -121,10 +121,6 @@ class FormattingParams(Params):
 # -- curation ----------------------------------------------------------------------------
 
 
-class NearDuplicates(Params):
-    max_distance: int  # bits of the 64-bit perceptual hash
-
-
 class CurationEmbeddings(Params):
     architecture: str
     weights: str | None
@@ -150,7 +146,8 @@ class ReviewQueue(Params):
 
 
 class CurationParams(Params):
-    near_duplicates: NearDuplicates
+    """The near-duplicate distance is the task's: ``TaskParams.near_duplicates``."""
+
     embeddings: CurationEmbeddings
     label_issues: LabelIssues
     outliers: Outliers
@@ -161,9 +158,8 @@ class CurationParams(Params):
 
 
 class ValidationParams(Params):
-    min_images_per_class: int
-    min_class_ratio: float
-    split_tolerance: float
+    """The data-dependent rules (class balance) are the task's: ``TaskParams``."""
+
     max_missing_rate: float
     min_source_side: int
     max_failing_rows_listed: int

@@ -150,10 +150,10 @@ def _yaml_str(text: str) -> str:
 
 def init(conf: Path | str, name: str, labels: tuple[str, ...], **kwargs: Any) -> list[Path]:
     """Write ``conf/<name>/`` (refused when it exists); returns the files written."""
+    files = init_files(name, labels, **kwargs)  # the name and labels checked first
     folder = Path(conf) / name
     if folder.exists():
         raise UserFacingError(f"{folder} exists: edit its task.yml, or choose another name")
-    files = init_files(name, labels, **kwargs)
     folder.mkdir(parents=True)
     written = []
     for rel, text in files.items():

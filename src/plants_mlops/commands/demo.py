@@ -315,9 +315,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
-    from plants_mlops import db
+    from plants_mlops import db, task
 
-    report = db.seed(db.make_engine(None))
+    # the shipped manifest into the shipped task's table (conf/base/task.yml's labels)
+    report = db.seed(db.make_engine(None), labels=task.load(None, project / "conf").labels)
     log.info("plants_data: %s", report.lines()[0])
     # No progress bars on the console; each stage and epoch has its line.
     params = {"ingestion": {"progress": False}, "training": {"quiet": True}}

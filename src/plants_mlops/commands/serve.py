@@ -27,6 +27,13 @@ def register(subparsers) -> None:
     p.add_argument("--port", default=None, help="TCP port (default: PLANTS_SERVE_PORT or 8000)")
     p.add_argument("--model-uri", default=None, help="default models:/plants-classifier@champion")
     p.add_argument(
+        "--env",
+        default=None,
+        help="a task's environment (conf/ENV): its champion (models:/ENV-classifier@champion) "
+        "and its table for the prediction log and feedback, unless --model-uri or "
+        "PLANTS_MODEL_URI / PLANTS_DB_URL say otherwise",
+    )
+    p.add_argument(
         "--poll-seconds",
         type=float,
         default=None,
@@ -58,6 +65,12 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         args.workers = resolve_workers(args.workers, "--workers")
     overrides = {"workers": args.workers}
+    if args.env:
+        from plants_mlops import task
+
+        ctx = task.load(args.env)
+        overrides["model_uri"] = os.environ.get("PLANTS_MODEL_URI") or ctx.model_uri
+        overrides["db_url"] = os.environ.get("PLANTS_DB_URL") or ctx.db_url
     if args.model_uri:
         overrides["model_uri"] = args.model_uri
     if args.poll_seconds is not None:
@@ -117,6 +130,8 @@ def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
     }
     if "model_uri" in overrides:  # (workers build their settings from the environment)
         env["PLANTS_MODEL_URI"] = overrides["model_uri"]
+    if "db_url" in overrides:
+        env["PLANTS_DB_URL"] = overrides["db_url"]
     if "poll_seconds" in overrides:
         env["PLANTS_MODEL_POLL_SECONDS"] = str(overrides["poll_seconds"])
     os.environ.update(env)  # the workers are spawned with this environment

@@ -69,7 +69,9 @@ def ensure_registered_model(cl, name: str = REGISTERED_MODEL_NAME) -> None:
             raise
         try:
             cl.create_registered_model(
-                name, description="Dandelion vs grass classifier (ONNX serving model)."
+                name,
+                description="Image classifier (ONNX serving model; its labels are in each "
+                "version's serving meta).",
             )
         except MlflowException as exc2:  # created concurrently
             if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc2, "error_code", "")):

@@ -2,7 +2,7 @@
 review queue a person works through (``plants-mlops data review``).
 
 - near-duplicates: a perceptual hash (``imagehash.phash``) of every fmt image; two images
-  whose hashes differ in at most ``near_duplicates.max_distance`` bits are a pair, within
+  whose hashes differ in at most the task's ``near_duplicates.max_distance`` bits are a pair, within
   or across labels. A pair across labels is a label conflict; a pair that straddles train
   and test is leakage (validation fails the run on it, naming the pair).
 - label issues: fine-tuning the CNN k times is too slow on a CPU, so the out-of-fold
@@ -234,7 +234,8 @@ def find_issues(
 
     t0 = time.perf_counter()
     p = parse(CurationParams, params, "curation")
-    task_labels = parse(TaskParams, task, "task").labels
+    t = parse(TaskParams, task, "task")
+    task_labels = t.labels
     index = dataset_index[dataset_index["label"].isin(task_labels)]  # others: validation's
     index = index.drop(columns=["phash"], errors="ignore").merge(
         curation_features[["image_key", "phash", "embedding"]], on="image_key"
@@ -266,7 +267,7 @@ def find_issues(
     pairs = near_duplicate_pairs(
         index,
         dict(zip(index["image_key"], index["phash"], strict=True)),
-        p.near_duplicates.max_distance,
+        t.near_duplicates.max_distance,
     )
     leaks = [q for q in pairs if straddles(q)]
     for q in pairs:
@@ -339,7 +340,7 @@ def find_issues(
     ]
     for rank, it in enumerate(queue, 1):
         it["rank"] = rank
-    near = {"max_distance": p.near_duplicates.max_distance, "pairs": pairs, "straddling": leaks}
+    near = {"max_distance": t.near_duplicates.max_distance, "pairs": pairs, "straddling": leaks}
     report = {
         "images": len(index),
         "near_duplicate_pairs": len(pairs),

@@ -22,7 +22,7 @@ import pandas as pd
 
 from plants_mlops import contracts, imaging
 from plants_mlops.fingerprint import fingerprint_of
-from plants_mlops.params import FormattingParams, parse, task_labels
+from plants_mlops.params import FormattingParams, TaskParams, parse
 from plants_mlops.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -290,13 +290,13 @@ def build_dataset_index(
     fmt_report: dict[str, Any],
     params: dict,
     task: dict,
-    curation: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """fmt index -> dataset index (duplicates dropped, split assigned) + fingerprint + report.
 
     Identical bytes under two labels are contradictory: every copy is dropped and reported.
     The fingerprint records ``params:task``'s labels (their order is the class index).
-    With ``params:curation``, a near-duplicate of an earlier image joins that image's split
+    When the fmt index has perceptual hashes, a near-duplicate (the task's
+    ``near_duplicates.max_distance``) of an earlier image joins that image's split
     (``curation.splits.join_near_duplicate_splits``).
     """
     p = parse(FormattingParams, params, "formatting")
@@ -310,19 +310,18 @@ def build_dataset_index(
     index = fmt_index[~fmt_index["sha256"].isin(conflicted)].drop_duplicates("sha256").copy()
     index["split"] = [split_of(sha, split) for sha in index["sha256"]]
     moved = 0
-    if curation is not None and "phash" in index.columns and index["phash"].notna().all():
-        from plants_mlops.params import CurationParams
+    t = parse(TaskParams, task, "task")
+    if "phash" in index.columns and index["phash"].notna().all():
         from plants_mlops.pipelines.curation.splits import join_near_duplicate_splits
 
-        c = parse(CurationParams, curation, "curation")
-        joined = join_near_duplicate_splits(index, c.near_duplicates.max_distance)
+        joined = join_near_duplicate_splits(index, t.near_duplicates.max_distance)
         moved = int((joined != index["split"]).sum())
         index["split"] = joined
     # reindex: an fmt index written before phash existed gets an empty column
     index = (
         index.sort_values("image_key").reset_index(drop=True).reindex(columns=DATASET_INDEX_COLUMNS)
     )
-    fingerprint = fingerprint_of(index, p.image_size, task_labels(task))
+    fingerprint = fingerprint_of(index, p.image_size, t.labels)
     report = {
         **fmt_report,
         "dataset_images": len(index),

@@ -30,7 +30,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "fmt_report",
                     "params:formatting",
                     "params:task",
-                    "params:curation",
                 ],
                 outputs=["dataset_index", "dataset_fingerprint", "formatting_report"],
                 name="build_dataset_index",

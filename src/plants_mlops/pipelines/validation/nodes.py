@@ -15,7 +15,13 @@ import pandera.pandas as pa
 
 from plants_mlops import contracts
 from plants_mlops.db import STATUSES, utcnow
-from plants_mlops.params import FormattingParams, ValidationParams, parse, task_labels
+from plants_mlops.params import (
+    FormattingParams,
+    TaskParams,
+    ValidationParams,
+    parse,
+    task_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +167,13 @@ def _check(dataset, rule, passed, detail, failing_rows=None, n_failing=0) -> dic
     }
 
 
-def dataset_rules(
-    index: pd.DataFrame, params: ValidationParams, split: dict, labels: tuple[str, ...]
-) -> list[dict[str, Any]]:
+def dataset_rules(index: pd.DataFrame, task: TaskParams, split: dict) -> list[dict[str, Any]]:
     """Rules on the whole dataset index: class sizes, balance, split proportions (overall
-    and per class)."""
+    and per class), with the task's thresholds (``task.class_balance``)."""
     checks = []
+    labels, rules = task.labels, task.class_balance
     counts = {lab: int((index["label"] == lab).sum()) for lab in labels}
-    minimum = params.min_images_per_class
+    minimum = rules.min_images_per_class
     short = [lab for lab, n in counts.items() if n < minimum]
     checks.append(
         _check(
@@ -181,7 +186,7 @@ def dataset_rules(
         )
     )
     ratio = min(counts.values()) / max(max(counts.values()), 1)
-    min_ratio = params.min_class_ratio
+    min_ratio = rules.min_class_ratio
     checks.append(
         _check(
             "dataset_index",
@@ -192,7 +197,7 @@ def dataset_rules(
         )
     )
     n = max(len(index), 1)
-    tol = params.split_tolerance
+    tol = rules.split_tolerance
     off = {}
     for s in contracts.SPLITS:
         share = float((index["split"] == s).sum()) / n
@@ -368,12 +373,13 @@ def check_dataset_index(
     curation's near-duplicate pairs are given, the leakage rule."""
     p = parse(ValidationParams, params, "validation")
     fmt = parse(FormattingParams, formatting, "formatting")
-    labels = task_labels(task)
-    schema = dataset_index_schema(fmt.image_size, p.min_source_side, labels)
+    t = parse(TaskParams, task, "task")
+    schema = dataset_index_schema(fmt.image_size, p.min_source_side, t.labels)
     return {
         "n_rows": len(dataset_index),
+        "class_balance": t.class_balance.model_dump(),
         "checks": schema_checks(dataset_index, schema, "image_key", p.max_failing_rows_listed),
-        "rules": dataset_rules(dataset_index, p, fmt.split.model_dump(), labels),
+        "rules": dataset_rules(dataset_index, t, fmt.split.model_dump()),
         "leakage": None
         if near_duplicates is None
         else leakage_rule(dataset_index, near_duplicates),
@@ -407,7 +413,12 @@ def assemble_report(
             "fmt_index": fmt_index["n_rows"],
             "dataset_index": dataset_index["n_rows"],
         },
-        "thresholds": {**p.model_dump(), "image_size": fmt.image_size, "split": split},
+        "thresholds": {
+            **p.model_dump(),
+            **dataset_index["class_balance"],
+            "image_size": fmt.image_size,
+            "split": split,
+        },
         "checks": checks,
     }
     failed = [c for c in checks if not c["passed"]]

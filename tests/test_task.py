@@ -1,0 +1,230 @@
+"""The task is configuration: a task file and its environment (``task init``), the labels
+flowing from the table to the served model, and a K=4 task run end to end beside the
+shipped one."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+from data_testlib import seed
+from support.params import base_labels
+
+from plants_mlops import cli, task
+from plants_mlops.errors import UserFacingError
+
+SHAPES = ("ant", "bee", "cat", "dog")
+
+
+def test_task_init_writes_an_environment_the_stages_read(kedro_project, capsys):
+    conf = kedro_project.path / "conf"
+    rc = cli.main(
+        [
+            "task",
+            "init",
+            "shapes",
+            "--labels",
+            ",".join(SHAPES),
+            "--title",
+            "Which animal?",
+            "--mirror",
+            "https://img.example.org/shapes/=/srv/shapes",
+            "--conf",
+            str(conf),
+        ]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in (conf / "shapes").iterdir()) == [
+        "globals.yml",
+        "parameters_ingestion.yml",
+        "task.yml",
+    ]
+    ctx = task.load("shapes", conf)
+    assert ctx.labels == SHAPES and ctx.task.title == "Which animal?"
+    assert (ctx.db_url, ctx.root) == ("sqlite:///data/shapes/plants.db", "data/shapes")
+    assert ctx.model_name == ctx.experiment == "shapes-classifier"
+    assert ctx.model_uri == "models:/shapes-classifier@champion"
+    # the base task is untouched beside it
+    base = task.load(None, conf)
+    assert base.labels == base_labels() and base.model_name == "plants-classifier"
+    from kedro.config import OmegaConfigLoader
+
+    from plants_mlops.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": "shapes"})
+    params = loader["parameters"]
+    assert params["task"]["labels"] == list(SHAPES)
+    assert params["ingestion"]["mirrors"] == [
+        {"prefix": "https://img.example.org/shapes/", "to": "/srv/shapes"}
+    ]
+    assert params["registry"]["model_name"] == params["training"]["mlflow"]["experiment"]
+    assert params["task"]["class_balance"]["min_images_per_class"] == 50
+    catalog = loader["catalog"]
+    assert catalog["plants_data"]["seed_if_empty"] is False
+    assert catalog["monitoring_champion"]["model_uri"].endswith("shapes-classifier@champion")
+    assert loader["credentials"]["plants_db"]["con"] == "sqlite:///data/shapes/plants.db"
+
+    capsys.readouterr()
+    assert cli.main(["task", "show", "--env", "shapes", "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == list(SHAPES)
+    with pytest.raises(UserFacingError, match="exists"):
+        task.init(conf, "shapes", SHAPES)
+    with pytest.raises(UserFacingError, match="not one of base, local, minio"):
+        task.init(conf, "minio", SHAPES)
+    with pytest.raises(UserFacingError, match="two or more distinct"):
+        task.parse_labels("ant,ant")
+    with pytest.raises(UserFacingError, match="letters, digits"):
+        task.parse_labels("ant,bee/cat")
+    with pytest.raises(UserFacingError, match="no environment 'nope'"):
+        task.load("nope", conf)
+
+
+def test_seeding_a_task_takes_its_labels_and_refuses_the_others(kedro_project, monkeypatch, capsys):
+    monkeypatch.chdir(kedro_project.path)  # the CLI reads conf/ where it runs
+    task.init("conf", "shapes", SHAPES)
+    manifest = kedro_project.path / "shapes.csv"
+    manifest.write_text(
+        "url_source,label\nhttps://x.org/1.png,ant\nhttps://x.org/2.png,dog\n"
+        "https://x.org/3.png,grass\n"
+    )
+    capsys.readouterr()
+    rc = cli.main(["db", "seed", "--env", "shapes", "--csv", str(manifest)])
+    out = capsys.readouterr().out
+    assert rc == 1 and "2 added" in out
+    assert "label 'grass' is not one of ant, bee, cat, dog" in out
+    assert (kedro_project.path / "data" / "shapes" / "plants.db").is_file()  # its own table
+    # the shipped manifest is the base task's: not seeded into this one by default
+    assert cli.main(["db", "seed", "--env", "shapes"]) == 1
+    assert "give task 'shapes' its CSV with --csv" in capsys.readouterr().err
+    # ...and the base task still refuses a shape (its own table, its own labels)
+    rc = cli.main(["db", "seed", "--csv", str(manifest)])
+    assert rc == 1 and "label 'ant' is not one of dandelion, grass" in capsys.readouterr().out
+
+
+def test_an_ingestion_run_in_which_every_row_failed_fails(kedro_project, http_mirror, tmp_path):
+    """Rows on a loopback server that is no mirror are refused (forbidden_address): right
+    to refuse, wrong to call the run a success. The run stops with the count and the first
+    reasons, after the report and the table's failed rows were saved."""
+    rows = [
+        {"url_source": f"{http_mirror}dandelion/{i}.jpg", "label": "dandelion"} for i in (1, 2, 3)
+    ]
+    seed(os.environ["PLANTS_DB_URL"], rows, tmp_path)
+    run = kedro_project.run("ingestion", check=False)
+    assert run.returncode == 1
+    assert "all 3 rows it fetched failed (forbidden_address 3)" in run.stderr
+    assert f"row 1 {http_mirror}dandelion/1.jpg: forbidden_address" in run.stderr
+    report = json.loads(
+        (kedro_project.path / "data" / "08_reporting" / "ingestion_report.json").read_text()
+    )
+    assert report["failed"] == 3 and report["fetched"] == 0
+
+
+# A lean K=4 run: tiny catalogue, the small CNN at 64 px, the probe, thresholds for 24
+# images per class, a gate a random-weights probe passes, monitoring on a few predictions.
+LEAN = {
+    "curation.embeddings.architecture": "small_cnn",
+    "curation.embeddings.weights": "null",
+    "curation.embeddings.image_size": 64,
+    "curation.embeddings.cache": "null",
+    "formatting.image_size": 96,
+    "training.architecture": "small_cnn",
+    "training.weights": "null",
+    "training.image_size": 64,
+    "training.quiet": "true",
+    "training.serving_precision.mode": "fp32",
+    "training.probe.C_grid": "[0.1,1.0]",
+    "training.probe.folds": 3,
+    "curation.label_issues.folds": 3,
+    "registry.gate.min_f1": 0.5,
+    "registry.gate.latency_runs": 5,
+    "registry.gate.require_beat_baseline": "false",
+    "monitoring.min_current_rows": 8,
+}
+
+
+@pytest.mark.slow
+def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monitoring(
+    kedro_project, tmp_path, monkeypatch, mlflow_tracking_uri
+):
+    from support.champion import unique_model_name
+    from support.serving import api_in_process
+
+    from plants_mlops.commands import mirror
+    from plants_mlops.datasets import data_synth
+
+    project = kedro_project.path
+    monkeypatch.chdir(project)
+    # the session's tracking server (no SQLite store to create), under a name of this run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
+    model_name = unique_model_name("shapes")
+    cat = tmp_path / "catalogue"
+    assert (
+        cli.main(
+            ["data", "synth", "96", "--labels", ",".join(SHAPES), "--out", str(cat)]
+            + ["--broken-share", "0"]
+        )
+        == 0
+    )
+    with mirror.serve(cat) as url:
+        # the mirror setting lets this loopback origin in; nothing else private gets in
+        task.init("conf", "shapes", SHAPES, mirror_prefix=data_synth.DEFAULT_PREFIX, mirror_to=url)
+        task_file = project / "conf" / "shapes" / "task.yml"
+        doc = yaml.safe_load(task_file.read_text())
+        doc["task"]["class_balance"]["min_images_per_class"] = 15
+        task_file.write_text(yaml.safe_dump(doc))
+        env_globals = project / "conf" / "shapes" / "globals.yml"
+        text = env_globals.read_text().replace("shapes-classifier", model_name)
+        env_globals.write_text(text)
+        assert cli.main(["db", "seed", "--env", "shapes", "--csv", str(cat / "manifest.csv")]) == 0
+        kedro_project.run("data", env="shapes", params=LEAN)
+    for stage in ("training", "evaluation", "registry"):
+        kedro_project.run(stage, env="shapes", params=LEAN)
+
+    data = project / "data" / "shapes"
+    fingerprint = json.loads((data / "03_primary" / "dataset_fingerprint.json").read_text())
+    assert fingerprint["labels"] == list(SHAPES)
+    assert fingerprint["per_label"] == {label: 24 for label in SHAPES}
+    checks = json.loads((data / "08_reporting" / "validation_report.json").read_text())["checks"]
+    assert any(c["rule"] == "split_proportions_per_class" and c["passed"] for c in checks)
+    meta = json.loads((data / "06_models" / "serving_meta.json").read_text())
+    assert meta["labels"] == list(SHAPES)
+    report = json.loads((data / "08_reporting" / "evaluation_report.json").read_text())
+    assert len(report["model"]["confusion_matrix"]) == 4
+    assert {f"roc_auc_{label}" for label in SHAPES} & set(report["model"])
+    assert len(report["baselines"]["colour_histogram_logreg"]["confusion_matrix"]) == 4
+    decision = json.loads((data / "08_reporting" / "registry_decision.json").read_text())
+    assert decision["verdict"] == "pass", decision
+    assert not (project / "data" / "06_models" / "model.onnx").exists()  # its own data root
+
+    db_url = f"sqlite:///{data / 'plants.db'}"
+    with api_in_process(
+        tmp_path / "api",
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+        model_name=model_name,
+        db_url=db_url,
+    ) as client:
+        answers = []
+        for label in SHAPES:
+            for path in sorted((cat / label).glob("*.jpg"))[:3]:
+                r = client.post("/predict", files={"file": (path.name, path.read_bytes())})
+                assert r.status_code == 200, r.text
+                answers.append((label, r.json()))
+        assert all(set(a["probabilities"]) == set(SHAPES) for _, a in answers)
+        assert sum(a["label"] == label for label, a in answers) >= 9  # of 12
+        headers = {"X-API-Key": "test-admin-key-not-a-secret"}
+        rid = answers[0][1]["request_id"]
+        r = client.post("/feedback", json={"request_id": rid, "label": "dog"}, headers=headers)
+        assert r.status_code == 202, r.text
+        r = client.post("/feedback", json={"request_id": rid, "label": "grass"}, headers=headers)
+        assert r.status_code == 422
+        assert "ant" in client.get("/openapi.json").text
+        ready = client.get("/ready").json()
+        assert ready.get("labels", list(SHAPES)) == list(SHAPES)
+
+    kedro_project.run("monitoring", env="shapes", params=LEAN)
+    verdict = json.loads((data / "08_reporting" / "monitoring_verdict.json").read_text())
+    assert verdict["status"] in ("drift", "no_drift") and verdict["n_current"] == 12
+    assert verdict["prediction_drift"]["label"]["method"] == "chisquare"
+    assert set(verdict["prediction_drift"]["label"]["current_shares"]) <= set(SHAPES)
