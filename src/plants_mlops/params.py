@@ -235,6 +235,17 @@ class TrainingMlflow(Params):
     run_name: str | None
 
 
+class OODConfig(Params):
+    """Out-of-distribution detection fitted with the model (``model/ood.py``)."""
+
+    enabled: bool
+    method: Literal["knn", "mahalanobis"]
+    k: int  # knn: the neighbour whose cosine distance is the score
+    rank: int  # mahalanobis: principal directions of the shared covariance kept
+    max_reference: int  # knn: training embeddings stored in the graph, at most
+    max_flag_rate: float  # the threshold flags at most this share of the validation split
+
+
 class TrainingParams(Params):
     # finetune: every layer, epochs of SGD/AdamW (the fields below up to calibration);
     # linear_probe: the backbone frozen, ``probe`` fits the head (epochs, optimizer,
@@ -261,6 +272,7 @@ class TrainingParams(Params):
     max_images_per_split: int | None
     onnx_opset: int
     serving_precision: ServingPrecision
+    ood: OODConfig
     quiet: bool
     mlflow: TrainingMlflow
 
