@@ -87,10 +87,10 @@ def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     state.progress.catch_up()
     lines = console.getvalue().splitlines()
     assert [ln.split(" ... ")[0] for ln in lines] == [
-        f"[{i}/7] {stage}" for i, stage in enumerate(demo.STAGES, 1)
+        f"[{i}/8] {stage}" for i, stage in enumerate(demo.STAGES, 1)
     ]
-    assert lines[4] == "[5/7] training ... cached"
-    assert lines[6] == "[7/7] registry ... cached"
+    assert lines[4] == "[5/8] training ... cached"
+    assert lines[7] == "[8/8] registry ... cached"
 
 
 def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, capsys):

@@ -43,9 +43,7 @@ def test_the_graph_output_scores_as_the_detector_does_and_flags_far_images(metho
 
     batch = np.concatenate([inside[30:], outside])
     out = served.run(batch)
-    np.testing.assert_allclose(
-        out.ood_scores, detector.score(out.embeddings), rtol=2e-3, atol=1e-4
-    )
+    np.testing.assert_allclose(out.ood_scores, detector.score(out.embeddings), rtol=2e-3, atol=1e-4)
     assert out.out_of_distribution[:10].mean() <= 0.1  # the validation images
     assert out.out_of_distribution[10:].all()  # noise far from every training image
     # a meta that promises a detector the graph does not have is refused at load

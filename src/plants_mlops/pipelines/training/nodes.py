@@ -305,9 +305,10 @@ def attach_ood_detector(
     splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     views = [model.predict_images(train.images).embeddings]
-    if p.probe.hflip:  # the same views the probe was fitted on
-        mirrored = behaviour.EditedImages(train.images, behaviour.EDITS["mirror"])
-        views.append(model.predict_images(mirrored).embeddings)
+    edits = (["mirror"] if p.probe.hflip else []) + list(p.probe.extra_views)
+    for name in edits:  # the views the probe was fitted on count as in distribution
+        edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
+        views.append(model.predict_images(edited).embeddings)
     detector = ood.fit(
         np.stack(views, axis=1),
         train.labels,
