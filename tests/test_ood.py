@@ -57,3 +57,29 @@ def test_threshold_flags_at_most_the_allowed_share():
     assert ood.flag_rate(scores, t) == 0.05
     assert ood.flag_rate(scores, ood.threshold_for(scores, 0.0)) == 0.0
     assert ood.auroc(scores[:50], scores[50:]) == 1.0
+
+
+def test_a_rise_of_the_out_of_distribution_share_counts_toward_the_drift_verdict():
+    import pandas as pd
+    from support.params import stage_params
+
+    from plants_mlops.pipelines.monitoring.nodes import OOD_COLUMN, decide_drift, ood_shares
+
+    reference = pd.DataFrame({OOD_COLUMN: [True] + [False] * 19})  # 5 %, as the threshold
+    calm = ood_shares(pd.DataFrame({OOD_COLUMN: [True] * 2 + [False] * 18}), reference)
+    risen = ood_shares(pd.DataFrame({OOD_COLUMN: [True] * 8 + [False] * 12}), reference)
+    assert ood_shares(pd.DataFrame({"label": ["grass"]}), reference) is None  # no detector
+    quiet = {
+        "n_current": 20,
+        "n_reference": 20,
+        "data_drift": {"share_drifted": 0.0, "drift": False, "columns": {}},
+        "embeddings": {"method": "model", "score": 0.5, "drift": False},
+        "prediction_drift": {},
+    }
+    params = stage_params("monitoring")
+    assert decide_drift({**quiet, "ood": calm}, params)["status"] == "no_drift"
+    verdict = decide_drift({**quiet, "ood": risen}, params)
+    assert verdict["status"] == "drift" and verdict["ood"]["current_share"] == 0.4
+    assert verdict["reasons"] == [
+        "out-of-distribution share rose to 0.40 (reference 0.05, allowed rise 0.10)"
+    ]

@@ -382,6 +382,9 @@ class Embeddings(Params):
 
 class Verdict(Params):
     use_prediction_drift: bool
+    # drift when the window's share flagged out of distribution exceeds the reference's
+    # by more than this (model/ood.py; skipped for models without a detector)
+    max_ood_share_rise: float
 
 
 class Retrain(Params):
