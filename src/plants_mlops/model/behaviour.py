@@ -23,6 +23,21 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from pydantic import BaseModel, ConfigDict
+
+
+class BehaviourMetrics(BaseModel):
+    """The headline figures of ``behaviour_report.metrics`` (the gate and the model card
+    read them). Shares in [0, 1]; None: not measurable for this model (no OOD detector)."""
+
+    model_config = ConfigDict(extra="allow")  # plus invariance_<edit> per edit
+
+    invariance_min: float | None  # labels unchanged, the worst edit but the mirror
+    invariance_mirror: float | None
+    functionality: float  # shipped clear cases labelled right
+    ood_flagged: float | None  # held-out non-plant photos (REPORT_PHOTOS) flagged
+    ood_tune_flagged: float | None  # the set the detector was chosen on (not a result)
+    false_flags: float | None  # test-split images flagged out of distribution
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:

@@ -101,15 +101,17 @@ def measure_behaviour(
             "test_false_flags": false_flags,
         },
     }
-    figures["metrics"] = {
-        "invariance_min": min(others) if others else None,
-        "invariance_mirror": invariance.get("mirror"),
-        **{f"invariance_{k}": v for k, v in invariance.items()},
-        "functionality": figures["minimum_functionality"]["accuracy"],
-        "ood_flagged": report_flagged,
-        "ood_tune_flagged": tune_flagged,
-        "false_flags": false_flags,
-    }
+    figures["metrics"] = behaviour.BehaviourMetrics.model_validate(
+        {
+            "invariance_min": min(others) if others else None,
+            "invariance_mirror": invariance.get("mirror"),
+            **{f"invariance_{k}": v for k, v in invariance.items()},
+            "functionality": figures["minimum_functionality"]["accuracy"],
+            "ood_flagged": report_flagged,
+            "ood_tune_flagged": tune_flagged,
+            "false_flags": false_flags,
+        }
+    ).model_dump()
     log.info(
         "behaviour: invariance %s; clear cases %d/%d; OOD flagged %s of %d held-out photos; "
         "test false flags %s",
