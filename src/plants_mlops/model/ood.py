@@ -236,7 +236,6 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
     emb = embedding_output
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     axes = const("axes1", np.array([1], np.int64))
-    axes2 = const("axes2", np.array([2], np.int64))
 
     def reduce_sum(x: str, ax: str, name: str, op: str = "ReduceSum") -> str:
         # ReduceSum takes its axes as an input since opset 13, ReduceMin since opset 18.
@@ -272,6 +271,7 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
         )
         node("Sub", [const("one", np.float32(1.0)), last], "score")
     else:
+        axes2 = const("axes2", np.array([2], np.int64))
         c = node("Sub", [emb, const("center", detector.center)], "centered")
         z = node("MatMul", [c, const("projection", detector.projection)], "z")
         diff = node(
