@@ -42,7 +42,9 @@ def run_variant(data, views: list[str]) -> dict:
     params["probe"] = {**params["probe"], "extra_views": views}
     p = parse(TrainingParams, params, "training")
     t0 = time.perf_counter()
-    ckpt, history = T.train_model(data.dataset_index, data.fmt_images, params)
+    ckpt, history = T.train_model(
+        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+    )
     fit_s = time.perf_counter() - t0
     fp32 = T.export_serving_model(ckpt, params)
     chosen, precision = T.choose_serving_precision(
@@ -63,7 +65,7 @@ def run_variant(data, views: list[str]) -> dict:
             "subset": {"max_images_per_split": p.max_images_per_split, "seed": p.seed},
         },
     )
-    test = load_subset(data.dataset_index, data.fmt_images, ("test",), p)["test"]
+    test = load_subset(data.dataset_index, data.fmt_images, meta.labels, ("test",), p)["test"]
     proba = ServingArtifact.from_bytes(served, meta, 1).predict_images(test.images).probabilities
     return {
         "views": views,

@@ -51,11 +51,15 @@ def main() -> int:
     data = from_folder(args.pool, size=160)
     params = {**stage_defaults("training"), "quiet": True}
     params["mlflow"] = {**params["mlflow"], "enabled": False}
-    ckpt, history = train_model(data.dataset_index, data.fmt_images, params)
+    ckpt, history = train_model(
+        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+    )
     onnx = export_serving_model(ckpt, params)
     model = ServingArtifact.from_bytes(onnx, _serving_meta(history), 1)
     p = parse(TrainingParams, params, "training")
-    splits = load_subset(data.dataset_index, data.fmt_images, ("train", "val", "test"), p)
+    splits = load_subset(
+        data.dataset_index, data.fmt_images, model.meta.labels, ("train", "val", "test"), p
+    )
 
     def emb(images):
         return model.predict_images(list(images)).embeddings

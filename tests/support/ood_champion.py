@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from plants_mlops import contracts
 from support import model_data
 from support.params import stage_params
-
-from plants_mlops import contracts
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,9 @@ def trained_with_ood(data: model_data.ModelData) -> tuple[bytes, dict]:
         mlflow={"enabled": False},
         serving_precision={"mode": "fp32"},
     )
-    checkpoint, history = nodes.train_model(data.dataset_index, data.fmt_images, params)
+    checkpoint, history = nodes.train_model(
+        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+    )
     onnx = nodes.export_serving_model(checkpoint, params)
     served, ood = nodes.attach_ood_detector(
         onnx, history, data.dataset_index, data.fmt_images, params
@@ -43,9 +44,7 @@ def trained_with_ood(data: model_data.ModelData) -> tuple[bytes, dict]:
     return served, meta.to_dict()
 
 
-def register_ood_champion(
-    tracking_uri: str, name: str, data: model_data.ModelData
-) -> OODChampion:
+def register_ood_champion(tracking_uri: str, name: str, data: model_data.ModelData) -> OODChampion:
     from plants_mlops.model import artifact, registry, tracking
 
     onnx, meta = trained_with_ood(data)

@@ -60,7 +60,7 @@ def measure_behaviour(
         )
     model = ServingArtifact.from_bytes(serving_model, serving_meta)
     labels = tuple(model.meta.labels)
-    test = load_subset(dataset_index, fmt_images, ("test",), p.subset)["test"]
+    test = load_subset(dataset_index, fmt_images, labels, ("test",), p.subset)["test"]
     base = model.predict_images(test.images)
     base_labels = base.probabilities.argmax(axis=1)
     invariance = {}

@@ -302,7 +302,7 @@ def attach_ood_detector(
         return precision_model, {}
     t0 = time.perf_counter()
     model = ServingArtifact.from_bytes(precision_model, _serving_meta(training_history), 1)
-    splits = load_subset(dataset_index, fmt_images, ("train", "val"), p)
+    splits = load_subset(dataset_index, fmt_images, model.meta.labels, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     views = [model.predict_images(train.images).embeddings]
     edits = (["mirror"] if p.probe.hflip else []) + list(p.probe.extra_views)
