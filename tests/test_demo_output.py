@@ -68,7 +68,7 @@ def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
     meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_checks": 12}
     logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
-    assert console.getvalue().endswith("[4/7] validation ... passed (12 checks) in 3.1 s\n")
+    assert console.getvalue().endswith("[4/8] validation ... passed (12 checks) in 3.1 s\n")
 
 
 def test_close_puts_the_root_logger_back(tmp_path):
