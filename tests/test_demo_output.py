@@ -68,7 +68,7 @@ def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
     meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_checks": 12}
     logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
-    assert console.getvalue().endswith("[4/7] validation ... passed (12 checks) in 3.1 s\n")
+    assert console.getvalue().endswith("[4/8] validation ... passed (12 checks) in 3.1 s\n")
 
 
 def test_close_puts_the_root_logger_back(tmp_path):
@@ -87,10 +87,10 @@ def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     state.progress.catch_up()
     lines = console.getvalue().splitlines()
     assert [ln.split(" ... ")[0] for ln in lines] == [
-        f"[{i}/7] {stage}" for i, stage in enumerate(demo.STAGES, 1)
+        f"[{i}/8] {stage}" for i, stage in enumerate(demo.STAGES, 1)
     ]
-    assert lines[4] == "[5/7] training ... cached"
-    assert lines[6] == "[7/7] registry ... cached"
+    assert lines[4] == "[5/8] training ... cached"
+    assert lines[7] == "[8/8] registry ... cached"
 
 
 def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, capsys):

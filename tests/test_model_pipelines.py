@@ -22,7 +22,16 @@ TRAIN = {
     "training.max_images_per_split": 60,
     "training.quiet": "true",
 }
-GATE = {"registry.gate.min_f1": 0.0, "registry.gate.require_beat_baseline": "false"}
+GATE = {
+    "registry.gate.min_f1": 0.0,
+    "registry.gate.require_beat_baseline": "false",
+    # the small CNN from random weights: no behaviour it could be held to
+    "registry.gate.behaviour.min_invariance": 0.0,
+    "registry.gate.behaviour.min_mirror_invariance": 0.0,
+    "registry.gate.behaviour.min_functionality": 0.0,
+    "registry.gate.behaviour.min_ood_flagged": 0.0,
+    "registry.gate.behaviour.max_false_flags": 1.0,
+}
 
 
 # int8 whatever the small CNN's F1 does (the F1 rule has its own tests in test_training.py)
@@ -31,7 +40,7 @@ INT8 = {"training.serving_precision.mode": "int8", "training.serving_precision.m
 
 @pytest.mark.slow
 def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monkeypatch, capsys):
-    for pipeline in ("training", "evaluation", "registry"):
+    for pipeline in ("training", "evaluation", "behaviour", "registry"):
         data_project.run(pipeline, params={**TRAIN, **GATE, **INT8})
 
     data = data_project.path / "data"
@@ -40,7 +49,11 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     # the int8 model serves; the float export is kept beside it; the choice is recorded
     choice = json.loads((data / "08_reporting" / "serving_precision.json").read_text())
     assert choice["precision"] == "int8" and choice["mode"] == "int8"
-    assert choice["model_bytes_int8"] == (data / "06_models" / "model.onnx").stat().st_size
+    # the served graph is the int8 model with the OOD detector appended (model/ood.py)
+    served_bytes = (data / "06_models" / "model.onnx").stat().st_size
+    detector = json.loads((data / "08_reporting" / "ood_detector.json").read_text())
+    assert detector["method"] == "knn" and detector["val_flag_rate"] <= 0.05
+    assert served_bytes > choice["model_bytes_int8"]
     assert choice["model_bytes_fp32"] == (data / "06_models" / "model_fp32.onnx").stat().st_size
     assert 0.0 <= choice["val_f1_macro_int8"] <= 1.0 and choice["calibration_images"] > 0
     summary = json.loads((data / "08_reporting" / "training_report.json").read_text())
@@ -53,6 +66,10 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     assert meta["mlflow_run_id"] == summary["mlflow_run_id"]
     assert meta["resize_size"] == 160 and meta["image_size"] == 64
     assert meta["precision"] == "int8" and summary["serving_precision"] == choice
+    assert meta["ood"] == detector == summary["ood"]
+    behaviour = json.loads((data / "08_reporting" / "behaviour_report.json").read_text())
+    assert behaviour["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert 0.0 <= behaviour["metrics"]["ood_flagged"] <= 1.0
 
     report = json.loads((data / "08_reporting" / "evaluation_report.json").read_text())
     assert report["mlflow_run_id"] == summary["mlflow_run_id"]
@@ -92,7 +109,7 @@ def test_model_pipelines_on_the_minio_env_with_a_tracking_server(
     }
     kedro_project.run("data", env="minio", extra_env=env)
     params = {**TRAIN, **GATE, "registry.model_name": model_name}
-    for pipeline in ("training", "evaluation", "registry"):
+    for pipeline in ("training", "evaluation", "behaviour", "registry"):
         kedro_project.run(pipeline, env="minio", params=params, extra_env=env)
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)

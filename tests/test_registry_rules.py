@@ -230,3 +230,62 @@ def test_the_gate_refuses_a_model_over_the_latency_budget(store, monkeypatch):
     assert tags["gate.refused"].startswith("latency: batch-1 ONNX Runtime p50")
     assert "<= limit 0.00 ms" in tags["gate.refused"]
     assert float(tags["gate.latency_p50_ms"]) == pytest.approx(latency, abs=1e-3)
+
+
+def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists_why(
+    store, monkeypatch, small_data, capsys
+):
+    """The behaviour step measures the registered graph itself: the tiny CNN keeps its
+    labels only by chance and carries no OOD detector, so its held-out non-plant photos
+    are 'not measured' and the gate refuses it, saying so in `registry list`."""
+    from support.champion import tiny_cnn_onnx
+
+    from plants_mlops.pipelines.behaviour.nodes import measure_behaviour, report_behaviour
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    logged, meta = log_candidate(store, resize_size=160)
+    training_report, evaluation_report = _reports(logged, {"version": None})
+    params = stage_params("behaviour", mlflow={"log_to_run": False})
+    figures = measure_behaviour(
+        tiny_cnn_onnx(), meta, small_data.dataset_index, small_data.fmt_images, params
+    )
+    behaviour_report, _ = report_behaviour(figures, training_report, params)
+    assert behaviour_report["metrics"]["ood_flagged"] is None  # no detector in this graph
+    assert behaviour_report["metrics"]["false_flags"] is None
+    assert set(behaviour_report["invariance"]) >= {"mirror", "rotate90", "blur", "jpeg_q10"}
+    assert behaviour_report["ood"]["held_out_for_reporting"]  # named for the model card
+
+    gate = {
+        "latency_budget_ms": 1e6,
+        "min_f1": 0.0,
+        "behaviour": {
+            "min_invariance": 0.0,
+            "min_mirror_invariance": 0.0,
+            "min_functionality": 0.0,
+            "max_false_flags": 1.0,
+        },
+    }
+    decision, _ = register_and_gate(
+        training_report, evaluation_report, stage_params("registry", gate=gate), behaviour_report
+    )
+    assert decision["verdict"] == "fail"
+    assert decision["refused_because"] == [
+        "ood_flagged: held-out non-plant photos flagged: not measured",
+        "false_flags: test images flagged OOD: not measured",
+    ]
+    assert registry.alias_version(tracking.client(store), ALIAS_CHAMPION) is None
+
+    rc, out, _ = run_cli(capsys, store, "list")
+    assert rc == 0
+    assert "refused: ood_flagged: held-out non-plant photos flagged: not measured" in out
+    rc, out, _ = run_cli(capsys, store, "list", "--json")
+    assert "ood_flagged" in __import__("json").loads(out)[0]["refused_because"]
+
+    # a behaviour report of another run is refused before anything is registered
+    with pytest.raises(registry.RegistryError, match="run the behaviour pipeline first"):
+        register_and_gate(
+            training_report,
+            evaluation_report,
+            stage_params("registry", gate=gate),
+            {**behaviour_report, "mlflow_run_id": "another-run"},
+        )

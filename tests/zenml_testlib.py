@@ -22,6 +22,7 @@ ALL_STAGES = [
     "validation",
     "training",
     "evaluation",
+    "behaviour",
     "registry",
 ]
 # The ZenML tests check the orchestration, not the network: the small CNN from random

@@ -22,7 +22,16 @@ ONNX_OUTPUT_EMBEDDING = "embedding"  # float32 [N, D], penultimate layer
 
 # Stages, in the order of the end-to-end run (`kedro run`, the ZenML pipeline, the demo).
 # Monitoring is not part of it: it needs a prediction log, which exists once the API served.
-STAGES = ("ingestion", "formatting", "curation", "validation", "training", "evaluation", "registry")
+STAGES = (
+    "ingestion",
+    "formatting",
+    "curation",
+    "validation",
+    "training",
+    "evaluation",
+    "behaviour",
+    "registry",
+)
 # ZenML stacks `plants-mlops stack register` knows (orchestration/stacks.py builds them).
 STACK_NAMES = ("local", "minio", "gpu")
 # Credentials by name, never by value: ZenML secrets and the Kubernetes secrets of the same

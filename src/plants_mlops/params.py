@@ -218,6 +218,9 @@ class LinearProbe(Params):
     C_grid: list[float]  # inverse L2 strengths tried; chosen by cross-validated log-loss
     folds: int  # stratified folds over the train split for that choice
     hflip: bool  # the mirror image of every training image as a second row
+    # more views of every training image as extra rows (names in model.behaviour.EDITS,
+    # e.g. rotate90, blur): what the behaviour step's invariance asks the label to survive
+    extra_views: list[str]
     max_iter: int  # lbfgs iterations per fit
     # A stratified sample of at most this many training images (null: all): the embeddings
     # are held in memory (10 KiB per image with its mirror), so this bounds the fit's RSS.
@@ -229,6 +232,17 @@ class TrainingMlflow(Params):
     tracking_uri: str | None
     experiment: str
     run_name: str | None
+
+
+class OODConfig(Params):
+    """Out-of-distribution detection fitted with the model (``model/ood.py``)."""
+
+    enabled: bool
+    method: Literal["knn", "mahalanobis"]
+    k: int  # knn: the neighbour whose cosine distance is the score
+    rank: int  # mahalanobis: principal directions of the shared covariance kept
+    max_reference: int  # knn: training embeddings stored in the graph, at most
+    max_flag_rate: float  # the threshold flags at most this share of the validation split
 
 
 class TrainingParams(Params):
@@ -257,6 +271,7 @@ class TrainingParams(Params):
     max_images_per_split: int | None
     onnx_opset: int
     serving_precision: ServingPrecision
+    ood: OODConfig
     quiet: bool
     mlflow: TrainingMlflow
 
@@ -297,6 +312,16 @@ class EvaluationParams(Params):
 # -- registry ----------------------------------------------------------------------------
 
 
+class BehaviourGate(Params):
+    """The behaviour step's figures a version must reach (``behaviour_report``)."""
+
+    min_invariance: float  # share of test labels unchanged under each edit but the mirror
+    min_mirror_invariance: float  # the same under the mirror (the probe trains on it)
+    min_functionality: float  # share of the shipped clear cases labelled right
+    min_ood_flagged: float  # share of the held-out non-plant photos flagged
+    max_false_flags: float  # share of the test split flagged out of distribution
+
+
 class Gate(Params):
     min_f1: float
     require_beat_baseline: bool
@@ -306,6 +331,7 @@ class Gate(Params):
     latency_budget_ms: float  # batch-1 ONNX Runtime p50, measured at registration
     latency_runs: int
     latency_threads: int  # ONNX Runtime intra-op threads (the API's PLANTS_ORT_THREADS)
+    behaviour: BehaviourGate
 
 
 class RegistryMlflow(Params):
@@ -316,6 +342,17 @@ class RegistryParams(Params):
     model_name: str
     gate: Gate
     mlflow: RegistryMlflow
+
+
+# -- behaviour ---------------------------------------------------------------------------
+
+
+class BehaviourParams(Params):
+    edits: list[str]  # names in model.behaviour.EDITS
+    clear_cases: str  # folder of <label>/* minimum-functionality images (project-relative)
+    generated_size: int  # side of the generated non-photos, px
+    subset: EvaluationSubset
+    mlflow: EvaluationMlflow
 
 
 # -- monitoring --------------------------------------------------------------------------
@@ -341,6 +378,9 @@ class Embeddings(Params):
 
 class Verdict(Params):
     use_prediction_drift: bool
+    # drift when the window's share flagged out of distribution exceeds the reference's
+    # by more than this (model/ood.py; skipped for models without a detector)
+    max_ood_share_rise: float
 
 
 class Retrain(Params):
@@ -370,6 +410,7 @@ STAGES: dict[str, type[Params]] = {
     "validation": ValidationParams,
     "training": TrainingParams,
     "evaluation": EvaluationParams,
+    "behaviour": BehaviourParams,
     "registry": RegistryParams,
     "monitoring": MonitoringParams,
     "task": TaskParams,

@@ -64,6 +64,11 @@ _DETAILS: dict[str, tuple[tuple[str, str], ...]] = {
         ("metric_test_accuracy", "accuracy"),
         ("champion_version", "champion"),
     ),
+    "behaviour": (
+        ("metric_invariance_min", "labels kept, worst edit"),
+        ("metric_ood_flagged", "non-plant photos flagged"),
+        ("metric_false_flags", "test images flagged"),
+    ),
     "registry": (("model_version", "version"),),
 }
 
@@ -336,6 +341,21 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     if choice.exists():
         precision = json.loads(choice.read_text())
         log.info("serving model: %s (%s)", precision["precision"], precision["reason"])
+    detector = REPORTING / "ood_detector.json"
+    if detector.exists() and (ood := json.loads(detector.read_text())):
+        log.info(
+            "OOD detection: %s, threshold %.4f (flags %.1f %% of validation images)",
+            ood["method"],
+            ood["threshold"],
+            100 * ood["val_flag_rate"],
+        )
+    behaviour = REPORTING / "behaviour_report.json"
+    if behaviour.exists():
+        figures = json.loads(behaviour.read_text())["metrics"]
+        log.info(
+            "behaviour: %s",
+            ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None),
+        )
     if verdict == "pass":
         log.info("champion: version %s%s", version, score)
     else:

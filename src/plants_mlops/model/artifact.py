@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from plants_mlops import contracts, imaging
 from plants_mlops.errors import UserFacingError
+from plants_mlops.model.ood import OUTPUT as OOD_OUTPUT
+from plants_mlops.model.ood import OODSummary
 
 ARTIFACT_NAME = "model"  # the MLflow logged model's name (its folder holds the two files)
 ONNX_FILE = "model.onnx"
@@ -63,6 +65,9 @@ class ServingMeta(BaseModel):
     # The ONNX graph's number format (model/quantize.py): "fp32" or "int8" (static QDQ).
     # Artifacts from before the choice existed are float.
     precision: str = "fp32"
+    # Out-of-distribution detection (model/ood.py): the graph's ``ood_score`` output is
+    # compared with ``ood.threshold``. Artifacts from before it have none: nothing flagged.
+    ood: OODSummary | None = None
 
     @field_validator("dataset_fingerprint", mode="before")
     @classmethod
@@ -108,6 +113,10 @@ class Prediction:
     probabilities: np.ndarray  # float64 [N, C], rows sum to 1 (calibrated: logits / T)
     embeddings: np.ndarray  # float32 [N, D], penultimate layer
     logits: np.ndarray | None = None  # float32 [N, C], before the temperature
+    # float64 [N]: distance from the training data (model/ood.py); None: no detector
+    ood_scores: np.ndarray | None = None
+    # bool [N]: ood_scores above the meta's threshold; None: no detector
+    out_of_distribution: np.ndarray | None = None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -180,6 +189,14 @@ class ServingArtifact:
         self.session = session
         self.meta = meta
         self.embedding_dim = check_contract(session, meta)
+        outputs = {o.name for o in session.get_outputs()}
+        if meta.ood is not None and OOD_OUTPUT not in outputs:
+            raise ModelLoadError(
+                f"{META_FILE} names an OOD threshold but the graph has no {OOD_OUTPUT!r} output"
+            )
+        self._outputs = [contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING]
+        if meta.ood is not None:
+            self._outputs.append(OOD_OUTPUT)
 
     @classmethod
     def from_bytes(cls, onnx: bytes, meta: ServingMeta | dict, threads: int | None = None):
@@ -215,17 +232,19 @@ class ServingArtifact:
         return x, fmt
 
     def run(self, batch: np.ndarray) -> Prediction:
-        logits, emb = self.session.run(
-            [contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING],
-            {contracts.ONNX_INPUT: batch},
-        )
+        logits, emb, *ood = self.session.run(self._outputs, {contracts.ONNX_INPUT: batch})
+        scores = np.asarray(ood[0], dtype=np.float64) if ood else None
         return Prediction(
-            softmax(logits, self.meta.temperature), np.asarray(emb, dtype=np.float32), logits
+            softmax(logits, self.meta.temperature),
+            np.asarray(emb, dtype=np.float32),
+            logits,
+            scores,
+            None if scores is None else scores > self.meta.ood.threshold,
         )
 
     def predict_images(self, images: Sequence, batch_size: int = 32) -> Prediction:
         """Serving preprocessing + inference for RGB PIL images, in batches."""
-        probs, embs, logits = [], [], []
+        probs, embs, logits, scores = [], [], [], []
         for start in range(0, len(images), batch_size):
             out = self.run(
                 np.stack([self.preprocess(img)[0] for img in images[start : start + batch_size]])
@@ -233,12 +252,20 @@ class ServingArtifact:
             probs.append(out.probabilities)
             embs.append(out.embeddings)
             logits.append(out.logits)
+            scores.append(out.ood_scores)
         if not probs:
             n_labels = len(self.meta.labels)
             return Prediction(
                 np.zeros((0, n_labels)), np.zeros((0, 0), np.float32), np.zeros((0, n_labels))
             )
-        return Prediction(np.concatenate(probs), np.concatenate(embs), np.concatenate(logits))
+        ood = np.concatenate(scores) if self.meta.ood is not None else None
+        return Prediction(
+            np.concatenate(probs),
+            np.concatenate(embs),
+            np.concatenate(logits),
+            ood,
+            None if ood is None else ood > self.meta.ood.threshold,
+        )
 
 
 # --- MLflow: log, find, download ------------------------------------------------------
@@ -270,10 +297,10 @@ def log_serving_model(client, run_id: str, onnx: bytes, meta: ServingMeta | dict
     meta = meta if isinstance(meta, ServingMeta) else ServingMeta.parse(meta)
     artifact = ServingArtifact.from_bytes(onnx, meta, threads=1)  # refuses a broken graph
     example = np.zeros((1, 3, meta.image_size, meta.image_size), np.float32)
-    logits, emb = artifact.session.run(None, {contracts.ONNX_INPUT: example})[:2]
-    signature = infer_signature(
-        {contracts.ONNX_INPUT: example},
-        {contracts.ONNX_OUTPUT_LOGITS: logits, contracts.ONNX_OUTPUT_EMBEDDING: emb},
+    names = [o.name for o in artifact.session.get_outputs()]
+    outputs = artifact.session.run(None, {contracts.ONNX_INPUT: example})
+    signature = infer_signature(  # logits, embedding and, with a detector, ood_score
+        {contracts.ONNX_INPUT: example}, dict(zip(names, outputs, strict=True))
     )
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(

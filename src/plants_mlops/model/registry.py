@@ -221,6 +221,7 @@ def evaluate_gate(
     *,
     model_mb: float | None,
     latency_ms: float | None,
+    behaviour: Mapping[str, Any] | None = None,
 ) -> dict:
     """The promotion gate (thresholds from ``params:registry.gate``). Returns
     ``{verdict: pass|fail, checks: [...], refused_because: [...]}``; every check says its
@@ -229,7 +230,12 @@ def evaluate_gate(
     PROBLEM.md's limits are checks too: the serving ONNX file's size (``model_mb``, 1 MB =
     10^6 bytes) <= ``gate.max_model_mb`` and its batch-1 ONNX Runtime latency p50
     (``latency_ms``) <= ``gate.latency_budget_ms``; a size or latency that was not measured
-    (None) fails its check, so an unmeasured model is never promoted."""
+    (None) fails its check, so an unmeasured model is never promoted.
+
+    ``behaviour`` is ``behaviour_report.metrics`` (the behaviour step): invariance, clear
+    cases, OOD flags, checked against ``gate.behaviour``; a figure the report lacks (a
+    model without an OOD detector) fails its check. None (a caller outside the pipeline,
+    which always passes the report): those checks are skipped and say so."""
     checks = [
         _limit_check("model_size", model_mb, gate.max_model_mb, "serving ONNX", "MB"),
         _limit_check(
@@ -267,11 +273,57 @@ def evaluate_gate(
                 "detail": "no champion measured on this split: check skipped",
             }
         )
+    checks += behaviour_checks(behaviour, gate)
     return {
         "verdict": "pass" if all(c["passed"] for c in checks) else "fail",
         "checks": checks,
         "refused_because": [f"{c['name']}: {c['detail']}" for c in checks if not c["passed"]],
     }
+
+
+def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict]:
+    """The behaviour figures against ``gate.behaviour`` (see :func:`evaluate_gate`)."""
+    if metrics is None:
+        return [
+            {
+                "name": "behaviour",
+                "passed": True,
+                "detail": "no behaviour report given: checks skipped",
+            }
+        ]
+    b = gate.behaviour
+    rules = (  # name, metric, limit, at least (else at most), what
+        ("invariance", "invariance_min", b.min_invariance, True, "labels kept, worst edit"),
+        (
+            "mirror_invariance",
+            "invariance_mirror",
+            b.min_mirror_invariance,
+            True,
+            "labels kept under the mirror",
+        ),
+        ("functionality", "functionality", b.min_functionality, True, "clear cases right"),
+        (
+            "ood_flagged",
+            "ood_flagged",
+            b.min_ood_flagged,
+            True,
+            "held-out non-plant photos flagged",
+        ),
+        ("false_flags", "false_flags", b.max_false_flags, False, "test images flagged OOD"),
+    )
+    checks = []
+    for name, key, limit, at_least, what in rules:
+        value = metrics.get(key)
+        if value is None:
+            checks.append({"name": name, "passed": False, "detail": f"{what}: not measured"})
+            continue
+        value = float(value)
+        ok = value >= limit if at_least else value <= limit
+        sign = ">=" if at_least else "<="
+        checks.append(
+            {"name": name, "passed": ok, "detail": f"{what} {value:.4f} {sign} {limit:.4f}"}
+        )
+    return checks
 
 
 def register_version(
@@ -462,6 +514,8 @@ def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
                 "dataset_fingerprint": tags.get("dataset_fingerprint"),
                 # versions registered before the choice existed served fp32
                 "precision": tags.get("serving_precision", "fp32"),
+                # why the gate refused it (one clause per failed check); None: it did not
+                "refused_because": tags.get("gate.refused"),
             }
         )
     return rows

@@ -287,6 +287,11 @@ def _train_probe(
         train = stratified_sample(train, cfg.max_train_images, params.seed)
     train_view = eval_tensor(train, image_size=params.image_size, mean=spec.mean, std=spec.std)
     emb = probe.embed(model, train_view, device, hflip=cfg.hflip, progress=not params.quiet)
+    if cfg.extra_views:  # more rows per image: [N, V, D], an image's views in one CV fold
+        emb = emb if emb.ndim == 3 else emb[:, None]
+        emb = np.concatenate(
+            [emb, _view_embeddings(model, train, cfg.extra_views, params, device)], 1
+        )
     embed_seconds = time.perf_counter() - t0
     fitted = probe.fit(
         emb,
@@ -328,6 +333,32 @@ def _train_probe(
     return _result(
         model, history, best_epoch, train_time, rate, val, (val_x, val_y), device, params
     )
+
+
+def _view_embeddings(
+    model: PlantsNet,
+    split: SplitImages,
+    views: list[str],
+    params: TrainingParams,
+    device: torch.device,
+) -> np.ndarray:
+    """Embeddings [N, len(views), D] of ``split``'s images under the named edits
+    (``model/behaviour.EDITS``), through the serving view."""
+    from plants_mlops.model import behaviour, probe
+
+    spec = SPECS[params.architecture]
+    out = []
+    for name in views:
+        if name not in behaviour.EDITS:
+            raise ValueError(
+                f"training.probe.extra_views: unknown edit {name!r}; known: {sorted(behaviour.EDITS)}"
+            )
+        edited = SplitImages(
+            behaviour.EditedImages(split.images, behaviour.EDITS[name]), split.labels, split.keys
+        )
+        view = eval_tensor(edited, image_size=params.image_size, mean=spec.mean, std=spec.std)
+        out.append(probe.embed(model, view, device, hflip=False))
+    return np.stack(out, axis=1)
 
 
 def _result(

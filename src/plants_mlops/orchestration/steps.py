@@ -8,7 +8,7 @@ ZenML (the plants_data table, remote URLs) and never cache. Training caches on t
 of the validated dataset's fingerprint (:class:`SummaryMaterializer` hashes only
 ``data_key``), its parameters and ``config_hash`` (conf + the code of every module the
 stage imports); the pipeline turns that cache off when the Kedro outputs it would reuse
-are missing. Evaluation and registry cache on the training artifact's ID, so they are
+are missing. Evaluation, behaviour and registry cache on the training artifact's ID, so they are
 reused exactly when training was.
 """
 
@@ -145,9 +145,9 @@ def _run_registry(
 
 # Caching (docs/zenml.md): stages that read or write state outside ZenML (the table,
 # remote URLs, the registry) never cache; training caches on the value of the validated
-# fingerprint, its parameters and config_hash (conf + every module it imports); evaluation
-# and registry cache on the training artifact, so they are reused exactly when it was.
-CACHED_STAGES = ("training", "evaluation", "registry")
+# fingerprint, its parameters and config_hash (conf + every module it imports); evaluation,
+# behaviour and registry cache on the training artifact, so they are reused exactly when it was.
+CACHED_STAGES = ("training", "evaluation", "behaviour", "registry")
 _DOCS = {
     "ingestion": "Download the pending images of the plants_data table into 01_raw.",
     "formatting": "Raw -> formatted images -> dataset index + fingerprint (03_primary).",
@@ -155,6 +155,7 @@ _DOCS = {
     "validation": "Pandera checks on every index; a failure stops the run before training.",
     "training": "Train the classifier; logs into the stack's MLflow tracker run if any.",
     "evaluation": "Test metrics of the new model against the baselines and the champion.",
+    "behaviour": "Invariance, clear cases and OOD flags of the new model (the gate reads them).",
     "registry": "Register the model in MLflow, apply the gate, move `champion`.",
     "monitoring": "Evidently drift report of the prediction log against the training data.",
 }
@@ -210,6 +211,7 @@ curation = make_step("curation")
 validation = make_step("validation")
 training = make_step("training")
 evaluation = make_step("evaluation")
+behaviour = make_step("behaviour")
 registry = make_step("registry")
 monitoring = make_step("monitoring")  # on request (`--pipelines monitoring`), never by default
 STEPS = {name: globals()[name] for name in (*STAGES, "monitoring")}

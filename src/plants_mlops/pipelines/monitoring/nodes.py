@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_NAME = "embedding"
 PREDICTION_COLUMNS = ("label", "confidence")
+# Whether the served model's OOD detector flagged the request (model/ood.py); absent or
+# null for predictions of a model without one.
+OOD_COLUMN = "out_of_distribution"
 
 
 def _embedding_columns(dim: int) -> list[str]:
@@ -56,7 +59,8 @@ def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) 
         frame = frame[frame["model_version"].astype(str) == str(window.model_version)]
     if window.last_n:
         frame = frame.tail(window.last_n)
-    frame = frame[[*columns, "embedding"]].reset_index(drop=True)
+    extra = [OOD_COLUMN] if OOD_COLUMN in frame.columns else []
+    frame = frame[[*columns, *extra, "embedding"]].reset_index(drop=True)
     log.info("current window: %d predictions (of %d logged)", len(frame), len(prediction_log))
     return _expand_embeddings(frame)
 
@@ -79,11 +83,12 @@ def build_reference(
         x, _ = champion.preprocess(img.convert("RGB"))
         inputs.append(x)
         keep.append(idx)
-    probs, embs = [], []
+    probs, embs, flags = [], [], []
     for start in range(0, len(inputs), 64):
         out = champion.run(np.stack(inputs[start : start + 64]))
         probs.append(out.probabilities)
         embs.append(out.embeddings)
+        flags.append(out.out_of_distribution)
     probabilities = np.concatenate(probs)
     labels = np.asarray(champion.meta.labels)
     frame = rows.loc[keep, ["image_key", *p.stat_columns]].reset_index(drop=True)
@@ -91,6 +96,8 @@ def build_reference(
     frame["confidence"] = probabilities.max(axis=1)
     frame["model_version"] = str(champion.version)
     frame["embedding"] = list(np.concatenate(embs))
+    if all(f is not None for f in flags):  # the champion carries an OOD detector
+        frame[OOD_COLUMN] = np.concatenate(flags)
     log.info(
         "reference: %d %s images embedded by %s v%s",
         len(frame),
@@ -181,6 +188,7 @@ def drift_report(
     # The predicted label over all K classes: a chi-square test of homogeneity (Evidently
     # picks a z-test or chi-square by the number of values it happens to see).
     summary["prediction_drift"]["label"] = label_drift(current["label"], reference["label"])
+    summary["ood"] = ood_shares(current, reference)
     summary["embeddings"] = {
         "method": emb_method,
         "score": float(emb_score),
@@ -219,6 +227,25 @@ def label_drift(current: pd.Series, reference: pd.Series) -> dict[str, Any]:
         "threshold": LABEL_DRIFT_THRESHOLD,
         "drift": p_value < LABEL_DRIFT_THRESHOLD,
         **shares,
+    }
+
+
+def ood_shares(current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any] | None:
+    """Share of the window's predictions flagged out of distribution against the share of
+    the reference (the champion's own rate on unseen in-distribution images, ~5 % by its
+    threshold); None when either side has no flags (a model without a detector)."""
+    shares = {}
+    for name, frame in (("current", current), ("reference", reference)):
+        flags = frame[OOD_COLUMN].dropna() if OOD_COLUMN in frame.columns else pd.Series([])
+        if flags.empty:
+            return None
+        shares[name] = (float(flags.astype(bool).mean()), len(flags))
+    return {
+        "current_share": shares["current"][0],
+        "current_rows": shares["current"][1],
+        "reference_share": shares["reference"][0],
+        "reference_rows": shares["reference"][1],
+        "rise": shares["current"][0] - shares["reference"][0],
     }
 
 
@@ -281,6 +308,13 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     use_pred = p.verdict.use_prediction_drift
     if pred_drifted and use_pred:
         reasons.append(f"predictions drifted: {', '.join(pred_drifted)}")
+    ood = summary.get("ood")
+    if ood is not None and ood["rise"] > p.verdict.max_ood_share_rise:
+        reasons.append(
+            f"out-of-distribution share rose to {ood['current_share']:.2f} "
+            f"(reference {ood['reference_share']:.2f}, allowed rise "
+            f"{p.verdict.max_ood_share_rise:.2f})"
+        )
     drift = bool(reasons)
     verdict = {
         "status": "drift" if drift else "no_drift",
@@ -293,6 +327,7 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
         "embeddings": emb,
         "prediction_drift": summary["prediction_drift"],
         "prediction_drift_in_verdict": use_pred,
+        "ood": ood,
     }
     log.log(
         logging.WARNING if drift else logging.INFO,
@@ -355,6 +390,9 @@ def summarize_monitoring(verdict: dict[str, Any], trigger: dict[str, Any]) -> di
     metrics: dict[str, float] = {}
     if "embeddings" in verdict:
         metrics["embeddings_drift_score"] = float(verdict["embeddings"]["score"])
+    if verdict.get("ood"):
+        metrics["ood_share"] = float(verdict["ood"]["current_share"])
+        metrics["ood_reference_share"] = float(verdict["ood"]["reference_share"])
     share = (verdict.get("data_drift") or {}).get("share_drifted")
     if share is not None:
         metrics["share_drifted_columns"] = float(share)

@@ -15,9 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def register_and_gate(
-    training_report: dict, evaluation_report: dict, params: dict[str, Any]
+    training_report: dict,
+    evaluation_report: dict,
+    params: dict[str, Any],
+    behaviour_report: dict | None = None,
 ) -> tuple[dict, dict]:
     """Register, check the model loads, gate, move an alias, record why.
+
+    ``behaviour_report`` (the behaviour step; the pipeline always passes it) adds its
+    figures to the gate (``gate.behaviour``).
 
     Raises (champion untouched) when MLflow is unreachable, the training run logged no
     model, or the new version fails to load.
@@ -42,6 +48,11 @@ def register_and_gate(
         raise registry.RegistryError(
             f"evaluation_report is for run {evaluation_report.get('mlflow_run_id')}, "
             f"training_report for {run_id}: run the evaluation pipeline first"
+        )
+    if behaviour_report is not None and behaviour_report.get("mlflow_run_id") != run_id:
+        raise registry.RegistryError(
+            f"behaviour_report is for run {behaviour_report.get('mlflow_run_id')}, "
+            f"training_report for {run_id}: run the behaviour pipeline first"
         )
     name = p.model_name
     cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
@@ -98,6 +109,7 @@ def register_and_gate(
         gate,
         model_mb=measured["model_mb"],
         latency_ms=measured["latency_p50_ms"],
+        behaviour=None if behaviour_report is None else behaviour_report.get("metrics") or {},
     )
     tags = {
         "verdict": decision["verdict"],
@@ -115,6 +127,11 @@ def register_and_gate(
         "gate.latency_budget_ms": str(gate.latency_budget_ms),
         "gate.latency_runs": str(gate.latency_runs),
         "gate.latency_threads": str(gate.latency_threads),
+        **{
+            f"gate.behaviour.{k}": f"{v:.4f}"
+            for k, v in ((behaviour_report or {}).get("metrics") or {}).items()
+            if v is not None
+        },
         "gate.checks": "; ".join(
             f"{c['name']}={'pass' if c['passed'] else 'FAIL'} ({c['detail']})"
             for c in decision["checks"]
@@ -162,6 +179,7 @@ def register_and_gate(
         "champion": champion_now,
         "audit": entry,
         "metrics": {"f1_macro": candidate_f1, "accuracy": metrics["accuracy"]},
+        "behaviour": (behaviour_report or {}).get("metrics"),
         "dataset_fingerprint": evaluation_report.get("dataset_fingerprint"),
     }
     summary = StageSummary(

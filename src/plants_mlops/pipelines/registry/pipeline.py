@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 register_and_gate,
-                ["training_report", "evaluation_report", "params:registry"],
+                ["training_report", "evaluation_report", "params:registry", "behaviour_report"],
                 ["registry_decision", "registry_summary"],
                 name="register_and_gate",
             ),

@@ -279,6 +279,62 @@ def choose_serving_precision(
     return model, record
 
 
+def attach_ood_detector(
+    precision_model: bytes,
+    training_history: dict,
+    dataset_index: pd.DataFrame,
+    fmt_images: dict,
+    params: dict[str, Any],
+) -> tuple[bytes, dict]:
+    """Out-of-distribution detection for the model that will serve (``model/ood.py``):
+    the train split's embeddings (and their mirrors) through that very model fit the
+    detector, the val split's scores choose the threshold (at most
+    ``ood.max_flag_rate`` flagged), and the detector is appended to the graph as the output
+    ``ood_score``. Returns (the serving model, the detector's summary: ``serving_meta.ood``;
+    empty when ``ood.enabled`` is false)."""
+    from plants_mlops.model import behaviour, ood
+    from plants_mlops.model.artifact import ServingArtifact
+    from plants_mlops.model.data import load_subset
+
+    p = parse(TrainingParams, params, "training")
+    cfg = p.ood
+    if not cfg.enabled:
+        return precision_model, {}
+    t0 = time.perf_counter()
+    model = ServingArtifact.from_bytes(precision_model, _serving_meta(training_history), 1)
+    splits = load_subset(dataset_index, fmt_images, model.meta.labels, ("train", "val"), p)
+    train, val = splits["train"], splits["val"]
+    views = [model.predict_images(train.images).embeddings]
+    edits = (["mirror"] if p.probe.hflip else []) + list(p.probe.extra_views)
+    for name in edits:  # the views the probe was fitted on count as in distribution
+        edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
+        views.append(model.predict_images(edited).embeddings)
+    detector = ood.fit(
+        np.stack(views, axis=1),
+        train.labels,
+        method=cfg.method,
+        rank=cfg.rank,
+        k=cfg.k,
+        max_reference=cfg.max_reference,
+        seed=p.seed,
+    )
+    val_scores = detector.score(model.predict_images(val.images).embeddings)
+    threshold = ood.threshold_for(val_scores, cfg.max_flag_rate)
+    summary = ood.summary(detector, threshold, val_scores, cfg.max_flag_rate)
+    served = ood.attach(precision_model, detector)
+    log.info(
+        "OOD detection: %s, threshold %.4f flags %.1f %% of %d validation images "
+        "(limit %.1f %%), %.1f s",
+        summary.method,
+        threshold,
+        100 * summary.val_flag_rate,
+        summary.val_images,
+        100 * cfg.max_flag_rate,
+        time.perf_counter() - t0,
+    )
+    return served, summary.model_dump(mode="json")
+
+
 def log_training_run(
     model_checkpoint: bytes,
     serving_model: bytes,
@@ -288,13 +344,15 @@ def log_training_run(
     dataset_fingerprint: dict,
     params: dict[str, Any],
     serving_precision: dict | None = None,
+    ood_detector: dict | None = None,
 ) -> tuple[dict, dict, dict]:
     """Test the ONNX model on the test split (serving preprocessing) and log the run:
     params, per-epoch metrics, fingerprint and split sizes, git commit, figures, and the
     model (``model/artifact.py``: ONNX flavour, signature, input example, serving meta).
 
     ``serving_precision`` is the record of :func:`choose_serving_precision` (none: the
-    model is the float export).
+    model is the float export); ``ood_detector`` the summary of :func:`attach_ood_detector`
+    (none or empty: no detector).
 
     Returns (serving_meta, training_report, training_summary).
     """
@@ -312,6 +370,7 @@ def log_training_run(
         model_sha256=hashlib.sha256(serving_model).hexdigest(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         precision=precision["precision"],
+        ood=ood_detector or None,
     )
     test = load_subset(dataset_index, fmt_images, meta.labels, ("test",), p)["test"]
     served = artifact.ServingArtifact.from_bytes(serving_model, meta)
@@ -337,6 +396,7 @@ def log_training_run(
         "images_per_second": training_history["images_per_second"],
         "model_size_bytes": len(serving_model),
         "serving_precision": precision,
+        "ood": meta.ood.model_dump(mode="json") if meta.ood else None,
         "checkpoint_size_bytes": len(model_checkpoint),
         "val_metrics": scalar_metrics(training_history.get("val_metrics") or {}),
         "calibration": scalar_metrics(training_history.get("calibration") or {}),

@@ -5,6 +5,7 @@ MLflow run (see docs/model.md)."""
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    attach_ood_detector,
     choose_serving_precision,
     export_serving_model,
     log_training_run,
@@ -48,8 +49,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "fmt_images",
                     "params:training",
                 ],
-                outputs=["serving_model", "serving_precision"],
+                outputs=["precision_model", "serving_precision"],
                 name="choose_serving_precision",
+            ),
+            Node(
+                attach_ood_detector,
+                inputs=[
+                    "precision_model",
+                    "training_history",
+                    "validated_dataset_index",
+                    "fmt_images",
+                    "params:training",
+                ],
+                outputs=["serving_model", "ood_detector"],
+                name="attach_ood_detector",
             ),
             Node(
                 log_training_run,
@@ -62,6 +75,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_fingerprint",
                     "params:training",
                     "serving_precision",
+                    "ood_detector",
                 ],
                 outputs=["serving_meta", "training_report", "training_summary"],
                 name="log_training_run",

@@ -1,0 +1,303 @@
+"""Out-of-distribution (OOD) detection in the frozen backbone's embedding space.
+
+A closed-set softmax answers every upload with a confident label, a cat photo included.
+This module scores how far an embedding lies from the training images, so the API can
+say "this does not look like a <task> photo" instead (docs/model.md, *Out-of-distribution
+detection*). Two detectors, both measured (``benchmarks/bench_ood.py``):
+
+- ``mahalanobis``: the distance to the nearest class mean under the classes' shared
+  (within-class) covariance, in the ``rank`` leading principal directions of that
+  covariance (whitened), plus the squared residual outside them scaled by the mean
+  residual variance, so nothing the subspace leaves out goes unseen. Fixed size
+  (``D x rank``), whatever the number of training images.
+- ``knn``: one minus the cosine similarity to the ``k``-th nearest training embedding
+  (L2-normalised); its reference set grows with the data (capped at ``max_reference``).
+
+The API: :func:`fit` ``(embeddings, labels, config) -> OODDetector``;
+:meth:`OODDetector.score` ``(embeddings) -> float array`` (higher: further from the
+training data); :func:`threshold_for` picks the threshold on in-distribution
+(validation) scores so that at most ``max_flag_rate`` of them are flagged;
+:func:`attach` appends the detector to the serving ONNX graph as a third output,
+``ood_score`` ``[N]``, computed from the graph's own ``embedding`` output, so the float
+model, the int8 model, the registry's load check and the API carry the detector in the
+one file they already load (no second file to keep in step). The threshold and its
+validation rates travel in ``serving_meta.ood`` (:class:`OODSummary`).
+
+Everything works for K classes (class means over the labels present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+OUTPUT = "ood_score"  # the serving graph's extra output: float32 [N]
+_EPS = 1e-12
+
+
+class OODSummary(BaseModel):
+    """What the serving meta says about the detector (``serving_meta.ood``), also the
+    figures the model card reads: method, threshold, and how it behaved on validation."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    method: Literal["mahalanobis", "knn"]
+    threshold: float  # a request whose ood_score is above it is out of distribution
+    max_flag_rate: float  # the limit the threshold was chosen for (validation)
+    val_flag_rate: float  # share of validation images the threshold flags
+    val_images: int
+    train_images: int  # images (not views) the detector was fitted on
+    rank: int | None = None  # mahalanobis: principal directions kept
+    k: int | None = None  # knn: the neighbour whose distance is the score
+    reference_rows: int | None = None  # knn: stored training embeddings
+    output: str = OUTPUT
+
+
+@dataclass(frozen=True)
+class OODDetector:
+    """A fitted detector: the arrays its score needs, float32 as the graph holds them."""
+
+    method: str
+    center: np.ndarray  # [D] mean of the training embeddings (mahalanobis)
+    projection: np.ndarray  # [D, r] whitening projection (mahalanobis)
+    class_means: np.ndarray  # [K, r] class means, projected (mahalanobis)
+    residual_scale: float  # 1 / mean residual variance per dimension (mahalanobis)
+    reference: np.ndarray  # [M, D] L2-normalised training embeddings (knn)
+    k: int
+    train_images: int
+
+    @property
+    def rank(self) -> int:
+        return int(self.projection.shape[1])
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """OOD score per row of ``embeddings`` [N, D] (float64 [N]; higher: further)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if self.method == "knn":
+            x = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
+            sims = x @ self.reference.T
+            kth = -np.sort(-sims, axis=1)[:, self.k - 1]
+            return (1.0 - kth).astype(np.float64)
+        c = x - self.center
+        z = c @ self.projection  # [N, r]
+        d = ((z[:, None, :] - self.class_means[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        resid = (c * c).sum(axis=1) - (z * z * self._eig).sum(axis=1)
+        return (d + np.maximum(resid, 0.0) * self.residual_scale).astype(np.float64)
+
+    @property
+    def _eig(self) -> np.ndarray:
+        # ||c||^2 - ||U^T c||^2 is the residual; z = U^T c / sqrt(lambda), so
+        # ||U^T c||^2 = sum(z^2 * lambda), and lambda = 1 / ||projection column||^2.
+        return 1.0 / ((self.projection * self.projection).sum(axis=0) + _EPS)
+
+
+def _views(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, V, D] (V views per image) as [N * V, D] rows with repeated labels."""
+    emb = np.asarray(emb, dtype=np.float64)
+    labels = np.asarray(labels)
+    if emb.ndim == 2:
+        return emb, labels
+    return emb.reshape(-1, emb.shape[-1]), np.repeat(labels, emb.shape[1])
+
+
+def fit(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    method: str,
+    rank: int,
+    k: int,
+    max_reference: int,
+    seed: int = 0,
+) -> OODDetector:
+    """Fit a detector on training embeddings [N, D] or [N, V, D] (views of each image,
+    e.g. its mirror) with labels in 0..K-1."""
+    n_images = int(len(embeddings))
+    x, y = _views(embeddings, labels)
+    if len(x) < 2:
+        raise ValueError("OOD detection needs at least two training embeddings")
+    d = x.shape[1]
+    empty = np.zeros((0, d), np.float32)
+    if method == "knn":
+        ref = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
+        if len(ref) > max_reference:
+            keep = np.sort(np.random.default_rng(seed).choice(len(ref), max_reference, False))
+            ref = ref[keep]
+        return OODDetector(
+            "knn",
+            np.zeros(d, np.float32),
+            np.zeros((d, 0), np.float32),
+            np.zeros((0, 0), np.float32),
+            0.0,
+            ref.astype(np.float32),
+            int(min(k, len(ref))),
+            n_images,
+        )
+    if method != "mahalanobis":
+        raise ValueError(f"unknown OOD method {method!r} (mahalanobis or knn)")
+    center = x.mean(axis=0)
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    within = x - means[np.searchsorted(classes, y)]
+    # Shared covariance through the SVD of the within-class residuals: [n, D] with n << D
+    # is cheap this way, and the directions past the data's rank carry no variance.
+    _, s, vt = np.linalg.svd(within, full_matrices=False)
+    var = s**2 / max(len(x) - len(classes), 1)
+    r = int(min(rank, int((var > var.max() * 1e-10).sum())))
+    u, lam = vt[:r].T, var[:r]
+    total = float((within * within).sum() / max(len(x) - len(classes), 1))
+    resid_var = max(total - float(lam.sum()), _EPS) / max(d - r, 1)
+    projection = u / np.sqrt(lam)
+    return OODDetector(
+        "mahalanobis",
+        center.astype(np.float32),
+        projection.astype(np.float32),
+        ((means - center) @ projection).astype(np.float32),
+        float(1.0 / resid_var),
+        empty,
+        int(k),
+        n_images,
+    )
+
+
+def threshold_for(scores: np.ndarray, max_flag_rate: float) -> float:
+    """The smallest threshold that flags (``score > threshold``) at most
+    ``max_flag_rate`` of ``scores`` (in-distribution validation scores)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if not len(s):
+        raise ValueError("no validation scores to choose the OOD threshold on")
+    allowed = int(np.floor(max_flag_rate * len(s) + 1e-9))
+    return float(s[len(s) - 1 - allowed]) if allowed < len(s) else float(s[0])
+
+
+def flag_rate(scores: np.ndarray, threshold: float) -> float:
+    scores = np.asarray(scores)
+    return float((scores > threshold).mean()) if len(scores) else 0.0
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Separation: the probability that an OOD image scores above an in-distribution one
+    (ties count half)."""
+    a, b = np.asarray(in_scores, np.float64), np.asarray(out_scores, np.float64)
+    if not len(a) or not len(b):
+        return float("nan")
+    greater = (b[:, None] > a[None, :]).sum() + 0.5 * (b[:, None] == a[None, :]).sum()
+    return float(greater / (len(a) * len(b)))
+
+
+def summary(
+    detector: OODDetector, threshold: float, val_scores: np.ndarray, max_flag_rate: float
+) -> OODSummary:
+    knn = detector.method == "knn"
+    return OODSummary(
+        method=detector.method,
+        threshold=threshold,
+        max_flag_rate=max_flag_rate,
+        val_flag_rate=flag_rate(val_scores, threshold),
+        val_images=int(len(val_scores)),
+        train_images=detector.train_images,
+        rank=None if knn else detector.rank,
+        k=detector.k if knn else None,
+        reference_rows=int(len(detector.reference)) if knn else None,
+    )
+
+
+# --- in the ONNX graph ---------------------------------------------------------------
+
+
+def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embedding") -> bytes:
+    """``onnx`` with the detector appended: a third graph output ``ood_score`` [N]
+    computed from ``embedding_output`` exactly as :meth:`OODDetector.score` does (float32).
+    Works on the float and the int8 (QDQ) graph alike: it reads their float embedding."""
+    import onnx as onnx_lib
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx_lib.load_from_string(onnx)
+    graph = model.graph
+    if any(o.name == OUTPUT for o in graph.output):
+        raise ValueError(f"the graph already has an {OUTPUT!r} output")
+    names = {o.name for o in graph.output}
+    if embedding_output not in names:
+        raise ValueError(f"the graph has no {embedding_output!r} output (outputs: {names})")
+
+    def const(name: str, value) -> str:
+        full = f"ood/{name}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), full))
+        return full
+
+    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+        out = f"ood/{name}"
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    emb = embedding_output
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    axes = const("axes1", np.array([1], np.int64))
+
+    def reduce_sum(x: str, ax: str, name: str, op: str = "ReduceSum") -> str:
+        # ReduceSum takes its axes as an input since opset 13, ReduceMin since opset 18.
+        if op == "ReduceSum" or opset >= 18:
+            return node(op, [x, ax], name, keepdims=0)
+        return node(op, [x], name, axes=[1 if ax == axes else 2], keepdims=0)
+
+    if detector.method == "knn":
+        sq = node("Mul", [emb, emb], "sq")
+        norm = node(
+            "Sqrt",
+            [
+                node(
+                    "Add",
+                    [reduce_sum(sq, axes, "sqsum_k"), const("eps", np.float32(_EPS))],
+                    "sqsum_eps",
+                )
+            ],
+            "norm",
+        )
+        unit = node("Div", [emb, node("Unsqueeze", [norm, axes], "norm_col")], "unit")
+        sims = node("MatMul", [unit, const("reference_t", detector.reference.T.copy())], "sims")
+        k = const("k", np.array([detector.k], np.int64))
+        topk = helper.make_node(
+            "TopK", [sims, k], ["ood/topk_values", "ood/topk_indices"], name="ood/topk", axis=1
+        )
+        graph.node.append(topk)
+        last = node(
+            "Gather",
+            ["ood/topk_values", const("last", np.array(detector.k - 1, np.int64))],
+            "kth",
+            axis=1,
+        )
+        node("Sub", [const("one", np.float32(1.0)), last], "score")
+    else:
+        axes2 = const("axes2", np.array([2], np.int64))
+        c = node("Sub", [emb, const("center", detector.center)], "centered")
+        z = node("MatMul", [c, const("projection", detector.projection)], "z")
+        diff = node(
+            "Sub",
+            [
+                node("Unsqueeze", [z, axes], "z3"),
+                const("class_means", detector.class_means[None, :, :]),
+            ],
+            "diff",
+        )
+        dist = reduce_sum(node("Mul", [diff, diff], "diff_sq"), axes2, "dist")
+        nearest = reduce_sum(dist, axes, "nearest", op="ReduceMin")
+        total = reduce_sum(node("Mul", [c, c], "c_sq"), axes, "c_norm")
+        kept = reduce_sum(
+            node("Mul", [node("Mul", [z, z], "z_sq"), const("eig", detector._eig)], "z_eig"),
+            axes,
+            "kept",
+        )
+        resid = node("Relu", [node("Sub", [total, kept], "resid_raw")], "resid")
+        scaled = node(
+            "Mul",
+            [resid, const("residual_scale", np.float32(detector.residual_scale))],
+            "resid_scaled",
+        )
+        node("Add", [nearest, scaled], "score")
+    graph.node.append(helper.make_node("Identity", ["ood/score"], [OUTPUT], name="ood/output"))
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch"]))
+    onnx_lib.checker.check_model(model)
+    return model.SerializeToString()

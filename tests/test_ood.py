@@ -1,0 +1,85 @@
+"""OOD detection (model/ood.py): the detector inside the serving graph scores exactly as
+its numpy twin, the threshold keeps the validation flag rate within its limit, and the
+serving artifact turns the score into ``out_of_distribution``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plants_mlops.model import ood
+from plants_mlops.model.artifact import ModelLoadError, ServingArtifact
+
+
+def _embeddings(seed: int, n: int, d: int, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, d)) + shift).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["knn", "mahalanobis"])
+def test_the_graph_output_scores_as_the_detector_does_and_flags_far_images(method):
+    from support.champion import serving_meta, tiny_cnn_onnx
+
+    base = tiny_cnn_onnx(seed=1, image_size=32)
+    plain = ServingArtifact.from_bytes(base, serving_meta(32, None, 32), threads=1)
+    rng = np.random.default_rng(0)
+    # in distribution: smooth images near mid-grey; out: saturated noise
+    inside = (rng.normal(0, 0.3, (40, 3, 32, 32))).astype(np.float32)
+    outside = (rng.normal(0, 3.0, (10, 3, 32, 32))).astype(np.float32)
+    emb_in = plain.run(inside).embeddings
+    labels = np.arange(40) % 3  # three classes: nothing assumes two
+    detector = ood.fit(
+        np.stack([emb_in[:30], emb_in[:30] * 1.01], axis=1),
+        labels[:30],
+        method=method,
+        rank=8,
+        k=3,
+        max_reference=1000,
+    )
+    threshold = ood.threshold_for(detector.score(emb_in[30:]), 0.1)
+    meta = serving_meta(32, None, 32)
+    meta["ood"] = ood.summary(detector, threshold, detector.score(emb_in[30:]), 0.1).model_dump()
+    served = ServingArtifact.from_bytes(ood.attach(base, detector), meta, threads=1)
+
+    batch = np.concatenate([inside[30:], outside])
+    out = served.run(batch)
+    np.testing.assert_allclose(out.ood_scores, detector.score(out.embeddings), rtol=2e-3, atol=1e-4)
+    assert out.out_of_distribution[:10].mean() <= 0.1  # the validation images
+    assert out.out_of_distribution[10:].all()  # noise far from every training image
+    # a meta that promises a detector the graph does not have is refused at load
+    with pytest.raises(ModelLoadError, match="ood_score"):
+        ServingArtifact.from_bytes(base, meta, threads=1)
+
+
+def test_threshold_flags_at_most_the_allowed_share():
+    scores = np.arange(100, dtype=float)
+    t = ood.threshold_for(scores, 0.05)
+    assert ood.flag_rate(scores, t) == 0.05
+    assert ood.flag_rate(scores, ood.threshold_for(scores, 0.0)) == 0.0
+    assert ood.auroc(scores[:50], scores[50:]) == 1.0
+
+
+def test_a_rise_of_the_out_of_distribution_share_counts_toward_the_drift_verdict():
+    import pandas as pd
+    from support.params import stage_params
+
+    from plants_mlops.pipelines.monitoring.nodes import OOD_COLUMN, decide_drift, ood_shares
+
+    reference = pd.DataFrame({OOD_COLUMN: [True] + [False] * 19})  # 5 %, as the threshold
+    calm = ood_shares(pd.DataFrame({OOD_COLUMN: [True] * 2 + [False] * 18}), reference)
+    risen = ood_shares(pd.DataFrame({OOD_COLUMN: [True] * 8 + [False] * 12}), reference)
+    assert ood_shares(pd.DataFrame({"label": ["grass"]}), reference) is None  # no detector
+    quiet = {
+        "n_current": 20,
+        "n_reference": 20,
+        "data_drift": {"share_drifted": 0.0, "drift": False, "columns": {}},
+        "embeddings": {"method": "model", "score": 0.5, "drift": False},
+        "prediction_drift": {},
+    }
+    params = stage_params("monitoring")
+    assert decide_drift({**quiet, "ood": calm}, params)["status"] == "no_drift"
+    verdict = decide_drift({**quiet, "ood": risen}, params)
+    assert verdict["status"] == "drift" and verdict["ood"]["current_share"] == 0.4
+    assert verdict["reasons"] == [
+        "out-of-distribution share rose to 0.40 (reference 0.05, allowed rise 0.10)"
+    ]
