@@ -29,7 +29,7 @@ def test_off_a_terminal_progress_is_a_log_line_every_few_seconds(caplog, monkeyp
 def test_the_probes_embeddings_report_progress_in_the_log(caplog, monkeypatch):
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     caplog.set_level(logging.INFO)
-    model = build_model("small_cnn", image_size=32, weights=None)
+    model = build_model("small_cnn", image_size=32, weights=None, n_classes=2)
     emb = probe.embed(
         model, torch.zeros(10, 3, 32, 32), torch.device("cpu"), hflip=False, batch_size=4
     )
