@@ -208,7 +208,10 @@ def test_the_report_json_html_and_summary_agree_and_the_run_gets_eval_metrics(
     assert report["mlflow_run_id"] == training_report["mlflow_run_id"]
     assert report["dataset_fingerprint"] == small_data.dataset_fingerprint["fingerprint"]
     assert report["test_size"] == candidate["n"] == n_test(small_data)
-    assert report["model"] == candidate and report["baselines"] == baselines
+    # the candidate's test predictions draw the figures; the JSON keeps the metrics
+    assert "predictions" not in report["model"]
+    assert report["model"] == {k: v for k, v in candidate.items() if k != "predictions"}
+    assert report["baselines"] == baselines
     assert report["champion"] == champion and champion["version"] == reg.version
     assert report["best_baseline_f1_macro"] == max(b["f1_macro"] for b in baselines.values())
     assert report["metrics"] == {
@@ -228,6 +231,9 @@ def test_the_report_json_html_and_summary_agree_and_the_run_gets_eval_metrics(
         assert f"<td>{row}</td>" in html, row
     assert f"<td>{candidate['f1_macro']:.4f}</td>" in html
     assert f"{n_test(small_data)} test images" in html
+    # the figures, inlined: no one has to open MLflow to see them
+    for alt in ("confusion matrix", "roc curve", "pr curve", "calibration"):
+        assert f'<img alt="{alt}" src="data:image/png;base64,' in html, alt
 
     # typed summary: evaluation registers nothing; it names the champion it compared with
     typed = StageSummary.model_validate(summary)
@@ -245,11 +251,13 @@ def test_the_report_json_html_and_summary_agree_and_the_run_gets_eval_metrics(
     # the training run got the eval_*, baseline_* and champion_* metrics and the report
     cl = tracking.client(store)
     run = cl.get_run(training_report["mlflow_run_id"])
-    assert run.data.metrics["eval_f1_macro"] == pytest.approx(candidate["f1_macro"])
-    assert "baseline_majority_class_f1_macro" in run.data.metrics
-    assert run.data.metrics["champion_f1_macro"] == pytest.approx(champion["f1_macro"])
+    assert run.data.metrics["eval/f1_macro"] == pytest.approx(candidate["f1_macro"])
+    assert "baseline_majority_class/f1_macro" in run.data.metrics
+    assert run.data.metrics["champion/f1_macro"] == pytest.approx(champion["f1_macro"])
     artifacts = {a.path for a in cl.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/evaluation_report.json" in artifacts
+    figures = {a.path for a in cl.list_artifacts(run.info.run_id, "figures")}
+    assert {f"figures/eval_{n}.png" for n in ("roc_curve", "pr_curve", "calibration")} <= figures
 
 
 def test_a_report_with_a_broken_champion_names_the_error_and_has_no_champion_row(

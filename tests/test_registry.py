@@ -108,9 +108,11 @@ def test_training_run_logs_params_metrics_figures_and_the_model(
         run.data.tags["dataset_fingerprint"] == small_model.data.dataset_fingerprint["fingerprint"]
     )
     assert len(run.data.tags["git_commit"]) >= 40
-    history = client.get_metric_history(run.info.run_id, "val_f1_macro")
+    history = client.get_metric_history(run.info.run_id, "epoch/val_f1_macro")
     assert [m.step for m in history] == list(range(1, small_model.history["epochs_run"] + 1))
-    assert run.data.metrics["test_f1_macro"] == pytest.approx(meta["test_metrics"]["f1_macro"])
+    assert run.data.metrics["test/f1_macro"] == pytest.approx(meta["test_metrics"]["f1_macro"])
+    # every metric in a group ("group/name"): the MLflow UI draws one section per group
+    assert all("/" in name for name in run.data.metrics), sorted(run.data.metrics)
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"confusion_matrix.png", "roc_curve.png", "pr_curve.png"} <= figures
 

@@ -375,3 +375,36 @@ def test_header_pixels_reads_the_size_every_decoder_would_see():
     assert imaging.header_pixels(twice) == 4000 * 3000
     for junk in (b"", b"\xff\xd8", b"\xff\xd8\x00\x00garbage" * 3, b"<html></html>", b"\x89PNG"):
         assert imaging.header_pixels(junk) == 0, junk
+
+
+def test_without_a_champion_the_api_says_once_how_to_train_one(tmp_path, caplog):
+    """A fresh clone: no model registered. One warning naming the commands that make one,
+    not an error every few seconds."""
+    import logging
+    import time
+
+    from plants_mlops.serving.model import ModelManager
+
+    config = ServingConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        prediction_log="off",
+        startup_retry_seconds=0.05,
+    )
+    manager = ModelManager(config)
+    caplog.set_level(logging.DEBUG, logger="plants_mlops.serving")
+
+    def retries() -> int:
+        return sum("retrying" in r.getMessage() for r in caplog.records)
+
+    manager.start()
+    deadline = time.monotonic() + 60
+    while retries() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    manager.stop()
+    assert retries() >= 3
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    message = said[0].getMessage()
+    assert "`make demo`" in message
+    assert "`kedro run --pipelines training,evaluation,registry`" in message
+    assert manager.current is None and manager.last_error is not None

@@ -60,3 +60,13 @@ def test_a_graph_that_breaks_the_contract_is_refused_before_it_is_logged(tmp_pat
     with pytest.raises(artifact.ModelLoadError, match="breaks the serving contract"):
         artifact.log_serving_model(cl, run.info.run_id, broken, serving_meta(64, None, 160))
     assert cl.search_logged_models([run.info.experiment_id]) == []
+
+
+def test_an_experiment_with_runs_opens_on_them_in_the_mlflow_ui(tmp_path):
+    """MLflow 3's UI shows an experiment's GenAI views (traces) first unless the experiment
+    is tagged as model development: every run the stages open tags it."""
+    cl = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.open_run(cl, "plants-ui") as run:
+        run.log_metrics({"val/f1_macro": 0.9})
+    tags = cl.get_experiment(run.experiment_id).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

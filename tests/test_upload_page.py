@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import httpx
 import pytest
 from PIL import Image
 from support import images
@@ -23,11 +26,21 @@ def page(tmp_path_factory, mlflow_tracking_uri):
     ):
         browser.get(api.url + "/")
         browser.wait_for("return document.getElementById('model').textContent.includes('v')")
-        yield browser, version, root
+        yield browser, version, root, api.url
+
+
+SHOWN = "return getComputedStyle(document.getElementById('result')).display !== 'none'"
+
+
+def test_on_load_the_page_shows_no_result(page):
+    """No broken-image icon and no empty "Prediction:" table before a prediction."""
+    browser, _, _, _ = page
+    assert browser.script(SHOWN) is False
+    assert browser.script("return document.getElementById('preview').offsetHeight") == 0
 
 
 def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
-    browser, version, root = page
+    browser, version, root, _ = page
     photo = images.sample_paths("dandelion")[0]
     browser.send_file("#file", photo)
     browser.wait_for("return document.body.dataset.state === 'done'")
@@ -47,7 +60,7 @@ def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
 
 
 def test_dropping_an_image_predicts_it_too(page):
-    browser, _, _ = page
+    browser, _, _, _ = page
     browser.script("document.body.dataset.state = ''")
     browser.async_script(
         """
@@ -69,10 +82,31 @@ def test_dropping_an_image_predicts_it_too(page):
     assert browser.text("#label") in base_labels()
 
 
-def test_a_non_image_shows_a_readable_error(page, tmp_path):
-    browser, _, _ = page
+def test_a_non_image_shows_a_readable_error_and_clears_the_previous_result(page, tmp_path):
+    browser, _, _, _ = page
+    browser.send_file("#file", images.sample_paths("grass")[0])
+    browser.wait_for("return document.body.dataset.state === 'done'")
+    assert browser.script(SHOWN) is True
     bad = tmp_path / "notes.txt"
     bad.write_text("not a picture")
     browser.send_file("#file", bad)
     browser.wait_for("return document.getElementById('status').className === 'error'")
     assert "Error 415" in browser.text("#status")
+    assert browser.script(SHOWN) is False  # the grass answer is gone with its image
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [
+        ("/docs", "return document.querySelector('.swagger-ui .info .title')?.textContent"),
+        ("/redoc", "return document.querySelector('.api-info h1, h1')?.textContent"),
+    ],
+)
+def test_the_api_docs_render_offline_from_files_the_server_serves(page, path, rendered):
+    browser, _, _, url = page
+    html = httpx.get(url + path, timeout=10).text
+    assert not re.search(r"(src|href)=[\"']https?://", html), html  # nothing from a CDN
+    browser.get(url + path)
+    title = browser.wait_for(rendered, timeout=30)
+    assert "plants-mlops prediction API" in title
+    browser.get(url + "/")  # back to the upload page for the module's other tests

@@ -70,7 +70,7 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     mlrun = client.get_run(run_id)
     assert mlrun.data.tags.get("zenml") and mlrun.info.run_name == run["run_name"]
-    assert "test_f1_macro" in mlrun.data.metrics and "eval_f1_macro" in mlrun.data.metrics
+    assert "test/f1_macro" in mlrun.data.metrics and "eval/f1_macro" in mlrun.data.metrics
     mv = client.get_model_version("plants-classifier", s["registry"]["model_version"])
     assert mv.run_id == run_id
 

@@ -49,7 +49,7 @@ def test_zenml_run_on_the_minio_stack_stores_artifacts_in_the_bucket_and_registe
     client = mlflow.MlflowClient(mlflow_tracking_uri)
     run_id = summaries["training"]["mlflow_run_id"]
     mlrun = client.get_run(run_id)
-    assert mlrun.data.tags.get("zenml") and "test_f1_macro" in mlrun.data.metrics
+    assert mlrun.data.tags.get("zenml") and "test/f1_macro" in mlrun.data.metrics
     version = summaries["registry"]["model_version"]
     assert client.get_model_version("plants-classifier", version).run_id == run_id
     artifacts = [a.path for a in client.list_artifacts(run_id)]

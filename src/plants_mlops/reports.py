@@ -7,6 +7,7 @@ value escaped.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.5rem}
 table{border-collapse:collapse;margin:.5rem 0}
 td,th{border:1px solid #ccd;padding:.25rem .6rem;text-align:left;vertical-align:top}
-th{background:#eef}.pass{color:#176b2c;font-weight:600}.fail{color:#b3261e;font-weight:600}
+th{background:#eef}.figures{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0}.pass{color:#176b2c;font-weight:600}.fail{color:#b3261e;font-weight:600}
 """
 
 
@@ -78,7 +79,14 @@ def validation_html(report: dict[str, Any]) -> str:
 _METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
 
 
-def evaluation_html(report: dict[str, Any]) -> str:
+def figure(name: str, png: bytes) -> str:
+    """A PNG inlined in the page (a data URI: the page stays one self-contained file)."""
+    data = base64.b64encode(png).decode("ascii")
+    alt = html.escape(name.removesuffix(".png").replace("_", " "))
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"></figure>'
+
+
+def evaluation_html(report: dict[str, Any], figures: dict[str, bytes] | None = None) -> str:
     candidates = [("this model", report["model"])]
     candidates += [(f"baseline: {name}", m) for name, m in report["baselines"].items()]
     champion = report.get("champion") or {}
@@ -106,4 +114,11 @@ def evaluation_html(report: dict[str, Any]) -> str:
         note,
         "<h2>Confusion matrix (this model)</h2>",
         confusion,
+        *(
+            ["<h2>Figures (this model, test split)</h2><div class='figures'>"]
+            + [figure(name, png) for name, png in (figures or {}).items()]
+            + ["</div>"]
+            if figures
+            else []
+        ),
     )

@@ -165,6 +165,53 @@ def curves_png(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> 
     return {"roc_curve.png": roc, "pr_curve.png": _png(fig)}
 
 
+def calibration_png(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> bytes:
+    """Reliability diagram of the top-class confidence: per confidence bin, the share of
+    correct predictions against the mean confidence (the diagonal is perfect calibration);
+    the bars below show how many images each bin holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    proba = np.asarray(proba, dtype=np.float64)
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    used = [b for b in range(n_bins) if (bins == b).any()]
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(4, 5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(
+        [confidence[bins == b].mean() for b in used],
+        [correct[bins == b].mean() for b in used],
+        "o-",
+        label=f"ECE = {expected_calibration_error(y_true, proba, n_bins):.3f}",
+    )
+    ax.set_ylabel("share correct")
+    ax.set_title("Calibration (top-class confidence)")
+    ax.legend(loc="upper left")
+    counts.hist(confidence, bins=n_bins, range=(0, 1), color="#8aa")
+    counts.set_xlabel("confidence")
+    counts.set_ylabel("images")
+    return _png(fig)
+
+
+def evaluation_figures(
+    y_true: np.ndarray, proba: np.ndarray, matrix: list[list[int]], labels: Sequence[str]
+) -> dict[str, bytes]:
+    """The figures of a test-split evaluation, by file name: the confusion matrix, the ROC
+    and precision-recall curves (two classes present) and the calibration diagram."""
+    figures = {
+        "confusion_matrix.png": confusion_matrix_png(matrix, labels, "ONNX model, test split")
+    }
+    figures.update(curves_png(np.asarray(y_true), np.asarray(proba), labels))
+    if len(y_true):
+        figures["calibration.png"] = calibration_png(y_true, proba)
+    return figures
+
+
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
     """Expected calibration error of the top-class confidence: the images are put in
     ``n_bins`` equal-width confidence bins and the gap |accuracy - mean confidence| of each

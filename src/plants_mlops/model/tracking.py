@@ -188,6 +188,18 @@ class Run:
         self.client.log_artifact(self.run_id, str(local_path), artifact_dir)
 
 
+# MLflow 3's UI opens an experiment on its GenAI views (traces) unless the experiment says
+# it holds model training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+
+
+def mark_model_development(cl, exp_id: str) -> None:
+    """Tag the experiment so that the MLflow UI opens it on its training runs."""
+    with contextlib.suppress(Exception):  # a read-only store: the UI only opens elsewhere
+        cl.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+
+
 @contextlib.contextmanager
 def open_run(
     cl, experiment: str, run_name: str | None = None, run_id: str | None = None
@@ -202,9 +214,11 @@ def open_run(
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
     if run_id is not None:
         info = cl.get_run(run_id).info
+        mark_model_development(cl, info.experiment_id)
         yield Run(cl, run_id, info.experiment_id)
         return
     exp_id = experiment_id(cl, experiment)
+    mark_model_development(cl, exp_id)
     created = cl.create_run(exp_id, run_name=run_name)
     run = Run(cl, created.info.run_id, exp_id)
     try:

@@ -122,6 +122,8 @@ def create_app(config: ServingConfig | None = None) -> PlantsAPI:
         version="1.0",
         description="Dandelion or grass? Upload an image. Admin routes need X-API-Key.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: routes/ui.py, from package files (no CDN)
+        redoc_url=None,
     )
     errors.install(app)
     upload_limit = config.max_upload_bytes + 64 * 1024  # multipart overhead
@@ -139,6 +141,7 @@ def create_app(config: ServingConfig | None = None) -> PlantsAPI:
     app.include_router(admin.router)
     app.include_router(feedback.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.mount(ui.DOCS_ASSETS_URL, StaticFiles(directory=ui.DOCS_ASSETS), name="docs-static")
     # The hot route, served in raw ASGI inside the same request-context middleware.
     route = next(r for r in predict.router.routes if r.path == "/predict")
     app.add_shortcut(route, RequestContextMiddleware(predict.predict_asgi, **context))

@@ -130,6 +130,7 @@ class ModelManager:
         self.on_swap = None  # callback(model) for metrics
         self.on_failure = None  # callback() for metrics
         self._signal_seen = self._signal() if config.reload_signal_file else ""
+        self._waiting_for: str | None = None  # the error last reported while no model is up
 
     def registry(self) -> Registry:
         if self._registry is None:
@@ -161,12 +162,24 @@ class ModelManager:
             else:
                 return  # polling off: the admin reload route is the only trigger
             if outcome.error and self.current is None:
-                log.warning(
-                    "no model yet, retrying in %.0fs",
-                    wait,
-                    extra={"event": "model_wait", "error": outcome.error},
-                )
+                self._no_model_yet(outcome.error, wait)
             forced = self._wait(wait)
+
+    def _no_model_yet(self, error: str, wait: float) -> None:
+        """Say once what to do when there is nothing to serve (a fresh clone: no champion
+        yet); the retries every ``wait`` seconds are debug lines until the error changes."""
+        if error == self._waiting_for:
+            log.debug("no model yet, retrying in %.0fs", wait, extra={"event": "model_wait"})
+            return
+        self._waiting_for = error
+        log.warning(
+            "no model to serve yet (%s): train one with `make demo`, or `kedro run "
+            "--pipelines training,evaluation,registry`; /ready answers 503 until then, "
+            "and the API checks again every %.0f s",
+            error,
+            wait,
+            extra={"event": "model_wait", "error": error},
+        )
 
     # --- several workers: POST /admin/reload reaches one; it tells the others -----------
 
@@ -258,6 +271,8 @@ class ModelManager:
             "at": datetime.now(UTC).isoformat(),
             "kept_version": kept,
         }
+        if version is None and kept is None:  # nothing registered yet: _no_model_yet says so
+            return ReloadOutcome(False, None, error=error, detail="no model to serve yet")
         log.error(
             "model %s failed to load; still serving %s",
             version,

@@ -46,6 +46,11 @@ def evaluate_candidate(
     out["temperature"] = float(model.meta.temperature)
     out["ece"] = expected_calibration_error(test.labels, pred.probabilities)
     out["ece_uncalibrated"] = expected_calibration_error(test.labels, softmax(pred.logits))
+    # what the report's figures are drawn from (not part of the JSON report)
+    out["predictions"] = {
+        "labels": np.asarray(test.labels).tolist(),
+        "probabilities": np.asarray(pred.probabilities, dtype=np.float64).tolist(),
+    }
     return out
 
 
@@ -160,9 +165,19 @@ def compile_report(
 ) -> tuple[dict, str, dict]:
     """One JSON report (also logged to the training run: ``eval_*`` metrics + the JSON), its
     HTML page and the stage summary."""
-    from plants_mlops.model.metrics import confusion_matrix_png, scalar_metrics
+    from plants_mlops.model.metrics import evaluation_figures, scalar_metrics
 
     p = parse(EvaluationParams, params, "evaluation")
+    predictions = candidate.get("predictions") or {"labels": [], "probabilities": []}
+    candidate = {k: v for k, v in candidate.items() if k != "predictions"}
+    figures = evaluation_figures(
+        np.asarray(predictions["labels"], dtype=np.int64),
+        np.asarray(predictions["probabilities"], dtype=np.float64).reshape(
+            len(predictions["labels"]), -1
+        ),
+        candidate["confusion_matrix"],
+        candidate["labels"],
+    )
     best_baseline = max(baselines.values(), key=lambda m: m["f1_macro"])
     run_id = training_report.get("mlflow_run_id")
     report = {
@@ -182,18 +197,14 @@ def compile_report(
     if run_id and p.mlflow.log_to_run:
         cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
         with tracking.open_run(cl, p.model_name, run_id=run_id) as run:
-            run.log_metrics(scalar_metrics(candidate, "eval_"))
+            run.log_metrics(scalar_metrics(candidate, "eval/"))
             for name, m in baselines.items():
-                run.log_metrics(scalar_metrics(m, f"baseline_{name}_"))
+                run.log_metrics(scalar_metrics(m, f"baseline_{name}/"))
             if champion.get("f1_macro") is not None:
-                run.log_metrics(scalar_metrics(champion, "champion_"))
+                run.log_metrics(scalar_metrics(champion, "champion/"))
             run.log_dict(report, "evaluation/evaluation_report.json")
-            run.log_png(
-                confusion_matrix_png(
-                    candidate["confusion_matrix"], candidate["labels"], "ONNX model, test split"
-                ),
-                "figures/eval_confusion_matrix.png",
-            )
+            for name, png in figures.items():
+                run.log_png(png, f"figures/eval_{name}")
     log.info(
         "evaluation: model f1=%.4f, best baseline f1=%.4f, champion %s",
         candidate["f1_macro"],
@@ -220,4 +231,4 @@ def compile_report(
     )
     from plants_mlops.reports import evaluation_html
 
-    return report, evaluation_html(report), summary.to_json()
+    return report, evaluation_html(report, figures), summary.to_json()

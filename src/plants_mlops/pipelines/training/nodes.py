@@ -476,7 +476,7 @@ def _log_run(
         precision = report["serving_precision"]
         run.log_metrics(
             {
-                f"precision_{k}": float(v)
+                f"serving/{k}": float(v)
                 for k, v in precision.items()
                 if isinstance(v, int | float) and not isinstance(v, bool)
             }
@@ -484,17 +484,19 @@ def _log_run(
         run.log_dict(precision, "serving/precision.json")
         for row in history["epochs"]:
             run.log_metrics(
-                {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
+                {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"},
+                step=int(row["epoch"]),
             )
-        run.log_metrics(scalar_metrics(test, "test_"))
-        run.log_metrics(scalar_metrics(history.get("val_metrics") or {}, "best_val_"))
-        run.log_metrics(scalar_metrics(history.get("calibration") or {}, "calibration_"))
+        # Grouped by prefix ("group/name"): the MLflow UI draws one section of charts per group.
+        run.log_metrics(scalar_metrics(test, "test/"))
+        run.log_metrics(scalar_metrics(history.get("val_metrics") or {}, "best_val/"))
+        run.log_metrics(scalar_metrics(history.get("calibration") or {}, "calibration/"))
         run.log_metrics(
             {
-                "model_size_mb": len(serving_model) / 1e6,
-                "train_seconds": history["train_seconds"],
-                "train_images_per_second": history["images_per_second"],
-                "best_epoch": history["best_epoch"],
+                "training/model_size_mb": len(serving_model) / 1e6,
+                "training/train_seconds": history["train_seconds"],
+                "training/train_images_per_second": history["images_per_second"],
+                "training/best_epoch": history["best_epoch"],
             }
         )
         run.log_dict(fingerprint_doc or {}, "dataset/dataset_fingerprint.json")

@@ -13,7 +13,8 @@
   async function predict(file) {
     if (!file) return;
     status(`Classifying ${file.name}...`, false);
-    $("result").hidden = true;
+    $("result").hidden = true; // an error must not leave the previous answer on screen
+    document.body.dataset.state = "busy";
     const form = new FormData();
     form.append("file", file, file.name);
     let body;
@@ -23,12 +24,15 @@
       body = await response.json();
     } catch (err) {
       status(`Request failed: ${err}`, true);
+      document.body.dataset.state = "error";
       return;
     }
     if (!response.ok) {
       status(`Error ${response.status}: ${body.detail || body.error}`, true);
+      document.body.dataset.state = "error";
       return;
     }
+    if ($("preview").src) URL.revokeObjectURL($("preview").src);
     $("preview").src = URL.createObjectURL(file);
     $("label").textContent = body.label;
     const rows = Object.entries(body.probabilities).map(([label, p]) => {
