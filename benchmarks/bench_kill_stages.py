@@ -43,8 +43,8 @@ PARAMS = {  # a small, quick model: the point is where the kill lands, not the a
     "training.weights": "null",
     "training.image_size": "64",
     "training.strategy": "finetune",
-    "validation.min_images_per_class": "5",
-    "validation.split_tolerance": "0.4",
+    "task.class_balance.min_images_per_class": "5",
+    "task.class_balance.split_tolerance": "0.4",
     "registry.gate.min_f1": "0.0",
 }
 

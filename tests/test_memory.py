@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from plants_mlops import memory
 from plants_mlops.hooks import ProjectHooks
 
@@ -83,3 +85,25 @@ def test_the_hook_holds_the_threshold_low_only_around_tagged_nodes(monkeypatch):
         ("plain", memory.SMALL_MMAP_THRESHOLD),
         ("tagged", memory.LARGE_MMAP_THRESHOLD),
     ]
+
+
+def test_the_decode_budget_is_held_until_the_decoded_pixels_are_released():
+    """The budget covers a decode from its first byte until the full-size image is gone,
+    not only the decode call (the API used to keep the image after releasing it)."""
+    import io
+
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (2000, 1500), (1, 2, 3, 4)).save(buf, "PNG")
+    budget = imaging.DecodeBudget(10_000_000)
+    with imaging.decoded_within(buf.getvalue(), budget) as decoded:
+        assert budget.free == 10_000_000 - 2000 * 1500  # held while the pixels live
+        small = imaging.square_resize(decoded.image, 32)
+        image = decoded.image
+    assert budget.free == 10_000_000
+    assert small.size == (32, 32)
+    with pytest.raises(ValueError, match="closed image"):
+        image.getpixel((0, 0))  # released at the end of the block

@@ -10,6 +10,7 @@ import contextlib
 import io
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,6 +236,33 @@ def decode_image(
         raise ImageDecodeError("truncated", f"image data is damaged or incomplete ({exc})") from exc
     ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt) or "bin"
     return DecodedImage(image=img, format=ext, original_size=(width, height))
+
+
+# Decodes at least this large hand the heap's free pages back when their pixels go.
+TRIM_AFTER_PIXELS = 4_000_000
+
+
+@contextlib.contextmanager
+def decoded_within(
+    data: bytes, budget: DecodeBudget | None, *, max_pixels: int = MAX_PIXELS
+) -> Iterator[DecodedImage]:
+    """Decode ``data`` holding ``budget`` for its pixels (read from the header) from the
+    first decoded byte until the block ends, when the full-size pixels are released: the
+    caller makes what it keeps (the model input, a thumbnail) inside the block. An image
+    over ``max_pixels`` is refused (``too_large``) without waiting for the budget."""
+    pixels = header_pixels(data)
+    need = pixels if 0 < pixels <= max_pixels else 0
+    with budget.reserve(need) if budget is not None and need else contextlib.nullcontext():
+        decoded = decode_image(data, max_pixels=max_pixels)
+        try:
+            yield decoded
+        finally:
+            decoded.image.close()
+            del decoded
+    if need >= TRIM_AFTER_PIXELS:
+        from plants_mlops import memory
+
+        memory.trim()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

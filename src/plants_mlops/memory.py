@@ -36,6 +36,21 @@ def _mallopt():
     return getattr(libc, "mallopt", None)
 
 
+@functools.cache
+def _malloc_trim():
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    path = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(path), "malloc_trim", None) if path else None
+
+
+def trim() -> bool:
+    """Hand the heap's free pages back to the OS now (glibc ``malloc_trim(0)``): after a
+    burst of large decodes, what the arenas kept for reuse; False elsewhere."""
+    fn = _malloc_trim()
+    return bool(fn and fn(0))
+
+
 def set_mmap_threshold(nbytes: int) -> bool:
     """Hold glibc's mmap threshold at ``nbytes`` (its dynamic rise stops); False where the
     C library is not glibc or refuses the value."""

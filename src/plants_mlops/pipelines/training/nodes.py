@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from plants_mlops.contracts import SPLITS
+from plants_mlops.errors import RefusedInput
 from plants_mlops.model import tracking
 from plants_mlops.params import TrainingParams, parse
 from plants_mlops.summaries import StageSummary
@@ -76,7 +77,7 @@ def require_valid_data(
     validated = validation_passed.get("dataset_fingerprint")
     current = dataset_fingerprint.get("fingerprint")
     if not validation_passed.get("passed") or validated != current:
-        raise ValueError(
+        raise RefusedInput(
             f"refusing to train: dataset {str(current)[:12]} has not passed validation "
             f"(last validated: {str(validated)[:12]}); run `kedro run --pipelines validation`"
         )
@@ -84,14 +85,14 @@ def require_valid_data(
     labels = fingerprint_labels(dataset_fingerprint)
     actual = fingerprint_of(dataset_index, image_size, labels)["fingerprint"]
     if actual != validated:
-        raise ValueError(
+        raise RefusedInput(
             f"refusing to train: dataset_index differs from what validation passed (its "
             f"content hashes to {actual[:12]}, validated {str(validated)[:12]}); run "
             "`kedro run --pipelines formatting,curation,validation`"
         )
     missing = sorted(set(dataset_index["image_key"]) - set(fmt_images))
     if missing:
-        raise ValueError(
+        raise RefusedInput(
             f"refusing to train: {len(missing)} of {len(dataset_index)} index rows have no "
             f"formatted image (e.g. {', '.join(missing[:3])}): the formatting run was "
             "interrupted or the fmt layer changed; run `kedro run --pipelines formatting "
@@ -109,7 +110,7 @@ def _verify_fmt_images(dataset_index: pd.DataFrame, fmt_images: dict) -> None:
     from plants_mlops import imaging
 
     if "fmt_sha256" not in dataset_index.columns:
-        raise ValueError(
+        raise RefusedInput(
             "refusing to train: dataset_index records no fmt_sha256 (formatted by an older "
             "version); run `kedro run --pipelines formatting,curation,validation`"
         )
@@ -133,7 +134,7 @@ def _verify_fmt_images(dataset_index: pd.DataFrame, fmt_images: dict) -> None:
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="fmt-check") as pool:
         bad = [b for b in pool.map(damaged, items, chunksize=64) if b]
     if bad:
-        raise ValueError(
+        raise RefusedInput(
             f"refusing to train: {len(bad)} of {len(items)} formatted images are damaged or "
             f"differ from what formatting wrote (first: {'; '.join(bad[:3])}); run "
             "`kedro run --pipelines formatting,curation,validation`"
