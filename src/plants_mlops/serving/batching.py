@@ -39,6 +39,7 @@ import numpy as np
 
 from plants_mlops import imaging
 from plants_mlops.serving.osthreads import name_os_thread
+from plants_mlops.serving.service import ood_of
 
 log = logging.getLogger("plants_mlops.serving.batching")
 
@@ -239,6 +240,7 @@ class MicroBatcher:
                     out.embeddings[row],
                     job.request_id,
                     "predict",
+                    ood_of(out, row),
                 ).model_dump_json()
             except Exception as exc:
                 answers.append((job.future, None, exc))

@@ -77,6 +77,12 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.out_of_distribution = Counter(
+            "plants_predictions_out_of_distribution_total",
+            "Predictions flagged out of distribution (ood_score above the model's threshold)",
+            ["model_version"],
+            registry=r,
+        )
         for label in contracts.LABELS:  # expose zeroes before the first prediction
             self.predictions.labels(label=label, model_version="none")
 
@@ -87,6 +93,7 @@ class ServiceMetrics:
         else:
             self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
+        self.out_of_distribution.labels(model_version=version)  # a zero before any flag
         self.model_loaded.set(1)
 
     def exposition(self) -> tuple[bytes, str]:

@@ -47,6 +47,8 @@ class PredictionRecord:
     embedding: np.ndarray
     endpoint: str = "predict"
     uncertain: bool = False
+    ood_score: float | None = None  # None: the model has no OOD detector
+    out_of_distribution: bool | None = None
 
     def to_row(self) -> dict[str, Any]:
         stats = imaging.image_stats(self.image)
@@ -64,6 +66,8 @@ class PredictionRecord:
             "orig_height": int(self.orig_height),
             "embedding": np.asarray(self.embedding, dtype=np.float32).tobytes(),
             "uncertain": bool(self.uncertain),
+            "ood_score": None if self.ood_score is None else float(self.ood_score),
+            "out_of_distribution": self.out_of_distribution,
         }
         row.update({f"{STAT_PREFIX}{k}": float(v) for k, v in stats.items()})
         return row
@@ -97,6 +101,8 @@ def sql_table(metadata=None):
         sa.Column("embedding", sa.LargeBinary, nullable=False),
         # added later: a log made before has it added in place (db.add_missing_columns)
         sa.Column("uncertain", sa.Boolean, nullable=True),
+        sa.Column("ood_score", sa.Float, nullable=True),
+        sa.Column("out_of_distribution", sa.Boolean, nullable=True),
     )
 
 

@@ -26,6 +26,18 @@ class PredictionResponse(BaseModel):
     uncertain: bool = Field(
         False, description="confidence under PLANTS_UNCERTAIN_BELOW: feedback welcome"
     )
+    out_of_distribution: bool = Field(
+        False,
+        description="the image does not look like the photos the model was trained on "
+        "(ood_score above the model's threshold, chosen to flag at most 5 % of its "
+        "validation photos): do not trust the label; always false for a model without "
+        "a detector",
+    )
+    ood_score: float | None = Field(
+        None,
+        description="how far the image's embedding lies from the training images (higher: "
+        "further; model/ood.py); null for a model without a detector",
+    )
 
 
 class BatchItem(BaseModel):

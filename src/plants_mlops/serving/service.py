@@ -74,7 +74,10 @@ class PredictionService:
         emb: np.ndarray,
         request_id: str,
         endpoint: str,
+        ood: tuple[float | None, bool] = (None, False),
     ) -> PredictionResponse:
+        """``ood``: (the row's ood_score, flagged) from :func:`ood_of` (no detector: (None,
+        False))."""
         labels = model.meta.labels
         idx = int(np.argmax(probs))
         probabilities = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
@@ -92,6 +95,9 @@ class PredictionService:
             prep.data if uncertain else None,
         )
         self.metrics.predictions.labels(label=labels[idx], model_version=model.version).inc()
+        ood_score, flagged = ood
+        if flagged:
+            self.metrics.out_of_distribution.labels(model_version=model.version).inc()
         self.metrics.inference.observe(latency / 1000.0)
         if self.writer is not None:
             self.writer.submit(
@@ -109,6 +115,8 @@ class PredictionService:
                     embedding=emb,
                     endpoint=endpoint,
                     uncertain=uncertain,
+                    ood_score=ood_score,
+                    out_of_distribution=None if ood_score is None else flagged,
                 )
             )
         return PredictionResponse(
@@ -120,13 +128,21 @@ class PredictionService:
             model_version=model.version,
             latency_ms=round(latency, 3),
             uncertain=uncertain,
+            out_of_distribution=flagged,
+            ood_score=None if ood_score is None else round(ood_score, 6),
         )
 
     def predict_one(self, model: ServingModel, data: bytes, request_id: str) -> PredictionResponse:
         prep = self._prepare(model, data)
         out = model.run(prep.x[None])
         return self._respond(
-            model, prep, out.probabilities[0], out.embeddings[0], request_id, "predict"
+            model,
+            prep,
+            out.probabilities[0],
+            out.embeddings[0],
+            request_id,
+            "predict",
+            ood_of(out, 0),
         )
 
     def predict_many(
@@ -158,5 +174,14 @@ class PredictionService:
                     out.embeddings[row],
                     f"{request_id}-{i}",
                     "batch",
+                    ood_of(out, row),
                 )
         return items
+
+
+def ood_of(out, row: int) -> tuple[float | None, bool]:
+    """(ood_score, flagged) of one row of a model output (``artifact.Prediction``); (None,
+    False) for a model without an OOD detector."""
+    if out.ood_scores is None:
+        return None, False
+    return float(out.ood_scores[row]), bool(out.out_of_distribution[row])

@@ -35,6 +35,11 @@
     if ($("preview").src) URL.revokeObjectURL($("preview").src);
     $("preview").src = URL.createObjectURL(file);
     $("label").textContent = body.label;
+    // Out of distribution: say so instead of a label the model has no business giving.
+    const known = Object.keys(body.probabilities).join(" or ");
+    $("ood").textContent = `This does not look like a ${known} photo.`;
+    $("ood").hidden = !body.out_of_distribution;
+    $("answer").hidden = !!body.out_of_distribution;
     const rows = Object.entries(body.probabilities).map(([label, p]) => {
       const pct = (p * 100).toFixed(1);
       return `<tr data-label="${label}"><td>${label}</td><td><span class="bar" style="width:${Math.round(p * 120)}px"></span>${pct}%</td></tr>`;
