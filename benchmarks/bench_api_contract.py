@@ -5,7 +5,7 @@ The test suite runs the same with a dozen examples per operation
 (tests/test_api_contract.py); this one runs enough for >= 2,000 generated cases and prints
 the case count, the failures and the time.
 
-    .venv/bin/python benchmarks/bench_api_contract.py [--max-examples 100] [--seed 0]
+    .venv/bin/python benchmarks/bench_api_contract.py [--max-examples 200] [--seed 0]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from support.serving import running_api  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-examples", type=int, default=100)
+    parser.add_argument("--max-examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-contract-") as tmp:
