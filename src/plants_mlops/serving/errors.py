@@ -54,6 +54,7 @@ def error_json(code: str, detail: str, request_id: str | None) -> bytes:
 
 
 _HTTP_CODES = {
+    400: "malformed_body",
     404: "not_found",
     405: "method_not_allowed",
     401: "unauthorized",
@@ -63,7 +64,68 @@ _HTTP_CODES = {
 }
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> str:
+    """Every method some route of ``app`` fully matches at the request's path (Starlette's
+    own matching, included routers too), for the ``Allow`` header of a 405."""
+    from starlette.routing import Match
+
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+# Documented on every operation (the middleware's JSON 500), on every one that takes a
+# body (its size limit), and on every one with a body or parameters (validation).
+_SERVER_ERROR = "internal error: the body names the request id of the logged traceback"
+_BODY_TOO_LARGE = "request body over the size limit"
+_INVALID = "the request does not match this operation's schema (malformed JSON included)"
+_UNPARSABLE = "the body could not be parsed at all (not UTF-8, a broken multipart body)"
+
+
+def document_errors(schema: dict) -> dict:
+    """The OpenAPI document with what the server really answers on errors: every 4xx/5xx is
+    ``ErrorResponse`` (FastAPI documents its own 422 body, ``HTTPValidationError``, which
+    this API never sends: ``install``'s handler answers validation errors with
+    ``ErrorResponse``), and the statuses any operation can get from the middleware and the
+    validation are listed."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation or operation.get("parameters"):
+                responses.setdefault("422", {"description": _INVALID})
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": _UNPARSABLE})
+                responses.setdefault("413", {"description": _BODY_TOO_LARGE})
+            responses.setdefault("500", {"description": _SERVER_ERROR})
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    response["content"] = error
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
+
+
 def install(app: FastAPI) -> None:
+    original_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(original_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(request, exc.code, exc.detail), status_code=exc.status)
@@ -71,10 +133,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; a path
+            # served by several routes (GET and POST /admin/retrain) allows them all.
+            headers["Allow"] = allowed_methods(request.app, request.scope)
         return JSONResponse(
             error_body(request, code, str(exc.detail)),
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -8,6 +8,11 @@ from pydantic import BaseModel, Field
 
 from plants_mlops.contracts import LABELS
 
+# The media types the upload parts are documented with (OpenAPI `encoding.contentType`):
+# what a client should send. The server decodes by the bytes, not by this header, and
+# refuses a part whose declared type is neither an image nor octet-stream.
+IMAGE_CONTENT_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
+
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="machine-readable reason, e.g. not_an_image, too_large")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from python_multipart.multipart import parse_options_header
 
 from plants_mlops.serving.errors import UPLOAD_HINT, ApiError
+from plants_mlops.serving.schemas import IMAGE_CONTENT_TYPES
 
 FIELD = "file"
 MAX_BOUNDARY = 200  # RFC 2046 says at most 70 characters; clients stay far below this
@@ -45,7 +46,8 @@ OPENAPI_BODY = {
                             "description": "the image (JPEG, PNG, WebP, GIF, BMP)",
                         }
                     },
-                }
+                },
+                "encoding": {FIELD: {"contentType": IMAGE_CONTENT_TYPES}},
             }
         },
     }

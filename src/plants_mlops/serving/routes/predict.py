@@ -13,7 +13,12 @@ from plants_mlops.serving import errors, upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep, serving_model
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.middleware import send_json
-from plants_mlops.serving.schemas import BatchResponse, ErrorResponse, PredictionResponse
+from plants_mlops.serving.schemas import (
+    IMAGE_CONTENT_TYPES,
+    BatchResponse,
+    ErrorResponse,
+    PredictionResponse,
+)
 from plants_mlops.serving.service import PredictionService
 
 router = APIRouter(tags=["predict"])
@@ -130,7 +135,12 @@ async def predict(request: Request) -> Response:
     summary="Classify several images; per-file errors do not fail the batch",
 )
 async def predict_batch(
-    files: Annotated[list[UploadFile], File(description="the images")],
+    # at least one file (an empty batch is a 422, as the document's minItems says); a
+    # part that is not an image gets its own error in the batch's 200
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"the images ({IMAGE_CONTENT_TYPES}), at least one", min_length=1),
+    ],
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,
