@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-LABELS = ("dandelion", "grass")  # class index = position in this tuple
+# The labels are the task's, not a constant here: conf/<env>/task.yml (params:task), then
+# the dataset fingerprint, then the serving meta of each model (docs/own-data.md).
 SPLITS = ("train", "val", "test")
 
 # Row status in the plants_data table.
@@ -17,7 +18,7 @@ ALIAS_CHALLENGER = "challenger"
 
 # ONNX serving model: one input, two outputs.
 ONNX_INPUT = "image"  # float32 [N, 3, H, W], normalised as ServingMeta says
-ONNX_OUTPUT_LOGITS = "logits"  # float32 [N, len(LABELS)]
+ONNX_OUTPUT_LOGITS = "logits"  # float32 [N, K], one per label of the serving meta
 ONNX_OUTPUT_EMBEDDING = "embedding"  # float32 [N, D], penultimate layer
 
 # Stages, in the order of the end-to-end run (`kedro run`, the ZenML pipeline, the demo).

@@ -29,9 +29,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--env",
         default=None,
-        help="a task's environment (conf/ENV): its champion (models:/ENV-classifier@champion) "
-        "and its table for the prediction log and feedback, unless --model-uri or "
-        "PLANTS_MODEL_URI / PLANTS_DB_URL say otherwise",
+        help="a task's environment (conf/ENV): its title, its champion (models:/NAME@champion "
+        "of its globals.yml) and its table for the prediction log and feedback (over "
+        "PLANTS_MODEL_URI / PLANTS_DB_URL, which name the base task's; --model-uri wins)",
     )
     p.add_argument(
         "--poll-seconds",
@@ -65,12 +65,13 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         args.workers = resolve_workers(args.workers, "--workers")
     overrides = {"workers": args.workers}
-    if args.env:
-        from plants_mlops import task
-
-        ctx = task.load(args.env)
-        overrides["model_uri"] = os.environ.get("PLANTS_MODEL_URI") or ctx.model_uri
-        overrides["db_url"] = os.environ.get("PLANTS_DB_URL") or ctx.db_url
+    # The task's settings (workers inherit them): --env's champion and table win over
+    # PLANTS_MODEL_URI / PLANTS_DB_URL (the base task's); a set PLANTS_TITLE stays.
+    for var, value in task_settings(args.env).items():
+        if var in ("PLANTS_TITLE", "PLANTS_DESCRIPTION"):
+            os.environ.setdefault(var, value)
+        else:
+            os.environ[var] = value
     if args.model_uri:
         overrides["model_uri"] = args.model_uri
     if args.poll_seconds is not None:
@@ -106,6 +107,24 @@ def parse_port(raw: str, name: str) -> int:
     return port
 
 
+def task_settings(env: str | None) -> dict[str, str]:
+    """The API settings a task gives: its title and description (the upload page and the
+    OpenAPI info), and with ``--env`` its champion and its table (prediction log,
+    feedback). The task of ``--env`` (conf/ENV), else the base task when this folder holds
+    the project's conf/; nothing outside a project (a package serving a model URI)."""
+    from pathlib import Path
+
+    from plants_mlops import task
+
+    if env is None and not (Path("conf") / "base" / "task.yml").is_file():
+        return {}
+    ctx = task.load(env)
+    out = {"PLANTS_TITLE": ctx.task.title, "PLANTS_DESCRIPTION": ctx.task.description}
+    if env is not None:
+        out.update(PLANTS_MODEL_URI=ctx.model_uri, PLANTS_DB_URL=ctx.db_url)
+    return out
+
+
 def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
     """Several worker processes on one port (uvicorn's supervisor). Each worker builds the
     app from the environment, loads the model once and watches the alias itself; a reload
@@ -130,8 +149,6 @@ def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
     }
     if "model_uri" in overrides:  # (workers build their settings from the environment)
         env["PLANTS_MODEL_URI"] = overrides["model_uri"]
-    if "db_url" in overrides:
-        env["PLANTS_DB_URL"] = overrides["db_url"]
     if "poll_seconds" in overrides:
         env["PLANTS_MODEL_POLL_SECONDS"] = str(overrides["poll_seconds"])
     os.environ.update(env)  # the workers are spawned with this environment

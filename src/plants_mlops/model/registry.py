@@ -292,6 +292,10 @@ def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict
             }
         ]
     b = gate.behaviour
+    # Invariance to an edit and clear cases are the task's (behaviour.edits,
+    # behaviour.clear_cases): an edit a task does not list, or a task without clear cases,
+    # is not measured and not checked. A missing OOD figure (no detector) still fails.
+    optional = {"invariance", "mirror_invariance", "functionality"}
     rules = (  # name, metric, limit, at least (else at most), what
         ("invariance", "invariance_min", b.min_invariance, True, "labels kept, worst edit"),
         (
@@ -315,7 +319,9 @@ def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict
     for name, key, limit, at_least, what in rules:
         value = metrics.get(key)
         if value is None:
-            checks.append({"name": name, "passed": False, "detail": f"{what}: not measured"})
+            skipped = name in optional
+            detail = f"{what}: not measured" + (" for this task: not checked" if skipped else "")
+            checks.append({"name": name, "passed": skipped, "detail": detail})
             continue
         value = float(value)
         ok = value >= limit if at_least else value <= limit

@@ -54,7 +54,7 @@ def create_app(config: ServingConfig | None = None) -> PlantsAPI:
     config = config or ServingConfig.from_env()
     metrics = ServiceMetrics()
     manager = ModelManager(config)
-    manager.on_swap = lambda m: metrics.model_swapped(m.name, m.version)
+    manager.on_swap = lambda m: metrics.model_swapped(m.name, m.version, m.meta.labels)
     manager.on_failure = metrics.reload_failures.inc
     retrain = RetrainRunner(
         config.effective_retrain_command(),
@@ -118,9 +118,10 @@ def create_app(config: ServingConfig | None = None) -> PlantsAPI:
             flush_access_log()
 
     app = PlantsAPI(
-        title="plants-mlops prediction API",
+        title=config.title,
         version="1.0",
-        description="Dandelion or grass? Upload an image. Admin routes need X-API-Key.",
+        description=f"{config.description} GET /model lists the served model's labels; admin "
+        "routes need X-API-Key.",
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc: routes/ui.py, from package files (no CDN)
         redoc_url=None,

@@ -205,6 +205,10 @@ class ServingConfig:
     # Keep the original bytes of uncertain predictions (for feedback) under this folder.
     keep_uncertain_images: bool = False
     uncertain_dir: str = "data/01_raw/_uncertain"
+    # The task's title and description (conf/<env>/task.yml, set by `serve --env`): the
+    # upload page's heading and the OpenAPI info. The labels are the loaded model's.
+    title: str = "Image classifier"
+    description: str = "Upload an image; the answer is one of the served model's labels."
 
     @classmethod
     def from_env(cls, **overrides) -> ServingConfig:
@@ -249,6 +253,8 @@ class ServingConfig:
             uncertain_below=_env_float("PLANTS_UNCERTAIN_BELOW", 0.75),
             keep_uncertain_images=_env_bool("PLANTS_KEEP_UNCERTAIN_IMAGES"),
             uncertain_dir=os.environ.get("PLANTS_UNCERTAIN_DIR") or "data/01_raw/_uncertain",
+            title=os.environ.get("PLANTS_TITLE") or cls.title,
+            description=os.environ.get("PLANTS_DESCRIPTION") or cls.description,
         )
         values.update(overrides)
         config = cls(**values)

@@ -94,7 +94,15 @@ class FeedbackStore:
         self._engine = None
         self._lock = threading.Lock()
 
-    def file(self, request_id: str, label: str, comment: str | None, seen: dict | None) -> int:
+    def file(
+        self,
+        request_id: str,
+        label: str,
+        comment: str | None,
+        seen: dict | None,
+        labels: tuple[str, ...],
+    ) -> int:
+        """File ``label`` (one of ``labels``, the served model's) for an earlier prediction."""
         from plants_mlops import db
 
         with self._lock:
@@ -103,6 +111,7 @@ class FeedbackStore:
         seen = seen or {}
         return db.file_feedback(
             self._engine,
+            labels,
             request_id=request_id,
             true_label=label,
             predicted_label=seen.get("label"),

@@ -9,11 +9,10 @@ multiprocess mode; gauges say how they combine: ``livemax``, ``livemin``, ``live
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
-
-from plants_mlops import contracts
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 
@@ -83,10 +82,12 @@ class ServiceMetrics:
             ["model_version"],
             registry=r,
         )
-        for label in contracts.LABELS:  # expose zeroes before the first prediction
-            self.predictions.labels(label=label, model_version="none")
 
-    def model_swapped(self, name: str, version: str) -> None:
+    def model_swapped(self, name: str, version: str, labels: Sequence[str]) -> None:
+        """A model is served: its version's gauge, and a zero per label of the model (its
+        task's) before its first prediction."""
+        for label in labels:
+            self.predictions.labels(label=label, model_version=version)
         if MULTIPROCESS:  # the values live in files: zero the old version, do not forget it
             for labels in list(self.model_info._metrics):
                 self.model_info.labels(*labels).set(0)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
-
-from plants_mlops.contracts import LABELS
 
 # The media types the upload parts are documented with (OpenAPI `encoding.contentType`):
 # what a client should send. The server decodes by the bytes, not by this header, and
@@ -131,7 +129,11 @@ class RetrainStatus(BaseModel):
 
 class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=64, description="of the prediction")
-    label: Literal[LABELS] = Field(description="the true label")
+    label: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the true label: one of the served model's labels (GET /model lists them)",
+    )
     comment: str | None = Field(None, max_length=2000)
 
 

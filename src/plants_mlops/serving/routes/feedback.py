@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from plants_mlops.serving.deps import ServiceDep, require_api_key
+from plants_mlops.serving.deps import ServiceDep, require_api_key, serving_model
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
 from plants_mlops.serving.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
@@ -20,10 +20,21 @@ router = APIRouter(
     "/feedback",
     response_model=FeedbackResponse,
     status_code=202,
-    responses={404: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "a label the served model does not know"},
+        503: {"model": ErrorResponse, "description": "no model loaded yet"},
+    },
     summary="Say what an earlier prediction should have been; a person reviews it",
 )
 async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackResponse:
+    labels = serving_model(service).meta.labels  # the task is the served model's
+    if body.label not in labels:
+        raise ApiError(
+            422,
+            "unknown_label",
+            f"label {body.label!r} is not one of the served model's labels: {', '.join(labels)}",
+        )
     seen = service.recent.lookup(body.request_id)
     if seen is None:
         raise ApiError(
@@ -33,7 +44,7 @@ async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackRespon
             f"last {service.recent.size} and, with PLANTS_KEEP_UNCERTAIN_IMAGES, every uncertain one)",
         )
     feedback_id = await run_in_threadpool(
-        service.feedback.file, body.request_id, body.label, body.comment, seen
+        service.feedback.file, body.request_id, body.label, body.comment, seen, labels
     )
     kept = bool(seen.get("image_path"))
     return FeedbackResponse(

@@ -4,12 +4,13 @@ documentation pages ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) from the files
 
 from __future__ import annotations
 
+import html
 import importlib.resources
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 # swagger-ui-bundle.js, swagger-ui.css (Swagger UI 5) and redoc.standalone.js (ReDoc 2)
@@ -20,8 +21,10 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
-def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+def index(request: Request) -> HTMLResponse:
+    """The upload page under the task's title (``serve --env``: conf/<env>/task.yml)."""
+    page = (STATIC_DIR / "index.html").read_text()
+    return HTMLResponse(page.replace("__TITLE__", html.escape(request.app.title)))
 
 
 @router.get("/docs")

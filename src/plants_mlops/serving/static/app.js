@@ -7,7 +7,7 @@
   };
 
   fetch("/model").then((r) => (r.ok ? r.json() : null)).then((m) => {
-    $("model").textContent = m ? `model: ${m.name} v${m.version} (${m.architecture})` : "model: not loaded yet";
+    $("model").textContent = m ? `model: ${m.name} v${m.version} (${m.architecture}) · labels: ${m.labels.join(", ")}` : "model: not loaded yet";
   }).catch(() => {});
 
   async function predict(file) {
