@@ -51,4 +51,6 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 RUN pip install -c constraints.txt .
 COPY conf ./conf
+# the behaviour step's clear cases (behaviour.clear_cases)
+COPY samples/behaviour ./samples/behaviour
 CMD ["plants-mlops", "pipeline", "run", "--stack", "gpu"]

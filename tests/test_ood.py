@@ -83,3 +83,10 @@ def test_a_rise_of_the_out_of_distribution_share_counts_toward_the_drift_verdict
     assert verdict["reasons"] == [
         "out-of-distribution share rose to 0.40 (reference 0.05, allowed rise 0.10)"
     ]
+    from plants_mlops.pipelines.monitoring.metrics import verdict_metrics
+
+    gauge = verdict_metrics({**verdict, "at": "2026-12-07T00:00:00+00:00"})
+    assert gauge["plants_monitoring_ood_share"]["samples"] == [
+        {"labels": {"window": "current"}, "value": 0.4},
+        {"labels": {"window": "reference"}, "value": 0.05},
+    ]

@@ -144,3 +144,16 @@ def test_stratified_sample_keeps_class_shares_order_and_seed():
     assert stratified_sample(split, 20, seed=3).keys == a.keys
     assert stratified_sample(split, 20, seed=4).keys != a.keys
     assert stratified_sample(split, 50, seed=3) is split
+
+
+def test_extra_views_are_more_rows_per_image_and_unknown_edits_are_refused(data, caplog):
+    """``probe.extra_views``: each training image's turned copy joins its mirror as a row
+    (the behaviour step's edits), so the fit sees three views per image."""
+    turned = deep_merge(PROBE, {"probe": {"extra_views": ["rotate90"]}})
+    with caplog.at_level(logging.INFO, logger="plants_mlops.model.train"):
+        _, hist = train_model(data.dataset_index, data.fmt_images, turned, data.dataset_fingerprint)
+    n_train = hist["split_sizes"]["train"]
+    assert any(f"linear probe: {3 * n_train} embeddings" in r.message for r in caplog.records)
+    bad = deep_merge(PROBE, {"probe": {"extra_views": ["sideways"]}})
+    with pytest.raises(ValueError, match="unknown edit 'sideways'"):
+        train_model(data.dataset_index, data.fmt_images, bad, data.dataset_fingerprint)

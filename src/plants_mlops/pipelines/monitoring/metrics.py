@@ -78,4 +78,13 @@ def verdict_metrics(verdict: dict[str, Any]) -> dict[str, Any]:
         metrics["plants_monitoring_drifted_share"] = _gauge(
             "Share of image statistics that drifted", [({}, share)]
         )
+    ood = verdict.get("ood")
+    if ood:  # the champion has an OOD detector (docs/monitoring.md)
+        metrics["plants_monitoring_ood_share"] = _gauge(
+            "Share of predictions flagged out of distribution, current window and reference",
+            [
+                ({"window": "current"}, ood["current_share"]),
+                ({"window": "reference"}, ood["reference_share"]),
+            ],
+        )
     return metrics
