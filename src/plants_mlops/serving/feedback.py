@@ -20,8 +20,11 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from plants_mlops.contracts import LABELS
 
 log = logging.getLogger("plants_mlops.serving.feedback")
 
@@ -94,7 +97,15 @@ class FeedbackStore:
         self._engine = None
         self._lock = threading.Lock()
 
-    def file(self, request_id: str, label: str, comment: str | None, seen: dict | None) -> int:
+    def file(
+        self,
+        request_id: str,
+        label: str,
+        comment: str | None,
+        seen: dict | None,
+        labels: Sequence[str] = LABELS,
+    ) -> int:
+        """File the candidate; ``labels``: the served model's (the true label must be one)."""
         from plants_mlops import db
 
         with self._lock:
@@ -103,6 +114,7 @@ class FeedbackStore:
         seen = seen or {}
         return db.file_feedback(
             self._engine,
+            labels,
             request_id=request_id,
             true_label=label,
             predicted_label=seen.get("label"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from plants_mlops.contracts import LABELS
 from plants_mlops.serving.deps import ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
@@ -32,8 +33,13 @@ async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackRespon
             f"no recent prediction with request id {body.request_id!r} (the API remembers the "
             f"last {service.recent.size} and, with PLANTS_KEEP_UNCERTAIN_IMAGES, every uncertain one)",
         )
+    # the true label is one of the served model's labels (the task's, when none is loaded)
+    model = service.manager.current
+    labels = list(model.meta.labels) if model is not None else list(LABELS)
+    if body.label not in labels:
+        raise ApiError(422, "invalid_request", f"label: not one of {', '.join(labels)}")
     feedback_id = await run_in_threadpool(
-        service.feedback.file, body.request_id, body.label, body.comment, seen
+        service.feedback.file, body.request_id, body.label, body.comment, seen, labels
     )
     kept = bool(seen.get("image_path"))
     return FeedbackResponse(
