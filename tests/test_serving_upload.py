@@ -1,7 +1,7 @@
 """serving/upload.py: the /predict file part cut out of a raw multipart body, checked
 against the bodies real clients send (httpx, as requests/curl/browsers do) and against
 bodies that are not uploads at all. The route itself is exercised over HTTP in
-test_serving.py and test_serving_schema.py."""
+test_serving.py and test_api_contract.py."""
 
 from __future__ import annotations
 
