@@ -83,7 +83,10 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
         auth = {"X-API-Key": ADMIN_KEY}
         bad = client.post("/feedback", json={**body, "label": "rose"}, headers=auth)
         assert bad.status_code == 422
-        assert "label: Input should be 'dandelion' or 'grass'" in bad.json()["detail"]
+        assert (
+            "label 'rose' is not one of the served model's labels: dandelion, grass"
+            in bad.json()["detail"]
+        )
         unknown = client.post("/feedback", json={**body, "request_id": "nope"}, headers=auth)
         assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request"
         ok = client.post("/feedback", json=body, headers=auth)
