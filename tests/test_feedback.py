@@ -182,8 +182,9 @@ def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path
     assert seen is not None and "image_path" not in seen
     assert not list(tmp_path.iterdir())  # nothing written but the database to come
     store = FeedbackStore(url)
-    first = store.file("req-1", "dandelion", None, seen)
-    second = store.file("req-1", "dandelion", "sure", seen)
+    labels = ("dandelion", "grass")
+    first = store.file("req-1", "dandelion", None, seen, labels)
+    second = store.file("req-1", "dandelion", "sure", seen, labels)
     engine = db.make_engine(url)
     with pytest.raises(UserFacingError, match="has no kept image"):
         db.decide_feedback(engine, first, True, "")
