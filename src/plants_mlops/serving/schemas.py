@@ -21,7 +21,8 @@ class ErrorResponse(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    request_id: str
+    prediction_id: str = Field(description="the server's id of this prediction (for feedback)")
+    request_id: str = Field(description="the request's X-Request-ID (the client's or a new one)")
     label: str
     confidence: float = Field(ge=0, le=1)
     probabilities: dict[str, float]
@@ -130,7 +131,9 @@ class RetrainStatus(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64, description="of the prediction")
+    prediction_id: str = Field(
+        min_length=1, max_length=32, description="the prediction_id of a prediction's answer"
+    )
     label: Literal[LABELS] = Field(description="the true label")
     comment: str | None = Field(None, max_length=2000)
 
@@ -139,4 +142,5 @@ class FeedbackResponse(BaseModel):
     feedback_id: int
     status: str = Field(description="pending: it enters the training data only after review")
     image_kept: bool
+    replaced: bool = Field(description="an earlier pending feedback on it was replaced")
     detail: str

@@ -1,11 +1,11 @@
-"""``POST /feedback`` (``X-API-Key``): the true label of an earlier prediction, filed as a
-candidate for review (it never reaches the training table by itself)."""
+"""``POST /feedback`` (``X-API-Key``): the true label of an earlier prediction, for review."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from plants_mlops.db.feedback import FeedbackDecided
 from plants_mlops.serving.deps import ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
@@ -20,26 +20,30 @@ router = APIRouter(
     "/feedback",
     response_model=FeedbackResponse,
     status_code=202,
-    responses={404: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
     summary="Say what an earlier prediction should have been; a person reviews it",
 )
 async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackResponse:
-    seen = service.recent.lookup(body.request_id)
+    seen = await run_in_threadpool(service.feedback.find, body.prediction_id)
     if seen is None:
         raise ApiError(
             404,
-            "unknown_request",
-            f"no recent prediction with request id {body.request_id!r} (the API remembers the "
-            f"last {service.recent.size} and, with PLANTS_KEEP_UNCERTAIN_IMAGES, every uncertain one)",
+            "unknown_prediction",
+            f"no prediction {body.prediction_id!r} in the prediction log "
+            f"(PLANTS_PREDICTION_LOG={service.config.prediction_log})",
         )
-    feedback_id = await run_in_threadpool(
-        service.feedback.file, body.request_id, body.label, body.comment, seen
-    )
-    kept = bool(seen.get("image_path"))
+    try:
+        feedback_id, replaced = await run_in_threadpool(
+            service.feedback.file, seen, body.label, body.comment
+        )
+    except FeedbackDecided as exc:
+        raise ApiError(409, "feedback_decided", str(exc)) from None
+    kept = bool(seen.get("kept_image"))
     return FeedbackResponse(
         feedback_id=feedback_id,
         status="pending",
         image_kept=kept,
+        replaced=replaced,
         detail="filed for review (`plants-mlops data review`)"
         + ("" if kept else "; the image was not kept, so it cannot join the training data"),
     )
