@@ -20,6 +20,7 @@ from support.champion import register_champion, unique_model_name
 from support.serving import ADMIN_KEY, api_in_process, prediction_record
 
 from plants_mlops import cli, db
+from plants_mlops.contracts import LABELS
 from plants_mlops.db.prediction_log import SqlStore
 from plants_mlops.errors import UserFacingError
 from plants_mlops.serving.config import ServingConfig
@@ -181,8 +182,8 @@ def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path
     url = f"sqlite:///{tmp_path / 'plants.db'}"
     engine = db.make_engine(url)
     seen = {"predicted_label": "grass", "confidence": 0.6, "model_version": "1"}  # no image
-    first, _ = db.file_feedback(engine, prediction_id="p1", true_label="dandelion", **seen)
-    second, _ = db.file_feedback(engine, prediction_id="p2", true_label="dandelion", **seen)
+    first, _ = db.file_feedback(engine, LABELS, prediction_id="p1", true_label="dandelion", **seen)
+    second, _ = db.file_feedback(engine, LABELS, prediction_id="p2", true_label="dandelion", **seen)
     with pytest.raises(UserFacingError, match="has no kept image"):
         db.decide_feedback(engine, first, True, "")
     assert db.load_rows(engine) == []  # nothing reached plants_data
@@ -199,7 +200,7 @@ def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path
     ]
     # Feedback on a prediction already decided is refused, not filed again.
     with pytest.raises(db.FeedbackDecided, match="already rejected"):
-        db.file_feedback(engine, prediction_id="p1", true_label="grass", **seen)
+        db.file_feedback(engine, LABELS, prediction_id="p1", true_label="grass", **seen)
     assert cli.main(["data", "feedback", "accept", "99", "--db-url", url]) == 1
     assert "no feedback candidate with id 99" in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ def test_a_line_is_one_json_object_with_the_request_id_and_the_event_fields():
     logger = logging.getLogger("test-json-lines")
     logger.handlers[:] = [handler]
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     token = request_id_var.set("req-1")
     try:
         logger.warning("POST %s %d", "/predict", 200, extra={"event": "http_request", "ms": 2.5})

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,11 @@ class FeedbackStore:
             time.sleep(0.1)
         return found
 
-    def file(self, prediction: dict[str, Any], label: str, comment: str | None) -> tuple[int, bool]:
-        """(candidate id, whether it replaced an earlier pending feedback)."""
+    def file(
+        self, prediction: dict[str, Any], label: str, comment: str | None, labels: Sequence[str]
+    ) -> tuple[int, bool]:
+        """(candidate id, whether it replaced an earlier pending feedback); ``label`` must
+        be one of ``labels`` (the served model's)."""
         from plants_mlops import db
 
         with self._lock:
@@ -75,6 +79,7 @@ class FeedbackStore:
         kept = prediction.get("kept_image")
         return db.file_feedback(
             self._engine,
+            labels,
             prediction_id=prediction["prediction_id"],
             true_label=label,
             predicted_label=prediction.get("label"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from plants_mlops.contracts import LABELS
 from plants_mlops.db.feedback import FeedbackDecided
+from plants_mlops.errors import UserFacingError
 from plants_mlops.serving.deps import ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
@@ -32,12 +34,16 @@ async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackRespon
             f"no prediction {body.prediction_id!r} in the prediction log "
             f"(PLANTS_PREDICTION_LOG={service.config.prediction_log})",
         )
+    model = service.manager.current
+    labels = model.meta.labels if model is not None else LABELS
     try:
         feedback_id, replaced = await run_in_threadpool(
-            service.feedback.file, seen, body.label, body.comment
+            service.feedback.file, seen, body.label, body.comment, labels
         )
     except FeedbackDecided as exc:
         raise ApiError(409, "feedback_decided", str(exc)) from None
+    except UserFacingError as exc:  # a label the served model does not know
+        raise ApiError(422, "invalid_request", str(exc)) from None
     kept = bool(seen.get("kept_image"))
     return FeedbackResponse(
         feedback_id=feedback_id,
