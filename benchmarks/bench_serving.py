@@ -50,12 +50,8 @@ from support.servers import VENV_BIN, free_port  # noqa: E402  (the test suite's
 from plants_mlops.serving.config import resolve_workers, usable_cores  # noqa: E402
 
 # Settings a benchmark run may vary (docs/serving.md); printed with the figures.
-SERVER_SETTINGS = (
-    "PLANTS_BATCH_WAIT_MS",
-    "PLANTS_BATCH_MAX",
-    "PLANTS_BATCH_RUNNERS",
-    "PLANTS_SERVE_WORKERS",
-)
+SERVER_SETTINGS = ("PLANTS_PREDICT_THREADS", "PLANTS_SERVE_WORKERS", "PLANTS_PREDICTION_LOG")
+RESULTS = ROOT / "benchmarks" / "results" / "serving.jsonl"
 
 
 def serving_precision(onnx: bytes, meta, precision: str) -> tuple[bytes, object, str]:
@@ -219,68 +215,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-# The server's threads by their OS names (plants_mlops.serving.osthreads); an unnamed
-# thread of a worker is one of the request thread pool's (/predict/batch, /predict with
-# batching off) or, with PLANTS_ORT_THREADS > 1, ONNX Runtime's.
-THREAD_ROLES = {
-    "predict-lane": "prediction lanes",
-    "predict-decode": "large-image decode",
-    "prediction-log": "prediction log",
-    "model-watch": "model watcher",
-}
-
-
-def thread_cpu_ticks(root: int) -> dict[str, int]:
-    """CPU clock ticks so far of every thread under ``root`` (uvicorn's supervisor and its
-    workers, or the one server process), by role: ``supervisor``, ``event loop`` (a
-    worker's main thread), the named roles of THREAD_ROLES, ``thread pool``."""
-    pids = process_tree(root)
-    ticks: dict[str, int] = {}
-    for pid in pids:
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:  # ended meanwhile
-            continue
-        for tid in tids:
-            try:
-                comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                used = cpu_ticks(f"/proc/{pid}/task/{tid}/stat")
-            except OSError:
-                continue
-            if pid == root and len(pids) > 1:
-                role = "supervisor"
-            elif tid == pid:
-                role = "event loop"
-            else:
-                role = THREAD_ROLES.get(comm, "thread pool")
-            ticks[role] = ticks.get(role, 0) + used
-    return ticks
-
-
-def cpu_by_thread(before: dict[str, int], after: dict[str, int], requests: int) -> str:
-    """``after - before`` as ms of CPU per request by role, largest first."""
-    ms = {
-        role: (after.get(role, 0) - before.get(role, 0)) * 1000 / os.sysconf("SC_CLK_TCK")
-        for role in after
-    }
-    return ", ".join(
-        f"{role} {value / max(1, requests):.2f}"
-        for role, value in sorted(ms.items(), key=lambda kv: -kv[1])
-        if value / max(1, requests) >= 0.005
-    )
-
-
-def model_calls(port: int) -> tuple[float, float]:
-    """The server's batched model calls so far and their images (its /metrics, all workers)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    found = {}
-    for line in text.splitlines():
-        for key in ("count", "sum"):
-            if line.startswith(f"plants_inference_batch_size_{key} "):
-                found[key] = found.get(key, 0.0) + float(line.split()[-1])
-    return found.get("count", 0.0), found.get("sum", 0.0)
-
-
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
     boundary = uuid.uuid4().hex
     body = (
@@ -385,7 +319,9 @@ def main() -> int:
     ap.add_argument("--ort-threads", default=os.environ.get("PLANTS_ORT_THREADS", "1"))
     ap.add_argument("--floor-seconds", type=float, default=3.0, help="per batch size")
     ap.add_argument("--no-floor", action="store_true", help="skip the in-process floor")
+    ap.add_argument("--record", action="store_true", help=f"append the figures to {RESULTS}")
     args = ap.parse_args()
+    load_before = os.getloadavg()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -450,16 +386,12 @@ def main() -> int:
         cpu0 = tree_cpu_seconds(proc.pid)
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
         cpu1 = tree_cpu_seconds(proc.pid)
-        threads0 = thread_cpu_ticks(proc.pid)
-        calls0 = model_calls(port)
         client0 = time.process_time()
         lat8, fail8, elapsed8 = asyncio.run(
             run_load(port, requests, args.concurrency, seconds=args.seconds)
         )
         client8 = time.process_time() - client0  # the load generator shares the cores
         cpu8 = tree_cpu_seconds(proc.pid)
-        threads8 = cpu_by_thread(threads0, thread_cpu_ticks(proc.pid), len(lat8))
-        calls8 = [b - a for a, b in zip(calls0, model_calls(port), strict=True)]
         peaks = [process_peak_rss_mb(p) for p in process_tree(proc.pid)]
         server_rss = sum(p for p in peaks if p is not None) if any(peaks) else None
     finally:
@@ -486,6 +418,7 @@ def main() -> int:
         f"worker processes: {resolve_workers(os.environ.get('PLANTS_SERVE_WORKERS'))} "
         f"(PLANTS_SERVE_WORKERS, else one per usable core: {usable_cores()})"
     )
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}")
     print(
         f"images: {len(files)} sample JPEGs, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
         f"decoded per request; prediction log on (SQLite)"
@@ -504,12 +437,6 @@ def main() -> int:
         f"load generator CPU per request at concurrency {args.concurrency} "
         f"{client8 * 1000 / len(lat8):5.2f} ms"
     )
-    print(f"server CPU per request at concurrency {args.concurrency}, by thread (ms): {threads8}")
-    if calls8[0]:
-        print(
-            f"model calls at concurrency {args.concurrency}: {calls8[0]:.0f} for "
-            f"{calls8[1]:.0f} images, {calls8[1] / calls8[0]:.2f} images per call (micro-batching)"
-        )
     print(
         f"concurrency {args.concurrency} ({len(lat8)} req in {elapsed8:.1f} s): "
         f"{rate8:7.1f} req/s   p50 {pct(lat8, 50):6.2f} ms   "
@@ -536,7 +463,56 @@ def main() -> int:
             f"concurrency-{args.concurrency} throughput {rate8 / floor['rates'][best]:.0%} "
             f"of the floor's best ({rate8 / floor['rates'][1]:.0%} of its batch-1 rate)"
         )
+    if args.record:
+        record(
+            args,
+            tuned,
+            model,
+            load_before,
+            {
+                "c1_p50_ms": round(pct(lat1, 50), 2),
+                "c1_p99_ms": round(pct(lat1, 99), 2),
+                f"c{args.concurrency}_req_per_s": round(rate8, 1),
+                f"c{args.concurrency}_p99_ms": round(pct(lat8, 99), 2),
+                "server_cpu_ms_per_request": round((cpu8 - cpu1) * 1000 / len(lat8), 2),
+                "failures": len(fail1) + len(fail8),
+                "floor_best_images_per_s": round(floor["rates"][floor["best"]]) if floor else None,
+            },
+        )
     return 0 if not (fail1 or fail8) else 1
+
+
+def record(args, settings: dict, model: dict, load_before, figures: dict) -> None:
+    """One JSON line in benchmarks/results/serving.jsonl: when, where, what, the figures."""
+    import datetime
+    import json
+    import platform
+    import shlex
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    row = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{cpu}, {os.cpu_count()} cores",
+        "load_average": [round(x, 2) for x in (*load_before, *os.getloadavg())],
+        "command": " ".join(
+            [*(f"{k}={v}" for k, v in settings.items()), "benchmarks/bench_serving.py"]
+            + [shlex.quote(a) for a in sys.argv[1:]]
+        ),
+        "model": f"{model['architecture']} @{model['image_size']} {model.get('precision')}",
+        "workers": resolve_workers(os.environ.get("PLANTS_SERVE_WORKERS")),
+        **figures,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"recorded in {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ recorded in docs/benchmarks.md and docs/model.md, never asserted here)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -229,71 +228,6 @@ def test_bench_int8_quantizes_and_compares_with_the_float_model(benchmarks, tmp_
     assert int8["size_mb"] < fp32["size_mb"]  # int8 weights
     assert int8["batch1_p50_ms"] > 0 and fp32["batch8_p50_ms"] > 0
     assert 0 <= int8["samples_f1_macro"] <= 1 and 0 <= figures["agreement"]["samples"] <= 1
-
-
-def test_bench_serving_attributes_server_cpu_to_threads_by_their_os_names(benchmarks):
-    """bench_serving's CPU-by-thread line: a worker's main thread is its event loop, the
-    threads the API names at the OS level (serving/osthreads.py) are theirs, the rest is
-    the request thread pool. A child process stands in for a worker."""
-    import subprocess
-    import textwrap
-
-    import bench_serving
-
-    child = textwrap.dedent(
-        """
-        import os, sys, threading, time
-        from plants_mlops.serving.osthreads import name_os_thread
-
-        done = threading.Event()
-
-        def burn(name=None, seconds=0.3):
-            if name:
-                name_os_thread(name)
-            end = time.thread_time() + seconds
-            while time.thread_time() < end:
-                pass
-            done.wait()  # alive until the test has read /proc
-
-        names = ("predict-lane", "prediction-log", None, "x" * 20)
-        threads = [threading.Thread(target=burn, args=(n, 0.3 if n != "x" * 20 else 0))
-                   for n in names]
-        for t in threads:
-            t.start()
-        end = time.thread_time() + 0.3
-        while time.thread_time() < end:
-            pass
-        while sum(t.is_alive() for t in threads) < 4:
-            time.sleep(0.01)
-        time.sleep(1.0)  # the burners are done burning (0.3 s of CPU each)
-        comm = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
-                      for t in os.listdir("/proc/self/task"))
-        print(" ".join(comm), flush=True)
-        sys.stdin.read()
-        done.set()
-        """
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        comm = proc.stdout.readline().split()
-        ticks = bench_serving.thread_cpu_ticks(proc.pid)
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
-    assert proc.returncode == 0
-    assert {"predict-lane", "prediction-log", "x" * 15} <= set(comm)  # cut to 15 bytes
-    assert set(ticks) == {"event loop", "prediction lanes", "prediction log", "thread pool"}
-    for role in ("event loop", "prediction lanes", "prediction log", "thread pool"):
-        assert ticks[role] >= 0.2 * os.sysconf("SC_CLK_TCK"), ticks  # each burnt 0.3 s
-    line = bench_serving.cpu_by_thread(
-        {"event loop": 0}, {"event loop": 200, "prediction lanes": 100, "idle": 0}, 10
-    )
-    hz = os.sysconf("SC_CLK_TCK")
-    assert line == (
-        f"event loop {200 * 1000 / hz / 10:.2f}, prediction lanes {100 * 1000 / hz / 10:.2f}"
-    )
 
 
 def test_bench_serving_compares_with_the_mean_of_the_floors_around_the_http_load(benchmarks):

@@ -753,3 +753,18 @@ def test_without_the_default_deny_every_pod_would_reach_the_database(rendered):
     ]
     allowed = _allowed_flows(open_docs, [])
     assert ("grafana", "postgres", 5432) in allowed and ("zenml", "minio", 9000) not in allowed
+
+
+def test_the_api_spills_prediction_log_rows_to_a_volume_that_outlives_its_pods(rendered):
+    """Rows a store outage left in spill files are written back when it recovers: the
+    folder is a claim every replica shares, not an emptyDir that dies with the pod."""
+    _, docs = rendered["cpu"]
+    pod = _by_kind(docs, "Deployment")["plants-api"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "spill")
+    assert (
+        mount["mountPath"] == "/app/data/prediction_log_spill"
+    )  # PLANTS_PREDICTION_LOG_SPILL_DIR's default
+    volume = next(v for v in pod["volumes"] if v["name"] == "spill")
+    claim = _by_kind(docs, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

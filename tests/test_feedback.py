@@ -20,9 +20,11 @@ from support.champion import register_champion, unique_model_name
 from support.serving import ADMIN_KEY, api_in_process, prediction_record
 
 from plants_mlops import cli, db
+from plants_mlops.db.prediction_log import SqlStore
 from plants_mlops.errors import UserFacingError
 from plants_mlops.serving.config import ServingConfig
-from plants_mlops.serving.predlog import SqlSink
+
+LABELS = ("dandelion", "grass")
 
 
 def _new_photo() -> bytes:
@@ -33,7 +35,7 @@ def _new_photo() -> bytes:
     return buf.getvalue()
 
 
-def _log_row(url: str, request_id: str) -> dict | None:
+def _log_row(url: str, prediction_id: str) -> dict | None:
     engine = sa.create_engine(url)
     deadline = time.monotonic() + 15
     try:
@@ -41,8 +43,8 @@ def _log_row(url: str, request_id: str) -> dict | None:
             try:
                 with engine.connect() as conn:
                     row = conn.execute(
-                        sa.text("SELECT * FROM prediction_log WHERE request_id = :r"),
-                        {"r": request_id},
+                        sa.text("SELECT * FROM prediction_log WHERE prediction_id = :p"),
+                        {"p": prediction_id},
                     ).first()
             except sa.exc.OperationalError:  # the table comes with the first write
                 row = None
@@ -75,10 +77,11 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
         assert pred["uncertain"] is True  # threshold 1.0: every prediction is uncertain
         kept = data / "01_raw" / "_uncertain" / f"{sha}.jpg"
         assert kept.read_bytes() == photo
-        logged = _log_row(url, pred["request_id"])
+        logged = _log_row(url, pred["prediction_id"])
         assert logged is not None and bool(logged["uncertain"]) is True
+        assert logged["kept_image"] == str(kept)
 
-        body = {"request_id": pred["request_id"], "label": "grass", "comment": "all grass"}
+        body = {"prediction_id": pred["prediction_id"], "label": "grass", "comment": "all grass"}
         assert client.post("/feedback", json=body).status_code == 401  # no key
         auth = {"X-API-Key": ADMIN_KEY}
         bad = client.post("/feedback", json={**body, "label": "rose"}, headers=auth)
@@ -87,12 +90,17 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
             "label 'rose' is not one of the served model's labels: dandelion, grass"
             in bad.json()["detail"]
         )
-        unknown = client.post("/feedback", json={**body, "request_id": "nope"}, headers=auth)
-        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request"
+        unknown = client.post("/feedback", json={**body, "prediction_id": "nope"}, headers=auth)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_prediction"
+        first = client.post("/feedback", json={**body, "label": "dandelion"}, headers=auth)
+        assert first.status_code == 202 and first.json()["replaced"] is False
+        # A second feedback on the same prediction replaces the first, counted.
         ok = client.post("/feedback", json=body, headers=auth)
         assert ok.status_code == 202, ok.text
         assert ok.json()["status"] == "pending" and ok.json()["image_kept"] is True
+        assert ok.json()["replaced"] is True
         feedback_id = ok.json()["feedback_id"]
+        assert feedback_id == first.json()["feedback_id"]
 
     # Feedback alone never reaches the table.
     assert len(db.load_rows(db.make_engine(url))) == rows_before
@@ -100,9 +108,10 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
     queue = str(data / "08_reporting" / "curation_queue.json")
     assert cli.main(["data", "review", "--json", "--queue", queue, "--db-url", url]) == 0
     pending = json.loads(capsys.readouterr().out)["feedback"]
-    assert [(f["id"], f["request_id"], f["true_label"], f["predicted_label"]) for f in pending] == [
-        (feedback_id, pred["request_id"], "grass", pred["label"])
-    ]
+    assert [
+        (f["id"], f["prediction_id"], f["true_label"], f["predicted_label"], f["times_filed"])
+        for f in pending
+    ] == [(feedback_id, pred["prediction_id"], "grass", pred["label"], 2)]
     assert pending[0]["image_sha256"] == sha and pending[0]["comment"] == "all grass"
 
     assert cli.main(["data", "feedback", "accept", str(feedback_id), "--db-url", url]) == 0
@@ -129,20 +138,21 @@ def test_a_prediction_log_made_before_the_uncertain_flag_gains_it_in_place(
     tmp_path, postgres_url, mariadb_url
 ):
     for url in (f"sqlite:///{tmp_path / 'log.db'}", postgres_url, mariadb_url):
-        sink = SqlSink(url)
+        sink = SqlStore(url)
         old = sa.Table(
             "prediction_log",
             sa.MetaData(),
             *[
                 sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
                 for c in sink.table.columns
-                if c.name != "uncertain"
+                if c.name not in ("uncertain", "prediction_id", "kept_image")
             ],
         )
         old.metadata.create_all(sink.engine)
         with sink.engine.begin() as conn:
             row = prediction_record(0).to_row()
-            row.pop("uncertain")
+            for column in ("uncertain", "prediction_id", "kept_image"):
+                row.pop(column)
             conn.execute(old.insert(), [row])
         new = prediction_record(1)
         new.uncertain = True
@@ -173,19 +183,11 @@ def test_bad_uncertainty_settings_are_refused_clearly(monkeypatch, env, message)
 
 
 def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path, capsys):
-    from plants_mlops.serving.feedback import FeedbackStore, RecentPredictions
-
     url = f"sqlite:///{tmp_path / 'plants.db'}"
-    recent = RecentPredictions(None)  # PLANTS_KEEP_UNCERTAIN_IMAGES off
-    recent.remember("req-1", {"label": "grass", "confidence": 0.6, "uncertain": True}, b"jpeg")
-    seen = recent.lookup("req-1")
-    assert seen is not None and "image_path" not in seen
-    assert not list(tmp_path.iterdir())  # nothing written but the database to come
-    store = FeedbackStore(url)
-    labels = ("dandelion", "grass")
-    first = store.file("req-1", "dandelion", None, seen, labels)
-    second = store.file("req-1", "dandelion", "sure", seen, labels)
     engine = db.make_engine(url)
+    seen = {"predicted_label": "grass", "confidence": 0.6, "model_version": "1"}  # no image
+    first, _ = db.file_feedback(engine, LABELS, prediction_id="p1", true_label="dandelion", **seen)
+    second, _ = db.file_feedback(engine, LABELS, prediction_id="p2", true_label="dandelion", **seen)
     with pytest.raises(UserFacingError, match="has no kept image"):
         db.decide_feedback(engine, first, True, "")
     assert db.load_rows(engine) == []  # nothing reached plants_data
@@ -200,21 +202,19 @@ def test_feedback_without_a_kept_image_can_be_rejected_but_not_accepted(tmp_path
     assert [(f["id"], f["reason"], f["predicted_label"]) for f in done] == [
         (first, "blurry", "grass")
     ]
+    # Feedback on a prediction already decided is refused, not filed again.
+    with pytest.raises(db.FeedbackDecided, match="already rejected"):
+        db.file_feedback(engine, LABELS, prediction_id="p1", true_label="grass", **seen)
     assert cli.main(["data", "feedback", "accept", "99", "--db-url", url]) == 1
     assert "no feedback candidate with id 99" in capsys.readouterr().err
 
 
-def test_kept_images_are_content_addressed_and_survive_a_restart(tmp_path):
-    from plants_mlops.serving.feedback import RecentPredictions
+def test_kept_images_are_content_addressed(tmp_path):
+    from plants_mlops.serving.feedback import keep_image
 
     photo = images.sample_jpeg(1)
-    first = RecentPredictions(str(tmp_path / "kept"), size=1)
-    for rid in ("a1", "a2"):
-        first.remember(rid, {"label": "grass", "image_format": "JPEG"}, photo)
-    files = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    first = keep_image(str(tmp_path / "kept"), photo, "jpg")
+    second = keep_image(str(tmp_path / "kept"), photo, "jpg")
     sha = hashlib.sha256(photo).hexdigest()
-    assert files == ["a1.json", "a2.json", f"{sha}.jpg"]  # one copy of the bytes
-    assert first.lookup("a1")["image_sha256"] == sha  # evicted from memory, read from disk
-    restarted = RecentPredictions(str(tmp_path / "kept"))
-    assert restarted.lookup("a2")["image_path"] == str(tmp_path / "kept" / f"{sha}.jpg")
-    assert restarted.lookup("../etc/passwd") is None  # a request id is never a path
+    assert first == second == str(tmp_path / "kept" / f"{sha}.jpg")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [f"{sha}.jpg"]

@@ -11,14 +11,15 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from support.serving import prediction_record
 
-from plants_mlops.serving.predlog import PredictionLogWriter, SqlSink
+from plants_mlops.db.prediction_log import SqlStore
+from plants_mlops.serving.predlog import PredictionLogWriter
 
 
 class FlakySink:
     """A real SQLite sink that refuses writes while ``down`` is set."""
 
     def __init__(self, url: str) -> None:
-        self.inner = SqlSink(url)
+        self.inner = SqlStore(url)
         self.where = self.inner.where
         self.down = True
 
@@ -154,7 +155,7 @@ def test_a_full_queue_drops_with_a_count_instead_of_growing(tmp_path):
 
 def test_old_rows_and_rows_over_the_cap_are_pruned(tmp_path):
     url = f"sqlite:///{tmp_path / 'log.db'}"
-    sink = SqlSink(url)
+    sink = SqlStore(url)
     old = datetime.now(UTC) - timedelta(days=40)
     sink.write([prediction_record(i, old).to_row() for i in range(5)])
     sink.write([prediction_record(i + 5).to_row() for i in range(10)])

@@ -208,10 +208,11 @@ def test_rows_the_store_cannot_take_at_shutdown_are_spilled_to_a_file_not_lost(t
 
     from support.serving import prediction_record
 
-    from plants_mlops.serving.predlog import PredictionLogWriter, SqlSink
+    from plants_mlops.db.prediction_log import SqlStore
+    from plants_mlops.serving.predlog import PredictionLogWriter
 
     port = servers.free_port()  # nothing listens there
-    sink = SqlSink(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/none")
+    sink = SqlStore(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/none")
     writer = PredictionLogWriter(
         sink, batch_size=1000, flush_seconds=3600, spill_dir=tmp_path / "spill"
     )

@@ -27,11 +27,7 @@ from plants_mlops.serving.config import ServingConfig
             "PLANTS_MAX_UPLOAD_BYTES=-1 is outside 1024..104857600 bytes",
         ),
         ({"PLANTS_ORT_THREADS": "0"}, "PLANTS_ORT_THREADS=0 is outside 1..64 threads"),
-        (
-            {"PLANTS_BATCH_WAIT_MS": "-1"},
-            "PLANTS_BATCH_WAIT_MS=-1 is outside 0..50 ms (or 0: off)",
-        ),
-        ({"PLANTS_BATCH_MAX": "0"}, "PLANTS_BATCH_MAX=0 is outside 1..256 images"),
+        ({"PLANTS_PREDICT_THREADS": "0"}, "PLANTS_PREDICT_THREADS=0 is outside 1..256 threads"),
         ({"PLANTS_SERVE_WORKERS": "0"}, "PLANTS_SERVE_WORKERS=0 is outside 1..64 processes"),
     ],
 )
@@ -120,13 +116,13 @@ def test_serve_runs_one_worker_per_usable_core_unless_told(monkeypatch):
     monkeypatch.delenv("PLANTS_SERVE_WORKERS", raising=False)
     config = ServingConfig.from_env()
     assert config.workers == default_workers()
-    # One model call at a time per core, across the workers.
-    assert config.batch_runners == max(1, usable_cores() // config.workers)
+    # One prediction at a time per core, across the workers.
+    assert config.predict_threads == max(1, usable_cores() // config.workers)
     monkeypatch.setenv("PLANTS_SERVE_WORKERS", "auto")
     assert ServingConfig.from_env().workers == default_workers()
     monkeypatch.setenv("PLANTS_SERVE_WORKERS", "1")
     assert ServingConfig.from_env().workers == 1
-    assert ServingConfig.from_env().batch_runners == usable_cores()
+    assert ServingConfig.from_env().predict_threads == usable_cores()
     assert resolve_workers("3", "--workers") == 3
     with pytest.raises(UserFacingError, match="--workers='two' is not a number of processes"):
         resolve_workers("two", "--workers")
@@ -331,8 +327,7 @@ def test_alpha_is_composited_on_white_without_full_size_copies():
 
 
 def test_header_pixels_reads_the_size_every_decoder_would_see():
-    """The lanes route an upload by its header's pixel count (serving/batching.py): JPEG
-    and PNG headers are read directly, others through Pillow; bytes that are no image
+    """The decode budget reserves an upload's pixels from its header: JPEG and PNG headers are read directly, others through Pillow; bytes that are no image
     give 0 (decode_image then names the problem)."""
     import io
 
@@ -364,8 +359,8 @@ def test_header_pixels_reads_the_size_every_decoder_would_see():
         width, height = Image.open(io.BytesIO(data)).size
         assert imaging.header_pixels(data) == width * height, name
     assert imaging.header_pixels(images.truncated_jpeg()) > 0  # its header is whole
-    # Two start-of-frame segments: Pillow takes the last one, and so must the lanes' check
-    # (a small first one must not let a large image decode on a lane).
+    # Two start-of-frame segments: Pillow takes the last one, and so must the budget's check
+    # (a small first one must not let a large image pass for a small one).
     small = encoded("JPEG", size=(16, 8))
     at = small.index(b"\xff\xc0")
     sof = bytearray(small[at : at + 2 + int.from_bytes(small[at + 2 : at + 4], "big")])
@@ -408,3 +403,25 @@ def test_without_a_champion_the_api_says_once_how_to_train_one(tmp_path, caplog)
     assert "`make demo`" in message
     assert "`kedro run --pipelines training,evaluation,registry`" in message
     assert manager.current is None and manager.last_error is not None
+
+
+def test_a_middleware_added_to_the_app_applies_to_predict_like_every_route(tmp_path):
+    """POST /predict is an ordinary route under the app's middleware stack: CORS added with
+    app.add_middleware answers its preflight and marks its answers (here the 503 of a server
+    with no model yet) as it does /ready's."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    client = _client(tmp_path)
+    client.app.add_middleware(
+        CORSMiddleware, allow_origins=["https://plants.example"], allow_methods=["GET", "POST"]
+    )
+    origin = {"Origin": "https://plants.example"}
+    with client:
+        answers = [
+            client.post("/predict", files={"file": ("a.jpg", b"x", "image/jpeg")}, headers=origin),
+            client.get("/ready", headers=origin),
+            client.options("/predict", headers={**origin, "Access-Control-Request-Method": "POST"}),
+        ]
+    assert [r.status_code for r in answers] == [503, 503, 200]
+    for r in answers:
+        assert r.headers["access-control-allow-origin"] == "https://plants.example"

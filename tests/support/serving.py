@@ -168,7 +168,8 @@ def predict_burst(url: str, clients: int = 4) -> Iterator[list[tuple[int, str | 
 
 
 def prediction_record(i: int, created_at=None):
-    """A small, valid record as the API hands it to the prediction log (``r{i}``)."""
+    """A small, valid record as the API hands it to the prediction log (prediction ``p{i}``,
+    request ``r{i}``)."""
     from datetime import UTC, datetime
 
     import numpy as np
@@ -177,6 +178,7 @@ def prediction_record(i: int, created_at=None):
     from plants_mlops.serving.predlog import PredictionRecord
 
     return PredictionRecord(
+        prediction_id=f"p{i}",
         request_id=f"r{i}",
         created_at=created_at or datetime.now(UTC),
         model_version="1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
@@ -79,6 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= 64:
         raise UserFacingError(f"--workers {args.workers} is outside 1..64")
     config = ServingConfig.from_env(**overrides)  # bad settings stop here, in every mode
+    refuse_busy_port(args.host, args.port)
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     configure_json_logging(level)
     common = dict(
@@ -177,6 +179,23 @@ def _serve_workers(args, overrides: dict, level: int, common: dict) -> int:
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     return 0
+
+
+def refuse_busy_port(host: str, port: int) -> None:
+    """Exit with "address in use" when another process listens on ``host:port``: a bind
+    without ``SO_REUSEPORT`` fails there, whichever options the other socket has (the
+    workers' own ``SO_REUSEPORT`` sockets would otherwise join another server's port and
+    take part of its traffic)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind((host, port))
+    except OSError as exc:
+        reason = "address in use" if exc.errno == errno.EADDRINUSE else str(exc)
+        raise UserFacingError(f"cannot listen on {host}:{port}: {reason}") from None
+    finally:
+        probe.close()
 
 
 def _reuse_port_socket(family, address, cls=socket.socket) -> socket.socket:

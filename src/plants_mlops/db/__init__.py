@@ -34,6 +34,7 @@ from plants_mlops.db.engine import (
 )
 from plants_mlops.db.feedback import (
     FEEDBACK_STATES,
+    FeedbackDecided,
     decide_feedback,
     feedback_candidates,
     file_feedback,
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_DB_URL",
     "DamagedStoreError",
     "FEEDBACK_STATES",
+    "FeedbackDecided",
     "MAX_URL_LENGTH",
     "SCHEMA_VERSION",
     "STATUSES",

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from plants_mlops.db import decisions, feedback  # noqa: F401  (their tables join metadata)
+from plants_mlops.db import decisions, feedback, retrain  # noqa: F401  (their tables join metadata)
 from plants_mlops.db.base import metadata, redact, resolve_url, utcnow
 from plants_mlops.db.plants_data import TABLE_NAME
 from plants_mlops.errors import UserFacingError
 
 log = logging.getLogger("plants_mlops.db")
 
-# Schema versions: 1 = plants_data; 2 = + data_decisions, feedback_candidates.
-SCHEMA_VERSION = 2
+# Schema versions: 1 = plants_data; 2 = + data_decisions, feedback_candidates;
+# 3 = + feedback_candidates.prediction_id (unique) and times_filed; retrain_guard, retrain_runs.
+SCHEMA_VERSION = 3
 schema_version = sa.Table(
     "plants_schema_version",
     metadata,
@@ -142,7 +143,9 @@ def migrate(engine: sa.Engine) -> int:
         return before
     metadata.create_all(engine)
     for table in metadata.sorted_tables:
-        add_missing_columns(engine, table)
+        if add_missing_columns(engine, table):
+            for index in table.indexes:  # those of the new columns
+                index.create(engine, checkfirst=True)
     try:
         with engine.begin() as conn:
             done = {r.version for r in conn.execute(sa.select(schema_version.c.version))}

@@ -14,12 +14,14 @@ from plants_mlops.db.plants_data import plants_data
 from plants_mlops.errors import UserFacingError
 
 # Feedback from the API (POST /feedback): a candidate row that enters plants_data only when
-# a person accepts it (`plants-mlops data feedback accept ID`).
+# a person accepts it (`plants-mlops data feedback accept ID`). One row per prediction (the
+# server's prediction id); a later feedback on it replaces the pending one (`times_filed`).
 FEEDBACK_STATES = ("pending", "accepted", "rejected")
 feedback_candidates = sa.Table(
     "feedback_candidates",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # The prediction id since schema 3 (a client's request id before: kept for old rows).
     sa.Column("request_id", sa.String(64), nullable=False, index=True),
     sa.Column("true_label", sa.String(64), nullable=False),
     sa.Column("predicted_label", sa.String(64), nullable=True),
@@ -34,21 +36,61 @@ feedback_candidates = sa.Table(
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("row_id", sa.Integer, nullable=True),  # the plants_data row it became
+    sa.Column("prediction_id", sa.String(32), nullable=True),
+    sa.Column("times_filed", sa.Integer, nullable=True),
+    sa.Index("ux_feedback_candidates_prediction_id", "prediction_id", unique=True),
 )
 
 
-def file_feedback(engine: sa.Engine, labels: Sequence[str], **values: Any) -> int:
-    """A pending feedback candidate whose true label is one of ``labels`` (the served
-    model's); returns its id. Never touches plants_data."""
+class FeedbackDecided(UserFacingError):
+    """Feedback on a prediction whose candidate a person has already accepted or rejected."""
+
+
+def file_feedback(
+    engine: sa.Engine, labels: Sequence[str], *, prediction_id: str, **values: Any
+) -> tuple[int, bool]:
+    """The pending candidate of ``prediction_id``, whose true label is one of ``labels``
+    (the served model's): a new one, or the earlier pending one replaced by these values
+    (counted in ``times_filed``). Returns (id, replaced). Never touches plants_data;
+    FeedbackDecided when a person already decided on it."""
     if values.get("true_label") not in labels:
         raise UserFacingError(
             f"label {values.get('true_label')!r} is not one of {', '.join(labels)}"
         )
+    for _ in range(3):  # two workers filing the same prediction at once: one inserts
+        try:
+            return _file_once(engine, prediction_id, values)
+        except sa.exc.IntegrityError:
+            continue
+    raise RuntimeError(f"could not file feedback on prediction {prediction_id}")
+
+
+def _file_once(engine: sa.Engine, prediction_id: str, values: dict) -> tuple[int, bool]:
+    t = feedback_candidates
     with engine.begin() as conn:
+        old = conn.execute(
+            sa.select(t.c.id, t.c.status, t.c.times_filed).where(t.c.prediction_id == prediction_id)
+        ).first()
+        if old is not None and old.status != "pending":
+            raise FeedbackDecided(
+                f"feedback on prediction {prediction_id} was already {old.status} "
+                f"(candidate {old.id})"
+            )
+        if old is not None:
+            times = sa.func.coalesce(t.c.times_filed, 1) + 1  # in the database: no lost count
+            conn.execute(sa.update(t).where(t.c.id == old.id).values(**values, times_filed=times))
+            return int(old.id), True
         result = conn.execute(
-            sa.insert(feedback_candidates).values(**values, status="pending", created_at=utcnow())
+            sa.insert(t).values(
+                **values,
+                prediction_id=prediction_id,
+                request_id=prediction_id,
+                times_filed=1,
+                status="pending",
+                created_at=utcnow(),
+            )
         )
-        return int(result.inserted_primary_key[0])
+        return int(result.inserted_primary_key[0]), False
 
 
 def list_feedback(engine: sa.Engine, status: str | None = "pending") -> list[dict[str, Any]]:

@@ -153,9 +153,7 @@ _BOUNDS = (
     ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
     ("PLANTS_DECODE_BUDGET_PIXELS", "decode_budget_pixels", 1_000_000, 1_000_000_000, "pixels"),
     ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
-    ("PLANTS_BATCH_WAIT_MS", "batch_wait_ms", 0.0, 50.0, "ms (or 0: off)"),
-    ("PLANTS_BATCH_MAX", "batch_max", 1, 256, "images"),
-    ("PLANTS_BATCH_RUNNERS", "batch_runners", 1, 64, "model calls at once"),
+    ("PLANTS_PREDICT_THREADS", "predict_threads", 1, 256, "threads"),
     ("PLANTS_SERVE_WORKERS", "workers", 1, 64, "processes"),
     ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
     ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
@@ -180,17 +178,14 @@ class ServingConfig:
     # image, or many phone photos, decode together; more wait their turn.
     decode_budget_pixels: int = 48_000_000
     ort_threads: int = 1
-    # Micro-batching of concurrent /predict requests on prediction lanes
-    # (serving/batching.py): how long a lane may wait for uploads still being read (0: off,
-    # one model call per request on the thread pool), the largest batch, and the lanes.
-    batch_wait_ms: float = 2.0
-    batch_max: int = 16
-    batch_runners: int = 1
+    # Predictions (decode + model call) at once per worker; more wait for a thread.
+    predict_threads: int = 1
     prediction_log: str = "sql"  # sql | s3 | off
     db_url: str = DEFAULT_DB_URL
     log_s3_uri: str | None = None  # s3://bucket/prefix for the parquet prediction log
     log_batch_size: int = 256  # rows per write (or log_flush_seconds): fewer commits
     log_flush_seconds: float = 1.0
+    log_spill_dir: str = "data/prediction_log_spill"  # rows a store that was down missed
     log_retention_days: float = 30.0  # SQL rows older than this are deleted
     log_max_rows: int = 1_000_000  # ... and the oldest beyond this count
     retrain_command: tuple[str, ...] = ()
@@ -233,17 +228,17 @@ class ServingConfig:
             max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
             decode_budget_pixels=_env_int("PLANTS_DECODE_BUDGET_PIXELS", 48_000_000),
             ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
-            batch_wait_ms=_env_float("PLANTS_BATCH_WAIT_MS", 2.0),
-            batch_max=_env_int("PLANTS_BATCH_MAX", 16),
-            # One model call at a time per core, across the workers.
-            batch_runners=_env_int(
-                "PLANTS_BATCH_RUNNERS", max(1, usable_cores() // max(1, workers))
+            # One prediction at a time per core, across the workers.
+            predict_threads=_env_int(
+                "PLANTS_PREDICT_THREADS", max(1, usable_cores() // max(1, workers))
             ),
             prediction_log=log_kind,
             db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
             log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
             log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 256),
             log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),
+            log_spill_dir=os.environ.get("PLANTS_PREDICTION_LOG_SPILL_DIR")
+            or "data/prediction_log_spill",
             log_retention_days=_env_float("PLANTS_PREDICTION_LOG_RETENTION_DAYS", 30.0),
             log_max_rows=_env_int("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000_000),
             retrain_command=tuple(shlex.split(retrain)) if retrain else (),

@@ -24,16 +24,12 @@ async def get_service(request: Request) -> PredictionService:
 ServiceDep = Annotated[PredictionService, Depends(get_service)]
 
 
-def serving_model(service: PredictionService) -> ServingModel:
+async def get_model(service: ServiceDep) -> ServingModel:
     """The model this request keeps (read once: a hot swap does not change it mid-way)."""
     model = service.manager.current
     if model is None:
         raise ApiError(503, "model_not_ready", "no model loaded yet; retry when /ready is 200")
     return model
-
-
-async def get_model(service: ServiceDep) -> ServingModel:
-    return serving_model(service)
 
 
 ModelDep = Annotated[ServingModel, Depends(get_model)]

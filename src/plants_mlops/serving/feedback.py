@@ -4,120 +4,88 @@ A prediction whose confidence is under ``uncertain_below`` (``PLANTS_UNCERTAIN_B
 flagged ``uncertain`` in the response and the prediction log. With
 ``PLANTS_KEEP_UNCERTAIN_IMAGES=true`` its original bytes are kept, content-addressed, under
 ``PLANTS_UNCERTAIN_DIR`` (default ``data/01_raw/_uncertain``: in the raw store, outside the
-``{label}/`` folders ingestion and formatting read), with a small JSON record of the
-prediction named after the request id. ``POST /feedback`` (request id + true label,
-``X-API-Key``) files a candidate in the ``feedback_candidates`` table; it reaches
-``plants_data`` only when a person accepts it (``plants-mlops data feedback accept ID``),
-and then the next ingestion stores the kept image like any other row.
+``{label}/`` folders ingestion and formatting read), and the prediction log row names the
+file. ``POST /feedback`` (the server's ``prediction_id`` + the true label, ``X-API-Key``)
+finds the prediction in the prediction log, whichever worker or replica served it, and
+files one candidate per prediction in ``feedback_candidates`` (a later feedback replaces
+the pending one); it reaches ``plants_data`` only when a person accepts it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("plants_mlops.serving.feedback")
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_EXT = {
-    "JPEG": "jpg",
-    "JPG": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "GIF": "gif",
-    "TIFF": "tif",
-    "BMP": "bmp",
-}
 
-
-class RecentPredictions:
-    """The last ``size`` predictions by request id (what a feedback refers to), and the kept
-    images of the uncertain ones on disk (their records survive a restart)."""
-
-    def __init__(self, keep_dir: str | None, size: int = 10_000) -> None:
-        self.keep_dir = Path(keep_dir).resolve() if keep_dir else None
-        self.size = size
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def remember(self, request_id: str, record: dict[str, Any], data: bytes | None) -> None:
-        if data is not None and self.keep_dir is not None:
-            try:
-                record = {**record, **self._keep(request_id, record, data)}
-            except OSError as exc:  # a full disk must not fail the prediction
-                log.warning("could not keep the image of request %s: %s", request_id, exc)
-        with self._lock:
-            self._recent[request_id] = record
-            while len(self._recent) > self.size:
-                self._recent.popitem(last=False)
-
-    def _keep(self, request_id: str, record: dict[str, Any], data: bytes) -> dict[str, Any]:
-        sha = hashlib.sha256(data).hexdigest()
-        ext = _EXT.get(str(record.get("image_format", "")).upper(), "bin")
-        self.keep_dir.mkdir(parents=True, exist_ok=True)
-        path = self.keep_dir / f"{sha}.{ext}"
+def keep_image(keep_dir: str, data: bytes, ext: str) -> str | None:
+    """Keep ``data`` as ``{sha256}.{ext}`` under ``keep_dir`` (``ext``: the decoded image's
+    format, jpg, png...); its path (None if the disk refuses: a full disk must not fail
+    the prediction)."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = Path(keep_dir).resolve() / f"{sha}.{ext if ext.isalnum() else 'bin'}"
+    try:
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)  # atomic: a reader never sees half an image
-        kept = {"image_path": str(path), "image_sha256": sha}
-        if _SAFE_ID.match(request_id):
-            meta = self.keep_dir / f"{request_id}.json"
-            meta.write_text(json.dumps({**record, **kept}))
-        return kept
-
-    def lookup(self, request_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._recent.get(request_id)
-        if found is not None:
-            return found
-        if self.keep_dir is not None and _SAFE_ID.match(request_id):
-            meta = self.keep_dir / f"{request_id}.json"
-            if meta.is_file():
-                return json.loads(meta.read_text())
+    except OSError as exc:
+        log.warning("could not keep an uncertain image: %s", exc)
         return None
+    return str(path)
 
 
 class FeedbackStore:
-    """Files candidates in ``feedback_candidates`` (the plants_data database); the engine
-    is made at the first feedback, so a database that is down never stops serving."""
+    """Looks predictions up in the prediction log and files candidates in the plants_data
+    database; the engine is made at the first feedback, so a database that is down never
+    stops serving."""
 
-    def __init__(self, db_url: str) -> None:
-        self.db_url = db_url
+    def __init__(self, config, log_store) -> None:
+        self.db_url = config.db_url
+        self.log_store = log_store  # the prediction log's sink (None: the log is off)
+        # A prediction reaches the store within a flush interval: wait that long for it.
+        self.wait_seconds = min(10.0, 2 * config.log_flush_seconds + 1.0)
         self._engine = None
         self._lock = threading.Lock()
 
+    def find(self, prediction_id: str) -> dict[str, Any] | None:
+        if self.log_store is None or not hasattr(self.log_store, "find"):
+            return None
+        deadline = time.monotonic() + self.wait_seconds
+        while (found := self.log_store.find(prediction_id)) is None:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+        return found
+
     def file(
-        self,
-        request_id: str,
-        label: str,
-        comment: str | None,
-        seen: dict | None,
-        labels: tuple[str, ...],
-    ) -> int:
-        """File ``label`` (one of ``labels``, the served model's) for an earlier prediction."""
+        self, prediction: dict[str, Any], label: str, comment: str | None, labels: Sequence[str]
+    ) -> tuple[int, bool]:
+        """(candidate id, whether it replaced an earlier pending feedback); ``label`` must
+        be one of ``labels`` (the served model's)."""
         from plants_mlops import db
 
         with self._lock:
             if self._engine is None:
                 self._engine = db.make_engine(self.db_url)
-        seen = seen or {}
+        kept = prediction.get("kept_image")
         return db.file_feedback(
             self._engine,
             labels,
-            request_id=request_id,
+            prediction_id=prediction["prediction_id"],
             true_label=label,
-            predicted_label=seen.get("label"),
-            confidence=seen.get("confidence"),
-            model_version=seen.get("model_version"),
-            image_path=seen.get("image_path"),
-            image_sha256=seen.get("image_sha256"),
+            predicted_label=prediction.get("label"),
+            confidence=prediction.get("confidence"),
+            model_version=prediction.get("model_version"),
+            image_path=kept,
+            image_sha256=Path(kept).stem if kept else None,
             comment=comment,
         )

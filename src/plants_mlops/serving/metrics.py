@@ -43,12 +43,6 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
-            "plants_inference_batch_size",
-            "Images per model call of the /predict micro-batcher",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            registry=r,
-        )
         self.rejected = Counter(
             "plants_rejected_inputs_total", "Inputs refused, by reason", ["reason"], registry=r
         )

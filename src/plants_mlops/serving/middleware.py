@@ -1,13 +1,14 @@
-"""One pure-ASGI middleware for every request: request id, size limit, access log, metrics,
-and a JSON 500 instead of a traceback if anything below fails."""
+"""One pure-ASGI middleware, added with ``app.add_middleware`` like any other: request id,
+header and body limits (413 also for a chunked upload, 408 for a client gone silent
+mid-body), security headers, access log, metrics, and a JSON 500 instead of a traceback."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
+import uuid
 
 from plants_mlops.serving.errors import error_json
 from plants_mlops.serving.logs import ACCESS_LOGGER, request_id_var
@@ -34,29 +35,6 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     return [*SECURITY_HEADERS, *([(b"content-security-policy", PAGE_CSP)] if page else [])]
 
 
-class RequestIds:
-    """New request ids: random UUID4s as 32 hex digits, like ``uuid.uuid4().hex``, drawn
-    from ``os.urandom`` a block at a time. ``uuid4`` reads 16 bytes per call, a system
-    call that releases the GIL on the event loop, which the prediction lanes then hold:
-    one such hand-off per request for an id (docs/serving.md). One event loop uses one
-    instance (not thread-safe)."""
-
-    BLOCK = 256  # ids per os.urandom call
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._next = 0
-
-    def new(self) -> str:
-        if self._next >= len(self._pool):
-            self._pool, self._next = os.urandom(16 * self.BLOCK), 0
-        raw = bytearray(self._pool[self._next : self._next + 16])
-        self._next += 16
-        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-        return raw.hex()
-
-
 class BodyRefused(Exception):
     """Raised into the app when a body goes over its limit or its client goes silent."""
 
@@ -79,7 +57,6 @@ class RequestContextMiddleware:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes  # callable(path) -> int
         self.body_timeout = body_timeout  # seconds a client may stay silent mid-body
-        self.request_ids = RequestIds()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -87,7 +64,7 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or ())
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if _SAFE_ID.match(incoming) else self.request_ids.new()
+        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         started = time.perf_counter()
@@ -216,13 +193,16 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _json(send, status: int, code: str, detail: str, rid: str) -> None:
-        await send_json(send, status, error_json(code, detail, rid), close=True)
+        await send_json(send, status, error_json(code, detail, rid))
 
 
-async def send_json(send, status: int, body: bytes, *, close: bool = False) -> None:
-    """A whole JSON response in raw ASGI (``close``: and the connection closes after it)."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
+async def send_json(send, status: int, body: bytes) -> None:
+    """A whole JSON response in raw ASGI; the connection closes after it (the body that
+    was refused may still be arriving)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -21,7 +21,6 @@ from plants_mlops.model.artifact import (
     parse_model_uri,
     resolve,
 )
-from plants_mlops.serving.osthreads import name_os_thread
 
 log = logging.getLogger("plants_mlops.serving.model")
 
@@ -147,7 +146,6 @@ class ModelManager:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        name_os_thread("model-watch")
         forced = False
         while not self._stop.is_set():
             outcome = self.reload(force=forced)

@@ -2,38 +2,46 @@
 
 Requests put a small record on a queue (``PredictionLogWriter.submit``, no I/O); one
 background thread computes the image statistics, batches records and writes them to the
-SQL table ``prediction_log`` (``PLANTS_DB_URL``) or to a date-partitioned parquet dataset
-on S3. ``close()`` drains the queue and flushes: a clean shutdown loses nothing. If the
-store stays unreachable, the rows left at shutdown go to a JSONL spill file instead.
+SQL table ``prediction_log`` (``plants_mlops.db.prediction_log``, ``PLANTS_DB_URL``) or to a
+date-partitioned parquet dataset on S3.
+
+Nothing accepted is lost (``tests/test_prediction_log.py`` counts the rows across an
+outage): while the store is down, rows wait in memory up to ``PENDING_BATCHES`` batches,
+older ones go to JSONL spill files, and failed writes are retried with a growing backoff;
+once a write succeeds, spill files (this worker's, another worker's, a previous run's) are
+written back into the store and deleted. A batch that fails while the store is up is
+written row by row, so one bad row never blocks the others (it goes to a ``rejected-*``
+file). ``close()`` drains the queue and flushes; what the store cannot take is spilled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from plants_mlops import contracts, imaging
-from plants_mlops.serving.osthreads import name_os_thread
+from plants_mlops import imaging
+from plants_mlops.db.prediction_log import STAT_PREFIX, SqlStore, store_down
 
 log = logging.getLogger("plants_mlops.serving.predlog")
 
-TABLE = contracts.PREDICTION_LOG_TABLE
-STAT_PREFIX = contracts.PREDICTION_LOG_STAT_PREFIX
-SPILL_DIR = Path("data") / "prediction_log_spill"
+PENDING_BATCHES = 40  # rows held in memory for a store that is down, in batches
+CLAIM_SECONDS = 600  # a spill file claimed longer ago: its replayer died, free it again
 
 
 @dataclass
 class PredictionRecord:
+    prediction_id: str
     request_id: str
     created_at: datetime
     model_version: str
@@ -47,12 +55,14 @@ class PredictionRecord:
     embedding: np.ndarray
     endpoint: str = "predict"
     uncertain: bool = False
+    kept_image: str | None = None
     ood_score: float | None = None  # None: the model has no OOD detector
     out_of_distribution: bool | None = None
 
     def to_row(self) -> dict[str, Any]:
         stats = imaging.image_stats(self.image)
         row = {
+            "prediction_id": self.prediction_id,
             "request_id": self.request_id,
             "created_at": self.created_at,
             "model_version": self.model_version,
@@ -66,91 +76,12 @@ class PredictionRecord:
             "orig_height": int(self.orig_height),
             "embedding": np.asarray(self.embedding, dtype=np.float32).tobytes(),
             "uncertain": bool(self.uncertain),
+            "kept_image": self.kept_image,
             "ood_score": None if self.ood_score is None else float(self.ood_score),
             "out_of_distribution": self.out_of_distribution,
         }
         row.update({f"{STAT_PREFIX}{k}": float(v) for k, v in stats.items()})
         return row
-
-
-def sql_table(metadata=None):
-    import sqlalchemy as sa
-
-    metadata = metadata or sa.MetaData()
-    return sa.Table(
-        TABLE,
-        metadata,
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-            primary_key=True,
-            autoincrement=True,
-        ),
-        sa.Column("request_id", sa.String(64), nullable=False, index=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("model_version", sa.String(32), nullable=False),
-        sa.Column("endpoint", sa.String(16), nullable=False),
-        sa.Column("label", sa.String(64), nullable=False),
-        sa.Column("confidence", sa.Float, nullable=False),
-        sa.Column("probabilities", sa.Text, nullable=False),
-        sa.Column("latency_ms", sa.Float, nullable=False),
-        sa.Column("image_format", sa.String(16), nullable=False),
-        sa.Column("orig_width", sa.Integer, nullable=False),
-        sa.Column("orig_height", sa.Integer, nullable=False),
-        *[sa.Column(f"{STAT_PREFIX}{c}", sa.Float, nullable=False) for c in imaging.STAT_COLUMNS],
-        sa.Column("embedding", sa.LargeBinary, nullable=False),
-        # added later: a log made before has it added in place (db.add_missing_columns)
-        sa.Column("uncertain", sa.Boolean, nullable=True),
-        sa.Column("ood_score", sa.Float, nullable=True),
-        sa.Column("out_of_distribution", sa.Boolean, nullable=True),
-    )
-
-
-class SqlSink:
-    def __init__(self, url: str) -> None:
-        import sqlalchemy as sa
-
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
-        self.table = sql_table()
-        self.created = False  # the table is created at the first write: a database that is
-        # down at start-up must not stop the API from serving
-        self.where = f"{self.engine.url.render_as_string(hide_password=True)} table {TABLE}"
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if not self.created:
-            from plants_mlops.db import add_missing_columns
-
-            self.table.metadata.create_all(self.engine, checkfirst=True)
-            add_missing_columns(self.engine, self.table)
-            self.created = True
-        with self.engine.begin() as conn:
-            conn.execute(self.table.insert(), rows)
-
-    def prune(self, *, max_age_days: float, max_rows: int) -> int:
-        """Delete rows older than ``max_age_days``, then the oldest beyond ``max_rows``."""
-        import sqlalchemy as sa
-
-        if not self.created:
-            if not sa.inspect(self.engine).has_table(TABLE):
-                return 0
-            self.created = True
-        t = self.table
-        cutoff = datetime.now(UTC) - timedelta(days=max_age_days)
-        with self.engine.begin() as conn:
-            removed = conn.execute(sa.delete(t).where(t.c.created_at < cutoff)).rowcount or 0
-            count = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-            if count > max_rows:
-                # the id of the oldest row to keep; everything older goes
-                keep_from = conn.execute(
-                    sa.select(t.c.id).order_by(t.c.id.desc()).offset(max_rows - 1).limit(1)
-                ).scalar_one()
-                removed += conn.execute(sa.delete(t).where(t.c.id < keep_from)).rowcount or 0
-        return int(removed)
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 class S3ParquetSink:
@@ -178,6 +109,24 @@ class S3ParquetSink:
             with self.fs.open(path.removeprefix("s3://"), "wb") as fh:
                 pq.write_table(table, fh)
 
+    def find(self, prediction_id: str) -> dict[str, Any] | None:
+        """The prediction among the last two days' files (feedback comes soon after)."""
+        import pyarrow.dataset as ds
+
+        today = datetime.now(UTC)
+        for day in (today, today.fromordinal(today.toordinal() - 1)):
+            root = f"{self.uri}/date={day:%Y-%m-%d}".removeprefix("s3://")
+            if not self.fs.exists(root):
+                continue
+            found = (
+                ds.dataset(root, filesystem=self.fs, format="parquet")
+                .to_table(filter=ds.field("prediction_id") == prediction_id)
+                .to_pylist()
+            )
+            if found:
+                return found[0]
+        return None
+
     def prune(self, **_: Any) -> int:
         """Retention on object storage is the bucket's lifecycle rule for this prefix
         (``plants-mlops storage init``), not a scan from the API."""
@@ -188,13 +137,24 @@ class S3ParquetSink:
 
 
 def make_sink(config):
-    import os
-
     if config.prediction_log == "off":
         return None
     if config.prediction_log == "s3":
         return S3ParquetSink(config.log_s3_uri, os.environ.get("PLANTS_S3_ENDPOINT_URL"))
-    return SqlSink(config.db_url)
+    return SqlStore(config.db_url)
+
+
+def _to_json(row: dict[str, Any]) -> str:
+    out = dict(row, created_at=row["created_at"].isoformat())
+    out["embedding"] = np.frombuffer(row["embedding"], dtype=np.float32).tolist()
+    return json.dumps(out)
+
+
+def _from_json(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    row["embedding"] = np.asarray(row["embedding"], dtype=np.float32).tobytes()
+    return row
 
 
 class PredictionLogWriter:
@@ -202,15 +162,11 @@ class PredictionLogWriter:
 
     Memory stays bounded whatever the store does: the hand-over queue holds at most
     ``max_queue`` records (more are dropped and counted, the request is never slowed), and
-    while the store is down at most ``max_pending_rows`` rows wait in memory; older ones
-    go to a spill file, so nothing that was accepted is lost. An outage is logged once when
-    it starts and once when it ends, not once per batch. With ``retention`` the SQL table is
-    pruned every ``prune_seconds``.
-
-    The thread takes records in groups: after each pass it sleeps ``gather_seconds`` (or
-    until the flush deadline) unless a batch is already waiting. Waking on every record, as
-    a blocking ``get`` per record did, cost the serving threads more CPU than the row itself
-    (docs/serving.md, *Where the server's CPU goes*).
+    at most ``max_pending_rows`` (``PENDING_BATCHES`` batches) wait for a store that is
+    down; older ones are spilled to files and written back when it recovers. An outage is
+    logged once when it starts and once when it ends. Failed writes are retried after
+    ``backoff`` seconds, doubling up to ``max_backoff``. With ``retention`` the SQL table
+    is pruned every ``prune_seconds``.
     """
 
     _STOP = object()
@@ -221,31 +177,34 @@ class PredictionLogWriter:
         *,
         batch_size: int = 256,
         flush_seconds: float = 1.0,
-        spill_dir: Path = SPILL_DIR,
+        spill_dir: Path = Path("data") / "prediction_log_spill",
         max_queue: int = 10_000,
-        max_pending_rows: int = 10_000,
+        max_pending_rows: int | None = None,
         retention: dict[str, float] | None = None,
         prune_seconds: float = 600.0,
         gather_seconds: float = 0.05,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
     ) -> None:
         self.sink = sink
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
-        self.spill_dir = spill_dir
-        self.max_pending_rows = max_pending_rows
+        self.spill_dir = Path(spill_dir)
+        self.max_pending_rows = max_pending_rows or PENDING_BATCHES * batch_size
         self.retention = retention
         self.prune_seconds = prune_seconds
         self.gather_seconds = gather_seconds
-        self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.written = 0
-        self.failed_writes = 0
-        self.dropped = 0
-        self.spilled = 0
-        self.pruned = 0
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.queue: queue.Queue = queue.Queue(maxsize=max(max_queue, 2 * batch_size))
+        self.written = self.failed_writes = self.dropped = 0
+        self.spilled = self.replayed = self.rejected = self.pruned = 0
         self._rows: list[dict[str, Any]] = []
         self._outage_failures = 0
+        self._retry_at = 0.0
+        self._delay = backoff
         self._full_warned = False
         self._next_prune = 0.0
+        self._next_replay = 0.0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -280,13 +239,11 @@ class PredictionLogWriter:
         self.sink.close()
 
     def _run(self) -> None:
-        name_os_thread("prediction-log")
         deadline = time.monotonic() + self.flush_seconds
         stopping = False
         while not stopping:
-            timeout = max(0.0, deadline - time.monotonic())
             try:
-                items = [self.queue.get(timeout=timeout)]
+                items = [self.queue.get(timeout=max(0.0, deadline - time.monotonic()))]
             except queue.Empty:
                 items = []
             while len(items) < self.batch_size:  # and whatever else is already waiting
@@ -305,15 +262,17 @@ class PredictionLogWriter:
                 else:
                     self._make_room()
                     self._rows.append(row)
-            rows = self._rows
-            if rows and (stopping or len(rows) >= self.batch_size or time.monotonic() >= deadline):
-                self._rows = self._write(rows, final=stopping)
-            if time.monotonic() >= deadline:
-                deadline = time.monotonic() + self.flush_seconds
-            self._maybe_prune()
+            now = time.monotonic()
+            due = stopping or len(self._rows) >= self.batch_size or now >= deadline
+            if self._rows and due and (stopping or now >= self._retry_at):
+                self._rows = self._write(self._rows, final=stopping)
+            if now >= deadline:
+                deadline = now + self.flush_seconds
+            if not self._outage_failures and not stopping:
+                self._maybe_replay()
+                self._maybe_prune()
             if not stopping and self.queue.qsize() < self.batch_size:
-                # Under load, let records gather instead of waking for each one: a wake per
-                # request costs the serving threads more CPU than the row itself.
+                # Under load, let records gather instead of waking for each one.
                 time.sleep(min(self.gather_seconds, max(0.0, deadline - time.monotonic())))
         if self._rows:
             self._spill(self._rows, reason="store unreachable at shutdown")
@@ -321,8 +280,7 @@ class PredictionLogWriter:
 
     def _make_room(self) -> None:
         """Before a row joins the rows held for a store that is down: at the bound, the
-        oldest go to a spill file (a batch at a time, not one file per row), so at no
-        moment are more than ``max_pending_rows`` rows in memory."""
+        oldest go to a spill file (a batch at a time, not one file per row)."""
         if len(self._rows) < self.max_pending_rows:
             return
         overflow = min(len(self._rows), len(self._rows) - self.max_pending_rows + self.batch_size)
@@ -330,7 +288,7 @@ class PredictionLogWriter:
         self._rows = self._rows[overflow:]
 
     def _maybe_prune(self) -> None:
-        if not self.retention or self._outage_failures or time.monotonic() < self._next_prune:
+        if not self.retention or time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + self.prune_seconds
         try:
@@ -346,51 +304,112 @@ class PredictionLogWriter:
                 extra={"event": "prediction_log_pruned", "rows": removed, **self.retention},
             )
 
-    def _write(self, rows: list[dict[str, Any]], final: bool) -> list[dict[str, Any]]:
-        attempts = 3 if final else 1
-        for attempt in range(attempts):
+    def _write(self, rows: list[dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
+        """Write ``rows``; returns those the store could not take (it is down)."""
+        for attempt in range(3 if final else 1):
             try:
                 self.sink.write(rows)
-            except Exception as exc:  # store down: keep rows, retry later
-                self.failed_writes += 1
-                self._outage_failures += 1
-                if self._outage_failures == 1:
-                    log.warning(
-                        "prediction log write failed (%s); keeping rows and retrying quietly "
-                        "until the store is back",
-                        exc,
-                        extra={"event": "prediction_log_write_failed", "rows": len(rows)},
-                    )
+            except Exception as exc:
+                rows = self._write_each(rows) if len(rows) > 1 else rows
+                if not rows:
+                    break
+                self._failed(exc, len(rows))
                 if final:
                     time.sleep(0.5 * (attempt + 1))
                 continue
             self.written += len(rows)
-            if self._outage_failures:
-                log.info(
-                    "prediction log store recovered after %d failed writes",
-                    self._outage_failures,
-                    extra={"event": "prediction_log_recovered", "rows": len(rows)},
-                )
-                self._outage_failures = 0
-            return []
-        return rows  # kept in memory (bounded): the next flush or the spill file takes them
+            break
+        else:
+            return rows
+        if self._outage_failures:
+            log.info(
+                "prediction log store recovered after %d failed writes",
+                self._outage_failures,
+                extra={"event": "prediction_log_recovered"},
+            )
+        self._outage_failures, self._retry_at, self._delay = 0, 0.0, self.backoff
+        return []
 
-    def _spill(self, rows: list[dict[str, Any]], reason: str) -> None:
+    def _write_each(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Row by row after a failed batch: a bad row is set aside, the others written;
+        the rows from the first that fails because the store is down are returned."""
+        write_one = getattr(self.sink, "write_one", None) or (lambda r: self.sink.write([r]))
+        for i, row in enumerate(rows):
+            try:
+                if write_one(row) is not False:
+                    self.written += 1
+            except Exception as exc:
+                if store_down(exc):
+                    return rows[i:]
+                self.rejected += 1
+                self._spill([row], reason=f"row refused by the store ({exc})", prefix="rejected")
+        return []
+
+    def _failed(self, exc: Exception, rows: int) -> None:
+        self.failed_writes += 1
+        self._outage_failures += 1
+        self._retry_at = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.max_backoff)
+        if self._outage_failures == 1:
+            log.warning(
+                "prediction log write failed (%s); keeping rows and retrying with backoff "
+                "until the store is back",
+                exc,
+                extra={"event": "prediction_log_write_failed", "rows": rows},
+            )
+
+    def _spill(self, rows: list[dict[str, Any]], reason: str, prefix: str = "spill") -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        path = (
-            self.spill_dir / f"spill-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
-        )
-        with path.open("w") as fh:
-            for row in rows:
-                out = dict(row)
-                out["created_at"] = row["created_at"].isoformat()
-                out["embedding"] = np.frombuffer(row["embedding"], dtype=np.float32).tolist()
-                fh.write(json.dumps(out) + "\n")
-        self.spilled += len(rows)
+        name = f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}.jsonl"
+        tmp = self.spill_dir / f".{name}.tmp"
+        tmp.write_text("".join(_to_json(row) + "\n" for row in rows))
+        tmp.replace(self.spill_dir / name)  # a replaying writer never reads half a file
+        if prefix == "spill":
+            self.spilled += len(rows)
         log.error(
-            "prediction log %s: %d rows spilled to %s",
+            "prediction log %s: %d rows kept in %s",
             reason,
             len(rows),
-            path,
-            extra={"event": "prediction_log_spilled", "rows": len(rows)},
+            self.spill_dir / name,
+            extra={"event": f"prediction_log_{prefix}", "rows": len(rows)},
         )
+
+    def _release_claims(self) -> None:
+        """Spill files claimed by a writer that died while replaying them (in any worker or
+        replica sharing the folder): free again."""
+        for path in self.spill_dir.glob("spill-*.jsonl.claimed-*"):
+            try:
+                if time.time() - path.stat().st_mtime > CLAIM_SECONDS:
+                    path.replace(path.with_name(path.name.split(".claimed-")[0]))
+            except FileNotFoundError:  # its replayer finished meanwhile
+                continue
+
+    def _maybe_replay(self) -> None:
+        """Write spilled rows back into the store, a file at a time (each claimed by a
+        rename, so two workers never replay the same file)."""
+        if time.monotonic() < self._next_replay:
+            return
+        self._next_replay = time.monotonic() + max(self.flush_seconds, 1.0)
+        self._release_claims()
+        for path in sorted(self.spill_dir.glob("spill-*.jsonl")):
+            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+            try:
+                path.rename(claimed)  # atomic: one writer wins the file
+                os.utime(claimed)  # the claim's age (CLAIM_SECONDS)
+            except FileNotFoundError:  # another writer took it
+                continue
+            rows = [_from_json(line) for line in claimed.read_text().splitlines() if line]
+            before = self.written
+            left = self._write(rows)
+            self.replayed += self.written - before
+            if left:  # the store went down again: keep what is left, try later
+                claimed.write_text("".join(_to_json(row) + "\n" for row in left))
+                claimed.replace(path)
+                return
+            claimed.unlink()
+            log.info(
+                "prediction log: %d spilled rows written back from %s",
+                len(rows),
+                path.name,
+                extra={"event": "prediction_log_replayed", "rows": len(rows)},
+            )

@@ -19,7 +19,8 @@ class ErrorResponse(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    request_id: str
+    prediction_id: str = Field(description="the server's id of this prediction (for feedback)")
+    request_id: str = Field(description="the request's X-Request-ID (the client's or a new one)")
     label: str
     confidence: float = Field(ge=0, le=1)
     probabilities: dict[str, float]
@@ -128,7 +129,9 @@ class RetrainStatus(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64, description="of the prediction")
+    prediction_id: str = Field(
+        min_length=1, max_length=32, description="the prediction_id of a prediction's answer"
+    )
     label: str = Field(
         min_length=1,
         max_length=64,
@@ -141,4 +144,5 @@ class FeedbackResponse(BaseModel):
     feedback_id: int
     status: str = Field(description="pending: it enters the training data only after review")
     image_kept: bool
+    replaced: bool = Field(description="an earlier pending feedback on it was replaced")
     detail: str

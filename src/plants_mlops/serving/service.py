@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio
 import numpy as np
 
 from plants_mlops import imaging
 from plants_mlops.retrain import RetrainRunner
 from plants_mlops.serving.config import ServingConfig
 from plants_mlops.serving.errors import ApiError
-from plants_mlops.serving.feedback import FeedbackStore, RecentPredictions
+from plants_mlops.serving.feedback import FeedbackStore, keep_image
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.model import ModelManager, ServingModel
 from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord
@@ -25,7 +28,7 @@ class Prepared:
     fmt_image: object
     decoded: imaging.DecodedImage
     started: float
-    data: bytes = b""
+    data: bytes
 
 
 class PredictionService:
@@ -43,22 +46,19 @@ class PredictionService:
         self.writer = writer
         self.retrain = retrain
         self.decode_budget = imaging.DecodeBudget(config.decode_budget_pixels)
-        self.recent = RecentPredictions(
-            config.uncertain_dir if config.keep_uncertain_images else None
-        )
-        self.feedback = FeedbackStore(config.db_url)
+        self.feedback = FeedbackStore(config, writer.sink if writer is not None else None)
+        # Decode + model calls at once in this worker (the rest wait for a thread).
+        self.limiter = anyio.CapacityLimiter(config.predict_threads)
 
-    def _prepare(self, model: ServingModel, data: bytes, *, budgeted: bool = True) -> Prepared:
-        """Decode and preprocess ``data``. ``budgeted=False``: without reserving its pixels
-        in the decode budget, for an image a prediction lane decodes (at most
-        ``batching.INLINE_PIXELS``, one at a time per lane): a lane must not wait behind
-        large uploads holding the budget."""
+    async def run(self, fn, *args):
+        """``fn(*args)`` on a worker thread (decoding and ONNX Runtime release the GIL)."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+
+    def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
         started = time.perf_counter()
         try:
             decoded = imaging.decode_image(
-                data,
-                max_pixels=self.config.max_pixels,
-                budget=self.decode_budget if budgeted else None,
+                data, max_pixels=self.config.max_pixels, budget=self.decode_budget
             )
         except imaging.ImageDecodeError as exc:
             self.metrics.rejected.labels(reason=exc.reason).inc()
@@ -83,17 +83,10 @@ class PredictionService:
         probabilities = {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
         latency = (time.perf_counter() - prep.started) * 1000.0
         uncertain = float(probs[idx]) < self.config.uncertain_below
-        self.recent.remember(
-            request_id,
-            {
-                "label": labels[idx],
-                "confidence": round(float(probs[idx]), 6),
-                "model_version": model.version,
-                "uncertain": uncertain,
-                "image_format": prep.decoded.format,
-            },
-            prep.data if uncertain else None,
-        )
+        prediction_id = uuid.uuid4().hex  # the server's own: what feedback refers to
+        kept = None
+        if uncertain and self.config.keep_uncertain_images:
+            kept = keep_image(self.config.uncertain_dir, prep.data, prep.decoded.format)
         self.metrics.predictions.labels(label=labels[idx], model_version=model.version).inc()
         ood_score, flagged = ood
         if flagged:
@@ -102,6 +95,7 @@ class PredictionService:
         if self.writer is not None:
             self.writer.submit(
                 PredictionRecord(
+                    prediction_id=prediction_id,
                     request_id=request_id,
                     created_at=datetime.now(UTC),
                     model_version=model.version,
@@ -115,11 +109,13 @@ class PredictionService:
                     embedding=emb,
                     endpoint=endpoint,
                     uncertain=uncertain,
+                    kept_image=kept,
                     ood_score=ood_score,
                     out_of_distribution=None if ood_score is None else flagged,
                 )
             )
         return PredictionResponse(
+            prediction_id=prediction_id,
             request_id=request_id,
             label=labels[idx],
             confidence=round(float(probs[idx]), 6),
@@ -155,15 +151,8 @@ class PredictionService:
                 ready.append((i, self._prepare(model, data)))
                 items.append(BatchItem(index=i, filename=name))
             except ApiError as exc:
-                items.append(
-                    BatchItem(
-                        index=i,
-                        filename=name,
-                        error=ErrorResponse(
-                            error=exc.code, detail=exc.detail, request_id=request_id
-                        ),
-                    )
-                )
+                error = ErrorResponse(error=exc.code, detail=exc.detail, request_id=request_id)
+                items.append(BatchItem(index=i, filename=name, error=error))
         if ready:
             out = model.run(np.stack([p.x for _, p in ready]))
             for row, (i, prep) in enumerate(ready):
@@ -172,7 +161,7 @@ class PredictionService:
                     prep,
                     out.probabilities[row],
                     out.embeddings[row],
-                    f"{request_id}-{i}",
+                    request_id,
                     "batch",
                     ood_of(out, row),
                 )

@@ -342,7 +342,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     """Start the retraining command in the background when drift is found and enabled."""
     import shlex
 
-    from plants_mlops.retrain import default_retrain_command, start_retrain
+    from plants_mlops.retrain import RetrainRunner, default_retrain_command
 
     cfg = parse(MonitoringParams, params, "monitoring").retrain
     enabled = cfg.enabled
@@ -368,18 +368,11 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
             "PLANTS_MONITORING_RETRAIN=true)"
         )
         return record
-    run = start_retrain(
-        argv,
-        reason="; ".join(verdict["reasons"]),
-        log_dir=Path(cfg.log_dir),
+    # One retraining at a time with the API's (the guard is in the PLANTS_DB_URL database).
+    started, run, detail = RetrainRunner(argv, Path(cfg.log_dir)).trigger(
+        "; ".join(verdict["reasons"])
     )
-    record.update(
-        started=True,
-        run_id=run.run_id,
-        pid=run.process.pid,
-        log_path=str(run.log_path),
-        detail="retraining started in the background",
-    )
+    record.update(started=started, detail=detail, **run)
     return record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
@@ -49,35 +50,28 @@ async def reload(service: ServiceDep) -> ReloadResponse:
 async def retrain(
     service: ServiceDep, body: Annotated[RetrainRequest | None, Body()] = None
 ) -> RetrainResponse:
-    runner = service.retrain
+    reason = (body or RetrainRequest()).reason
     try:
-        started, run, detail = runner.trigger((body or RetrainRequest()).reason)
+        started, run, detail = await run_in_threadpool(service.retrain.trigger, reason)
     except RuntimeError as exc:
         raise ApiError(500, "retrain_failed_to_start", str(exc)) from None
     if not started:
-        raise ApiError(409, "retrain_in_progress", f"{detail} (run {run.run_id})")
-    return RetrainResponse(
-        started=True,
-        run_id=run.run_id,
-        command=run.command,
-        pid=run.process.pid,
-        log_path=str(run.log_path),
-        detail=detail,
-    )
+        raise ApiError(409, "retrain_in_progress", f"{detail} (run {run['run_id']})")
+    return RetrainResponse(started=True, detail=detail, **run)
 
 
 @router.get("/retrain", response_model=RetrainStatus, summary="The last retraining run")
-def retrain_status(service: ServiceDep) -> RetrainStatus:
-    run = service.retrain.last
+async def retrain_status(service: ServiceDep) -> RetrainStatus:
+    run = await run_in_threadpool(service.retrain.status)
     if run is None:
         return RetrainStatus(running=False, command=service.retrain.command)
     return RetrainStatus(
-        run_id=run.run_id,
-        running=run.running,
-        returncode=run.process.poll(),
-        command=run.command,
-        started_at=run.started_at.isoformat(),
-        finished_at=run.finished_at.isoformat() if run.finished_at else None,
-        reason=run.reason,
-        log_path=str(run.log_path),
+        run_id=run["run_id"],
+        running=run["running"],
+        returncode=run["returncode"],
+        command=shlex.split(run["command"]),
+        started_at=run["started_at"].isoformat(),
+        finished_at=run["finished_at"].isoformat() if run["finished_at"] else None,
+        reason=run["reason"],
+        log_path=run["log_path"],
     )

@@ -1,12 +1,13 @@
-"""``POST /feedback`` (``X-API-Key``): the true label of an earlier prediction, filed as a
-candidate for review (it never reaches the training table by itself)."""
+"""``POST /feedback`` (``X-API-Key``): the true label of an earlier prediction, for review."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from plants_mlops.serving.deps import ServiceDep, require_api_key, serving_model
+from plants_mlops.db.feedback import FeedbackDecided
+from plants_mlops.errors import UserFacingError
+from plants_mlops.serving.deps import ModelDep, ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
 from plants_mlops.serving.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
@@ -22,35 +23,42 @@ router = APIRouter(
     status_code=202,
     responses={
         404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
         422: {"model": ErrorResponse, "description": "a label the served model does not know"},
         503: {"model": ErrorResponse, "description": "no model loaded yet"},
     },
     summary="Say what an earlier prediction should have been; a person reviews it",
 )
-async def feedback(service: ServiceDep, body: FeedbackRequest) -> FeedbackResponse:
-    labels = serving_model(service).meta.labels  # the task is the served model's
+async def feedback(service: ServiceDep, model: ModelDep, body: FeedbackRequest) -> FeedbackResponse:
+    labels = model.meta.labels  # the task is the served model's
     if body.label not in labels:
         raise ApiError(
             422,
             "unknown_label",
             f"label {body.label!r} is not one of the served model's labels: {', '.join(labels)}",
         )
-    seen = service.recent.lookup(body.request_id)
+    seen = await run_in_threadpool(service.feedback.find, body.prediction_id)
     if seen is None:
         raise ApiError(
             404,
-            "unknown_request",
-            f"no recent prediction with request id {body.request_id!r} (the API remembers the "
-            f"last {service.recent.size} and, with PLANTS_KEEP_UNCERTAIN_IMAGES, every uncertain one)",
+            "unknown_prediction",
+            f"no prediction {body.prediction_id!r} in the prediction log "
+            f"(PLANTS_PREDICTION_LOG={service.config.prediction_log})",
         )
-    feedback_id = await run_in_threadpool(
-        service.feedback.file, body.request_id, body.label, body.comment, seen, labels
-    )
-    kept = bool(seen.get("image_path"))
+    try:
+        feedback_id, replaced = await run_in_threadpool(
+            service.feedback.file, seen, body.label, body.comment, labels
+        )
+    except FeedbackDecided as exc:
+        raise ApiError(409, "feedback_decided", str(exc)) from None
+    except UserFacingError as exc:  # a label the served model does not know
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    kept = bool(seen.get("kept_image"))
     return FeedbackResponse(
         feedback_id=feedback_id,
         status="pending",
         image_kept=kept,
+        replaced=replaced,
         detail="filed for review (`plants-mlops data review`)"
         + ("" if kept else "; the image was not kept, so it cannot join the training data"),
     )
