@@ -7,7 +7,6 @@ more examples (>= 2,000 cases)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -160,14 +159,22 @@ def test_the_upload_parts_are_documented_as_images(spec, client):
     assert r.status_code == 200, r.text
 
 
+def test_the_served_document_offers_the_served_models_labels_for_feedback(spec, client):
+    """The task is the model's: the served document lists its labels as the feedback
+    label's choices (a label outside them is refused with 422), the committed document,
+    written with no model loaded, any string."""
+    assert "enum" not in spec["components"]["schemas"]["FeedbackRequest"]["properties"]["label"]
+    served = client.get("/openapi.json").json()
+    label = served["components"]["schemas"]["FeedbackRequest"]["properties"]["label"]
+    assert label["enum"] == ["dandelion", "grass"]
+
+
 def test_schemathesis_finds_nothing_on_any_check_in_all_four_phases(api, tmp_path):
     """Every check (server errors, status codes, content types, headers, response schemas,
     negative and positive data, auth never ignored, Allow headers, stateful links), over the
     examples, coverage, fuzzing and stateful phases, the admin routes with the key. Bounded:
     a few examples per operation, in well under a minute."""
-    started = time.monotonic()
     run = run_schemathesis(api.url, tmp_path, max_examples=12, timeout=120)
-    elapsed = time.monotonic() - started
     assert run.returncode == 0 and not run.failures, run.output[-8000:]
     assert run.report["complete"] and run.report["operations"]["errored"] == 0
     assert run.report["operations"]["tested"] == len(list(_operations(app_openapi())))
@@ -175,5 +182,4 @@ def test_schemathesis_finds_nothing_on_any_check_in_all_four_phases(api, tmp_pat
     assert phases.pop("examples") in ("success", "skip")  # the document has no examples
     assert phases == {"coverage": "success", "fuzzing": "success", "stateful": "success"}
     assert run.cases >= 250, run.cases
-    assert elapsed < 60, f"{elapsed:.0f} s for {run.cases} cases"
     assert "Traceback" not in api.log_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -82,6 +83,20 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
+    documented = app.openapi
+
+    def openapi() -> dict:
+        """The document, with the served model's labels as the feedback label's choices: the
+        task is the model's, so a champion with other labels changes the contract."""
+        model = manager.current
+        if model is None:
+            return documented()
+        schema = copy.deepcopy(documented())
+        label = schema["components"]["schemas"]["FeedbackRequest"]["properties"]["label"]
+        label["enum"] = list(model.meta.labels)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     upload_limit = config.max_upload_bytes + 64 * 1024  # multipart overhead
     # A batch is bounded in total, not only per file: 32 x 10 MB would be 320 MB in memory.
     batch_limit = min(upload_limit * config.max_batch_files, config.max_batch_bytes)
