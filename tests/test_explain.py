@@ -9,12 +9,15 @@ import pytest
 import torch
 from PIL import Image
 from support import champion, images
+from support.params import base_labels
 
 from plants_mlops import imaging
-from plants_mlops.contracts import LABELS, ONNX_INPUT
+from plants_mlops.contracts import ONNX_INPUT
 from plants_mlops.model import artifact, explain
 from plants_mlops.model.architectures import build_model
 from plants_mlops.model.export import onnx_bytes
+
+LABELS = base_labels()
 
 
 def _artifact(small_model) -> artifact.ServingArtifact:
@@ -30,7 +33,9 @@ def _artifact(small_model) -> artifact.ServingArtifact:
 
 def test_class_maps_of_the_pretrained_lite0_export_average_to_its_logits():
     torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", image_size=128, weights="imagenet").eval()
+    model = build_model(
+        "efficientnet_lite0", n_classes=len(LABELS), image_size=128, weights="imagenet"
+    ).eval()
     torch.nn.init.normal_(model.head.weight, std=0.05)
     session = artifact.open_session(onnx_bytes(model, 128), threads=1)
     x = np.random.default_rng(0).normal(size=(2, 3, 128, 128)).astype(np.float32)

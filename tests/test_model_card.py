@@ -60,6 +60,7 @@ def _card(trained: model_data.Trained, summary, report, decision, behaviour=None
         behaviour,
         stage_params("model_card", bootstrap={"resamples": 300}),
         stage_params("registry", model_name=decision["model_name"]),
+        stage_params("task"),
     )
 
 
@@ -71,6 +72,8 @@ def test_the_registered_champion_has_a_card_that_names_its_figures(
     assert decision["aliases"] == [ALIAS_CHAMPION]
     md, page, figures = _card(small_model, summary, report, decision)
 
+    assert md.startswith(f"# Model card: {model_name} version 1 (Dandelion or grass?)")
+    assert "Labels: dandelion, grass." in md and "none of dandelion, grass" in md
     sections = re.findall(r"^## (.+)$", md, flags=re.M)
     assert sections == [
         "Intended use",

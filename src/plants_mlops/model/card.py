@@ -180,18 +180,22 @@ def build(
     y_pred: np.ndarray,
     decisions: pd.DataFrame,
     behaviour: dict | None,
+    task,
     p,
 ) -> Card:
     """The card of ``name`` version ``version`` (``test``: the test split's index rows, in
-    the order of ``y_true`` / ``y_pred``; ``p``: ``params.ModelCardParams``)."""
+    the order of ``y_true`` / ``y_pred``; ``task``: ``params.TaskParams``; ``p``:
+    ``params.ModelCardParams``, whose texts take the task's ``{description}``,
+    ``{labels}`` and ``{title}``)."""
     labels = list(serving_meta["labels"])
     k = len(labels)
     run_id = training_report.get("mlflow_run_id")
+    words = {"description": task.description, "title": task.title, "labels": ", ".join(labels)}
     sections = [
         Section(
             "Intended use",
-            [p.intended_use.strip()],
-            [(["out of scope"], [[line] for line in p.out_of_scope])],
+            [p.intended_use.strip().format(**words)],
+            [(["out of scope"], [[line.format(**words)] for line in p.out_of_scope])],
         ),
         _data_section(fingerprint, decisions, test),
     ]
@@ -303,7 +307,7 @@ def build(
         "behaviour": behaviour_figures,
         "verdict": tags.get("verdict"),
     }
-    return Card(f"Model card: {name} version {version}", sections, figures)
+    return Card(f"Model card: {name} version {version} ({task.title})", sections, figures)
 
 
 def _num(value: str | None) -> float | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from plants_mlops.model import tracking
-from plants_mlops.params import ModelCardParams, RegistryParams, parse
+from plants_mlops.params import ModelCardParams, RegistryParams, TaskParams, parse
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def write_model_card(
     behaviour_report: dict | None,
     card_params: dict[str, Any],
     registry_params: dict[str, Any],
+    task_params: dict[str, Any],
 ) -> tuple[str, str, dict]:
     """(markdown, HTML, headline figures) of the registered version's card."""
     from plants_mlops.model import card
@@ -41,10 +42,12 @@ def write_model_card(
 
     p = parse(ModelCardParams, card_params, "model_card")
     rp = parse(RegistryParams, registry_params, "registry")
+    task = parse(TaskParams, task_params, "task")
     name, version = registry_decision["model_name"], str(registry_decision["model_version"])
     cl = tracking.client(tracking.tracking_uri(rp.mlflow.tracking_uri))
     tags = dict(cl.get_model_version(name, version).tags or {})
-    split = load_subset(dataset_index, fmt_images, ("test",), p.subset)["test"]
+    labels = list(serving_meta["labels"])
+    split = load_subset(dataset_index, fmt_images, labels, ("test",), p.subset)["test"]
     model = ServingArtifact.from_bytes(serving_model, serving_meta, threads=1)
     y_pred = model.predict_images(split.images).probabilities.argmax(axis=1)
     rows = dataset_index.set_index("image_key").loc[split.keys].reset_index()
@@ -62,6 +65,7 @@ def write_model_card(
         y_pred=y_pred,
         decisions=data_decisions,
         behaviour=behaviour_report,
+        task=task,
         p=p,
     )
     md, page = card.markdown(built), card.html(built)

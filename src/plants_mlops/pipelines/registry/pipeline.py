@@ -31,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "model_card_behaviour",
                     "params:model_card",
                     "params:registry",
+                    "params:task",
                 ],
                 ["model_card_md", "model_card_html", "model_card"],
                 name="write_model_card",
