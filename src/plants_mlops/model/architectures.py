@@ -134,6 +134,16 @@ def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     return _Trunk(backbone), _Neck(backbone)
 
 
+def cell_embeddings(neck: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    """[N, h, w, D]: the embedding of every single cell of a feature map [N, C, h, w] (the
+    neck run on a 1 x 1 map of the cell's own features). With a plain-average neck their
+    mean over the cells is the image's embedding, so a linear head's logits split exactly
+    over the cells (model/explain.py)."""
+    channels, h, w = fmap.shape[1], fmap.shape[2], fmap.shape[3]
+    cells = neck(fmap.permute(0, 2, 3, 1).reshape(-1, channels, 1, 1))
+    return cells.reshape(-1, h, w, cells.shape[-1])
+
+
 # Architectures whose neck is a plain average: per-cell class maps average to the logits.
 LINEAR_NECK = frozenset(SPECS) - {"mobilenet_v3_small"}
 

@@ -62,26 +62,10 @@ class Explanation:
         return [[round(float(v), digits) for v in row] for row in self.grid]
 
     def heat(self, size: int) -> np.ndarray:
-        """[size, size] in [0, 1]: the positive evidence, bilinearly upsampled and scaled
-        by its maximum (all zeros when no cell supports the class)."""
-        top = float(self.grid.max())
-        if top <= 0:
-            return np.zeros((size, size), np.float32)
-        cells = Image.fromarray(np.clip(self.grid / top, 0, 1).astype(np.float32), mode="F")
-        up = np.asarray(cells.resize((size, size), Image.Resampling.BILINEAR), np.float32)
-        return np.clip(up, 0.0, 1.0)
+        return heat(self.grid, size)
 
     def overlay(self, view: Image.Image, opacity: float = 0.6) -> Image.Image:
-        """``view`` (the picture the model saw, ``imaging.model_view``) with the heat drawn
-        over it: colour and opacity grow with the evidence, so regions that do not support
-        the class keep the photo as it is."""
-        if view.width != view.height:
-            raise ValueError(f"the model's view is square, got {view.size}")
-        heat = self.heat(view.width)
-        colour = _LUT[np.round(heat * 255).astype(np.uint8)]
-        alpha = (opacity * heat)[..., None]
-        photo = np.asarray(view.convert("RGB"), np.float32)
-        return Image.fromarray(np.round(photo * (1 - alpha) + colour * alpha).astype(np.uint8))
+        return overlay(view, self.grid, opacity)
 
     def overlay_png(self, view: Image.Image) -> bytes:
         buf = io.BytesIO()
@@ -90,3 +74,28 @@ class Explanation:
 
     def overlay_base64(self, view: Image.Image) -> str:
         return base64.b64encode(self.overlay_png(view)).decode("ascii")
+
+
+def heat(grid: np.ndarray, size: int) -> np.ndarray:
+    """[size, size] in [0, 1]: the positive evidence of ``grid``, bilinearly upsampled and
+    scaled by its maximum (all zeros when no cell supports the class)."""
+    grid = np.asarray(grid, dtype=np.float64)
+    top = float(grid.max())
+    if top <= 0:
+        return np.zeros((size, size), np.float32)
+    cells = Image.fromarray(np.clip(grid / top, 0, 1).astype(np.float32), mode="F")
+    up = np.asarray(cells.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    return np.clip(up, 0.0, 1.0)
+
+
+def overlay(view: Image.Image, grid: np.ndarray, opacity: float = 0.6) -> Image.Image:
+    """``view`` (the picture the model saw, ``imaging.model_view``) with the heat of
+    ``grid`` drawn over it: colour and opacity grow with the evidence, so regions that do
+    not support the class keep the photo as it is."""
+    if view.width != view.height:
+        raise ValueError(f"the model's view is square, got {view.size}")
+    h = heat(grid, view.width)
+    colour = _LUT[np.round(h * 255).astype(np.uint8)]
+    alpha = (opacity * h)[..., None]
+    photo = np.asarray(view.convert("RGB"), np.float32)
+    return Image.fromarray(np.round(photo * (1 - alpha) + colour * alpha).astype(np.uint8))

@@ -26,7 +26,12 @@ from plants_mlops.contracts import (
     ONNX_OUTPUT_EMBEDDING,
     ONNX_OUTPUT_LOGITS,
 )
-from plants_mlops.model.architectures import PlantsNet, build_model, split_backbone
+from plants_mlops.model.architectures import (
+    PlantsNet,
+    build_model,
+    cell_embeddings,
+    split_backbone,
+)
 
 
 def checkpoint_bytes(model: PlantsNet, config: Mapping[str, Any], meta: Mapping[str, Any]) -> bytes:
@@ -66,10 +71,7 @@ class ExplainedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fmap = self.trunk(x)
         embedding = self.neck(fmap)
-        channels, h, w = fmap.shape[1], fmap.shape[2], fmap.shape[3]
-        cells = fmap.permute(0, 2, 3, 1).reshape(-1, channels, 1, 1)
-        per_cell = self.head(self.neck(cells))  # [N * h * w, K]
-        maps = per_cell.reshape(-1, h, w, per_cell.shape[1]).permute(0, 3, 1, 2)
+        maps = self.head(cell_embeddings(self.neck, fmap)).permute(0, 3, 1, 2)
         return self.head(embedding), embedding, maps
 
 
