@@ -1,15 +1,13 @@
-"""Files that may not exist yet. A parquet file loads as an empty DataFrame then (the
-previous fmt index before the first formatting run); it is only a hint of work already done, so a
+"""A parquet file that may not exist yet: loads as an empty DataFrame then (the previous
+fmt index before the first formatting run). It is only a hint of work already done, so a
 damaged file (written by a version before saves were atomic) counts as missing, with a
 warning, and is replaced by the run's own save."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
-from kedro_datasets.json import JSONDataset
 
 from plants_mlops.datasets.data_parquet import ParquetDataset
 
@@ -30,13 +28,3 @@ class OptionalParquetDataset(ParquetDataset):
                 str(exc).splitlines()[-1][:200],
             )
             return pd.DataFrame()
-
-
-class OptionalJSONDataset(JSONDataset):
-    """``json.JSONDataset`` whose load gives None when the file is missing: a report
-    another stage writes only when it runs (the behaviour report, for the model card)."""
-
-    def load(self) -> Any:
-        if not self._exists():
-            return None
-        return super().load()

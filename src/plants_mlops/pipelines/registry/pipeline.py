@@ -28,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "fmt_images",
                     "dataset_fingerprint",
                     "data_decisions",
-                    "model_card_behaviour",
+                    "behaviour_report",
                     "params:model_card",
                     "params:registry",
                     "params:task",
