@@ -157,3 +157,26 @@ def test_bootstrap_intervals_cover_the_point_figure_and_narrow_with_more_images(
     assert widths[1] < widths[0] / 2
     perfect = card.bootstrap_intervals(y, y, "ab", resamples=100, confidence=0.95, seed=0)
     assert perfect["f1_macro"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+
+
+def test_slices_come_in_bucket_order_and_score_only_the_labels_they_hold():
+    from plants_mlops.params import ModelCardParams, parse
+
+    p = parse(ModelCardParams, stage_params("model_card"), "model_card").slices
+    test = pd.DataFrame(
+        {
+            "orig_width": [2000, 300, 100, 120],
+            "orig_height": [1500, 300, 100, 100],
+            "brightness": [0.5, 0.5, 0.2, 0.9],
+            "url_source": ["https://a.example/1", "https://b.example/2", "https://a.example/3", ""],
+        }
+    )
+    y, pred = np.array([0, 1, 1, 1]), np.array([0, 1, 1, 0])
+    rows = card.slice_table(test, y, pred, 2, p)
+    sizes = [r[1] for r in rows if r[0] == "image size (shorter side)"]
+    assert sizes == ["< 256 px (few images)", "256-511 px (few images)", ">= 1024 px (few images)"]
+    hosts = [(r[1], r[2]) for r in rows if r[0] == "source host"]
+    assert hosts[0] == ("a.example (few images)", 2)  # the most images first
+    assert sorted(hosts[1:]) == [("(no host) (few images)", 1), ("b.example (few images)", 1)]
+    one_label = next(r for r in rows if r[1].startswith("256-511"))
+    assert one_label[3:] == [1.0, 1.0]  # one grass image, right: F1 1, not halved

@@ -96,7 +96,7 @@ def bootstrap_intervals(
 
 
 def _bucket(values: pd.Series, edges: Sequence[float], names: Sequence[str]) -> pd.Series:
-    return pd.cut(values, [-np.inf, *edges, np.inf], labels=list(names), right=False).astype(str)
+    return pd.cut(values, [-np.inf, *edges, np.inf], labels=list(names), right=False)
 
 
 def slice_columns(index: pd.DataFrame, p) -> dict[str, pd.Series | str]:
@@ -134,6 +134,15 @@ def slice_columns(index: pd.DataFrame, p) -> dict[str, pd.Series | str]:
     return out
 
 
+def _present_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the labels present in the slice (truth or prediction): a slice of one
+    label is not halved for the labels it does not hold."""
+    present = np.union1d(y_true, y_pred)
+    remap = {int(k): i for i, k in enumerate(present)}
+    yt, yp = (np.array([remap[int(v)] for v in a]) for a in (y_true, y_pred))
+    return float(macro_f1(yt, yp, len(present)))
+
+
 def slice_table(
     test: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, p
 ) -> list[list[Any]]:
@@ -143,7 +152,9 @@ def slice_table(
         if isinstance(groups, str):
             rows.append([slicing, f"not sliced: {groups}", None, None, None])
             continue
-        for name in sorted(groups.unique()):
+        # buckets in their own order (small to large), hosts by how many images they gave
+        order = groups.cat.categories if hasattr(groups, "cat") else groups.value_counts().index
+        for name in [n for n in order if (groups == n).any()]:
             mask = (groups == name).to_numpy()
             yt, yp = y_true[mask], y_pred[mask]
             rows.append(
@@ -152,7 +163,7 @@ def slice_table(
                     name if mask.sum() >= p.min_slice_images else f"{name} (few images)",
                     int(mask.sum()),
                     float((yt == yp).mean()),
-                    float(macro_f1(yt, yp, n_classes)),
+                    _present_f1(yt, yp),
                 ]
             )
     return rows
@@ -237,7 +248,7 @@ def build(
             ],
             [
                 (
-                    ["slicing", "slice", "images", "accuracy", "macro F1"],
+                    ["slicing", "slice", "images", "accuracy", "macro F1 (labels present)"],
                     slice_table(test, y_true, y_pred, k, p.slices),
                 )
             ],
