@@ -76,7 +76,7 @@ def test_explain_defaults_to_the_predicted_label_and_refuses_an_unknown_one(serv
     probabilities = r.json()["probabilities"]
     assert r.json()["label"] == max(probabilities, key=probabilities.get)
     r = _explain(client, images.yellow_disc_on_grass(80), label="clover")
-    assert r.status_code == 400 and r.json()["error"] == "unknown_label"
+    assert r.status_code == 404 and r.json()["error"] == "unknown_label"
 
 
 def test_openapi_documents_explain_and_the_model_card_link(served):

@@ -9,16 +9,19 @@ are not logged as predictions (monitoring sees only ``/predict`` traffic).
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from plants_mlops import imaging
 from plants_mlops.model.artifact import ModelLoadError
 from plants_mlops.model.explain import Explanation
+from plants_mlops.serving import upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.predict import ERRORS, _read
@@ -64,7 +67,8 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
     started = time.perf_counter()
     labels = list(model.meta.labels)
     if label is not None and label not in labels:
-        raise ApiError(400, "unknown_label", f"label {label!r} is not one of {labels}")
+        # 404: the model has no such label (its class maps are the resources explained)
+        raise ApiError(404, "unknown_label", f"the model has no label {label!r}: {labels}")
     prep = service._prepare(model, data)
     try:
         out, maps = model.run_with_maps(prep.x[None])
@@ -99,24 +103,27 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
     )
 
 
+# The same documented body as /predict (serving/upload.py): an image part, not any bytes.
+_BODY = copy.deepcopy(upload.OPENAPI_BODY)
+_BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["title"] = "Body_explain"
+
+
 @router.post(
     "/explain",
     response_model=ExplainResponse,
     responses={
         **ERRORS,
-        400: {
-            "model": ErrorResponse,
-            "description": "empty or damaged image, or a label the model does not know",
-        },
+        404: {"model": ErrorResponse, "description": "a label the served model does not have"},
         409: {
             "model": ErrorResponse,
             "description": "the served model was exported without class maps",
         },
     },
     summary="Classify one image and show the regions that drove the answer",
+    openapi_extra=_BODY,
 )
 async def explain(
-    file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, GIF, BMP)")],
+    request: Request,
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,
@@ -124,6 +131,12 @@ async def explain(
         str | None, Query(description="explain this label instead of the predicted one")
     ] = None,
 ) -> ExplainResponse:
+    form = await request.form()
+    file = form.get(upload.FIELD)
+    if not isinstance(file, StarletteUpload):
+        raise ApiError(
+            422, "invalid_request", f"send the image as the multipart field {upload.FIELD!r}"
+        )
     data = await _read(file, service.config.max_upload_bytes)
     # on a worker thread: decoding and ONNX Runtime release the GIL
     return await run_in_threadpool(explain_one, service, model, data, label, rid)
