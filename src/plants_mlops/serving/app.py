@@ -93,7 +93,14 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         ),
         body_timeout=config.body_timeout_seconds,
     )
-    for router in (ui.router, predict.router, explain.router, ops.router, admin.router, feedback.router):
+    for router in (
+        ui.router,
+        predict.router,
+        explain.router,
+        ops.router,
+        admin.router,
+        feedback.router,
+    ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount(ui.DOCS_ASSETS_URL, StaticFiles(directory=ui.DOCS_ASSETS), name="docs-static")

@@ -9,23 +9,19 @@ are not logged as predictions (monitoring sees only ``/predict`` traffic).
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile as StarletteUpload
 
 from plants_mlops import imaging
 from plants_mlops.model.artifact import ModelLoadError
 from plants_mlops.model.explain import Explanation
-from plants_mlops.serving import upload
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
 from plants_mlops.serving.routes.predict import ERRORS, _read
-from plants_mlops.serving.schemas import ErrorResponse
+from plants_mlops.serving.schemas import IMAGE_CONTENT_TYPES, ErrorResponse
 
 router = APIRouter(tags=["explain"])
 
@@ -103,11 +99,6 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
     )
 
 
-# The same documented body as /predict (serving/upload.py): an image part, not any bytes.
-_BODY = copy.deepcopy(upload.OPENAPI_BODY)
-_BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["title"] = "Body_explain"
-
-
 @router.post(
     "/explain",
     response_model=ExplainResponse,
@@ -120,10 +111,17 @@ _BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["title"] = "Bod
         },
     },
     summary="Classify one image and show the regions that drove the answer",
-    openapi_extra=_BODY,
+    # the part's media types, documented as /predict does
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"encoding": {"file": {"contentType": IMAGE_CONTENT_TYPES}}}
+            }
+        }
+    },
 )
 async def explain(
-    request: Request,
+    file: Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")],
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,
@@ -131,12 +129,5 @@ async def explain(
         str | None, Query(description="explain this label instead of the predicted one")
     ] = None,
 ) -> ExplainResponse:
-    form = await request.form()
-    file = form.get(upload.FIELD)
-    if not isinstance(file, StarletteUpload):
-        raise ApiError(
-            422, "invalid_request", f"send the image as the multipart field {upload.FIELD!r}"
-        )
     data = await _read(file, service.config.max_upload_bytes)
-    # on a worker thread: decoding and ONNX Runtime release the GIL
-    return await run_in_threadpool(explain_one, service, model, data, label, rid)
+    return await service.run(explain_one, service, model, data, label, rid)
