@@ -8,7 +8,7 @@ The exported graph answers ``logits`` and ``embedding`` (the serving contract) a
 ``logits = head(mean over cells of f) = mean over cells of head(f)``, so the maps are an
 exact decomposition of the logits over the image's regions; the API's ``/explain`` reads
 them from the same graph (and int8 file) that predicts, with no second model to keep in
-step. On the default Lite0 @128 the extra output is a [4 x 4 x 1280] @ [1280 x K] product.
+step. On the default Lite0 @160 the extra output is a [5 x 5 x 1280] @ [1280 x K] product.
 """
 
 from __future__ import annotations
