@@ -50,8 +50,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@# bench_model_cv.py trains every candidate k times (an hour or more on 2 CPU cores):
-	@# run it on its own (docs/model.md gives the command).
-	@for b in benchmarks/bench_*.py; do case $$b in *bench_model_cv.py) continue;; esac; \
+	@# run it on its own (docs/model.md gives the command). bench_trust.py measures the
+	@# registered champion on the project's data: run it after `make demo`.
+	@for b in benchmarks/bench_*.py; do case $$b in *bench_model_cv.py|*bench_trust.py) continue;; esac; \
 		echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-data:

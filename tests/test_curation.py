@@ -47,12 +47,18 @@ def test_curation_writes_a_ranked_review_queue_and_its_page(data_project):
     for it in issues:  # out-of-fold: the folds doubt the given label
         assert it["probabilities"][it["label"]] < 0.5
         assert it["action"].startswith("relabel ")
+        # why: the evidence grid of the label the folds chose (a 4 x 4 map at 128 px), an
+        # exact split of its logit margin, which is positive since that label won
+        assert it["action"] == f"relabel {it['explanation']['label']}"
+        grid = np.asarray(it["explanation"]["grid"])
+        assert grid.shape == (4, 4) and grid.mean() > 0
     outliers = [it for it in queue if any(p.startswith("outlier") for p in it["problems"])]
     share = stage_params("curation")["outliers"]["share"]
     assert len(outliers) == report["outliers"]  # the queue holds them all (max_items > 25)
     assert abs(report["outliers"] - share * len(index)) <= 1
     page = (data / "08_reporting" / "curation_review.html").read_text()
-    assert page.count("data:image/jpeg;base64,") == len(queue)
+    assert page.count("data:image/jpeg;base64,") == len(queue) + len(issues)
+    assert page.count('title="regions that speak for ') == len(issues)
     assert f"<td>{queue[0]['source_id']}</td>" in page
     assert summary["stage"] == "curation" and summary["verdict"] == "ok"
     near = read_json(data / "03_primary" / "near_duplicates.json")

@@ -88,6 +88,15 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     assert [(r["version"], r["aliases"], r["verdict"], r["precision"]) for r in rows] == [
         ("1", ["champion"], "pass", "int8")
     ]
+    # the champion's model card, written by the registry pipeline and linked from the version
+    card = json.loads((data / "08_reporting" / "model_card.json").read_text())
+    assert card["model_version"] == "1" and rows[0]["model_card"] == card["links"]["model_card"]
+    md = (data / "08_reporting" / "model_card.md").read_text()
+    f1 = card["intervals"]["f1_macro"]
+    assert f"| macro F1 | {f1['value']:.4f} [{f1['low']:.4f}, {f1['high']:.4f}] |" in md
+    assert f1["value"] == pytest.approx(report["metrics"]["f1_macro"])
+    assert "| source host |" in md and "| image size (shorter side) |" in md
+    assert (data / "08_reporting" / "model_card.html").read_text().count("<table>") >= 5
 
 
 @pytest.mark.slow

@@ -12,7 +12,12 @@ import torch
 from support import model_data
 from support.params import base_labels, deep_merge, stage_params
 
-from plants_mlops.contracts import ONNX_INPUT, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_LOGITS
+from plants_mlops.contracts import (
+    ONNX_INPUT,
+    ONNX_OUTPUT_CLASS_MAPS,
+    ONNX_OUTPUT_EMBEDDING,
+    ONNX_OUTPUT_LOGITS,
+)
 from plants_mlops.model import artifact, registry, tracking
 from plants_mlops.model.architectures import SPECS, build_model
 from plants_mlops.model.data import load_splits
@@ -188,14 +193,21 @@ def test_exported_onnx_model_follows_the_serving_contract_and_matches_torch(data
     onnx_model = export_serving_model(ckpt, TINY)
     session = artifact.open_session(onnx_model)
     assert [i.name for i in session.get_inputs()] == [ONNX_INPUT]
-    assert [o.name for o in session.get_outputs()] == [ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING]
+    assert [o.name for o in session.get_outputs()] == [
+        ONNX_OUTPUT_LOGITS,
+        ONNX_OUTPUT_EMBEDDING,
+        ONNX_OUTPUT_CLASS_MAPS,
+    ]
     model, cfg, _ = load_checkpoint(ckpt)
     x = torch.randn(3, 3, cfg["image_size"], cfg["image_size"])
     with torch.no_grad():
         logits, emb = model(x)
-    ort_logits, ort_emb = session.run(None, {ONNX_INPUT: x.numpy()})
+    ort_logits, ort_emb, ort_maps = session.run(None, {ONNX_INPUT: x.numpy()})
     np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=1e-3, atol=1e-4)
     assert ort_emb.shape == (3, SPECS["small_cnn"].embedding_dim)
+    # small_cnn halves the side four times: a 4 x 4 map of 64 px; its cells average to the logits.
+    assert ort_maps.shape == (3, len(LABELS), 4, 4)
+    np.testing.assert_allclose(ort_maps.mean(axis=(2, 3)), ort_logits, rtol=1e-4, atol=1e-5)
     test = load_splits(data.dataset_index, data.fmt_images, LABELS, ("test",))["test"]
     meta = {
         "labels": list(LABELS),

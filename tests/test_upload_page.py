@@ -13,12 +13,17 @@ from support.params import base_labels
 from support.serving import running_api
 from support.webdriver import binaries, chromium
 
+from plants_mlops.model.architectures import build_model
+from plants_mlops.model.export import onnx_bytes
+
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, mlflow_tracking_uri):
     binaries()  # before the slow part: no browser, no point starting the API
     name = unique_model_name()
-    version = register_champion(mlflow_tracking_uri, name=name).version
+    # small_cnn as training exports it (random weights): a graph with class maps for "Why?"
+    model = build_model("small_cnn", n_classes=len(base_labels()), image_size=64).eval()
+    version = register_champion(mlflow_tracking_uri, name=name, onnx=onnx_bytes(model, 64)).version
     root = tmp_path_factory.mktemp("upload-page")
     with (
         running_api(root / "api", tracking_uri=mlflow_tracking_uri, model_name=name) as api,
@@ -57,6 +62,23 @@ def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
     assert shown is True
     shot = browser.screenshot(root / "upload-page.png")
     assert Image.open(shot).size[0] >= 800
+
+
+def test_why_shows_the_heat_map_of_the_answer_on_demand(page):
+    browser, _, root, _ = page
+    browser.send_file("#file", images.sample_paths("grass")[0])
+    browser.wait_for("return document.body.dataset.state === 'done'")
+    hidden = "return document.getElementById('explanation').hidden"
+    assert browser.script(hidden) is True  # only on demand
+    browser.script("document.getElementById('why').click()")
+    browser.wait_for(
+        "const i = document.getElementById('heat');return i.complete && i.naturalWidth > 0"
+    )
+    assert browser.script(hidden) is False
+    assert browser.script("return document.getElementById('heat').naturalWidth") == 64
+    label = browser.text("#label")
+    assert f'speak for "{label}"' in browser.text("#why-meta")
+    browser.screenshot(root / "upload-page-why.png")
 
 
 def test_dropping_an_image_predicts_it_too(page):

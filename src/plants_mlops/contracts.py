@@ -20,6 +20,10 @@ ALIAS_CHALLENGER = "challenger"
 ONNX_INPUT = "image"  # float32 [N, 3, H, W], normalised as ServingMeta says
 ONNX_OUTPUT_LOGITS = "logits"  # float32 [N, K], one per label of the serving meta
 ONNX_OUTPUT_EMBEDDING = "embedding"  # float32 [N, D], penultimate layer
+# Optional third output (exports since issue 31): the head applied to every cell of the last
+# feature map, float32 [N, len(labels), h, w]; its mean over the cells is `logits` exactly
+# when the head is linear on pooled features (model/explain.py).
+ONNX_OUTPUT_CLASS_MAPS = "class_maps"
 
 # Stages, in the order of the end-to-end run (`kedro run`, the ZenML pipeline, the demo).
 # Monitoring is not part of it: it needs a prediction log, which exists once the API served.

@@ -342,6 +342,15 @@ def encode_jpeg(img: Image.Image, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def model_view(img: Image.Image, *, resize_size: int, image_size: int) -> Image.Image:
+    """The picture the model sees, before normalisation: square_resize(resize_size), then
+    resized to ``image_size`` (what :func:`to_model_input` feeds the network)."""
+    img = square_resize(img, resize_size)
+    if image_size != resize_size:
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return img
+
+
 def to_model_input(
     img: Image.Image,
     *,
@@ -352,9 +361,7 @@ def to_model_input(
 ) -> np.ndarray:
     """The serving/eval preprocessing, once: square_resize(resize_size) -> image_size ->
     [0,1] -> (x - mean) / std -> float32 CHW. ``img`` must already be RGB (decode_image)."""
-    img = square_resize(img, resize_size)
-    if image_size != resize_size:
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    img = model_view(img, resize_size=resize_size, image_size=image_size)
     arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -403,6 +403,31 @@ class MonitoringParams(Params):
 
 
 # The model of each ``params:<stage>`` block.
+# -- model card ----------------------------------------------------------------------------
+
+
+class CardBootstrap(Params):
+    resamples: int  # bootstrap draws of the test images
+    confidence: float  # e.g. 0.95: the 2.5th and 97.5th percentiles
+    seed: int
+
+
+class CardSlices(Params):
+    short_side_px: list[int]  # bucket edges of the original image's shorter side
+    aspect_ratio: tuple[float, float]  # width / height below: portrait; from: landscape
+    brightness: tuple[float, float]  # mean luminance in [0, 1] below: dark; from: bright
+    max_hosts: int  # the most frequent source hosts shown, the rest pooled
+    min_slice_images: int  # a slice with fewer images is marked "few images"
+
+
+class ModelCardParams(Params):
+    intended_use: str
+    out_of_scope: list[str]
+    bootstrap: CardBootstrap
+    slices: CardSlices
+    subset: EvaluationSubset  # the test images evaluation used
+
+
 STAGES: dict[str, type[Params]] = {
     "ingestion": IngestionParams,
     "formatting": FormattingParams,
@@ -414,6 +439,7 @@ STAGES: dict[str, type[Params]] = {
     "registry": RegistryParams,
     "monitoring": MonitoringParams,
     "task": TaskParams,
+    "model_card": ModelCardParams,
 }
 
 

@@ -66,3 +66,26 @@ def padded_jpeg() -> bytes:
 def decompression_bomb_png() -> bytes:
     """A small file (~60 KB) that declares 8000x8000 = 64 M pixels."""
     return _encode(Image.new("L", (8000, 8000)), "PNG", optimize=False, compress_level=9)
+
+
+def yellow_disc_on_grass(centre_x: int, size: int = 160, radius: int = 25) -> Image.Image:
+    """A dandelion-yellow disc on a noisy lawn-green field, centred at (centre_x, size / 2):
+    the same picture with the object moved, for explanations that must follow it."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(1)
+    arr = np.stack(
+        [
+            rng.integers(30, 70, (size, size)),
+            rng.integers(90, 150, (size, size)),
+            rng.integers(20, 50, (size, size)),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+    img = Image.fromarray(arr)
+    cy = size // 2
+    ImageDraw.Draw(img).ellipse(
+        (centre_x - radius, cy - radius, centre_x + radius, cy + radius), fill=(250, 215, 30)
+    )
+    return img

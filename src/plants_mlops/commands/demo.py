@@ -360,6 +360,14 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
         log.info("champion: version %s%s", version, score)
     else:
         log.info("registry: version %s %s%s; the champion stays", version, verdict, score)
+    card = REPORTING / "model_card.json"
+    if card.exists() and str(json.loads(card.read_text()).get("model_version")) == str(version):
+        log.info(
+            "model card of version %s: %s (and .md; in MLflow: %s)",
+            version,
+            REPORTING / "model_card.html",
+            json.loads(card.read_text())["links"]["model_card"],
+        )
     if not args.no_serve:
         _serve_predict_monitor(project, args.predictions, logs)
 

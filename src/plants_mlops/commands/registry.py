@@ -97,6 +97,7 @@ def list_command(args: argparse.Namespace) -> int:
             f"{_fmt(r['test_f1_macro']):>7} {_fmt(r['test_accuracy']):>8}  "
             f"{r['precision']:<9}  {r['created_at']:<25} {r['run_id'] or '-'}"
             + (f"\n{'':>9}refused: {r['refused_because']}" if r.get("refused_because") else "")
+            + (f"\n{'':>9}model card: {r['model_card']}" if r.get("model_card") else "")
         ),
     )
 

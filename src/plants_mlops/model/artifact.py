@@ -1,7 +1,8 @@
 """The serving model artifact, owned here and nowhere else (docs/contracts.md).
 
 What it is: an ONNX graph with one input ``image`` (float32 ``[N, 3, S, S]``, normalised)
-and two outputs ``logits`` and ``embedding``, plus :class:`ServingMeta` (labels, input
+and two outputs ``logits`` and ``embedding`` (and, in exports since issue 31, a third,
+``class_maps``, for ``/explain``: model/explain.py), plus :class:`ServingMeta` (labels, input
 size, normalisation, lineage) stored as ``serving_meta.json`` beside ``model.onnx`` and as
 the MLflow model's ``metadata``.
 
@@ -179,6 +180,13 @@ def check_contract(session, meta: ServingMeta) -> int:
         raise ModelLoadError(f"model fails on a {meta.image_size}px input: {exc}") from exc
     if logits.shape != (2, len(meta.labels)) or emb.ndim != 2 or not np.isfinite(logits).all():
         raise ModelLoadError(f"model outputs have unexpected shapes {logits.shape}, {emb.shape}")
+    if contracts.ONNX_OUTPUT_CLASS_MAPS in outputs:
+        (maps,) = session.run([contracts.ONNX_OUTPUT_CLASS_MAPS], {contracts.ONNX_INPUT: zeros})
+        if maps.ndim != 4 or maps.shape[:2] != (2, len(meta.labels)):
+            raise ModelLoadError(
+                f"model output {contracts.ONNX_OUTPUT_CLASS_MAPS!r} has shape {maps.shape}, "
+                f"want [N, {len(meta.labels)}, h, w]"
+            )
     return int(emb.shape[1])
 
 
@@ -197,6 +205,7 @@ class ServingArtifact:
         self._outputs = [contracts.ONNX_OUTPUT_LOGITS, contracts.ONNX_OUTPUT_EMBEDDING]
         if meta.ood is not None:
             self._outputs.append(OOD_OUTPUT)
+        self.has_class_maps = contracts.ONNX_OUTPUT_CLASS_MAPS in outputs
 
     @classmethod
     def from_bytes(cls, onnx: bytes, meta: ServingMeta | dict, threads: int | None = None):
@@ -232,7 +241,10 @@ class ServingArtifact:
         return x, fmt
 
     def run(self, batch: np.ndarray) -> Prediction:
-        logits, emb, *ood = self.session.run(self._outputs, {contracts.ONNX_INPUT: batch})
+        return self._prediction(*self.session.run(self._outputs, {contracts.ONNX_INPUT: batch}))
+
+    def _prediction(self, logits, emb, *ood) -> Prediction:
+        """The outputs of ``self._outputs`` (logits, embedding[, ood_score]) as a Prediction."""
         scores = np.asarray(ood[0], dtype=np.float64) if ood else None
         return Prediction(
             softmax(logits, self.meta.temperature),
@@ -241,6 +253,20 @@ class ServingArtifact:
             scores,
             None if scores is None else scores > self.meta.ood.threshold,
         )
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """:meth:`run` plus the class maps [N, K, h, w] of the same inference
+        (:class:`ModelLoadError` for a graph exported without them)."""
+        if not self.has_class_maps:
+            raise ModelLoadError(
+                f"this model has no {contracts.ONNX_OUTPUT_CLASS_MAPS!r} output (exported "
+                "before explanations existed): retrain and register it to explain its answers"
+            )
+        *head, maps = self.session.run(
+            [*self._outputs, contracts.ONNX_OUTPUT_CLASS_MAPS], {contracts.ONNX_INPUT: batch}
+        )
+        prediction = self._prediction(*head)
+        return prediction, np.asarray(maps, dtype=np.float32)
 
     def predict_images(self, images: Sequence, batch_size: int = 32) -> Prediction:
         """Serving preprocessing + inference for RGB PIL images, in batches."""
@@ -388,6 +414,9 @@ class RegisteredArtifact:
 
     def run(self, batch: np.ndarray) -> Prediction:
         return self.artifact.run(batch)
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        return self.artifact.run_with_maps(batch)
 
 
 def resolve(client, model_uri: str) -> tuple[str, str, str | None]:

@@ -1,6 +1,15 @@
 """From torch to files: the checkpoint and the ONNX export of the serving model (bytes, so
 that the Kedro catalog can store them anywhere fsspec reaches). Loading and running the
-ONNX model is ``model/artifact.py``'s job."""
+ONNX model is ``model/artifact.py``'s job.
+
+The exported graph answers ``logits`` and ``embedding`` (the serving contract) and
+``class_maps``: the linear head applied to each cell of the backbone's last feature map
+(class activation maps). With a linear head on average-pooled features,
+``logits = head(mean over cells of f) = mean over cells of head(f)``, so the maps are an
+exact decomposition of the logits over the image's regions; the API's ``/explain`` reads
+them from the same graph (and int8 file) that predicts, with no second model to keep in
+step. On the default Lite0 @160 the extra output is a [5 x 5 x 1280] @ [1280 x K] product.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +18,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from plants_mlops.contracts import (
     ONNX_INPUT,
+    ONNX_OUTPUT_CLASS_MAPS,
     ONNX_OUTPUT_EMBEDDING,
     ONNX_OUTPUT_LOGITS,
 )
-from plants_mlops.model.architectures import PlantsNet, build_model
+from plants_mlops.model.architectures import (
+    PlantsNet,
+    build_model,
+    cell_embeddings,
+    split_backbone,
+)
 
 
 def checkpoint_bytes(model: PlantsNet, config: Mapping[str, Any], meta: Mapping[str, Any]) -> bytes:
@@ -41,22 +57,41 @@ def load_checkpoint(data: bytes) -> tuple[PlantsNet, dict, dict]:
     return model.eval(), cfg, ckpt["meta"]
 
 
+class ExplainedNet(nn.Module):
+    """``PlantsNet`` with a third output: ``(logits, embedding, class_maps)``, the first two
+    computed exactly as ``PlantsNet.forward`` does (in eval mode), ``class_maps``
+    [N, K, h, w] the head applied to the embedding of every single cell of the feature map
+    (the neck run on a 1 x 1 map: the cell's own features)."""
+
+    def __init__(self, model: PlantsNet) -> None:
+        super().__init__()
+        self.trunk, self.neck = split_backbone(model.backbone)
+        self.head = model.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.trunk(x)
+        embedding = self.neck(fmap)
+        maps = self.head(cell_embeddings(self.neck, fmap)).permute(0, 3, 1, 2)
+        return self.head(embedding), embedding, maps
+
+
 def onnx_bytes(model: PlantsNet, image_size: int, opset: int = 17) -> bytes:
-    """Export with the legacy TorchScript-based exporter (``dynamo=False``: the dynamo path
-    needs onnxscript) and a dynamic batch axis."""
+    """Export ``ExplainedNet(model)`` with the legacy TorchScript-based exporter
+    (``dynamo=False``: the dynamo path needs onnxscript) and a dynamic batch axis."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     example = torch.zeros(1, 3, image_size, image_size)
     buf = io.BytesIO()
     torch.onnx.export(
-        model,
+        ExplainedNet(model).eval(),
         (example,),
         buf,
         input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING],
+        output_names=[ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_CLASS_MAPS],
         dynamic_axes={
             ONNX_INPUT: {0: "batch"},
             ONNX_OUTPUT_LOGITS: {0: "batch"},
             ONNX_OUTPUT_EMBEDDING: {0: "batch"},
+            ONNX_OUTPUT_CLASS_MAPS: {0: "batch"},
         },
         opset_version=opset,
         dynamo=False,

@@ -522,6 +522,8 @@ def list_versions(cl, name: str = REGISTERED_MODEL_NAME) -> list[dict]:
                 "precision": tags.get("serving_precision", "fp32"),
                 # why the gate refused it (one clause per failed check); None: it did not
                 "refused_because": tags.get("gate.refused"),
+                # the version's model card (pipelines/registry/card.py); None before cards
+                "model_card": tags.get("model_card"),
             }
         )
     return rows

@@ -179,6 +179,9 @@ class Run:
     def log_dict(self, data: Any, path: str) -> None:
         self.client.log_dict(self.run_id, data, path)
 
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
     def log_png(self, png: bytes, path: str) -> None:
         from PIL import Image
 

@@ -18,7 +18,7 @@ from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.middleware import RequestContextMiddleware
 from plants_mlops.serving.model import ModelManager
 from plants_mlops.serving.predlog import PredictionLogWriter, make_sink
-from plants_mlops.serving.routes import admin, feedback, ops, predict, ui
+from plants_mlops.serving.routes import admin, explain, feedback, ops, predict, ui
 from plants_mlops.serving.service import PredictionService
 
 log = logging.getLogger("plants_mlops.serving")
@@ -108,7 +108,14 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         ),
         body_timeout=config.body_timeout_seconds,
     )
-    for router in (ui.router, predict.router, ops.router, admin.router, feedback.router):
+    for router in (
+        ui.router,
+        predict.router,
+        explain.router,
+        ops.router,
+        admin.router,
+        feedback.router,
+    ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.mount(ui.DOCS_ASSETS_URL, StaticFiles(directory=ui.DOCS_ASSETS), name="docs-static")

@@ -34,6 +34,7 @@ class ServingModel(RegisteredArtifact):
     source: str = ""
     lineage: dict[str, Any] = field(default_factory=dict)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    model_card: str | None = None  # the version's `model_card` tag when it was loaded
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class ServingModel(RegisteredArtifact):
             "test_metrics": self.meta.test_metrics,
             "lineage": self.lineage,
             "loaded_at": self.loaded_at.isoformat(),
+            "model_card": self.model_card,
         }
 
 
@@ -82,7 +84,15 @@ class Registry:
             run_id=run_id,
             source=f"models:/{self.name}/{version}",
             lineage=self._lineage(run_id),
+            model_card=self._model_card(version),
         )
+
+    def _model_card(self, version: str) -> str | None:
+        """The artifact URI of the version's model card (pipelines/registry/card.py)."""
+        try:
+            return (self.client.get_model_version(self.name, version).tags or {}).get("model_card")
+        except Exception:  # informative only, like the lineage
+            return None
 
     def _lineage(self, run_id: str | None) -> dict[str, Any]:
         if not run_id:

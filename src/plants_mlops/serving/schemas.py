@@ -93,6 +93,9 @@ class ModelResponse(BaseModel):
     test_metrics: dict[str, float] = {}
     lineage: dict[str, Any] = {}
     loaded_at: str
+    model_card: str | None = Field(
+        None, description="the version's model card (HTML) in the MLflow artifact store"
+    )
     last_reload_error: ReloadError | None = None
     poll_seconds: float
 

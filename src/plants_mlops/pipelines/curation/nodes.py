@@ -201,10 +201,18 @@ def straddles(pair: dict) -> bool:
 
 
 def out_of_fold_probabilities(
-    emb: np.ndarray, labels: np.ndarray, p: CurationParams, n_classes: int
+    emb: np.ndarray,
+    labels: np.ndarray,
+    p: CurationParams,
+    n_classes: int,
+    heads: dict[int, tuple] | None = None,
 ) -> np.ndarray:
     """[N, n_classes] out-of-fold probabilities of a logistic regression on the embeddings
-    (multinomial for more than two classes; a class absent from the pool gets 0)."""
+    (multinomial for more than two classes; a class absent from the pool gets 0).
+
+    ``heads``, when given, receives for every row the linear model that scored it, on the
+    raw embeddings (scaler folded in): ``row -> (classes, weight [C, D], bias [C])``, the
+    logits whose softmax is the row's probabilities (what the review page explains)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -221,14 +229,79 @@ def out_of_fold_probabilities(
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=p.label_issues.C, max_iter=2000))
         clf.fit(emb[train], labels[train])
         probs[np.ix_(held, clf.classes_)] = clf.predict_proba(emb[held])
+        if heads is not None:
+            head = _linear_head(clf)
+            heads.update(dict.fromkeys(held.tolist(), head))
     return np.nan_to_num(probs, nan=0.0)
 
 
+def _linear_head(clf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes, weight [C, D], bias [C]) of a fitted StandardScaler + LogisticRegression
+    pipeline, as logits on the raw embeddings (a binary model's logits are (0, z))."""
+    scaler, lr = clf[0], clf[-1]
+    coef, intercept = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # binary: one decision function for classes_[1]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.array([0.0, float(intercept[0])])
+    weight = coef / scaler.scale_
+    return lr.classes_, weight, intercept - weight @ scaler.mean_
+
+
+def label_issue_grids(
+    loads: list[Callable[[], Any]], heads: list[tuple], classes: list[int], p: CurationParams
+) -> list[list[list[float]]]:
+    """For each image (its loader), the evidence grid (model/explain.py) of class
+    ``classes[i]`` under the linear model ``heads[i]`` that scored it out of fold: the
+    backbone's per-cell embeddings through that model's logits. The embeddings are the
+    cells' average, so the grid is an exact split of the logit over the image."""
+    import torch
+
+    from plants_mlops import imaging
+    from plants_mlops.model.architectures import (
+        SPECS,
+        build_model,
+        cell_embeddings,
+        split_backbone,
+    )
+    from plants_mlops.model.explain import Explanation
+
+    e = p.embeddings
+    spec = SPECS[e.architecture]
+    model = build_model(e.architecture, n_classes=1, image_size=e.image_size, weights=e.weights)
+    trunk, neck = split_backbone(model.eval().backbone)
+    x = np.stack(
+        [
+            imaging.to_model_input(
+                load(),
+                resize_size=e.image_size,
+                image_size=e.image_size,
+                mean=spec.mean,
+                std=spec.std,
+            )
+            for load in loads
+        ]
+    )
+    with torch.inference_mode():
+        cells = cell_embeddings(neck, trunk(torch.from_numpy(x))).numpy().astype(np.float64)
+    grids = []
+    for cell, (head_classes, weight, bias), wanted in zip(cells, heads, classes, strict=True):
+        maps = np.moveaxis(cell @ weight.T + bias, -1, 0)  # [C, h, w]
+        position = int(np.flatnonzero(head_classes == wanted)[0])
+        grids.append(Explanation.of(maps, position).rounded())
+    return grids
+
+
 def find_issues(
-    curation_features: pd.DataFrame, dataset_index: pd.DataFrame, params: dict, task: dict
+    curation_features: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    params: dict,
+    task: dict,
+    fmt_images: dict[str, Callable[[], Any]] | None = None,
 ) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
     """(review queue, near-duplicate pairs for validation, report). Relabel suggestions
-    name the task's labels (``params:task``)."""
+    name the task's labels (``params:task``). With ``fmt_images``, each suspected label
+    issue carries ``explanation``: the evidence grid of the label the folds chose, which
+    the review page draws over the image."""
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
 
@@ -285,7 +358,8 @@ def find_issues(
     pool = np.flatnonzero(index["split"].isin(["train", "val"]).to_numpy())
     if emb is not None and len(pool) >= 2 * p.label_issues.folds:
         labels = index["label"].map(task_labels.index).to_numpy()
-        probs = out_of_fold_probabilities(emb[pool], labels[pool], p, len(task_labels))
+        heads: dict[int, tuple] = {}
+        probs = out_of_fold_probabilities(emb[pool], labels[pool], p, len(task_labels), heads)
         probs_all[pool] = probs
         # n_jobs=1: in this process. cleanlab's default forks a pool (one worker per core),
         # and a fork of a process holding threads (torch, MLflow, ZenML) is unsafe; with a
@@ -306,6 +380,19 @@ def find_issues(
             )
             it["score"] = max(it["score"], 1.0 + (1.0 - float(probs[local, given])))
             it["action"] = f"relabel {task_labels[other]}" if other != given else "review"
+        if fmt_images is not None and len(ranked):
+            chosen = [int(np.argmax(probs[local])) for local in ranked]
+            grids = label_issue_grids(
+                [fmt_images[records[pool[local]]["image_key"]] for local in ranked],
+                [heads[int(local)] for local in ranked],
+                chosen,
+                p,
+            )
+            for local, label, grid in zip(ranked, chosen, grids, strict=True):
+                item(records[pool[local]])["explanation"] = {
+                    "label": task_labels[label],
+                    "grid": grid,
+                }
 
     # outliers / off-topic
     n_outliers = 0
@@ -381,6 +468,25 @@ def _thumbnail(img, px: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _explanation_cell(explanation: dict | None, loader, p: CurationParams) -> str:
+    """The heat map of a suspected label issue: the regions that speak for the label the
+    out-of-fold model chose (model/explain.py), over the image as the backbone saw it."""
+    if not explanation or loader is None:
+        return ""
+    from plants_mlops import imaging
+    from plants_mlops.model.explain import overlay
+
+    size = p.embeddings.image_size
+    view = imaging.model_view(loader(), resize_size=size, image_size=size)
+    drawn = overlay(view, np.asarray(explanation["grid"], dtype=np.float64))
+    label = html.escape(explanation["label"])
+    return (
+        f'<img alt="evidence for {label}" title="regions that speak for {label}" '
+        f'src="data:image/jpeg;base64,{_thumbnail(drawn, p.queue.thumbnail_px)}">'
+        f"<br>for {label}"
+    )
+
+
 def render_review(
     curation_queue: list[dict],
     fmt_images: dict[str, Callable[[], Any]],
@@ -399,9 +505,10 @@ def render_review(
             else "(image gone)"
         )
         probs = ", ".join(f"{k} {v:.2f}" for k, v in (it["probabilities"] or {}).items()) or "-"
+        why = _explanation_cell(it.get("explanation"), loader, p)
         rows.append(
             "<tr>"
-            f"<td>{it['rank']}</td><td>{thumb}</td><td>{it['source_id']}</td>"
+            f"<td>{it['rank']}</td><td>{thumb}</td><td>{why}</td><td>{it['source_id']}</td>"
             f"<td>{html.escape(it['label'])}</td><td>{it['split']}</td>"
             f"<td>{'<br>'.join(html.escape(x) for x in it['problems'])}</td>"
             f"<td>{probs}</td><td>{html.escape(it['action'])}</td>"
@@ -419,7 +526,7 @@ def render_review(
         "<p>Decide with <code>plants-mlops data exclude ID --reason TEXT</code>, "
         "<code>data relabel ID LABEL --reason TEXT</code> or <code>data restore ID</code> "
         "(ID = row).</p>"
-        "<table><tr><th>#</th><th>image</th><th>row</th><th>label</th><th>split</th>"
+        "<table><tr><th>#</th><th>image</th><th>why (label issues)</th><th>row</th><th>label</th><th>split</th>"
         "<th>suspected problem</th><th>out-of-fold probabilities</th><th>suggested action</th>"
         f"</tr>{''.join(rows)}</table></body></html>"
     )

@@ -19,7 +19,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 find_issues,
-                inputs=["curation_features", "dataset_index", "params:curation", "params:task"],
+                inputs=[
+                    "curation_features",
+                    "dataset_index",
+                    "params:curation",
+                    "params:task",
+                    "fmt_images",
+                ],
                 outputs=["curation_queue", "curation_near_duplicates", "curation_report"],
                 name="curation_find_issues",
             ),

@@ -1,7 +1,9 @@
-"""``kedro run --pipelines registry``: register the trained model, gate it, move an alias."""
+"""``kedro run --pipelines registry``: register the trained model, gate it, move an alias,
+write the version's model card."""
 
 from kedro.pipeline import Node, Pipeline
 
+from .card import write_model_card
 from .nodes import register_and_gate
 
 
@@ -13,6 +15,26 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["training_report", "evaluation_report", "params:registry", "behaviour_report"],
                 ["registry_decision", "registry_summary"],
                 name="register_and_gate",
+            ),
+            Node(
+                write_model_card,
+                [
+                    "registry_decision",
+                    "training_report",
+                    "evaluation_report",
+                    "serving_model",
+                    "serving_meta",
+                    "dataset_index",
+                    "fmt_images",
+                    "dataset_fingerprint",
+                    "data_decisions",
+                    "behaviour_report",
+                    "params:model_card",
+                    "params:registry",
+                    "params:task",
+                ],
+                ["model_card_md", "model_card_html", "model_card"],
+                name="write_model_card",
             ),
         ]
     )

@@ -1,4 +1,5 @@
-// Upload page: send the chosen or dropped image to POST /predict and show the answer.
+// Upload page: send the chosen or dropped image to POST /predict and show the answer;
+// "Why?" sends it to POST /explain and shows the heat map of what drove the answer.
 (function () {
   const $ = (id) => document.getElementById(id);
   const status = (text, isError) => {
@@ -10,10 +11,39 @@
     $("model").textContent = m ? `model: ${m.name} v${m.version} (${m.architecture}) · labels: ${m.labels.join(", ")}` : "model: not loaded yet";
   }).catch(() => {});
 
+  let current = null; // the file on screen, for "Why?"
+
+  async function explain() {
+    if (!current) return;
+    status(`Explaining ${current.name}...`, false);
+    const form = new FormData();
+    form.append("file", current, current.name);
+    let body;
+    let response;
+    try {
+      response = await fetch("/explain", { method: "POST", body: form });
+      body = await response.json();
+    } catch (err) {
+      status(`Request failed: ${err}`, true);
+      return;
+    }
+    if (!response.ok) {
+      status(`Error ${response.status}: ${body.detail || body.error}`, true);
+      return;
+    }
+    $("heat").src = `data:image/png;base64,${body.overlay_png}`;
+    const cell = `row ${body.hottest.row + 1}, column ${body.hottest.col + 1} of ${body.grid.length} x ${body.grid[0].length}`;
+    $("why-meta").textContent = `Coloured: the regions that speak for "${body.explained_label}" (strongest: ${cell}) · ${body.latency_ms.toFixed(1)} ms`;
+    $("explanation").hidden = false;
+    status("Done.", false);
+  }
+
   async function predict(file) {
     if (!file) return;
+    current = file;
     status(`Classifying ${file.name}...`, false);
     $("result").hidden = true; // an error must not leave the previous answer on screen
+    $("explanation").hidden = true;
     document.body.dataset.state = "busy";
     const form = new FormData();
     form.append("file", file, file.name);
@@ -51,6 +81,7 @@
     document.body.dataset.state = "done";
   }
 
+  $("why").addEventListener("click", explain);
   $("file").addEventListener("change", (e) => predict(e.target.files[0]));
   const drop = $("drop");
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
