@@ -223,11 +223,11 @@ def test_a_four_class_task_runs_from_its_manifest_to_a_served_champion_and_monit
         assert all(set(a["probabilities"]) == set(SHAPES) for _, a in answers)
         assert sum(a["label"] == label for label, a in answers) >= 30  # of 40
         headers = {"X-API-Key": "test-admin-key-not-a-secret"}
-        rid = answers[0][1]["request_id"]
-        r = client.post("/feedback", json={"request_id": rid, "label": "dog"}, headers=headers)
+        pid = answers[0][1]["prediction_id"]
+        r = client.post("/feedback", json={"prediction_id": pid, "label": "dog"}, headers=headers)
         assert r.status_code == 202, r.text
-        r = client.post("/feedback", json={"request_id": rid, "label": "grass"}, headers=headers)
-        assert r.status_code == 422
+        r = client.post("/feedback", json={"prediction_id": pid, "label": "grass"}, headers=headers)
+        assert r.status_code == 422 and r.json()["error"] == "unknown_label"
         assert client.get("/model").json()["labels"] == list(SHAPES)
         assert "<h1>shapes: ant / bee / cat / dog</h1>" in client.get("/").text
 
