@@ -170,7 +170,9 @@ def test_feedback_is_rate_limited_per_client(tmp_path, mlflow_tracking_uri):
     register_champion(mlflow_tracking_uri, name=name)
     env = {"PLANTS_FEEDBACK_PER_MINUTE": "5"}
     with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as c:
-        body = {"prediction_id": "0" * 32, "label": "grass"}
+        # names the prediction both ways (request_id before the serving rewrite, prediction_id
+        # after): the unknown key is ignored, the known one is unknown (404)
+        body = {"prediction_id": "0" * 32, "request_id": "0" * 32, "label": "grass"}
         codes = [c.post("/feedback", json=body, headers=ADMIN).status_code for _ in range(5)]
         assert codes == [404] * 5
         limited = c.post("/feedback", json=body, headers=ADMIN)
