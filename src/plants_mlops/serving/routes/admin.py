@@ -7,6 +7,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Body, Depends
+from starlette.concurrency import run_in_threadpool
 
 from plants_mlops.serving.deps import ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
