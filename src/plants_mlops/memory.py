@@ -25,6 +25,9 @@ RETURN_MEMORY = "return_memory"  # node tag
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 SMALL_MMAP_THRESHOLD = 128 * 1024  # glibc's initial value
 LARGE_MMAP_THRESHOLD = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+# The API: a decoded upload's pixel blocks (Pillow allocates 16 MiB blocks) are mmapped
+# and returned on free; the per-request buffers under 1 MiB keep the heap's speed.
+SERVING_MMAP_THRESHOLD = 1024 * 1024
 
 
 @functools.cache

@@ -91,7 +91,9 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     if args.workers == 1:
-        from plants_mlops.serving.app import create_app
+        from plants_mlops.serving.app import create_app, server_process_settings
+
+        server_process_settings()
 
         uvicorn.run(create_app(config), workers=1, **common)
         return 0

@@ -429,24 +429,14 @@ def resolve(client, model_uri: str) -> tuple[str, str, str | None]:
     return name, str(mv.version), mv.run_id
 
 
-def load_registered(
-    client, model_uri: str, threads: int | None = None, *, gated: bool = False
-) -> RegisteredArtifact:
-    """Resolve and load ``model_uri``; :class:`ModelLoadError` when either fails. ``gated``
-    (the API): a ``champion`` alias must point at a version the gate passed or a recorded
-    ``--force`` made champion (``registry.serving_refusal``)."""
+def load_registered(client, model_uri: str, threads: int | None = None) -> RegisteredArtifact:
+    """Resolve and load ``model_uri``; :class:`ModelLoadError` when either fails."""
     try:
         name, version, run_id = resolve(client, model_uri)
     except ModelLoadError:
         raise
     except Exception as exc:  # registry unreachable, alias missing
         raise ModelLoadError(f"cannot resolve {model_uri} on {client.tracking_uri}: {exc}") from exc
-    if gated and parse_model_uri(model_uri)[1] == contracts.ALIAS_CHAMPION:
-        from plants_mlops.model.registry import serving_refusal
-
-        refusal = serving_refusal(client, version, name)
-        if refusal:
-            raise ModelLoadError(refusal)
     loaded = load_version(client, name, version, threads)
     return RegisteredArtifact(loaded, name, version, run_id or loaded.meta.mlflow_run_id)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from plants_mlops import memory
+from plants_mlops.model import tracking
 from plants_mlops.retrain import RetrainRunner
 from plants_mlops.serving import errors
 from plants_mlops.serving.config import ServingConfig
@@ -122,10 +124,20 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     return app
 
 
+def server_process_settings() -> None:
+    """What a serving process sets for itself (``serve``, each of its workers): a hung
+    tracking server costs a reload seconds, not minutes (MLflow's own HTTP calls); large
+    allocations (a decoded upload's pixel blocks) come from mmap and go back to the OS when
+    freed, as in the pipelines' memory-heavy nodes (memory.py)."""
+    tracking.bound_http_calls(timeout_s=5, retries=1)
+    memory.set_mmap_threshold(memory.SERVING_MMAP_THRESHOLD)
+
+
 def create_app_from_env() -> FastAPI:
     """The app of one uvicorn worker process (``serve --workers N``): the settings come
     from the environment the serve command prepared, logging as in the single process."""
     from plants_mlops.serving.logs import configure_json_logging
 
     configure_json_logging(int(os.environ.get("PLANTS_LOG_LEVEL", logging.INFO)))
+    server_process_settings()
     return create_app(ServingConfig.from_env())

@@ -7,6 +7,7 @@ port. API keys come only from ``PLANTS_API_KEYS`` (comma separated) or a file na
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import shlex
@@ -18,15 +19,32 @@ from plants_mlops.contracts import DEFAULT_DB_URL, DEFAULT_MODEL_URI, DEFAULT_TR
 from plants_mlops.errors import UserFacingError
 from plants_mlops.retrain import default_retrain_command
 
+# While ``ServingConfig.from_env`` reads the environment, the values it cannot parse are
+# collected here (one line each) instead of stopping at the first.
+_BAD_VALUES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "bad_serving_values", default=None
+)
+
+
+def _bad(line: str, default):
+    found = _BAD_VALUES.get()
+    if found is None:
+        raise UserFacingError(line)
+    found.append(line)
+    return default
+
 
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise UserFacingError(f"{name}={raw!r} is not a number") from None
+        return _bad(f"{name}={raw!r} is not a number", default)
+    if not math.isfinite(value):
+        return _bad(f"{name}={raw} is not a finite number", default)
+    return value
 
 
 def _env_bool(name: str) -> bool:
@@ -35,11 +53,14 @@ def _env_bool(name: str) -> bool:
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
-    raise UserFacingError(f"{name}={raw!r} is not true or false")
+    return _bad(f"{name}={raw!r} is not true or false", False)
 
 
 def _env_int(name: str, default: int) -> int:
-    return int(_env_float(name, default))
+    value = _env_float(name, default)
+    if value != int(value):
+        return _bad(f"{name}={value:g} is not a whole number", default)
+    return int(value)
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -139,6 +160,31 @@ def read_api_keys(env: dict[str, str] | None = None) -> frozenset[str]:
     return frozenset(k for k in keys if k and not k.startswith("#"))
 
 
+def _db_url_problems(url: str) -> list[str]:
+    """The prediction log's database URL must name an engine SQLAlchemy can load (the
+    value itself is not shown: it may hold a password)."""
+    import sqlalchemy as sa
+
+    try:
+        sa.engine.make_url(url).get_dialect()
+    except Exception as exc:  # ArgumentError, NoSuchModuleError, a missing driver
+        return [
+            f"PLANTS_DB_URL: not a database URL this server can open ({type(exc).__name__}); "
+            "e.g. sqlite:///data/plants.db or postgresql+psycopg2://user:pass@host/db"
+        ]
+    return []
+
+
+def _model_uri_problems(uri: str) -> list[str]:
+    from plants_mlops.model.artifact import parse_model_uri
+
+    try:
+        parse_model_uri(uri)
+    except Exception as exc:
+        return [f"PLANTS_MODEL_URI: {exc}"]
+    return []
+
+
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -160,6 +206,7 @@ _BOUNDS = (
     ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
     ("PLANTS_PREDICTION_LOG_MAX_ROWS", "log_max_rows", 1_000, 100_000_000, "rows"),
     ("PLANTS_UNCERTAIN_BELOW", "uncertain_below", 0.0, 1.0, "(a probability)"),
+    ("PLANTS_FEEDBACK_PER_MINUTE", "feedback_per_minute", 1, 1_000_000, "per client"),
 )
 
 
@@ -204,9 +251,25 @@ class ServingConfig:
     # upload page's heading and the OpenAPI info. The labels are the loaded model's.
     title: str = "Image classifier"
     description: str = "Upload an image; the answer is one of the served model's labels."
+    feedback_per_minute: int = 60  # POST /feedback per client address (serving/ratelimit.py)
 
     @classmethod
     def from_env(cls, **overrides) -> ServingConfig:
+        """The settings from the environment, read once; every value it cannot use is one
+        line of the UserFacingError it raises (not only the first)."""
+        bad: list[str] = []
+        token = _BAD_VALUES.set(bad)
+        try:
+            config = cls._from_env(overrides)
+        finally:
+            _BAD_VALUES.reset(token)
+        problems = bad + (config.problems() if config is not None else [])
+        if problems:
+            raise UserFacingError("bad serving settings:\n" + "\n".join(problems))
+        return config
+
+    @classmethod
+    def _from_env(cls, overrides: dict) -> ServingConfig | None:
         retrain = os.environ.get("PLANTS_RETRAIN_COMMAND", "").strip()
         log_kind = os.environ.get("PLANTS_PREDICTION_LOG", "sql").strip().lower() or "sql"
         if log_kind not in ("sql", "s3", "off"):
@@ -250,22 +313,20 @@ class ServingConfig:
             uncertain_dir=os.environ.get("PLANTS_UNCERTAIN_DIR") or "data/01_raw/_uncertain",
             title=os.environ.get("PLANTS_TITLE") or cls.title,
             description=os.environ.get("PLANTS_DESCRIPTION") or cls.description,
+            feedback_per_minute=_env_int("PLANTS_FEEDBACK_PER_MINUTE", 60),
         )
         values.update(overrides)
-        config = cls(**values)
-        if config.prediction_log == "s3" and not config.log_s3_uri:
-            raise UserFacingError(
-                "PLANTS_PREDICTION_LOG=s3 needs PLANTS_PREDICTION_LOG_URI=s3://..."
-            )
-        problems = config.problems()
-        if problems:
-            raise UserFacingError("bad serving settings:\n" + "\n".join(problems))
-        return config
+        return cls(**values)
 
     def problems(self) -> list[str]:
         """One line per setting outside its sane range (a 0 s flush interval spins a core,
         a 1 ms poll hammers the registry, a negative upload limit refuses everything)."""
         out = []
+        if self.prediction_log == "s3" and not self.log_s3_uri:
+            out.append("PLANTS_PREDICTION_LOG=s3 needs PLANTS_PREDICTION_LOG_URI=s3://...")
+        if self.prediction_log == "sql":
+            out += _db_url_problems(self.db_url)
+        out += _model_uri_problems(self.model_uri)
         for name, field_name, low, high, unit in _BOUNDS:
             value = getattr(self, field_name)
             if field_name == "poll_seconds" and value == 0:

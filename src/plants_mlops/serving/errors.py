@@ -27,11 +27,14 @@ DECODE_STATUS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers  # e.g. Retry-After on a 429
 
     @classmethod
     def from_decode(cls, exc: ImageDecodeError) -> ApiError:
@@ -128,7 +131,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(request, exc.code, exc.detail), status_code=exc.status)
+        return JSONResponse(
+            error_body(request, exc.code, exc.detail), status_code=exc.status, headers=exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

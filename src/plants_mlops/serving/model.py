@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from plants_mlops.contracts import ALIAS_CHAMPION
 from plants_mlops.model.artifact import (
     ModelLoadError,
     RegisteredArtifact,
@@ -73,8 +74,12 @@ class Registry:
         return version, run_id
 
     def load(self, version: str, run_id: str | None, threads: int) -> ServingModel:
-        from plants_mlops.model import artifact
+        from plants_mlops.model import artifact, registry
 
+        if self.alias == ALIAS_CHAMPION:  # only a gated (or recorded --force) champion
+            refusal = registry.serving_refusal(self.client, version, self.name)
+            if refusal:
+                raise artifact.ModelLoadError(refusal)
         loaded = artifact.load_version(self.client, self.name, version, threads=threads)
         run_id = run_id or loaded.meta.mlflow_run_id
         return ServingModel(
@@ -153,7 +158,9 @@ class ModelManager:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            # A daemon thread: a load stuck on a hung registry must not hold the shutdown
+            # past uvicorn's grace period (MLflow's calls are bounded, bound_http_calls).
+            self._thread.join(timeout=2)
 
     def _loop(self) -> None:
         forced = False

@@ -19,14 +19,20 @@ from plants_mlops.serving.feedback import FeedbackStore, keep_image
 from plants_mlops.serving.metrics import ServiceMetrics
 from plants_mlops.serving.model import ModelManager, ServingModel
 from plants_mlops.serving.predlog import PredictionLogWriter, PredictionRecord
+from plants_mlops.serving.ratelimit import RateLimiter
 from plants_mlops.serving.schemas import BatchItem, ErrorResponse, PredictionResponse
 
 
 @dataclass
 class Prepared:
+    """What a prediction keeps of an upload: the model input, the small image the
+    prediction log describes, and the original's format and size; never its full-size
+    pixels (released, inside the decode budget, as soon as the model input exists)."""
+
     x: np.ndarray
     fmt_image: object
-    decoded: imaging.DecodedImage
+    image_format: str
+    original_size: tuple[int, int]
     started: float
     data: bytes
 
@@ -49,6 +55,7 @@ class PredictionService:
         self.feedback = FeedbackStore(config, writer.sink if writer is not None else None)
         # Decode + model calls at once in this worker (the rest wait for a thread).
         self.limiter = anyio.CapacityLimiter(config.predict_threads)
+        self.feedback_limit = RateLimiter(config.feedback_per_minute)
 
     async def run(self, fn, *args):
         """``fn(*args)`` on a worker thread (decoding and ONNX Runtime release the GIL)."""
@@ -57,14 +64,15 @@ class PredictionService:
     def _prepare(self, model: ServingModel, data: bytes) -> Prepared:
         started = time.perf_counter()
         try:
-            decoded = imaging.decode_image(
-                data, max_pixels=self.config.max_pixels, budget=self.decode_budget
-            )
+            with imaging.decoded_within(
+                data, self.decode_budget, max_pixels=self.config.max_pixels
+            ) as decoded:
+                x, fmt = model.preprocess(decoded.image)
+                kind, size = decoded.format, decoded.original_size
         except imaging.ImageDecodeError as exc:
             self.metrics.rejected.labels(reason=exc.reason).inc()
             raise ApiError.from_decode(exc) from None
-        x, fmt = model.preprocess(decoded.image)
-        return Prepared(x, fmt, decoded, started, data)
+        return Prepared(x, fmt, kind, size, started, data)
 
     def _respond(
         self,
@@ -86,7 +94,7 @@ class PredictionService:
         prediction_id = uuid.uuid4().hex  # the server's own: what feedback refers to
         kept = None
         if uncertain and self.config.keep_uncertain_images:
-            kept = keep_image(self.config.uncertain_dir, prep.data, prep.decoded.format)
+            kept = keep_image(self.config.uncertain_dir, prep.data, prep.image_format)
         self.metrics.predictions.labels(label=labels[idx], model_version=model.version).inc()
         ood_score, flagged = ood
         if flagged:
@@ -102,9 +110,9 @@ class PredictionService:
                     label=labels[idx],
                     probabilities=probabilities,
                     latency_ms=latency,
-                    image_format=prep.decoded.format,
-                    orig_width=prep.decoded.original_size[0],
-                    orig_height=prep.decoded.original_size[1],
+                    image_format=prep.image_format,
+                    orig_width=prep.original_size[0],
+                    orig_height=prep.original_size[1],
                     image=prep.fmt_image,
                     embedding=emb,
                     endpoint=endpoint,

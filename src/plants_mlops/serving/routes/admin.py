@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Body, Depends
 from starlette.concurrency import run_in_threadpool
 
@@ -24,13 +25,33 @@ router = APIRouter(
 )
 
 
+# A reload answers within this, whatever the registry does: a hung tracking server gets a
+# 503 saying so while the load goes on in its thread (bounded by bound_http_calls).
+RELOAD_ANSWER_SECONDS = 9.0
+
+
 @router.post(
     "/reload",
     response_model=ReloadResponse,
+    responses={503: {"model": ErrorResponse, "description": "the model registry does not answer"}},
     summary="Resolve the champion alias now and swap in a new version",
 )
 async def reload(service: ServiceDep) -> ReloadResponse:
-    outcome = await run_in_threadpool(service.manager.reload, True)
+    try:
+        with anyio.fail_after(RELOAD_ANSWER_SECONDS):
+            # abandoned (not stopped) at the deadline: the thread finishes on its own
+            outcome = await anyio.to_thread.run_sync(
+                service.manager.reload, True, abandon_on_cancel=True
+            )
+    except TimeoutError:
+        current = service.manager.current
+        raise ApiError(
+            503,
+            "registry_unavailable",
+            f"no answer from the model registry at {service.config.tracking_uri} within "
+            f"{RELOAD_ANSWER_SECONDS:g} s; still serving version "
+            f"{current.version if current else 'none'}; retry later",
+        ) from None
     service.manager.broadcast_reload()  # the other workers, when there are several
     return ReloadResponse(
         changed=outcome.changed,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from plants_mlops.db.feedback import FeedbackDecided
 from plants_mlops.errors import UserFacingError
 from plants_mlops.serving.deps import ModelDep, ServiceDep, require_api_key
 from plants_mlops.serving.errors import ApiError
+from plants_mlops.serving.ratelimit import client_of
 from plants_mlops.serving.routes.admin import AUTH_ERRORS
 from plants_mlops.serving.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 
@@ -25,11 +26,15 @@ router = APIRouter(
         404: {"model": ErrorResponse},
         409: {"model": ErrorResponse},
         422: {"model": ErrorResponse, "description": "a label the served model does not know"},
+        429: {"model": ErrorResponse, "description": "too many requests from this client"},
         503: {"model": ErrorResponse, "description": "no model loaded yet"},
     },
     summary="Say what an earlier prediction should have been; a person reviews it",
 )
-async def feedback(service: ServiceDep, model: ModelDep, body: FeedbackRequest) -> FeedbackResponse:
+async def feedback(
+    service: ServiceDep, model: ModelDep, body: FeedbackRequest, request: Request
+) -> FeedbackResponse:
+    service.feedback_limit.check(client_of(request))  # before any lookup: floods cost nothing
     labels = model.meta.labels  # the task is the served model's
     if body.label not in labels:
         raise ApiError(
