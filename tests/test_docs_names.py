@@ -56,9 +56,13 @@ def _source_text(sources: tuple[str, ...] = tuple(SETTING_SOURCES)) -> str:
 
 @cache
 def _parameters() -> dict:
+    """The parameters of conf/base, and the task file's keys under ``task``."""
     merged: dict = {}
     for path in sorted((ROOT / "conf/base").glob("parameters*.yml")):
         merged.update(yaml.safe_load(path.read_text()) or {})
+    task = ROOT / "conf/base/task.yml"
+    if task.is_file():
+        merged.update(yaml.safe_load(task.read_text()) or {})  # its keys sit under `task:`
     return merged
 
 
