@@ -99,3 +99,17 @@ def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, cap
         print("Created version '1' of model 'plants-classifier'.", file=sys.stderr)
     assert "Created version '1'" in _file(state)
     assert console.getvalue() == "" and capsys.readouterr().err == ""
+
+
+def test_a_long_steps_progress_lines_reach_the_console(demo_logging, monkeypatch):
+    """A long step (curation's embeddings) is not minutes of silence on the console."""
+    from plants_mlops import progress
+
+    _, console = demo_logging
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    steps = progress.Progress(4, "curation embeddings", logging.getLogger("plants_mlops.x"))
+    steps.update(2)
+    logging.getLogger("plants_mlops.x").info("not a progress line")
+    steps.close()
+    assert console.getvalue().splitlines()[0].startswith("      curation embeddings: 2/4 img")
+    assert "not a progress line" not in console.getvalue()

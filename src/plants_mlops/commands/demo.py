@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from plants_mlops.contracts import STAGES
 from plants_mlops.errors import UserFacingError
+from plants_mlops.progress import PROGRESS
 
 BIN = Path(sys.executable).parent
 REPORTING = Path("data") / "08_reporting"
@@ -94,11 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class ConsoleFilter(logging.Filter):
-    """Lets through the demo's own lines and training's one line per epoch (or the linear
-    probe's one line), nothing else."""
+    """Lets through the demo's own lines, training's one line per epoch (or the linear
+    probe's one line) and the progress lines of long steps, nothing else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == log.name:
+        if record.name == log.name or getattr(record, PROGRESS, False):
             return True
         return record.name == EPOCH_LOGGER and str(record.msg).startswith(
             ("epoch ", "early stopping", "linear probe")
