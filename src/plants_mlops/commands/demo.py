@@ -362,7 +362,29 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
     else:
         log.info("registry: version %s %s%s; the champion stays", version, verdict, score)
     if not args.no_serve:
+        refusal = nothing_to_serve(summaries, REPORTING / "registry_decision.json")
+        if refusal:
+            raise UserFacingError(refusal)
         _serve_predict_monitor(project, args.predictions, logs)
+
+
+def nothing_to_serve(summaries: dict[str, dict[str, Any]], decision: Path) -> str | None:
+    """Why the API part cannot run (the gate refused the only model there is), or None.
+    Without it the demo would wait minutes for an API that has no champion to load."""
+    registry = summaries.get("registry", {})
+    had_champion = summaries.get("evaluation", {}).get("champion_version")
+    if registry.get("verdict") == "pass" or had_champion:
+        return None
+    version = registry.get("model_version", "?")
+    reasons = []
+    if decision.exists():
+        reasons = json.loads(decision.read_text()).get("refused_because") or []
+    why = "; ".join(reasons) or "see `plants-mlops registry list`"
+    return (
+        f"the gate refused version {version} ({why}) and there is no earlier champion to "
+        f"serve; `plants-mlops registry promote {version} --force --reason TEXT` serves it "
+        "anyway (recorded in the audit), or rerun when the machine is less busy"
+    )
 
 
 def _run_kedro(project: Path, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
