@@ -260,7 +260,7 @@ def test_the_checker_catches_names_that_do_not_exist(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "`plants-mlops registry promot 3` `kedro run --pipelines trainig` `make tset`\n"
-        "`PLANTS_NOT_A_SETTING` `batching.MicroBatcher.claim_alone` `ServingArtifactX`\n"
+        "`PLANTS_NOT_A_SETTING` `steps.make_steps` `ServingArtifactX`\n"
         "`training.probe.C_grids` `no_such_function()` `plants-mlops serve --prot 1`\n"
     )
     found = problems(page)
