@@ -99,3 +99,34 @@ def test_what_a_library_prints_during_the_run_goes_to_the_file(demo_logging, cap
         print("Created version '1' of model 'plants-classifier'.", file=sys.stderr)
     assert "Created version '1'" in _file(state)
     assert console.getvalue() == "" and capsys.readouterr().err == ""
+
+
+def test_a_long_steps_progress_lines_reach_the_console(demo_logging, monkeypatch):
+    """A long step (curation's embeddings) is not minutes of silence on the console."""
+    from plants_mlops import progress
+
+    _, console = demo_logging
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    steps = progress.Progress(4, "curation embeddings", logging.getLogger("plants_mlops.x"))
+    steps.update(2)
+    logging.getLogger("plants_mlops.x").info("not a progress line")
+    steps.close()
+    assert console.getvalue().splitlines()[0].startswith("      curation embeddings: 2/4 img")
+    assert "not a progress line" not in console.getvalue()
+
+
+def test_a_refused_first_model_stops_the_demo_with_the_reason_not_a_wait(tmp_path):
+    """The gate refused the only model (e.g. latency on a saturated machine): the demo says
+    why and how to serve it anyway, instead of waiting minutes for an API with no model."""
+    decision = tmp_path / "registry_decision.json"
+    decision.write_text(
+        '{"refused_because": ["latency: batch-1 ONNX Runtime p50 55.29 ms <= limit 15.00 ms"]}'
+    )
+    refused = {"registry": {"verdict": "fail", "model_version": "1"}, "evaluation": {}}
+    reason = demo.nothing_to_serve(refused, decision)
+    assert "latency: batch-1 ONNX Runtime p50 55.29 ms" in reason
+    assert "plants-mlops registry promote 1 --force --reason TEXT" in reason
+    passed = {"registry": {"verdict": "pass", "model_version": "2"}}
+    assert demo.nothing_to_serve(passed, decision) is None
+    kept = {**refused, "evaluation": {"champion_version": "1"}}  # the old champion serves
+    assert demo.nothing_to_serve(kept, decision) is None

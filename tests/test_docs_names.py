@@ -56,9 +56,13 @@ def _source_text(sources: tuple[str, ...] = tuple(SETTING_SOURCES)) -> str:
 
 @cache
 def _parameters() -> dict:
+    """The parameters of conf/base, and the task file's keys under ``task``."""
     merged: dict = {}
     for path in sorted((ROOT / "conf/base").glob("parameters*.yml")):
         merged.update(yaml.safe_load(path.read_text()) or {})
+    task = ROOT / "conf/base/task.yml"
+    if task.is_file():
+        merged.update(yaml.safe_load(task.read_text()) or {})  # its keys sit under `task:`
     return merged
 
 
@@ -256,7 +260,7 @@ def test_the_checker_catches_names_that_do_not_exist(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "`plants-mlops registry promot 3` `kedro run --pipelines trainig` `make tset`\n"
-        "`PLANTS_NOT_A_SETTING` `batching.MicroBatcher.claim_alone` `ServingArtifactX`\n"
+        "`PLANTS_NOT_A_SETTING` `steps.make_steps` `ServingArtifactX`\n"
         "`training.probe.C_grids` `no_such_function()` `plants-mlops serve --prot 1`\n"
     )
     found = problems(page)

@@ -401,7 +401,7 @@ def test_without_a_champion_the_api_says_once_how_to_train_one(tmp_path, caplog)
     assert len(said) == 1, [r.getMessage() for r in said]
     message = said[0].getMessage()
     assert "`make demo`" in message
-    assert "`kedro run --pipelines training,evaluation,registry`" in message
+    assert "`kedro run --pipelines training,evaluation,behaviour,registry`" in message
     assert manager.current is None and manager.last_error is not None
 
 

@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 # Seconds between two progress lines in a log.
 LOG_EVERY_S = 10.0
+# The attribute a progress record carries (the demo's console shows these records too).
+PROGRESS = "plants_progress"
 
 
 class Progress:
@@ -44,7 +46,7 @@ class Progress:
         now = time.monotonic()
         if self.to_log and now - self.last_line >= self.every_s and self.done < self.total:
             self.last_line = now
-            self.log.info("%s", self.line(now))
+            self.log.info("%s", self.line(now), extra={PROGRESS: True})
 
     def line(self, now: float | None = None) -> str:
         """``embeddings: 120/530 img (23 %), 11 s, about 37 s left``."""

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from plants_mlops.contracts import STAGES
 from plants_mlops.errors import UserFacingError
+from plants_mlops.progress import PROGRESS
 
 BIN = Path(sys.executable).parent
 REPORTING = Path("data") / "08_reporting"
@@ -94,11 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class ConsoleFilter(logging.Filter):
-    """Lets through the demo's own lines and training's one line per epoch (or the linear
-    probe's one line), nothing else."""
+    """Lets through the demo's own lines, training's one line per epoch (or the linear
+    probe's one line) and the progress lines of long steps, nothing else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == log.name:
+        if record.name == log.name or getattr(record, PROGRESS, False):
             return True
         return record.name == EPOCH_LOGGER and str(record.msg).startswith(
             ("epoch ", "early stopping", "linear probe")
@@ -369,7 +370,29 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
             json.loads(card.read_text())["links"]["model_card"],
         )
     if not args.no_serve:
+        refusal = nothing_to_serve(summaries, REPORTING / "registry_decision.json")
+        if refusal:
+            raise UserFacingError(refusal)
         _serve_predict_monitor(project, args.predictions, logs)
+
+
+def nothing_to_serve(summaries: dict[str, dict[str, Any]], decision: Path) -> str | None:
+    """Why the API part cannot run (the gate refused the only model there is), or None.
+    Without it the demo would wait minutes for an API that has no champion to load."""
+    registry = summaries.get("registry", {})
+    had_champion = summaries.get("evaluation", {}).get("champion_version")
+    if registry.get("verdict") == "pass" or had_champion:
+        return None
+    version = registry.get("model_version", "?")
+    reasons = []
+    if decision.exists():
+        reasons = json.loads(decision.read_text()).get("refused_because") or []
+    why = "; ".join(reasons) or "see `plants-mlops registry list`"
+    return (
+        f"the gate refused version {version} ({why}) and there is no earlier champion to "
+        f"serve; `plants-mlops registry promote {version} --force --reason TEXT` serves it "
+        "anyway (recorded in the audit), or rerun when the machine is less busy"
+    )
 
 
 def _run_kedro(project: Path, params: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -189,7 +189,7 @@ class ModelManager:
         self._waiting_for = error
         log.warning(
             "no model to serve yet (%s): train one with `make demo`, or `kedro run "
-            "--pipelines training,evaluation,registry`; /ready answers 503 until then, "
+            "--pipelines training,evaluation,behaviour,registry`; /ready answers 503 until then, "
             "and the API checks again every %.0f s",
             error,
             wait,
