@@ -182,3 +182,18 @@ def test_dashboard_ports_stay_below_the_ephemeral_range_and_skip_a_port_in_use(m
         port = dashboards._port("PLANTS_TEST_UNSET_PORT")
     assert port != taken
     assert dashboards._ephemeral_low() == low
+
+
+def test_only_training_may_come_from_the_zenml_cache():
+    """Evaluation, behaviour and registry read the MLflow registry (the champion, the
+    versions): a rollback or a wiped store must never be hidden by a cached step."""
+    from plants_mlops.orchestration import steps
+
+    cache = {name: step.configuration.enable_cache for name, step in steps.STEPS.items()}
+    # None: the pipeline's setting (on unless --no-cache); False: never cached.
+    assert cache == {name: (None if name == "training" else False) for name in steps.STEPS}
+    assert {"evaluation", "behaviour", "registry"} <= set(steps.STEPS)
+    assert steps.CACHED_STAGES == ("training",)
+    # Training's key is the fingerprint's value, not the ID of whichever artifact carried it.
+    policy = steps.STEPS["training"].configuration.cache_policy
+    assert policy.include_artifact_values and not policy.include_artifact_ids

@@ -127,10 +127,9 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     )
     assert run["run_name"] in runs.stdout
 
-    # Same data: training (and what depends only on it) comes from the cache.
+    # Same data: training comes from the cache; the steps that read the registry run again.
     run2 = zenml_local.run(["--params", *TINY_TRAINING])
-    assert {"training", "evaluation"} <= set(run2["cached"])
-    assert not {"ingestion", "formatting", "curation", "validation"} & set(run2["cached"])
+    assert run2["cached"] == ["training"]
     assert run2["summaries"]["training"]["mlflow_run_id"] == run_id
 
     # Model outputs gone from the catalog: the cache is not trusted for the model steps.

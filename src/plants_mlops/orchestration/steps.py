@@ -8,8 +8,9 @@ ZenML (the plants_data table, remote URLs) and never cache. Training caches on t
 of the validated dataset's fingerprint (:class:`SummaryMaterializer` hashes only
 ``data_key``), its parameters and ``config_hash`` (conf + the code of every module the
 stage imports); the pipeline turns that cache off when the Kedro outputs it would reuse
-are missing. Evaluation, behaviour and registry cache on the training artifact's ID, so they are
-reused exactly when training was.
+are missing. Evaluation, behaviour and registry never cache either: they read the MLflow
+registry (the champion they compare against, the versions they register), which a rollback
+or a wiped store changes behind ZenML's back; a cached step would hide that.
 """
 
 from __future__ import annotations
@@ -144,10 +145,10 @@ def _run_registry(
 
 
 # Caching (docs/zenml.md): stages that read or write state outside ZenML (the table,
-# remote URLs, the registry) never cache; training caches on the value of the validated
-# fingerprint, its parameters and config_hash (conf + every module it imports); evaluation,
-# behaviour and registry cache on the training artifact, so they are reused exactly when it was.
-CACHED_STAGES = ("training", "evaluation", "behaviour", "registry")
+# remote URLs, the champion and versions in the MLflow registry) never cache; only training
+# caches, on the value of the validated fingerprint, its parameters and config_hash (conf +
+# every module it imports).
+CACHED_STAGES = ("training",)
 _DOCS = {
     "ingestion": "Download the pending images of the plants_data table into 01_raw.",
     "formatting": "Raw -> formatted images -> dataset index + fingerprint (03_primary).",
