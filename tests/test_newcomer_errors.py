@@ -84,3 +84,18 @@ def test_registering_the_gpu_stack_names_the_gpu_stack_and_every_missing_variabl
     line = _error_line(proc)
     assert "register the `gpu` stack" in line
     assert all(name in line for name in (*needed, "PLANTS_CONTAINER_REGISTRY")), line
+
+
+def test_training_refuses_an_mlflow_run_id_left_in_the_shell(kedro_project):
+    """An inherited MLFLOW_RUN_ID would send the run into some old run: refused before
+    anything trains, in one line naming the variable and the way to allow it."""
+    line = _error_line(
+        _run(
+            ["kedro", "run", "--pipelines", "training"],
+            kedro_project.path,
+            drop=("PLANTS_ALLOW_MLFLOW_RUN_ID",),
+            MLFLOW_RUN_ID="0123456789abcdef",
+        )
+    )
+    assert "MLFLOW_RUN_ID=0123456789abcdef" in line
+    assert "unset MLFLOW_RUN_ID" in line and "PLANTS_ALLOW_MLFLOW_RUN_ID=1" in line

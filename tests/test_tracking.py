@@ -70,3 +70,30 @@ def test_an_experiment_with_runs_opens_on_them_in_the_mlflow_ui(tmp_path):
         run.log_metrics({"val/f1_macro": 0.9})
     tags = cl.get_experiment(run.experiment_id).tags
     assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_run_id_inherited_from_the_shell_is_used_only_when_allowed(tmp_path, monkeypatch):
+    from plants_mlops.errors import UserFacingError
+
+    cl = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.open_run(cl, "plants-old") as old:
+        pass
+    monkeypatch.delenv("PLANTS_ALLOW_MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_RUN_ID", old.run_id)
+    with (
+        pytest.raises(UserFacingError, match=f"MLFLOW_RUN_ID={old.run_id} is set"),
+        tracking.open_run(cl, "plants-new"),
+    ):
+        pass
+    assert cl.get_experiment_by_name("plants-new") is None  # refused before creating anything
+
+    monkeypatch.setenv("PLANTS_ALLOW_MLFLOW_RUN_ID", "1")
+    with tracking.open_run(cl, "plants-new") as run:
+        run.log_metrics({"val/f1_macro": 0.5})
+    assert run.run_id == old.run_id
+    assert cl.get_run(old.run_id).data.metrics == {"val/f1_macro": 0.5}
+
+    # A ZenML step allows exactly the run it hands over, not another one.
+    monkeypatch.setenv("PLANTS_ALLOW_MLFLOW_RUN_ID", "another-run")
+    with pytest.raises(UserFacingError):
+        tracking.inherited_run_id()

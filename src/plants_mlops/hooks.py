@@ -99,6 +99,8 @@ class ProjectHooks:
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
             run_params.get("env") or "local",
         )
+        if "training" in stages_of(pipeline):
+            _refuse_inherited_mlflow_run()  # before hours of training, not after
         self._take_run_locks(pipeline)  # before the sweep: a live run's files stay put
         sweep_temporaries(pipeline, catalog)
 
@@ -123,6 +125,16 @@ class ProjectHooks:
         traceback. In process (tests, ZenML steps) the error propagates as it is."""
         self._release_run_locks()
         _stop(error)
+
+
+def _refuse_inherited_mlflow_run() -> None:
+    from plants_mlops.model import tracking
+
+    try:
+        tracking.inherited_run_id()
+    except Exception as exc:
+        _stop(exc)
+        raise
 
 
 def _stop(error: BaseException) -> None:

@@ -203,6 +203,25 @@ def mark_model_development(cl, exp_id: str) -> None:
         cl.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
 
 
+# A shell that once ran inside an MLflow run keeps ``MLFLOW_RUN_ID``; honoured silently, it
+# would send every training run into that one old run.
+ALLOW_RUN_ID_ENV = "PLANTS_ALLOW_MLFLOW_RUN_ID"
+
+
+def inherited_run_id() -> str | None:
+    """``MLFLOW_RUN_ID`` from the environment, when asked for: ``PLANTS_ALLOW_MLFLOW_RUN_ID``
+    is ``1`` or that run's ID (a ZenML step handing its tracker's run over). Set without
+    it: a :class:`UserFacingError` naming both variables."""
+    run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    if run_id is None or os.environ.get(ALLOW_RUN_ID_ENV) in ("1", run_id):
+        return run_id
+    raise UserFacingError(
+        f"MLFLOW_RUN_ID={run_id} is set in the environment, so training would log into that "
+        f"run instead of a new one: `unset MLFLOW_RUN_ID`, or set {ALLOW_RUN_ID_ENV}=1 to "
+        "log into it"
+    )
+
+
 @contextlib.contextmanager
 def open_run(
     cl, experiment: str, run_name: str | None = None, run_id: str | None = None
@@ -210,11 +229,11 @@ def open_run(
     """The MLflow run a stage logs into.
 
     - ``run_id`` given: that run (evaluation adds to the training run); left as it was.
-    - ``MLFLOW_RUN_ID`` set (a ZenML step hands its experiment tracker's run over that
-      way): that run, left open for its owner.
+    - ``MLFLOW_RUN_ID`` set and allowed (:func:`inherited_run_id`; a ZenML step hands its
+      experiment tracker's run over that way): that run, left open for its owner.
     - otherwise: a new run in ``experiment``, ended FINISHED (FAILED on error) on exit.
     """
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    run_id = run_id or inherited_run_id()
     if run_id is not None:
         info = cl.get_run(run_id).info
         mark_model_development(cl, info.experiment_id)

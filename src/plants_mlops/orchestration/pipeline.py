@@ -192,6 +192,11 @@ def prepare_run(
     if not present:
         raise UserFacingError(f"none of {list(wanted)} exists as a Kedro pipeline in {project}")
 
+    if "training" in present:
+        # The stack's MLflow tracker would resume that run too (mlflow.start_run reads it).
+        from plants_mlops.model.tracking import inherited_run_id
+
+        inherited_run_id()
     cached_here = [s for s in present if s in CACHED_STAGES]
     reuse = enable_cache
     if reuse and cached_here:

@@ -120,17 +120,25 @@ def _run_training(
 ) -> StepSummary:
     """The tracker starts its run before the step; the local orchestrator runs the step and
     its Kedro nodes in this process. The nodes log through their own MLflow client into the
-    run named by ``MLFLOW_RUN_ID`` on ``MLFLOW_TRACKING_URI``: hand the tracker's run over."""
+    run named by ``MLFLOW_RUN_ID`` on ``MLFLOW_TRACKING_URI``: hand the tracker's run over
+    (allowed for that run only, ``tracking.inherited_run_id``)."""
     import mlflow
 
+    from plants_mlops.model.tracking import ALLOW_RUN_ID_ENV
+
     active = mlflow.active_run()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", ALLOW_RUN_ID_ENV)}
     if active is not None:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
-        os.environ["MLFLOW_RUN_ID"] = active.info.run_id
+        os.environ["MLFLOW_RUN_ID"] = os.environ[ALLOW_RUN_ID_ENV] = active.info.run_id
     try:
         summary = _execute("training", project, env, params, upstream)
     finally:
-        os.environ.pop("MLFLOW_RUN_ID", None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if active is not None and not summary.mlflow_run_id:
         summary.mlflow_run_id = active.info.run_id
     return summary
