@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from plants_mlops.commands import demo
+from plants_mlops.orchestration.summaries import StepSummary, publish
 
 
 @pytest.fixture
@@ -64,11 +65,37 @@ def test_progress_lines_and_epochs_reach_both(demo_logging):
     assert "building the model" in text and "predicted=dandelion" in text
 
 
-def test_a_zenml_step_summary_becomes_a_stage_line(demo_logging):
+def _summary(stage: str, **fields) -> StepSummary:
+    return StepSummary(stage=stage, env="local", **{"duration_s": 1.0, **fields})
+
+
+def test_a_published_stage_summary_becomes_a_stage_line(demo_logging):
     _, console = demo_logging
-    meta = {"stage": "validation", "duration_s": 3.14, "verdict": "passed", "count_checks": 12}
-    logging.getLogger(demo.STEP_LOGGER).info("%s: %s", "validation", meta)
+    publish(_summary("validation", duration_s=3.14, verdict="passed", counts={"checks": 12}))
     assert console.getvalue().endswith("[4/8] validation ... passed (12 checks) in 3.1 s\n")
+    publish(
+        _summary(
+            "evaluation",
+            duration_s=2.0,
+            metrics={"test_f1_macro": 0.91234, "test_accuracy": 0.9},
+            champion_version="3",
+        )
+    )
+    assert console.getvalue().endswith(
+        "[6/8] evaluation ... done (test F1 0.9123, accuracy 0.9000, champion 3) in 2.0 s\n"
+    )
+
+
+def test_the_console_reads_typed_summaries_not_the_shape_of_a_log_call(demo_logging):
+    """A step's log line is for the file; only a published summary makes a stage line."""
+    state, console = demo_logging
+    meta = {"stage": "ingestion", "duration_s": 1.0, "count_rows": 40}
+    logging.getLogger("plants_mlops.orchestration.steps").info("%s: %s", "ingestion", meta)
+    assert console.getvalue() == ""
+    assert "ingestion: {'stage': 'ingestion'" in _file(state)
+    state.close()
+    publish(_summary("ingestion"))  # after close: nobody listens any more
+    assert console.getvalue() == ""
 
 
 def test_close_puts_the_root_logger_back(tmp_path):
@@ -80,10 +107,9 @@ def test_close_puts_the_root_logger_back(tmp_path):
 
 def test_a_step_zenml_took_from_its_cache_gets_its_line_in_order(demo_logging):
     state, console = demo_logging
-    steps = logging.getLogger(demo.STEP_LOGGER)
     for stage in ("ingestion", "formatting", "curation", "validation"):
-        steps.info("%s: %s", stage, {"stage": stage, "duration_s": 1.0})
-    steps.info("%s: %s", "evaluation", {"stage": "evaluation", "duration_s": 2.0})
+        publish(_summary(stage))
+    publish(_summary("evaluation", duration_s=2.0))
     state.progress.catch_up()
     lines = console.getvalue().splitlines()
     assert [ln.split(" ... ")[0] for ln in lines] == [
@@ -130,3 +156,23 @@ def test_a_refused_first_model_stops_the_demo_with_the_reason_not_a_wait(tmp_pat
     assert demo.nothing_to_serve(passed, decision) is None
     kept = {**refused, "evaluation": {"champion_version": "1"}}  # the old champion serves
     assert demo.nothing_to_serve(kept, decision) is None
+
+
+def test_a_stage_run_in_process_publishes_its_summary_to_the_console(data_project, tmp_path):
+    """The real path (plain Kedro in the demo's --kedro mode, a ZenML step otherwise):
+    ``run_stage`` publishes the stage's typed summary and the console shows its line."""
+    from plants_mlops.orchestration.kedro_stage import run_stage
+
+    console = io.StringIO()
+    state = demo.setup_logging(tmp_path / "demo.log", console=console)
+    try:
+        summary = run_stage("validation", data_project.path, "local").summary
+    finally:
+        state.close()
+    checks = summary.counts["checks"]
+    assert checks > 0
+    assert (
+        console.getvalue()
+        .splitlines()[-1]
+        .startswith(f"[4/8] validation ... {summary.verdict} ({checks} checks) in ")
+    )

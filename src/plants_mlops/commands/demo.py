@@ -30,7 +30,9 @@ from typing import Any, TextIO
 
 from plants_mlops.contracts import STAGES
 from plants_mlops.errors import UserFacingError
+from plants_mlops.orchestration.summaries import StepSummary, listening
 from plants_mlops.progress import PROGRESS
+from plants_mlops.summaries import StageSummary
 
 BIN = Path(sys.executable).parent
 REPORTING = Path("data") / "08_reporting"
@@ -41,36 +43,34 @@ detail = logging.getLogger("plants_mlops.demo.detail")
 # Training logs one line per epoch (the linear probe: one line) there; the console shows
 # them too.
 EPOCH_LOGGER = "plants_mlops.model.train"
-# Each ZenML step logs "<stage>: <summary metadata>" there when its stage has run.
-STEP_LOGGER = "plants_mlops.orchestration.steps"
-
-# What the stage line shows, from a stage summary's metadata: (key, label).
-_DETAILS: dict[str, tuple[tuple[str, str], ...]] = {
+# What the stage line shows, from a stage's typed summary: (where, name, label), where is
+# "counts" or "metrics" (the summary's dicts) or "field" (one of its fields).
+_DETAILS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "ingestion": (
-        ("count_rows", "rows"),
-        ("count_fetched", "fetched"),
-        ("count_already_stored", "already stored"),
-        ("count_failed", "failed"),
+        ("counts", "rows", "rows"),
+        ("counts", "fetched", "fetched"),
+        ("counts", "already_stored", "already stored"),
+        ("counts", "failed", "failed"),
     ),
-    "formatting": (("count_dataset_images", "images"),),
+    "formatting": (("counts", "dataset_images", "images"),),
     "curation": (
-        ("count_queued", "to review"),
-        ("count_label_issues", "label issues"),
-        ("count_near_duplicate_pairs", "near-duplicate pairs"),
+        ("counts", "queued", "to review"),
+        ("counts", "label_issues", "label issues"),
+        ("counts", "near_duplicate_pairs", "near-duplicate pairs"),
     ),
-    "validation": (("count_checks", "checks"),),
-    "training": (("metric_test_f1_macro", "test F1"),),
+    "validation": (("counts", "checks", "checks"),),
+    "training": (("metrics", "test_f1_macro", "test F1"),),
     "evaluation": (
-        ("metric_test_f1_macro", "test F1"),
-        ("metric_test_accuracy", "accuracy"),
-        ("champion_version", "champion"),
+        ("metrics", "test_f1_macro", "test F1"),
+        ("metrics", "test_accuracy", "accuracy"),
+        ("field", "champion_version", "champion"),
     ),
     "behaviour": (
-        ("metric_invariance_min", "labels kept, worst edit"),
-        ("metric_ood_flagged", "non-plant photos flagged"),
-        ("metric_false_flags", "test images flagged"),
+        ("metrics", "invariance_min", "labels kept, worst edit"),
+        ("metrics", "ood_flagged", "non-plant photos flagged"),
+        ("metrics", "false_flags", "test images flagged"),
     ),
-    "registry": (("model_version", "version"),),
+    "registry": (("field", "model_version", "version"),),
 }
 
 
@@ -112,53 +112,49 @@ class _ConsoleFormatter(logging.Formatter):
         return text if record.name == log.name else f"      {text}"
 
 
-def stage_line(index: int, total: int, meta: dict[str, Any]) -> str:
-    """``[3/6] validation ... passed (12 checks) in 3.1 s`` from a stage summary's metadata."""
-    stage = str(meta.get("stage", "?"))
+def stage_line(index: int, total: int, summary: StageSummary) -> str:
+    """``[3/6] validation ... passed (12 checks) in 3.1 s`` from a stage's typed summary."""
     shown = []
-    for key, label in _DETAILS.get(stage, ()):
-        value = meta.get(key)
-        if value is None:
-            continue
-        if key.startswith("metric_"):
-            shown.append(f"{label} {float(value):.4f}")
-        elif key.startswith("count_"):
-            shown.append(f"{value} {label}")
-        else:
+    for where, name, label in _DETAILS.get(summary.stage, ()):
+        if where == "counts":
+            count = summary.counts.get(name)
+            shown.extend([] if count is None else [f"{count} {label}"])
+        elif where == "metrics":
+            metric = summary.metrics.get(name)
+            shown.extend([] if metric is None else [f"{label} {metric:.4f}"])
+        elif (value := getattr(summary, name)) is not None:
             shown.append(f"{label} {value}")
-    verdict = meta.get("verdict") or "done"
+    verdict = summary.verdict or "done"
     extra = f" ({', '.join(shown)})" if shown else ""
-    took = f" in {float(meta['duration_s']):.1f} s" if "duration_s" in meta else ""
-    return f"[{index}/{total}] {stage} ... {verdict}{extra}{took}"
+    took = f" in {summary.duration_s:.1f} s" if isinstance(summary, StepSummary) else ""
+    return f"[{index}/{total}] {summary.stage} ... {verdict}{extra}{took}"
 
 
-class StageProgress(logging.Handler):
-    """Turns the summary each ZenML step logs (``"%s: %s", stage, metadata``) into the
-    demo's stage line, so the console follows a pipeline that runs inside ZenML."""
+class StageProgress:
+    """The demo's stage line for each stage summary the run publishes
+    (``orchestration.summaries.publish``), so the console follows a pipeline that runs
+    inside ZenML or plain Kedro sessions."""
 
     def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
-        super().__init__(logging.INFO)
         self.stages = stages
         self.seen: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args
-        if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], dict)):
+    def __call__(self, summary: StepSummary) -> None:
+        if summary.stage not in self.stages:
             return
-        stage, meta = args
-        if stage not in self.stages:
-            return
-        self.catch_up(self.stages.index(stage))
-        self.seen.append(stage)
-        log.info(stage_line(self.stages.index(stage) + 1, len(self.stages), meta))
+        at = self.stages.index(summary.stage)
+        self.catch_up(at)
+        self.seen.append(summary.stage)
+        log.info(stage_line(at + 1, len(self.stages), summary))
 
     def catch_up(self, upto: int | None = None) -> None:
-        """A line for each stage before ``upto`` (all when None) that logged nothing: a
+        """A line for each stage before ``upto`` (all when None) that published nothing: a
         step ZenML took from its cache does not run."""
         for i, stage in enumerate(self.stages[:upto]):
             if stage not in self.seen:
                 self.seen.append(stage)
-                log.info(stage_line(i + 1, len(self.stages), {"stage": stage, "verdict": "cached"}))
+                cached = StageSummary(stage=stage, verdict="cached")
+                log.info(stage_line(i + 1, len(self.stages), cached))
 
 
 @dataclass
@@ -170,10 +166,11 @@ class DemoLogging:
     removed: list[logging.Handler]
     root_level: int
     progress: StageProgress = field(default_factory=StageProgress)
+    listening: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def close(self) -> None:
         root = logging.getLogger()
-        logging.getLogger(STEP_LOGGER).removeHandler(self.progress)
+        self.listening.close()
         for handler in self.added:
             root.removeHandler(handler)
             handler.close()
@@ -213,10 +210,10 @@ def setup_logging(
     to_console.setFormatter(_ConsoleFormatter())
     for handler in (to_file, to_console):
         root.addHandler(handler)
-    for name in (log.name, EPOCH_LOGGER, STEP_LOGGER):
+    for name in (log.name, EPOCH_LOGGER):
         logging.getLogger(name).setLevel(logging.INFO)
     state = DemoLogging(path, [to_file, to_console], removed, saved_level, StageProgress(stages))
-    logging.getLogger(STEP_LOGGER).addHandler(state.progress)
+    state.listening.enter_context(listening(state.progress))
     return state
 
 
@@ -400,10 +397,9 @@ def _run_kedro(project: Path, params: dict[str, Any]) -> dict[str, dict[str, Any
 
     summaries: dict[str, dict[str, Any]] = {}
     upstream = None
-    for i, stage in enumerate(STAGES, 1):
+    for stage in STAGES:  # each stage's line: StageProgress, from the summary it publishes
         upstream = run_stage(stage, project, "local", params, upstream).summary
         summaries[stage] = upstream.model_dump()
-        log.info(stage_line(i, len(STAGES), upstream.metadata()))
     return summaries
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plants_mlops.orchestration.summaries import StepSummary, step_summary
+from plants_mlops.orchestration.summaries import StepSummary, publish, step_summary
 from plants_mlops.summaries import dataset_name
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def run_stage(
     upstream: StepSummary | None = None,
 ) -> StageRun:
     """``kedro run --pipelines STAGE --env ENV --params ...`` in-process, then read the
-    stage's own ``<stage>_summary`` and list the file-backed datasets it wrote."""
+    stage's own ``<stage>_summary`` (published to the run's listeners, ``summaries.publish``)
+    and list the file-backed datasets it wrote."""
     project = Path(project).resolve()
     _bootstrap(project)
     from kedro.framework.session import KedroSession
@@ -229,4 +230,5 @@ def run_stage(
             record.html = catalog.load(name)
             record.metadata["size_bytes"] = len(record.html.encode())
         records.append(record)
+    publish(summary)
     return StageRun(summary, records)

@@ -8,7 +8,9 @@ so a summary whose timings differ but whose data is the same still hits the cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from plants_mlops.summaries import StageSummary
@@ -62,3 +64,24 @@ def step_summary(
 
 def data_key_hash(summary: StepSummary) -> str:
     return hashlib.sha256(summary.data_key.encode()).hexdigest()
+
+
+# Who follows the run as it goes (the demo's and `pipeline run`'s console): each stage's
+# summary, as soon as the stage has run in this process (plain Kedro or a ZenML step).
+_listeners: list[Callable[[StepSummary], None]] = []
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[StepSummary], None]) -> Iterator[None]:
+    """Call ``listener`` with every stage summary :func:`publish` sees inside the block."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+def publish(summary: StepSummary) -> None:
+    """Hand a finished stage's summary to whoever listens (nobody: nothing happens)."""
+    for listener in list(_listeners):
+        listener(summary)
