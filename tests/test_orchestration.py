@@ -82,6 +82,15 @@ def _evaluation_summary(champion: dict) -> dict:
         "f1_macro": 0.949,
         "roc_auc": 0.99,
         "confusion_matrix": [[28, 2], [1, 28]],
+        "labels": ["dandelion", "grass"],
+        # per image: true label and the two class probabilities, as the confusion matrix
+        "predictions": {
+            "labels": [0] * 30 + [1] * 29,
+            "probabilities": [[0.9, 0.1]] * 28
+            + [[0.4, 0.6]] * 2
+            + [[0.55, 0.45]]
+            + [[0.2, 0.8]] * 28,
+        },
     }
     baselines = {"majority_class": {"f1_macro": 0.3}, "colour_histogram_logreg": {"f1_macro": 0.8}}
     training_report = {"mlflow_run_id": "run-new", "dataset_fingerprint": "f" * 64}
