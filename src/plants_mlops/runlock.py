@@ -9,7 +9,8 @@ is already running on data since ... (pid, host)".
   when the holding process ends, however it ends (kill -9 included): no stale locks.
 - Object-store root (``s3://...``): a lock object ``<root>/.locks/<stage>.lock`` holding
   its owner and a heartbeat rewritten every ``HEARTBEAT_S``; a lock whose heartbeat is
-  older than ``STALE_S`` (a killed run) is taken over.
+  older than ``STALE_S`` (a killed run) is taken over, and so is at once a lock whose
+  owner ran on this host and is gone.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def _owner() -> dict[str, Any]:
         "host": socket.gethostname(),
         "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _gone_from_this_host(owner: dict) -> bool:
+    """The owner ran on this host and its process no longer exists (killed, kill -9 too)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _refusal(stage: str, root: str, owner: dict) -> AlreadyRunning:
@@ -145,7 +159,8 @@ class _ObjectLock:
         current = self._read()
         if current and current.get("pid") != self.owner["pid"]:
             beat = dt.datetime.fromisoformat(current.get("heartbeat") or current["since"])
-            if (dt.datetime.now(dt.UTC) - beat).total_seconds() < STALE_S:
+            fresh = (dt.datetime.now(dt.UTC) - beat).total_seconds() < STALE_S
+            if fresh and not _gone_from_this_host(current):
                 raise _refusal(self.stage, self.root, current)
             log.warning("taking over the stale run lock of %s (%s)", self.stage, current)
         self.write()
