@@ -193,16 +193,46 @@ def test_dashboard_ports_stay_below_the_ephemeral_range_and_skip_a_port_in_use(m
     assert dashboards._ephemeral_low() == low
 
 
-def test_only_training_may_come_from_the_zenml_cache():
-    """Evaluation, behaviour and registry read the MLflow registry (the champion, the
-    versions): a rollback or a wiped store must never be hidden by a cached step."""
-    from plants_mlops.orchestration import steps
+_CACHE_SETTINGS = """
+import json
+from plants_mlops.orchestration import steps
+policy = steps.STEPS["training"].configuration.cache_policy
+print("RESULT=" + json.dumps({
+    "cache": {name: step.configuration.enable_cache for name, step in steps.STEPS.items()},
+    "cached_stages": list(steps.CACHED_STAGES),
+    "values": policy.include_artifact_values,
+    "ids": policy.include_artifact_ids,
+}))
+"""
 
-    cache = {name: step.configuration.enable_cache for name, step in steps.STEPS.items()}
+
+def test_only_training_may_come_from_the_zenml_cache(tmp_path):
+    """Evaluation, behaviour and registry read the MLflow registry (the champion, the
+    versions): a rollback or a wiped store must never be hidden by a cached step. Read from
+    the real step objects, in a script of its own (ZenML resolves a step's sources from the
+    main module's file, which a pytest-xdist worker has not)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "cache_settings.py"
+    script.write_text(_CACHE_SETTINGS)
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zenml")}
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT=")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-6000:]
+    got = json.loads(lines[0][len("RESULT=") :])
     # None: the pipeline's setting (on unless --no-cache); False: never cached.
-    assert cache == {name: (None if name == "training" else False) for name in steps.STEPS}
-    assert {"evaluation", "behaviour", "registry"} <= set(steps.STEPS)
-    assert steps.CACHED_STAGES == ("training",)
+    cache = got["cache"]
+    assert cache == {name: (None if name == "training" else False) for name in cache}
+    assert {"evaluation", "behaviour", "registry"} <= set(cache)
+    assert got["cached_stages"] == ["training"]
     # Training's key is the fingerprint's value, not the ID of whichever artifact carried it.
-    policy = steps.STEPS["training"].configuration.cache_policy
-    assert policy.include_artifact_values and not policy.include_artifact_ids
+    assert got["values"] and not got["ids"]
