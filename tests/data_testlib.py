@@ -21,7 +21,7 @@ FAULT_REASONS = {
     "missing": "http_404",
     "slow": "timeout",
     "page": "not_an_image",
-    "truncated": "truncated",
+    "truncated": "damaged_image",
     "empty": "empty",
 }
 # Thresholds that a 40-image subset can meet (the defaults expect the full 400).

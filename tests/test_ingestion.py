@@ -252,3 +252,38 @@ def test_saved_chunks_are_released_under_kedros_streaming(monkeypatch, tmp_path)
             stored |= set(data)
             files.append(data)
     assert len(files) >= 4 and len(stored) == 8  # every file went through a save
+
+
+def test_a_jpeg_cut_before_its_end_marker_or_a_png_cut_short_fails_as_damaged_image(tmp_path):
+    """One reason for an image whose bytes are incomplete, whatever the format: the row
+    records ``damaged_image`` (the API answers the same, 400)."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    sample = Path(ROOT_SAMPLES + sample_path(manifest_rows(per_label=1)[0])).read_bytes()
+    assert sample.endswith(b"\xff\xd9")
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(sample)).save(buf, format="PNG")
+    png = buf.getvalue()
+    mirror = tmp_path / "mirror" / "cut"
+    mirror.mkdir(parents=True)
+    (mirror / "no_end.jpg").write_bytes(sample[:-64])  # the last bytes, FF D9 included
+    (mirror / "half.jpg").write_bytes(sample[: len(sample) // 2])
+    (mirror / "short.png").write_bytes(png[: len(png) - 100])
+    rows = [
+        {"url_source": f"{PUBLIC_PREFIX}cut/{name}", "label": "grass"}
+        for name in ("no_end.jpg", "half.jpg", "short.png")
+    ]
+    params = stage_params(
+        "ingestion",
+        raw_root="data/01_raw",
+        mirrors=[{"prefix": PUBLIC_PREFIX, "to": str(tmp_path / "mirror")}],
+        progress=False,
+    )
+    new, updates, summary = ingest_all(_rows_frame(rows), {}, params)
+    assert new == {}
+    assert set(updates["status"]) == {contracts.STATUS_FAILED}
+    assert all(e.startswith("damaged_image:") for e in updates["error"]), list(updates["error"])
+    assert summary["failed_by_reason"] == {"damaged_image": 3}

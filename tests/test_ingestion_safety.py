@@ -145,5 +145,5 @@ def test_a_jpeg_padded_out_or_cut_short_is_refused_not_stored_as_ok():
     whole = images.sample_jpeg(1)
     with pytest.raises(fetching.FetchError) as caught:
         check_bytes(whole[:-2] + b"\0" * 16, None)  # end marker gone, padded with zeros
-    assert caught.value.reason == "truncated"
+    assert caught.value.reason == "damaged_image"
     assert check_bytes(whole, None)[1] == "jpg"

@@ -141,7 +141,14 @@ def test_alpha_greyscale_cmyk_and_palette_images_are_predicted(client, kind):
 BAD_INPUTS = {
     "not_an_image": (lambda: b"just some text, not pixels", "image/jpeg", 415, "not_an_image"),
     "html_page": (lambda: b"<!doctype html><html></html>", "image/jpeg", 415, "not_an_image"),
-    "truncated_jpeg": (images.truncated_jpeg, "image/jpeg", 400, "truncated"),
+    "truncated_jpeg": (images.truncated_jpeg, "image/jpeg", 400, "damaged_image"),
+    "jpeg_without_end_marker": (
+        lambda: images.sample_jpeg(6)[:-32],  # its last bytes, FF D9 included
+        "image/jpeg",
+        400,
+        "damaged_image",
+    ),
+    "png_cut_short": (lambda: images.png_with_alpha()[:-100], "image/png", 400, "damaged_image"),
     "padded_jpeg": (images.padded_jpeg, "image/jpeg", 400, "damaged_image"),
     "empty_file": (lambda: b"", "image/jpeg", 400, "empty"),
     "wrong_content_type": (

@@ -97,7 +97,7 @@ def test_concurrent_uploads_each_get_their_own_answer_and_log_row(two_workers):
     for i, r in enumerate(answers):
         assert r.headers["x-request-id"] == f"burst-{i}"
         if i % 5 == 4:  # a damaged image fails alone, with its own clear error
-            assert r.status_code == 400 and r.json()["error"] == "truncated", r.text
+            assert r.status_code == 400 and r.json()["error"] == "damaged_image", r.text
             assert r.json()["request_id"] == f"burst-{i}"
         else:
             assert r.status_code == 200, r.text

@@ -67,7 +67,7 @@ def test_ingesting_the_synthetic_mirror_keeps_good_rows_and_names_the_broken(tmp
         )
         files, updates, summary = ingest_all(frame, {}, params)
     assert summary["fetched"] == 48 - 6
-    assert summary["failed_by_reason"] == {"http_404": 2, "not_an_image": 2, "truncated": 2}
+    assert summary["failed_by_reason"] == {"http_404": 2, "not_an_image": 2, "damaged_image": 2}
     assert len(files) == 42  # the slow rows arrive, later
     failed = updates[updates["status"] == contracts.STATUS_FAILED]
     assert len(failed) == 6 and failed["error"].notna().all()

@@ -145,12 +145,12 @@ def _jpeg_scan_start(data: bytes) -> tuple[int, int, int, int] | None:
 
 
 def check_jpeg_complete(data: bytes) -> None:
-    """Refuse a JPEG that its decoder would quietly pad with grey: no end-of-image marker
-    after the scan (``truncated``), or fewer scan bytes than its declared size needs
-    (``damaged_image``: at least one bit per 8x8 luma block for Huffman-coded DCT, the
-    smallest a block can take; a 6000x6000 image needs >= 70 KB, a cut one carries a few
-    hundred bytes and a forged end marker). Not a JPEG, or one whose header does not reach
-    a scan: nothing to say here (the decoder judges it)."""
+    """Refuse (``damaged_image``) a JPEG that its decoder would quietly pad with grey: no
+    end-of-image marker after the scan (cut short), or fewer scan bytes than its declared
+    size needs (at least one bit per 8x8 luma block for Huffman-coded DCT, the smallest a
+    block can take; a 6000x6000 image needs >= 70 KB, a cut one carries a few hundred bytes
+    and a forged end marker). Not a JPEG, or one whose header does not reach a scan:
+    nothing to say here (the decoder judges it)."""
     if data[:2] != b"\xff\xd8":
         return
     found = _jpeg_scan_start(data)
@@ -160,7 +160,7 @@ def check_jpeg_complete(data: bytes) -> None:
     eoi = data.rfind(b"\xff\xd9")
     if eoi < sos:
         raise ImageDecodeError(
-            "truncated",
+            "damaged_image",
             f"JPEG has no end-of-image marker after its scan: cut short ({len(data)} bytes)",
         )
     if sof in _JPEG_HUFFMAN_DCT:
@@ -199,8 +199,10 @@ def decode_image(
     """Decode, fully verify and normalise image bytes.
 
     Raises ImageDecodeError with reason ``empty``, ``not_an_image``, ``too_large``,
-    ``truncated``, ``damaged_image`` (a JPEG padded out: ``check_jpeg_complete``), or
-    ``busy`` when ``budget`` has no room in time. Greyscale, palette,
+    ``damaged_image`` (cut short, padded out or corrupt: a JPEG without its end marker or
+    with too few scan bytes, ``check_jpeg_complete``; a PNG cut short or with a bad CRC;
+    whatever else the decoder cannot finish), or ``busy`` when ``budget`` has no room in
+    time. Greyscale, palette,
     CMYK and alpha images are converted to RGB (alpha is composited on white, as a browser
     shows it). The size is checked from the header, before any pixel is decoded.
     """
@@ -233,7 +235,9 @@ def decode_image(
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not_an_image", "bytes are not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError("truncated", f"image data is damaged or incomplete ({exc})") from exc
+        raise ImageDecodeError(
+            "damaged_image", f"image data is damaged or incomplete ({exc})"
+        ) from exc
     ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt) or "bin"
     return DecodedImage(image=img, format=ext, original_size=(width, height))
 

@@ -70,7 +70,7 @@ def inventory_index(raw_inventory: dict[str, Any]) -> dict[tuple[str, str], str]
 
 def check_bytes(data: bytes, expected_sha256: str | None) -> tuple[str, str]:
     """``(sha256, extension)`` of bytes that decode as a complete image, else raises
-    FetchError with the decode reason (empty, not_an_image, truncated, too_large) or
+    FetchError with the decode reason (empty, not_an_image, damaged_image, too_large) or
     ``checksum_mismatch``."""
     try:
         decoded = imaging.decode_image(data)
