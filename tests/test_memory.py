@@ -107,3 +107,38 @@ def test_the_decode_budget_is_held_until_the_decoded_pixels_are_released():
     assert small.size == (32, 32)
     with pytest.raises(ValueError, match="closed image"):
         image.getpixel((0, 0))  # released at the end of the block
+
+
+_DECODE_PROBE = """
+import json, sys
+from plants_mlops import imaging
+
+def status_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the RSS now
+base = status_mb("VmRSS:")
+with imaging.decoded_within(data, None, fit=160) as decoded:
+    size = decoded.image.size
+print(json.dumps({"size": size, "added_mb": status_mb("VmHWM:") - base}))
+"""
+
+
+def test_the_api_decode_of_an_alpha_png_holds_one_full_size_copy_not_two(tmp_path):
+    """A 4000x4000 RGBA PNG decodes into 64 MB; compositing it into a full-size RGB image
+    took 64 MB more at the same time (128 MB added). The API's path (``fit``) adds a few
+    MB to the decode."""
+    from PIL import Image
+
+    png = tmp_path / "alpha.png"
+    Image.new("RGBA", (4000, 4000), (10, 200, 30, 128)).save(png, "PNG")
+    out = subprocess.run(
+        [sys.executable, "-c", _DECODE_PROBE, str(png)], capture_output=True, text=True, check=True
+    )
+    row = json.loads(out.stdout)
+    assert row["size"] == [160, 160]
+    assert row["added_mb"] < 64 * 1.25, row

@@ -326,6 +326,32 @@ def test_alpha_is_composited_on_white_without_full_size_copies():
     assert r == 255 and abs(g - 127) <= 1 and abs(b - 127) <= 1
 
 
+@pytest.mark.parametrize("size", [(700, 300), (300, 701), (517, 517), (160, 160), (90, 120)])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+transparency", "RGB", "L", "CMYK"])
+def test_fit_rgb_is_square_resize_of_to_rgb_pixel_for_pixel(mode, size):
+    """The API's lean path (alpha composited in place, resampled from RGBA) gives the
+    model the very pixels of the full-size RGB path."""
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    rng = np.random.default_rng(sum(size))
+    noise = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    noise[: size[1] // 3, :, 3] = 0  # fully transparent, opaque and half-way rows
+    noise[size[1] // 3 : size[1] // 2, :, 3] = 255
+    img = Image.fromarray(noise, "RGBA")
+    if mode == "P+transparency":
+        img = img.convert("RGB").quantize(64)
+        img.info["transparency"] = 5
+    elif mode != "RGBA":
+        img = img.convert(mode)
+    expected = imaging.square_resize(imaging.to_rgb(img.copy()), 160)
+    got = imaging.fit_rgb(img.copy(), 160)
+    assert got.mode == "RGB" and got.size == (160, 160)
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
 def test_header_pixels_reads_the_size_every_decoder_would_see():
     """The decode budget reserves an upload's pixels from its header: JPEG and PNG headers are read directly, others through Pillow; bytes that are no image
     give 0 (decode_image then names the problem)."""

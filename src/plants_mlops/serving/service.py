@@ -65,7 +65,10 @@ class PredictionService:
         started = time.perf_counter()
         try:
             with imaging.decoded_within(
-                data, self.decode_budget, max_pixels=self.config.max_pixels
+                data,
+                self.decode_budget,
+                max_pixels=self.config.max_pixels,
+                fit=model.meta.resize_size,  # what preprocess's square resize makes
             ) as decoded:
                 x, fmt = model.preprocess(decoded.image)
                 kind, size = decoded.format, decoded.original_size
