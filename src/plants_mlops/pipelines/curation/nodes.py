@@ -39,12 +39,23 @@ FEATURE_COLUMNS = ["image_key", "sha256", "phash", "embedding"]
 # --------------------------------------------------------------------------- features
 
 
+def _embedding_input(img: Any, p: CurationParams) -> np.ndarray:
+    """One decoded image as the curation backbone's input (its size, its normalisation)."""
+    from plants_mlops import imaging
+    from plants_mlops.model.architectures import SPECS
+
+    e = p.embeddings
+    spec = SPECS[e.architecture]
+    return imaging.to_model_input(
+        img, resize_size=e.image_size, image_size=e.image_size, mean=spec.mean, std=spec.std
+    )
+
+
 def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
     """Backbone embeddings of the images the loaders return, decoded a batch at a time
     (memory holds one batch of images, whatever the catalogue's size)."""
     import torch
 
-    from plants_mlops import imaging
     from plants_mlops.model.architectures import SPECS, build_model
 
     e = p.embeddings
@@ -60,16 +71,7 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
     out = []
     with torch.inference_mode(), Progress(len(loads), "curation embeddings", log) as done:
         for start in range(0, len(loads), e.batch_size):
-            batch = [
-                imaging.to_model_input(
-                    load(),
-                    resize_size=e.image_size,
-                    image_size=e.image_size,
-                    mean=spec.mean,
-                    std=spec.std,
-                )
-                for load in loads[start : start + e.batch_size]
-            ]
+            batch = [_embedding_input(load(), p) for load in loads[start : start + e.batch_size]]
             _, emb = model(torch.from_numpy(np.stack(batch)).contiguous(memory_format=nhwc))
             out.append(emb.numpy().astype(np.float32))
             done.update(len(batch))
@@ -256,9 +258,7 @@ def label_issue_grids(
     cells' average, so the grid is an exact split of the logit over the image."""
     import torch
 
-    from plants_mlops import imaging
     from plants_mlops.model.architectures import (
-        SPECS,
         build_model,
         cell_embeddings,
         split_backbone,
@@ -266,21 +266,9 @@ def label_issue_grids(
     from plants_mlops.model.explain import Explanation
 
     e = p.embeddings
-    spec = SPECS[e.architecture]
     model = build_model(e.architecture, n_classes=1, image_size=e.image_size, weights=e.weights)
     trunk, neck = split_backbone(model.eval().backbone)
-    x = np.stack(
-        [
-            imaging.to_model_input(
-                load(),
-                resize_size=e.image_size,
-                image_size=e.image_size,
-                mean=spec.mean,
-                std=spec.std,
-            )
-            for load in loads
-        ]
-    )
+    x = np.stack([_embedding_input(load(), p) for load in loads])
     with torch.inference_mode():
         cells = cell_embeddings(neck, trunk(torch.from_numpy(x))).numpy().astype(np.float64)
     grids = []
