@@ -88,15 +88,10 @@ def serve_scenario(tracking_uri: str, model_uri: str, workers: int, png: bytes, 
 
     import httpx
     from bench_serving import VENV_BIN, free_port  # benchmarks/bench_serving.py
+    from product_model import server_environment  # benchmarks/product_model.py
 
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PLANTS_MODEL_URI": model_uri,
-        "PLANTS_DB_URL": f"sqlite:///{work / f'plants-{workers}.db'}",
-        "PLANTS_MODEL_POLL_SECONDS": "0",
-    }
+    env = server_environment(tracking_uri, model_uri, work / f"plants-{workers}.db")
     log = (work / f"serve-{workers}.log").open("wb")
     proc = subprocess.Popen(
         [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port), "--workers", str(workers)],

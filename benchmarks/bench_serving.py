@@ -29,7 +29,6 @@ import asyncio
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "plants"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.servers import VENV_BIN, free_port  # noqa: E402  (the test suite's helpers)
+from product_model import start_server  # noqa: E402  (benchmarks/product_model.py)
+
+# the test suite's helpers; bench_decode_memory.py imports them from here
+from support.servers import VENV_BIN, free_port  # noqa: E402, F401
 
 from plants_mlops.serving.config import resolve_workers, usable_cores  # noqa: E402
 
@@ -345,38 +347,15 @@ def main() -> int:
             tracking_uri, model_uri, blobs, int(args.ort_threads), args.floor_seconds
         )
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PLANTS_MODEL_URI": model_uri,
-        "PLANTS_DB_URL": f"sqlite:///{work / 'plants.db'}",
-        "PLANTS_MODEL_POLL_SECONDS": "0",
-        "PLANTS_ORT_THREADS": str(args.ort_threads),
-    }
-    log_path = work / "serve.log"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port)],
-        env=env,
-        cwd=work,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     try:
-        while True:
-            if proc.poll() is not None:
-                print(log_path.read_text()[-3000:])
-                return 1
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() - t0 > 180:
-                raise TimeoutError("not ready after 180 s")
-            time.sleep(0.05)
+        proc, port = start_server(
+            tracking_uri, model_uri, work, {"PLANTS_ORT_THREADS": str(args.ort_threads)}
+        )
+    except RuntimeError as e:  # the server exited: its log's tail
+        print(e)
+        return 1
+    try:
         cold = time.perf_counter() - t0
         model = httpx.get(f"http://127.0.0.1:{port}/model").json()
 

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,13 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serving import (  # noqa: E402  (benchmarks/bench_serving.py)
-    VENV_BIN,
     absolute_sqlite,
-    free_port,
     multipart_request,
     pct,
     run_load,
 )
+from product_model import start_server  # noqa: E402  (benchmarks/product_model.py)
 
 
 def test_split(data: Path, labels: tuple[str, ...]) -> tuple[list[Image.Image], np.ndarray]:
@@ -59,38 +57,6 @@ def test_split(data: Path, labels: tuple[str, ...]) -> tuple[list[Image.Image], 
         with Image.open(folder / f"{key}.jpg") as im:
             images.append(im.convert("RGB"))
     return images, test["label"].map(labels.index).to_numpy()
-
-
-def serve(tracking_uri: str, model_uri: str, work: Path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PLANTS_MODEL_URI": model_uri,
-        "PLANTS_DB_URL": f"sqlite:///{work / 'plants.db'}",
-        "PLANTS_MODEL_POLL_SECONDS": "0",
-    }
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port)],
-        env=env,
-        cwd=work,
-        stdout=(work / "serve.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    t0 = time.perf_counter()
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError((work / "serve.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        if time.perf_counter() - t0 > 180:
-            proc.terminate()
-            raise TimeoutError("the API was not ready after 180 s")
-        time.sleep(0.05)
 
 
 def explanation_parts(model, blobs: list[bytes], n: int) -> dict[str, float]:
@@ -180,7 +146,7 @@ def main() -> int:
     files = sorted((ROOT / "samples" / "plants").glob("*/*.jpg"))[::8]
     blobs = [p.read_bytes() for p in files]
     out["explain_in_process_ms"] = explanation_parts(model, blobs, args.explanations)
-    proc, port = serve(tracking_uri, args.model_uri, work)
+    proc, port = start_server(tracking_uri, args.model_uri, work)
     try:
         requests = [multipart_request(port, b, p.name) for p, b in zip(files, blobs, strict=True)]
         asyncio.run(run_load(port, requests, 1, count=30))  # warm-up

@@ -3,6 +3,10 @@ the real champion, for benchmarks that need a serving model without training one
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from plants_mlops import task
@@ -12,6 +16,7 @@ from plants_mlops.model import artifact
 LABELS = task.load(conf=Path(__file__).resolve().parents[1] / "conf").labels
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
 def stage_defaults(stage: str) -> dict:
@@ -55,3 +60,55 @@ def untrained_product_model(
         mlflow_run_id=run_id,
     )
     return onnx_bytes(model, image_size), meta
+
+
+def server_environment(tracking_uri: str, model_uri: str, db: Path) -> dict[str, str]:
+    """The inherited environment plus what a benchmark's ``plants-mlops serve`` needs: the
+    registry, the model, its own SQLite database ``db``, no registry polling."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PLANTS_MODEL_URI": model_uri,
+        "PLANTS_DB_URL": f"sqlite:///{db}",
+        "PLANTS_MODEL_POLL_SECONDS": "0",
+    }
+
+
+def start_server(
+    tracking_uri: str, model_uri: str, work: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, int]:
+    """``plants-mlops serve`` of ``model_uri`` on a free 127.0.0.1 port, its database and
+    log (``serve.log``) under ``work``; returns (process, port) once ``/ready`` answers 200.
+    ``env`` adds server settings to the inherited environment. Raises RuntimeError (with the
+    log's tail) when the server exits, TimeoutError (the server stopped) after 180 s."""
+    import httpx
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from support.servers import VENV_BIN, free_port  # the test suite's helpers
+
+    port = free_port()
+    server_env = {**server_environment(tracking_uri, model_uri, work / "plants.db"), **(env or {})}
+    log_path = work / "serve.log"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port)],
+        env=server_env,
+        cwd=work,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(log_path.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() - t0 > 180:
+            proc.terminate()
+            proc.wait(timeout=60)
+            raise TimeoutError("the API was not ready after 180 s")
+        time.sleep(0.05)
