@@ -20,7 +20,7 @@ from plants_mlops.model.artifact import ModelLoadError
 from plants_mlops.model.explain import Explanation
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
-from plants_mlops.serving.routes.predict import ERRORS, _read
+from plants_mlops.serving.routes.predict import ERRORS, UPLOAD_OPENAPI, _read
 from plants_mlops.serving.schemas import IMAGE_CONTENT_TYPES, ErrorResponse
 
 router = APIRouter(tags=["explain"])
@@ -111,14 +111,7 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
         },
     },
     summary="Classify one image and show the regions that drove the answer",
-    # the part's media types, documented as /predict does
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {"encoding": {"file": {"contentType": IMAGE_CONTENT_TYPES}}}
-            }
-        }
-    },
+    openapi_extra=UPLOAD_OPENAPI,
 )
 async def explain(
     file: Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")],

@@ -25,6 +25,16 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "no model loaded yet, or too busy decoding"},
 }
 
+# The upload part's media types in the OpenAPI document of a route that takes one image
+# as ``file`` (FastAPI deep-merges this into the request body it generates).
+UPLOAD_OPENAPI = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {"encoding": {"file": {"contentType": IMAGE_CONTENT_TYPES}}}
+        }
+    }
+}
+
 
 async def _read(upload: UploadFile, limit: int) -> bytes:
     """An uploaded file's bytes, once its content type and size pass."""
@@ -46,14 +56,7 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     response_model=PredictionResponse,
     responses=ERRORS,
     summary="Classify one image",
-    # the part's media types, documented (FastAPI deep-merges this into its request body)
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {"encoding": {"file": {"contentType": IMAGE_CONTENT_TYPES}}}
-            }
-        }
-    },
+    openapi_extra=UPLOAD_OPENAPI,
 )
 async def predict(
     file: Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")],
