@@ -205,6 +205,28 @@ def check_class(token: str) -> str | None:
     return f"class {token!r} is named nowhere in the package"
 
 
+SCRIPT = re.compile(r"(?<![\w/-])((?:benchmarks|scripts)/[\w-]+\.py)\b(.*)")
+
+
+def check_script(span: str) -> str | None:
+    """``benchmarks/x.py --option ...`` or ``scripts/x.py ...``: the script exists and
+    takes every option given (a ``"--option"`` in its source)."""
+    found = SCRIPT.search(span)
+    if not found:
+        return None
+    script, rest = found.groups()
+    path = ROOT / script
+    if not path.is_file():
+        return f"no script {script}"
+    if span[: found.start()].rstrip().endswith(" -f"):  # a file another tool runs (locust)
+        return None
+    source = path.read_text(encoding="utf-8")
+    for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+        if f'"{option}"' not in source:
+            return f"{script} takes no option {option}"
+    return None
+
+
 # Names of other projects' classes and operators the docs compare with.
 EXTERNAL = {
     *("ConvInteger", "BaseHTTPMiddleware", "TestClient", "ThreadedMotoServer"),
@@ -234,8 +256,10 @@ def problems(page: Path) -> list[str]:
             problem = check_kedro(words)
         elif words[:1] == ["make"]:
             problem = check_make(words[1:])
-        for setting in re.findall(r"\bPLANTS_[A-Z0-9_]*[A-Z0-9]\b", span):
-            if setting not in _source_text():
+        problem = problem or check_script(line)
+        # a family of settings (`PLANTS_X_*`): some setting of the package starts with it
+        for setting in re.findall(r"\bPLANTS_[A-Z0-9_]*[A-Z0-9](?:\b|_\*)", span):
+            if setting.removesuffix("*") not in _source_text():
                 problem = problem or f"setting {setting} is read nowhere"
         token = span.strip()
         is_file = token.rsplit(".", 1)[-1] in FILE_SUFFIXES
@@ -260,8 +284,9 @@ def test_the_checker_catches_names_that_do_not_exist(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "`plants-mlops registry promot 3` `kedro run --pipelines trainig` `make tset`\n"
-        "`PLANTS_NOT_A_SETTING` `steps.make_steps` `ServingArtifactX`\n"
+        "`PLANTS_NOT_A_SETTING` `steps.make_steps` `ServingArtifactX` `PLANTS_NO_FAMILY_*`\n"
         "`training.probe.C_grids` `no_such_function()` `plants-mlops serve --prot 1`\n"
+        "`benchmarks/bench_serving.py --batch-max 8` `python benchmarks/bench_nothing.py`\n"
     )
     found = problems(page)
-    assert len(found) == 9, found
+    assert len(found) == 12, found
