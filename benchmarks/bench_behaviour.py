@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -64,6 +66,7 @@ def run_variant(data, views: list[str]) -> dict:
             "clear_cases": str(ROOT / "samples/behaviour/clear"),
             "subset": {"max_images_per_split": p.max_images_per_split, "seed": p.seed},
         },
+        yaml.safe_load((ROOT / "conf/base/task.yml").read_text())["task"],
     )
     test = load_subset(data.dataset_index, data.fmt_images, meta.labels, ("test",), p)["test"]
     proba = ServingArtifact.from_bytes(served, meta, 1).predict_images(test.images).probabilities

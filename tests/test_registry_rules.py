@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from support.champion import log_candidate, register_champion
-from support.params import base_labels, stage_params
+from support.params import base_labels, stage_params, task_params
 
 from plants_mlops import cli
 from plants_mlops.contracts import ALIAS_CHAMPION
@@ -247,7 +247,12 @@ def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists
     training_report, evaluation_report = _reports(logged, {"version": None})
     params = stage_params("behaviour", mlflow={"log_to_run": False})
     figures = measure_behaviour(
-        tiny_cnn_onnx(), meta, small_data.dataset_index, small_data.fmt_images, params
+        tiny_cnn_onnx(),
+        meta,
+        small_data.dataset_index,
+        small_data.fmt_images,
+        params,
+        task_params(),
     )
     behaviour_report, _ = report_behaviour(figures, training_report, params)
     assert behaviour_report["metrics"]["ood_flagged"] is None  # no detector in this graph
@@ -289,3 +294,60 @@ def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists
             stage_params("registry", gate=gate),
             {**behaviour_report, "mlflow_run_id": "another-run"},
         )
+
+
+def test_a_task_naming_some_edits_is_measured_and_gated_on_those_only(
+    store, monkeypatch, small_data
+):
+    """The edits that keep a label are the task's (``task.label_preserving_edits``): a
+    digit turned or mirrored is another digit, so a digits task names neither, and the
+    behaviour step measures and the gate checks only the edits named. A report that
+    measured other edits than the task names is refused before anything is registered."""
+    from support.champion import tiny_cnn_onnx
+
+    from plants_mlops.pipelines.behaviour.nodes import measure_behaviour, report_behaviour
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    logged, meta = log_candidate(store, resize_size=160)
+    training_report, evaluation_report = _reports(logged, {"version": None})
+    params = stage_params("behaviour", mlflow={"log_to_run": False})
+    task = task_params(label_preserving_edits=["blur", "brighten"])
+    figures = measure_behaviour(
+        tiny_cnn_onnx(), meta, small_data.dataset_index, small_data.fmt_images, params, task
+    )
+    assert list(figures["invariance"]) == ["blur", "brighten"]
+    metrics = figures["metrics"]
+    assert metrics["invariance_mirror"] is None
+    assert not {k for k in metrics if k.startswith("invariance_rotate")}
+    assert metrics["invariance_min"] == min(figures["invariance"].values())
+    behaviour_report, _ = report_behaviour(figures, training_report, params)
+
+    worst = metrics["invariance_min"]
+    gate = {
+        "latency_budget_ms": 1e6,
+        "behaviour": {"min_invariance": worst, "min_functionality": 0.0},
+    }
+    registry_params = stage_params("registry", gate=gate)
+    # the shipped task's ten edits were not all measured: run the behaviour step again
+    with pytest.raises(registry.RegistryError, match="run the behaviour pipeline again"):
+        register_and_gate(
+            training_report, evaluation_report, registry_params, behaviour_report, task_params()
+        )
+    assert registry.version_of_run(tracking.client(store), logged.run_id, NAME) is None
+
+    decision, _ = register_and_gate(
+        training_report, evaluation_report, registry_params, behaviour_report, task
+    )
+    checks = {c["name"]: c for c in decision["checks"]}
+    assert checks["invariance"]["passed"]
+    assert checks["invariance"]["detail"] == f"labels kept, worst edit {worst:.4f} >= {worst:.4f}"
+    assert checks["mirror_invariance"] == {
+        "name": "mirror_invariance",
+        "passed": True,
+        "detail": "labels kept under the mirror: not measured for this task: not checked",
+    }
+    # only the detector this tiny graph lacks refuses it
+    assert [r.split(":")[0] for r in decision["refused_because"]] == [
+        "ood_flagged",
+        "false_flags",
+    ]

@@ -10,7 +10,7 @@ import os
 import pytest
 import yaml
 from data_testlib import seed
-from support.params import base_labels
+from support.params import base_labels, task_params
 
 from plants_mlops import cli, task
 from plants_mlops.contracts import STAGES
@@ -62,6 +62,12 @@ def test_task_init_writes_an_environment_the_stages_read(kedro_project, capsys):
     ]
     assert params["registry"]["model_name"] == params["training"]["mlflow"]["experiment"]
     assert params["task"]["class_balance"]["min_images_per_class"] == 50
+    # the edits that keep a label: written with the photo defaults (the shipped task's)
+    # and a comment saying when to change them
+    assert params["task"]["label_preserving_edits"] == list(task_params()["label_preserving_edits"])
+    text = (conf / "shapes" / "task.yml").read_text()
+    assert "label_preserving_edits: [mirror, rotate90," in text
+    assert "drop the\n  # turns and the mirror" in text
     catalog = loader["catalog"]
     assert catalog["plants_data"]["seed_if_empty"] is False
     assert catalog["monitoring_champion"]["model_uri"].endswith("shapes-classifier@champion")
@@ -80,6 +86,37 @@ def test_task_init_writes_an_environment_the_stages_read(kedro_project, capsys):
         task.parse_labels("ant,bee/cat")
     with pytest.raises(UserFacingError, match="no environment 'nope'"):
         task.load("nope", conf)
+
+
+def test_the_task_file_names_the_edits_that_keep_a_label_and_refuses_a_name_that_is_none(
+    kedro_project,
+):
+    """A digit turned or mirrored is another digit: a task lists the edits its labels
+    survive, the behaviour and registry stages read them with the task, and a name that is
+    not an edit is one line naming the key and the known edits."""
+    from plants_mlops.pipelines import behaviour, registry
+
+    conf = kedro_project.path / "conf"
+    task.init(conf, "shapes", SHAPES)
+    task_file = conf / "shapes" / "task.yml"
+    doc = yaml.safe_load(task_file.read_text())
+    doc["task"]["label_preserving_edits"] = ["blur", "jpeg_q10"]
+    task_file.write_text(yaml.safe_dump(doc))
+    assert task.load("shapes", conf).task.label_preserving_edits == ("blur", "jpeg_q10")
+    assert "mirror" in task.load(None, conf).task.label_preserving_edits  # base untouched
+    for stage, node in ((behaviour, "measure_behaviour"), (registry, "register_and_gate")):
+        (found,) = [n for n in stage.create_pipeline().nodes if n.name == node]
+        assert "params:task" in found.inputs
+
+    doc["task"]["label_preserving_edits"] = ["blur", "rotate45"]
+    task_file.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserFacingError) as err:
+        task.load("shapes", conf)
+    assert str(err.value) == (
+        "params:task.label_preserving_edits: ['rotate45'] are not edits; known: mirror, "
+        "rotate90, rotate180, rotate270, blur, darken, brighten, jpeg_q10, crop80, crop60 "
+        "(conf/<env>/task.yml)"
+    )
 
 
 def test_seeding_a_task_takes_its_labels_and_refuses_the_others(kedro_project, monkeypatch, capsys):

@@ -43,12 +43,16 @@ class TaskNearDuplicates(Params):
 
 class TaskParams(Params):
     """``params:task``: the task's name, its page title, its ordered labels (class index =
-    position) and the data-dependent thresholds the stage parameters refer to."""
+    position), the edits its images keep their labels under and the data-dependent
+    thresholds the stage parameters refer to."""
 
     name: str
     title: str
     description: str
     labels: tuple[str, ...]
+    # names in model.behaviour.EDITS: the behaviour step measures invariance under these
+    # and the registry gate requires it (none: invariance not measured, not gated)
+    label_preserving_edits: tuple[str, ...]
     near_duplicates: TaskNearDuplicates
     class_balance: ClassBalance
 
@@ -66,6 +70,18 @@ class TaskParams(Params):
                 "(a label is a folder name, a metric key and a URL path part)"
             )
         return labels
+
+    @field_validator("label_preserving_edits")
+    @classmethod
+    def _known_edits(cls, edits: tuple[str, ...]) -> tuple[str, ...]:
+        from plants_mlops.model.behaviour import EDITS
+
+        unknown = [e for e in edits if e not in EDITS]
+        if unknown:
+            raise ValueError(f"{unknown} are not edits; known: {', '.join(EDITS)}")
+        if len(set(edits)) != len(edits):
+            raise ValueError(f"edits repeat: {list(edits)}")
+        return edits
 
 
 def task_labels(task: Mapping[str, Any] | TaskParams) -> tuple[str, ...]:
@@ -348,7 +364,8 @@ class RegistryParams(Params):
 
 
 class BehaviourParams(Params):
-    edits: list[str]  # names in model.behaviour.EDITS
+    """The edits measured are the task's: ``TaskParams.label_preserving_edits``."""
+
     clear_cases: str  # folder of <label>/* minimum-functionality images (project-relative)
     generated_size: int  # side of the generated non-photos, px
     subset: EvaluationSubset
@@ -461,12 +478,15 @@ def parse(model: type[M], params: Mapping[str, Any] | M, key: str) -> M:
 
 def _describe(exc: ValidationError, key: str) -> str:
     stage = key.split(".", 1)[0]
-    source = "conf/base/task.yml" if stage == "task" else f"conf/base/parameters_{stage}.yml"
+    # the task file of the run's environment (conf/base/task.yml for the shipped task)
+    source = "conf/<env>/task.yml" if stage == "task" else f"conf/base/parameters_{stage}.yml"
     lines = []
     for err in exc.errors():
         path = ".".join([key, *(str(p) for p in err["loc"])])
         problem = err["msg"]
-        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+        if err["type"] == "value_error":  # a validator's own message names what is wrong
+            problem = problem.removeprefix("Value error, ")
+        elif err["type"] not in ("missing", "extra_forbidden") and not isinstance(
             err["input"], Mapping
         ):
             problem = f"{problem.split(',', 1)[0]}, got {err['input']!r}"

@@ -3,9 +3,9 @@ the way ``kedro run --env ENV`` reads them, for the commands that run no pipelin
 (``db seed``, ``data relabel``, ``serve``), and ``task init``, which writes a new task's
 environment.
 
-A task environment is ``conf/<name>/``: ``task.yml`` (labels, title, thresholds) and
-``globals.yml`` (its data root, table, MLflow experiment and registered model), loaded over
-``conf/base`` like any Kedro environment.
+A task environment is ``conf/<name>/``: ``task.yml`` (labels, title, the edits that keep
+a label, thresholds) and ``globals.yml`` (its data root, table, MLflow experiment and
+registered model), loaded over ``conf/base`` like any Kedro environment.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def init_files(
             f"task name {name!r}: lower-case letters, digits, '_' or '-', starting with a "
             f"letter, and not one of {', '.join(RESERVED_ENVS)}"
         )
+    from plants_mlops.model.behaviour import EDITS  # the photo default: every edit
+
     title = title or f"{name}: {' / '.join(labels)}"
     label_list = ", ".join(labels)
     files = {
@@ -110,6 +112,11 @@ def init_files(
             f"  title: {_yaml_str(title)}\n"
             f"  description: {_yaml_str(f'Upload an image; the model answers one of: {label_list}.')}\n"
             f"  labels: [{label_list}]\n"
+            "  # Edits under which an image keeps its label: the behaviour step measures\n"
+            "  # invariance under each and the registry gate requires it. The defaults fit\n"
+            "  # photos; for digits, letters, text or anything with an up and a left, drop the\n"
+            "  # turns and the mirror (a 6 turned is a 9). Known edits: docs/behaviour.md.\n"
+            f"  label_preserving_edits: [{', '.join(EDITS)}]\n"
             "  # Data-dependent thresholds: the defaults fit photos; drawings, scans and\n"
             "  # small icons share more phash bits (lower max_distance for them).\n"
             "  near_duplicates:\n"

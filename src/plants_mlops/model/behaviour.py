@@ -2,7 +2,8 @@
 images that are not plant photos at all (docs/model.md, *Behaviour tests*).
 
 - :data:`EDITS`: the invariance edits (mirror, quarter turns, blur, darker/brighter,
-  heavy JPEG, centre crop); the label should not change under any of them.
+  heavy JPEG, centre crop); a task lists those its labels survive
+  (``task.label_preserving_edits``: a plant turned is a plant, a 6 turned is a 9).
 - :func:`generated_images`: non-photos made here, deterministically (noise, flat colour,
   shapes, a page of text, a screenshot-like window).
 - :func:`package_photos`: real photos that installed packages ship as files

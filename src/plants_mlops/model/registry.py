@@ -292,7 +292,7 @@ def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict
             }
         ]
     b = gate.behaviour
-    # Invariance to an edit and clear cases are the task's (behaviour.edits,
+    # Invariance to an edit and clear cases are the task's (task.label_preserving_edits,
     # behaviour.clear_cases): an edit a task does not list, or a task without clear cases,
     # is not measured and not checked. A missing OOD figure (no detector) still fails.
     optional = {"invariance", "mirror_invariance", "functionality"}

@@ -2,8 +2,9 @@
 
 On the test split, through the serving path (``ServingArtifact``):
 
-- **invariance**: for each edit of ``behaviour.edits`` (``model/behaviour.EDITS``), the
-  share of test images whose label does not change;
+- **invariance**: for each of the task's label-preserving edits
+  (``task.label_preserving_edits``, names in ``model/behaviour.EDITS``), the share of test
+  images whose label does not change;
 - **minimum functionality**: the share of the shipped clear cases labelled right;
 - **out-of-distribution detection**: the share of non-plant images flagged, reported on
   the held-out photos (``behaviour.REPORT_PHOTOS``: never used to choose the detector)
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from plants_mlops.model import tracking
-from plants_mlops.params import BehaviourParams, parse
+from plants_mlops.params import BehaviourParams, TaskParams, parse
 from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
@@ -47,25 +48,24 @@ def measure_behaviour(
     dataset_index: pd.DataFrame,
     fmt_images: dict,
     params: dict[str, Any],
+    task: dict[str, Any],
 ) -> dict:
-    """Every behaviour figure of the serving model (see the module docstring)."""
+    """Every behaviour figure of the serving model (see the module docstring); the edits
+    are ``task.label_preserving_edits`` (a name that is no edit is refused when the task
+    file is read)."""
     from plants_mlops.model import behaviour
     from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
 
     p = parse(BehaviourParams, params, "behaviour")
-    unknown = sorted(set(p.edits) - set(behaviour.EDITS))
-    if unknown:
-        raise ValueError(
-            f"behaviour.edits names unknown edits {unknown}; known: {sorted(behaviour.EDITS)}"
-        )
+    edits = parse(TaskParams, task, "task").label_preserving_edits
     model = ServingArtifact.from_bytes(serving_model, serving_meta)
     labels = tuple(model.meta.labels)
     test = load_subset(dataset_index, fmt_images, labels, ("test",), p.subset)["test"]
     base = model.predict_images(test.images)
     base_labels = base.probabilities.argmax(axis=1)
     invariance = {}
-    for name in p.edits:
+    for name in edits:
         edited = model.predict_images(behaviour.EditedImages(test.images, behaviour.EDITS[name]))
         invariance[name] = float((edited.probabilities.argmax(axis=1) == base_labels).mean())
 

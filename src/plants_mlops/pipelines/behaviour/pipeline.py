@@ -1,6 +1,6 @@
-"""``kedro run --pipelines behaviour``: the serving model under meaning-preserving edits, on
-clear cases and on non-plant images -> ``behaviour_report`` (08_reporting), read by the
-registry gate."""
+"""``kedro run --pipelines behaviour``: the serving model under the task's label-preserving
+edits (``task.label_preserving_edits``), on clear cases and on non-plant images ->
+``behaviour_report`` (08_reporting), read by the registry gate."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -18,6 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_index",
                     "fmt_images",
                     "params:behaviour",
+                    "params:task",
                 ],
                 "behaviour_figures",
                 name="measure_behaviour",

@@ -8,7 +8,7 @@ from typing import Any
 
 from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION
 from plants_mlops.model import tracking
-from plants_mlops.params import RegistryParams, parse
+from plants_mlops.params import RegistryParams, TaskParams, parse
 from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,14 @@ def register_and_gate(
     evaluation_report: dict,
     params: dict[str, Any],
     behaviour_report: dict | None = None,
+    task: dict[str, Any] | None = None,
 ) -> tuple[dict, dict]:
     """Register, check the model loads, gate, move an alias, record why.
 
     ``behaviour_report`` (the behaviour step; the pipeline always passes it) adds its
-    figures to the gate (``gate.behaviour``).
+    figures to the gate (``gate.behaviour``). With ``task`` (``params:task``; the pipeline
+    passes it) the report must have measured exactly the task's label-preserving edits, so
+    the gate holds the model to those and no others.
 
     Raises (champion untouched) when MLflow is unreachable, the training run logged no
     model, or the new version fails to load.
@@ -54,6 +57,15 @@ def register_and_gate(
             f"behaviour_report is for run {behaviour_report.get('mlflow_run_id')}, "
             f"training_report for {run_id}: run the behaviour pipeline first"
         )
+    if behaviour_report is not None and task is not None:
+        wanted = parse(TaskParams, task, "task").label_preserving_edits
+        measured = list(behaviour_report.get("invariance") or {})
+        if sorted(measured) != sorted(wanted):
+            raise registry.RegistryError(
+                f"behaviour_report measured invariance under {measured}, the task's "
+                f"label_preserving_edits are {list(wanted)}: run the behaviour pipeline "
+                "again; nothing was registered"
+            )
     name = p.model_name
     cl = tracking.client(tracking.tracking_uri(p.mlflow.tracking_uri))
     existing = registry.version_of_run(cl, run_id, name)

@@ -12,7 +12,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 register_and_gate,
-                ["training_report", "evaluation_report", "params:registry", "behaviour_report"],
+                [
+                    "training_report",
+                    "evaluation_report",
+                    "params:registry",
+                    "behaviour_report",
+                    "params:task",
+                ],
                 ["registry_decision", "registry_summary"],
                 name="register_and_gate",
             ),
