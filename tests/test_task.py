@@ -287,7 +287,7 @@ def test_a_task_without_clear_cases_or_a_mirror_edit_is_gated_on_what_it_measure
     gate = parse(Gate, stage_params("registry")["gate"], "registry.gate")
     figures = {
         "invariance_min": 0.97,
-        "invariance_mirror": None,  # the task's behaviour.edits leave the mirror out
+        "invariance_mirror": None,  # the task's label_preserving_edits leave the mirror out
         "functionality": None,  # no clear case for the task's labels
         "ood_flagged": 0.9,
         "false_flags": 0.02,
