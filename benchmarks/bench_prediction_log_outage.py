@@ -20,7 +20,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,15 +27,15 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_serving import SAMPLES, multipart_request, register_benchmark_model, run_load  # noqa: E402
+from product_model import start_server  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
-from support.servers import VENV_BIN, ensure_local_databases, free_port  # noqa: E402
+from support.servers import ensure_local_databases  # noqa: E402
 
 ADMIN = {
     "postgresql": ("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", 5432),
@@ -81,43 +80,18 @@ def database(store: str, work: Path) -> tuple[str, str, object, callable]:
     return proxy.url_for(direct), direct, proxy, drop
 
 
-def start_server(work: Path, env: dict[str, str], workers: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "plants-mlops"), "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        cwd=work,
-        stdout=(work / "serve.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((work / "serve.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("server not ready after 180 s")
-
-
 def one_store(store: str, args, tracking_uri: str, model_uri: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-outage-{store}-"))
     url, direct, outage, cleanup = database(store, work)
     env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PLANTS_MODEL_URI": model_uri,
         "PLANTS_DB_URL": url,
-        "PLANTS_MODEL_POLL_SECONDS": "0",
+        "PLANTS_SERVE_WORKERS": str(args.workers),
         "PLANTS_PREDICTION_LOG_BATCH": str(args.log_batch),
     }
     spill = work / "data" / "prediction_log_spill"
+    proc = None
     try:
-        proc, port = start_server(work, env, args.workers)
+        proc, port = start_server(tracking_uri, model_uri, work, env)
         files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
         requests = [multipart_request(port, p.read_bytes(), p.name) for p in files]
         total = args.before + args.outage + args.after
@@ -173,6 +147,8 @@ def one_store(store: str, args, tracking_uri: str, model_uri: str) -> dict:
             "req_per_s": round(result["answered"] / result["s"], 1),
         }
     finally:
+        if proc is not None and proc.poll() is None:  # a failure above: never leave it running
+            os.killpg(proc.pid, signal.SIGKILL)
         cleanup()
 
 
