@@ -9,7 +9,8 @@ the private-address check). What a user types, in a throw-away copy of the proje
 
     plants-mlops task init digits --labels zero,...,nine --mirror PREFIX=URL
     (edit conf/digits/task.yml: near_duplicates.max_distance for small scans, and
-     label_preserving_edits: a digit turned or mirrored is another digit)
+     label_preserving_edits: a digit turned or mirrored is another digit; write
+     conf/digits/parameters_training.yml: the probe's extra_views [jpeg_q10])
     plants-mlops db seed --env digits --csv manifest.csv
     kedro run --env digits --pipelines ingestion ... registry
     plants-mlops serve --env digits;  kedro run --env digits --pipelines monitoring
@@ -39,8 +40,11 @@ PREFIX = "https://digits.example.org/"
 # The edits of the task file's label_preserving_edits: no turn or mirror (a 6 turned is a
 # 9), no centre crop (a digit fills its box: a crop cuts strokes off), no brighten (x1.4
 # whitens the faint strokes of these 16-grey-level scans). JPEG quality 10 keeps a digit
-# readable, but this model keeps only about 55 % of labels under it (docs/behaviour.md).
-DIGIT_EDITS = ("blur", "darken")
+# readable, so it is listed; the probe trained on the originals alone kept only 55 % of
+# labels under it, so the task's training parameters add its JPEG views as training rows.
+DIGIT_EDITS = ("blur", "darken", "jpeg_q10")
+# conf/digits/parameters_training.yml: merged over conf/base (docs/own-data.md).
+DIGIT_TRAINING = "training:\n  probe:\n    extra_views: [jpeg_q10]\n"
 
 
 def write_images(folder: Path) -> Path:
@@ -151,6 +155,7 @@ def main() -> int:
             text,
         )
         task_file.write_text(text)
+        (project / "conf" / "digits" / "parameters_training.yml").write_text(DIGIT_TRAINING)
         times["seed"] = run(
             [cli, "db", "seed", "--env", "digits", "--csv", str(manifest)], project, env, log
         )
