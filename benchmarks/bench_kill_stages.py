@@ -3,9 +3,9 @@ complete, is no temporary or partial file left, does every output still read?
 
 A throw-away copy of the project (SQLite table and MLflow store inside it) over the first
 ``--per-label`` images of each label. Per stage: one clean run measures its duration T;
-then N runs are each killed (SIGKILL) at a uniform random moment in [0.3 s, T]; then one
-more run must finish (exit 0), leave no ``*.tmp`` under data/, and every parquet/JSON file
-under data/ must read. Prints one line per stage and a total.
+then runs are killed (SIGKILL) at a uniform random moment in [0.3 s, 0.8 T] until N were
+killed before they finished (3N tries at most); then one more run must finish (exit 0),
+leave no ``*.tmp`` under data/, and every parquet/JSON file under data/ must read. Prints one line per stage and a total.
 
     .venv/bin/python benchmarks/bench_kill_stages.py --kills 6 --per-label 20
 """
@@ -122,7 +122,7 @@ def main() -> int:
     failures = 0
     print(f"project: {project}  images: {2 * args.per_label}  kills per stage: {args.kills}")
     print(
-        f"{'stage':<11} {'T (s)':>6} {'killed':>6} {'tmp left':>8} {'rerun':>6} "
+        f"{'stage':<11} {'T (s)':>6} {'killed':>6} {'tries':>5} {'tmp left':>8} {'rerun':>6} "
         f"{'rerun s':>7} {'tmp after':>9} {'unreadable':>10}"
     )
     wanted = args.stages.split(",")
@@ -137,8 +137,11 @@ def main() -> int:
                 print(f"{stage:<11} clean run failed ({rc}): {err.strip().splitlines()[-1:]}")
                 failures += 1
                 continue
-            killed, left = 0, 0
-            for _ in range(args.kills):
+            # N runs killed mid-run: a run that ends before its moment (a resumed stage has
+            # less left to do) does not count, another is started (3N tries at most).
+            killed, left, tries = 0, 0, 0
+            while killed < args.kills and tries < 3 * args.kills:
+                tries += 1
                 proc = subprocess.Popen(
                     _argv(stage),
                     cwd=project,
@@ -146,7 +149,7 @@ def main() -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-                time.sleep(rng.uniform(0.3, max(0.5, seconds)))
+                time.sleep(rng.uniform(0.3, max(0.5, 0.8 * seconds)))
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     killed += 1
@@ -158,7 +161,7 @@ def main() -> int:
             ok = rc == 0 and not tmp_after and not unreadable
             failures += not ok
             print(
-                f"{stage:<11} {seconds:6.1f} {killed:>6} {left:>8} {('ok' if rc == 0 else rc)!s:>6} "
+                f"{stage:<11} {seconds:6.1f} {killed:>6} {tries:>5} {left:>8} {('ok' if rc == 0 else rc)!s:>6} "
                 f"{rerun_s:7.1f} {len(tmp_after):>9} {len(unreadable):>10}"
                 + (
                     ""

@@ -11,6 +11,7 @@ tests/test_zenml_stacks.py.)
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -160,6 +161,24 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
 
 def _urls(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^(zenml|kedro-viz|mlflow)\s+(http://\S+)$", stdout, re.M))
+
+
+@pytest.mark.slow
+def test_each_task_environment_runs_under_its_own_zenml_model(zenml_local, tmp_path):
+    """A run's ZenML Model is its environment's registered model: the shipped task's
+    `plants-classifier`, another task's own (before: `plants-classifier` for every task)."""
+    env, project = zenml_local.env, zenml_local.project
+    cli(["task", "init", "weeds", "--labels", "clover,moss,thistle"], env, project)
+    models = {}
+    try:
+        for kedro_env in ("local", "weeds"):
+            plan_file = tmp_path / f"{kedro_env}.json"
+            args = ["--env", kedro_env, "--pipelines", "ingestion", "--dry-run"]
+            cli(["pipeline", "run", *args, "--json-out", str(plan_file)], env, project)
+            models[kedro_env] = run_json(plan_file)["model"]
+    finally:
+        shutil.rmtree(project / "conf" / "weeds")
+    assert models == {"local": "plants-classifier", "weeds": "weeds-classifier"}
 
 
 @pytest.mark.slow

@@ -60,18 +60,21 @@ def _pipelines(names: list[str]):
     return pipelines
 
 
-def parameter(project: Path, env: str, dotted: str) -> Any:
-    """A Kedro parameter (``"training.mlflow.experiment"``) or ``None`` when absent."""
+def parameters(project: Path, env: str, *dotted: str) -> list[Any]:
+    """Kedro parameters (``"training.mlflow.experiment"``, ...) of ``env``, read in one
+    session; ``None`` for each one absent."""
     from kedro.framework.session import KedroSession
 
     _bootstrap(project)
     with KedroSession.create(project_path=project, env=env) as session:
-        node: Any = session.load_context().params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+        params: Any = session.load_context().params
+    found = []
+    for name in dotted:
+        node = params
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        found.append(node)
+    return found
 
 
 def persisted_outputs_exist(project: Path, env: str, stages: list[str]) -> dict[str, bool]:

@@ -42,11 +42,7 @@ FORWARDED_ENV = (
 
 @pipeline(
     name=PIPELINE_NAME,
-    model=Model(
-        name=REGISTERED_MODEL_NAME,
-        description="Dandelion vs grass image classifier",
-        tags=["plants-mlops"],
-    ),
+    model=Model(name=REGISTERED_MODEL_NAME, tags=["plants-mlops"]),  # prepare_run: the env's
 )
 def plants_mlops_pipeline(
     project: str,
@@ -145,7 +141,14 @@ class PreparedRun:
                 "experiment_tracker": config.experiment_tracker,
                 "gpu_count": resources.model_dump().get("gpu_count") if resources else None,
             }
-        return {"stack": self.stack, "env": self.env, "stages": self.stages, "steps": steps}
+        model = self.pipeline.configuration.model
+        return {
+            "stack": self.stack,
+            "env": self.env,
+            "stages": self.stages,
+            "model": model.name if model else None,
+            "steps": steps,
+        }
 
 
 def run_pipeline(*args: Any, **kwargs: Any) -> RunResult | None:
@@ -233,6 +236,15 @@ def prepare_run(
         from zenml.config.schedule import Schedule
 
         options["schedule"] = Schedule(name=f"{PIPELINE_NAME}-{stack.name}", cron_expression=cron)
+    experiment, model_name, title = kedro_stage.parameters(
+        project, env, "training.mlflow.experiment", "registry.model_name", "task.title"
+    )
+    # The run's ZenML Model is the environment's registered model (each task its own).
+    options["model"] = Model(
+        name=model_name or REGISTERED_MODEL_NAME,
+        description=title or None,
+        tags=["plants-mlops", f"env:{env}"],
+    )
     kwargs = dict(
         project=str(project),
         env=env,
@@ -240,12 +252,7 @@ def prepare_run(
         stages=present,
         config_hashes={s: kedro_stage.config_hash(project, env, s) for s in present},
         tracker=tracker[0].name if tracker else None,
-        experiment=(
-            kedro_stage.parameter(project, env, "training.mlflow.experiment")
-            if "training" in present and tracker
-            else None
-        )
-        or EXPERIMENT_NAME,
+        experiment=experiment or EXPERIMENT_NAME,
         gpu=str(labels.get(GPU_LABEL, "")).lower() == "true",
         reuse_models=reuse,
     )
