@@ -467,3 +467,36 @@ def test_training_refuses_fmt_images_that_differ_from_what_formatting_wrote(data
     with pytest.raises(ValueError, match=r"4 of \d+ formatted images are damaged") as caught:
         require_valid_data(passed, fp, data.dataset_index, images)
     assert grass[0] in str(caught.value) and "sha256 differs" in str(caught.value)
+
+
+def test_training_views_are_the_tasks_label_preserving_edits(data):
+    """A task whose images do not keep their label in a mirror (digits, text) trains on no
+    mirrored image: the probe's mirror rows and the flip augmentation are off and the run
+    records it; an extra view the task does not list is a one-line error. The shipped
+    task (every edit keeps a lawn photo's label) trains as configured."""
+    from support.params import task_params
+
+    from plants_mlops.errors import UserFacingError
+    from plants_mlops.params import TrainingParams, parse
+    from plants_mlops.pipelines.training.nodes import task_views
+
+    probe = stage_params("training")
+    p = parse(TrainingParams, probe, "training")
+    assert task_views(p, task_params()) == p
+    no_mirror = task_params(label_preserving_edits=["blur", "jpeg_q10"])
+    turned = task_views(p, no_mirror)
+    assert turned.probe.hflip is False and turned.augment.hflip is False
+    with pytest.raises(UserFacingError, match=r"extra_views: \['rotate90'\] are not among"):
+        task_views(
+            parse(
+                TrainingParams,
+                deep_merge(probe, {"probe": {"extra_views": ["rotate90"]}}),
+                "training",
+            ),
+            no_mirror,
+        )
+
+    _, history = train_model(
+        data.dataset_index, data.fmt_images, TINY, data.dataset_fingerprint, no_mirror
+    )
+    assert history["config"]["augment"]["hflip"] is False

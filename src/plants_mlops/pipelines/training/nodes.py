@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from plants_mlops.contracts import SPLITS
-from plants_mlops.errors import RefusedInput
+from plants_mlops.errors import RefusedInput, UserFacingError
 from plants_mlops.model import tracking
-from plants_mlops.params import TrainingParams, parse
+from plants_mlops.params import TaskParams, TrainingParams, parse
 from plants_mlops.summaries import StageSummary
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,33 @@ def _verify_fmt_images(dataset_index: pd.DataFrame, fmt_images: dict) -> None:
         )
 
 
+def task_views(p: TrainingParams, task: dict[str, Any] | None) -> TrainingParams:
+    """``p`` with the extra views of the training images limited to the edits under which
+    the task's images keep their label (``task.label_preserving_edits``): no mirror rows
+    and no flips when the task leaves the mirror out (a mirrored digit is not the digit),
+    and every ``probe.extra_views`` among them (a one-line error otherwise). ``task``
+    None: ``p`` as it is."""
+    if task is None:
+        return p
+    keeps = parse(TaskParams, task, "task").label_preserving_edits
+    other = [view for view in p.probe.extra_views if view not in keeps]
+    if other:
+        raise UserFacingError(
+            f"params:training.probe.extra_views: {other} are not among the task's "
+            f"label_preserving_edits {list(keeps)} (conf/<env>/task.yml): training on them "
+            "would teach the label to images the edit changed"
+        )
+    if "mirror" in keeps or not (p.probe.hflip or p.augment.hflip):
+        return p
+    log.info("the task's label-preserving edits leave out the mirror: no mirrored training images")
+    return p.model_copy(
+        update={
+            "probe": p.probe.model_copy(update={"hflip": False}),
+            "augment": p.augment.model_copy(update={"hflip": False}),
+        }
+    )
+
+
 def fingerprint_labels(dataset_fingerprint: dict) -> tuple[str, ...]:
     """The task's labels as the dataset fingerprint recorded them (class order)."""
     labels = dataset_fingerprint.get("labels")
@@ -157,14 +184,17 @@ def train_model(
     fmt_images: dict,
     params: dict[str, Any],
     dataset_fingerprint: dict,
+    task: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict]:
     """Fit on the train split, early-stop on val; returns (checkpoint bytes, history). The
-    head's classes are the labels the dataset fingerprint records (the task's, in order)."""
+    head's classes are the labels the dataset fingerprint records (the task's, in order);
+    with ``task`` (``params:task``; the pipeline passes it) the training images' views are
+    the task's (:func:`task_views`)."""
     from plants_mlops.model.data import load_subset
     from plants_mlops.model.export import checkpoint_bytes
     from plants_mlops.model.train import train
 
-    p = parse(TrainingParams, params, "training")
+    p = task_views(parse(TrainingParams, params, "training"), task)
     if p.mlflow.enabled:
         tracking.ensure_reachable(tracking.tracking_uri(p.mlflow.tracking_uri))
     labels = fingerprint_labels(dataset_fingerprint)
@@ -286,6 +316,7 @@ def attach_ood_detector(
     dataset_index: pd.DataFrame,
     fmt_images: dict,
     params: dict[str, Any],
+    task: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict]:
     """Out-of-distribution detection for the model that will serve (``model/ood.py``):
     the train split's embeddings (and their mirrors) through that very model fit the
@@ -297,7 +328,7 @@ def attach_ood_detector(
     from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
 
-    p = parse(TrainingParams, params, "training")
+    p = task_views(parse(TrainingParams, params, "training"), task)
     cfg = p.ood
     if not cfg.enabled:
         return precision_model, {}
