@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dashboard_screenshots import chromium  # noqa: E402  (scripts/dashboard_screenshots.py)
 from product_model import start_server  # noqa: E402  (benchmarks/product_model.py)
+
+from plants_mlops.commands.serve import task_settings  # noqa: E402
 
 OUT = ROOT / "docs" / "img" / "upload-page.png"
 PHOTO = ROOT / "samples" / "plants" / "dandelion" / "00000000.jpg"
@@ -72,9 +75,13 @@ def main() -> int:
     if not shutil.which("chromium"):
         print("chromium not found: run `bash scripts/test-prereqs.sh` (as root) first")
         return 1
+    # The page's heading and text: the shipped task's (conf/base/task.yml), as
+    # `plants-mlops serve` run in the project shows them.
+    os.chdir(ROOT)
+    shown = task_settings(None)  # PLANTS_TITLE, PLANTS_DESCRIPTION (no --env: nothing else)
     work = Path(tempfile.mkdtemp(prefix="upload-page-"))
     try:
-        proc, port = start_server(args.tracking_uri, args.model_uri, work)
+        proc, port = start_server(args.tracking_uri, args.model_uri, work, shown)
     except (RuntimeError, TimeoutError) as e:
         print(f"the API did not start (run `make demo` first?):\n{e}")
         return 1
