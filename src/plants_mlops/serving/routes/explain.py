@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from plants_mlops import imaging
@@ -20,8 +20,8 @@ from plants_mlops.model.artifact import ModelLoadError
 from plants_mlops.model.explain import Explanation
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
-from plants_mlops.serving.routes.predict import ERRORS, UPLOAD_OPENAPI, _read
-from plants_mlops.serving.schemas import IMAGE_CONTENT_TYPES, ErrorResponse
+from plants_mlops.serving.routes.predict import ERRORS, UPLOAD_OPENAPI, ImageUpload, _read
+from plants_mlops.serving.schemas import ErrorResponse
 
 router = APIRouter(tags=["explain"])
 
@@ -114,7 +114,7 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
     openapi_extra=UPLOAD_OPENAPI,
 )
 async def explain(
-    file: Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")],
+    file: ImageUpload,
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,

@@ -36,6 +36,10 @@ UPLOAD_OPENAPI = {
 }
 
 
+# The one image a route takes, as the multipart field ``file``.
+ImageUpload = Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")]
+
+
 async def _read(upload: UploadFile, limit: int) -> bytes:
     """An uploaded file's bytes, once its content type and size pass."""
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
@@ -59,7 +63,7 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     openapi_extra=UPLOAD_OPENAPI,
 )
 async def predict(
-    file: Annotated[UploadFile, File(description=f"the image ({IMAGE_CONTENT_TYPES})")],
+    file: ImageUpload,
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,

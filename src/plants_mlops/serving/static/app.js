@@ -13,24 +13,32 @@
 
   let current = null; // the file on screen, for "Why?"
 
-  async function explain() {
-    if (!current) return;
-    status(`Explaining ${current.name}...`, false);
+  // POST the image as the multipart field "file"; the JSON answer, or null once the
+  // failure (network or an error status) is shown.
+  async function postImage(path, file) {
     const form = new FormData();
-    form.append("file", current, current.name);
-    let body;
+    form.append("file", file, file.name);
     let response;
+    let body;
     try {
-      response = await fetch("/explain", { method: "POST", body: form });
+      response = await fetch(path, { method: "POST", body: form });
       body = await response.json();
     } catch (err) {
       status(`Request failed: ${err}`, true);
-      return;
+      return null;
     }
     if (!response.ok) {
       status(`Error ${response.status}: ${body.detail || body.error}`, true);
-      return;
+      return null;
     }
+    return body;
+  }
+
+  async function explain() {
+    if (!current) return;
+    status(`Explaining ${current.name}...`, false);
+    const body = await postImage("/explain", current);
+    if (!body) return;
     $("heat").src = `data:image/png;base64,${body.overlay_png}`;
     const cell = `row ${body.hottest.row + 1}, column ${body.hottest.col + 1} of ${body.grid.length} x ${body.grid[0].length}`;
     $("why-meta").textContent = `Coloured: the regions that speak for "${body.explained_label}" (strongest: ${cell}) · ${body.latency_ms.toFixed(1)} ms`;
@@ -45,20 +53,8 @@
     $("result").hidden = true; // an error must not leave the previous answer on screen
     $("explanation").hidden = true;
     document.body.dataset.state = "busy";
-    const form = new FormData();
-    form.append("file", file, file.name);
-    let body;
-    let response;
-    try {
-      response = await fetch("/predict", { method: "POST", body: form });
-      body = await response.json();
-    } catch (err) {
-      status(`Request failed: ${err}`, true);
-      document.body.dataset.state = "error";
-      return;
-    }
-    if (!response.ok) {
-      status(`Error ${response.status}: ${body.detail || body.error}`, true);
+    const body = await postImage("/predict", file);
+    if (!body) {
       document.body.dataset.state = "error";
       return;
     }
