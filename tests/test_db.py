@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -305,3 +308,29 @@ def test_the_table_loads_a_chunk_at_a_time_into_the_same_frame(db_url, monkeypat
     assert len({id(v) for v in chunked["label"]}) == len(base_labels())
     ds.release()
     engine.dispose()
+
+
+def _open_at_once(url: str, barrier: threading.Barrier) -> str:
+    barrier.wait()
+    try:
+        db.make_engine(url).dispose()
+        return "ok"
+    except Exception as exc:  # the message is what the test shows
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_workers_opening_a_new_database_at_once_all_succeed(db_url):
+    """Two API workers' first feedback, or two commands started together, migrate the same
+    empty database at once: each must come up (one creates, the others find it made)."""
+    if db_url.startswith("sqlite"):
+        Path(sa.engine.make_url(db_url).database).parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(4) as pool:  # the drivers release the GIL: the DDL interleaves
+        for _ in range(5):  # a race: a few rounds, each on an empty database
+            engine = sa.create_engine(db_url)
+            existing = sa.MetaData()
+            existing.reflect(engine)
+            existing.drop_all(engine)
+            engine.dispose()
+            barrier = threading.Barrier(4)
+            outcomes = list(pool.map(_open_at_once, [db_url] * 4, [barrier] * 4))
+            assert outcomes == ["ok"] * 4

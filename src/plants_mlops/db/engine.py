@@ -4,7 +4,10 @@ brought up to date in place (new tables created, new columns added, rows never t
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -14,6 +17,7 @@ from plants_mlops.db.plants_data import TABLE_NAME
 from plants_mlops.errors import UserFacingError
 
 log = logging.getLogger("plants_mlops.db")
+T = TypeVar("T")
 
 # Schema versions: 1 = plants_data; 2 = + data_decisions, feedback_candidates;
 # 3 = + feedback_candidates.prediction_id (unique) and times_filed; retrain_guard, retrain_runs.
@@ -129,8 +133,36 @@ def add_missing_columns(engine: sa.Engine, table: sa.Table) -> list[str]:
 
 def migrate(engine: sa.Engine) -> int:
     """Bring the database to ``SCHEMA_VERSION`` in place: new tables are created, new
-    columns added to old tables; rows are never touched. Idempotent. Returns the version
-    found before (0 = empty database, 1 = plants_data only, before versions were recorded)."""
+    columns added to old tables; rows are never touched. Idempotent, and safe when several
+    processes (API workers, commands started together) migrate the same database at once:
+    the one that loses a race for a table, column or index looks again and finds it made.
+    Returns the version found before (0 = empty database, 1 = plants_data only, before
+    versions were recorded)."""
+    return racing_ddl(lambda: _migrate_once(engine))
+
+
+def racing_ddl(make: Callable[[], T], tries: int = 5) -> T:
+    """``make()`` (DDL that checks first, then creates), again when another process created
+    the same table, column or index between the check and the create."""
+    for attempt in range(tries):
+        try:
+            return make()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+            if attempt == tries - 1 or not _lost_a_race(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _lost_a_race(exc: sa.exc.DBAPIError) -> bool:
+    """Another process created the same table, column or index a moment before: SQLite and
+    PostgreSQL say "already exists", MariaDB "Duplicate column/key name", PostgreSQL's
+    catalogue a duplicate key of pg_type."""
+    text = str(exc.orig).lower()
+    return "already exists" in text or "duplicate" in text
+
+
+def _migrate_once(engine: sa.Engine) -> int:
     inspector = sa.inspect(engine)
     existing = set(inspector.get_table_names())
     before = 0

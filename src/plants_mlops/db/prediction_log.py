@@ -77,12 +77,15 @@ class SqlStore:
     def _ensure(self) -> None:
         if self._ready:
             return
-        from plants_mlops.db.engine import add_missing_columns
+        from plants_mlops.db.engine import add_missing_columns, racing_ddl
 
-        self.table.metadata.create_all(self.engine, checkfirst=True)
-        if add_missing_columns(self.engine, self.table):
-            for index in self.table.indexes:  # the unique prediction_id of an old table
-                index.create(self.engine, checkfirst=True)
+        def create() -> None:  # every worker's first write, at once after a start
+            self.table.metadata.create_all(self.engine, checkfirst=True)
+            if add_missing_columns(self.engine, self.table):
+                for index in self.table.indexes:  # the unique prediction_id of an old table
+                    index.create(self.engine, checkfirst=True)
+
+        racing_ddl(create)
         self._ready = True
 
     def fit(self, row: dict[str, Any]) -> dict[str, Any]:
