@@ -12,7 +12,10 @@ t-interval; accuracy; ECE before/after temperature scaling (T fitted on the inne
 validation images, applied to the held-out fold); flip test-time augmentation (mean of the
 image's and its mirror's probabilities) where the candidate asks for it, from the same
 models; the serving ONNX size and batch-1 ONNX Runtime latency (p50); and, for a model over
-``--max-model-mb``, the F1 of its int8 (ONNX Runtime dynamic quantization) version.
+``--max-model-mb``, the F1 of its int8 (ONNX Runtime dynamic quantization) version; with
+``--invariance``, the share of held-out labels kept under each of the task's
+label-preserving edits (what the behaviour step measures on the test split, here over the
+whole pool).
 
     python benchmarks/bench_model_cv.py --list
     nice -n 5 python benchmarks/bench_model_cv.py --folds 5 --epochs 4 --json cv.json
@@ -20,6 +23,8 @@ models; the serving ONNX size and batch-1 ONNX Runtime latency (p50); and, for a
     python benchmarks/bench_model_cv.py --exclude-ids docs/curation/top20.json   # curated pool
     python benchmarks/bench_model_cv.py --from-json default.json,lite0_192.json  # paired
     python benchmarks/bench_model_cv.py --repeated 'runs/cv_s*.json'  # fresh folds per --seed
+    python benchmarks/bench_model_cv.py --candidates lite0_160_probe,lite0_160_probe_turns \
+        --invariance --seed 1 --json cv_s1.json   # labels kept under turns, blur, ...
 
 Data: ``--pool`` (default: the shared dataset, else samples/plants): ``{label}/*.jpg``,
 square-resized to the formatting size (160 px, or the candidate's input size when larger).
@@ -90,6 +95,34 @@ CANDIDATES: dict[str, tuple[dict, bool]] = {
     "lite0_160_probe": ({"strategy": "linear_probe", "image_size": 160}, True),  # the default
     "lite0_192_probe": ({"strategy": "linear_probe", "image_size": 192}, True),
     "lite0_224_probe": ({"strategy": "linear_probe", "image_size": 224}, True),
+    # the default probe fitted on more views of each training image (training.probe.extra_views):
+    # the three turns; or every label-preserving edit of the task but the mirror (hflip already)
+    "lite0_160_probe_turns": (
+        {
+            "strategy": "linear_probe",
+            "probe": {"extra_views": ["rotate90", "rotate180", "rotate270"]},
+        },
+        True,
+    ),
+    "lite0_160_probe_edits": (
+        {
+            "strategy": "linear_probe",
+            "probe": {
+                "extra_views": [
+                    "rotate90",
+                    "rotate180",
+                    "rotate270",
+                    "blur",
+                    "darken",
+                    "brighten",
+                    "jpeg_q10",
+                    "crop80",
+                    "crop60",
+                ]
+            },
+        },
+        True,
+    ),
     # seconds per fold: for smoke runs and the bench's own test, not a product candidate
     "small_cnn_64": (
         _ft(architecture="small_cnn", weights=None, image_size=64),
@@ -316,6 +349,8 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         }
         if result.probe_C is not None:
             row["probe_C"] = result.probe_C
+        if args.invariance:
+            row["invariance"] = _invariance(result.model, test, proba, kw, device)
         if tta:
             flipped = predict_logits(result.model, torch.flip(test_x, dims=[3]), device)
             proba_tta = (proba + softmax(flipped)) / 2
@@ -376,6 +411,11 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
         "confidence_raw": confidence_table(y, np.concatenate(oof_proba), args.thresholds),
         "confidence_calibrated": confidence_table(y, np.concatenate(oof_cal), args.thresholds),
     }
+    if args.invariance:  # pooled over the folds: every image of the pool once
+        edits = rows[0]["invariance"]
+        out["invariance"] = {
+            e: sum(r["invariance"][e] * r["n_test"] for r in rows) / out["n_total"] for e in edits
+        }
     if tta:
         out["f1_macro_tta_mean"], *ci = t_interval([r["f1_macro_tta"] for r in rows])
         out["f1_macro_tta_ci95"] = ci
@@ -391,6 +431,25 @@ def run_candidate(name: str, pools: dict, folds, base: dict, args) -> dict:
     if "int8_f1_macro" in rows[0]:
         out["int8_f1_macro_mean"] = float(np.mean([r["int8_f1_macro"] for r in rows]))
         out["int8_model_mb"] = rows[0]["int8_model_mb"]
+    return out
+
+
+def _invariance(model, test, proba: np.ndarray, kw: dict, device) -> dict[str, float]:
+    """Per label-preserving edit of the task (conf/base/task.yml), the share of the held-out
+    fold's labels that do not change under it: what the behaviour step measures on the test
+    split, here over every image of the pool across the folds."""
+    from plants_mlops import task
+    from plants_mlops.model import behaviour
+    from plants_mlops.model.data import SplitImages, eval_tensor
+    from plants_mlops.model.train import predict_logits
+
+    out = {}
+    for name in task.load(conf=ROOT / "conf").task.label_preserving_edits:
+        edited = SplitImages(
+            behaviour.EditedImages(test.images, behaviour.EDITS[name]), test.labels, test.keys
+        )
+        logits = predict_logits(model, eval_tensor(edited, **kw)[: len(test)], device)
+        out[name] = float((logits.argmax(1) == proba.argmax(1)).mean())
     return out
 
 
@@ -423,6 +482,12 @@ def print_table(results: dict, baseline: str | None = None) -> None:
             f"{r['ece_calibrated_mean']:>7.3f}{r['temperature_mean']:>6.2f}{r['model_mb']:>7.2f}"
             f"{r['onnx_batch1_latency_p50_ms']:>8.2f}{r['fit_seconds_mean']:>7.0f}"
         )
+        if "invariance" in r:
+            inv = r["invariance"]
+            print(
+                f"{'  invariance':<22}worst {min(inv.values()):.3f}: "
+                + ", ".join(f"{e} {v:.3f}" for e, v in inv.items())
+            )
         if "f1_macro_tta_mean" in r:
             lo, hi = r["f1_macro_tta_ci95"]
             print(
@@ -546,6 +611,11 @@ def repeated_summary(runs: dict, baseline: str) -> dict[str, dict]:
         }
         if all("f1_macro_tta_mean" in r for r in results):
             row["f1_macro_tta_mean"] = float(np.mean([r["f1_macro_tta_mean"] for r in results]))
+        if all("invariance" in r for r in results):  # pooled: every held-out prediction
+            row["invariance"] = {
+                e: sum(r["invariance"][e] * r["n_total"] for r in results) / row["n_total"]
+                for e in results[0]["invariance"]
+            }
         base = runs.get(baseline, {})
         shared = [
             s
@@ -625,6 +695,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-nll-gain", type=float, default=0.0)
     p.add_argument("--quantize-all-folds", action="store_true")
     p.add_argument(
+        "--invariance",
+        action="store_true",
+        help="also score each held-out fold under the task's label-preserving edits",
+    )
+    p.add_argument(
         "--static-int8",
         action="store_true",
         help="also score every fold's model as static int8 (what training.serving_precision serves)",
@@ -658,6 +733,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = repeated_summary(runs, names.get(baseline, ""))
         print(f"{len(paths)} runs")
         print(repeated_markdown(summary))
+        invariance = {label: r["invariance"] for label, r in summary.items() if "invariance" in r}
+        if invariance:
+            edits = list(next(iter(invariance.values())))
+            print("\n| candidate | labels kept: " + " | ".join(edits) + " |")
+            print("| --- |" + " --- |" * len(edits))
+            for label, inv in invariance.items():
+                print(f"| {label} | " + " | ".join(f"{inv[e]:.3f}" for e in edits) + " |")
         return 0
     if args.from_json:
         try:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.params import task_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "plants"
@@ -74,7 +75,7 @@ def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tm
     out = tmp_path / "cv.json"
     argv = ["--candidates", "small_cnn_64", "--folds", "3", "--epochs", "1", "--threads", "1"]
     argv += ["--pool", str(pool), "--exclude-ids", str(exclude), "--json", str(out)]
-    assert bench_model_cv.main([*argv, "--static-int8"]) == 0
+    assert bench_model_cv.main([*argv, "--static-int8", "--invariance"]) == 0
     saved = json.loads(out.read_text())
     assert saved["pool_size"] == len(index) - 3 and saved["excluded"] == 3
     result = saved["results"]["small_cnn_64"]
@@ -92,6 +93,9 @@ def test_bench_model_cv_scores_every_fold_and_honours_exclude_ids(benchmarks, tm
     )
     thresholds = [row["threshold"] for row in result["confidence_calibrated"]]
     assert thresholds == sorted(thresholds) and 0.75 in thresholds
+    # labels kept under each of the task's edits, over every held-out image
+    assert list(result["invariance"]) == task_params()["label_preserving_edits"]
+    assert all(0 <= v <= 1 for v in result["invariance"].values())
     assert bench_model_cv.main(["--from-json", str(out)]) == 0
 
 
@@ -111,7 +115,12 @@ def test_a_review_verdict_file_excludes_only_the_items_judged_to_be_excluded(ben
 
 
 def _saved_run(
-    path: Path, name: str, fold_f1: list[float], seed: int = 42, strategy: str | None = None
+    path: Path,
+    name: str,
+    fold_f1: list[float],
+    seed: int = 42,
+    strategy: str | None = None,
+    invariance: dict[str, float] | None = None,
 ) -> str:
     """A bench_model_cv ``--json`` file holding one candidate with these fold F1s (runs
     saved before the linear probe have no ``strategy``: fine-tuning)."""
@@ -129,6 +138,7 @@ def _saved_run(
         "model_mb": 13.5,
         "onnx_batch1_latency_p50_ms": 3.0,
         "fit_seconds_mean": 10.0,
+        **({"invariance": invariance} if invariance else {}),
     }
     header = {"pool": "p", "pool_size": 60, "excluded": 0, "exclude_ids": None, "folds": n}
     header |= {"val_fraction": 0.15, "seed": seed, "epochs": 12}
@@ -154,6 +164,9 @@ def test_saved_runs_over_the_same_folds_are_compared_fold_by_fold(benchmarks, tm
         bench_model_cv.load_saved([default, default])
 
 
+KEPT_1, KEPT_2 = {"mirror": 1.0, "blur": 0.9}, {"mirror": 0.9, "blur": 0.8}
+
+
 def test_repeated_cv_pairs_each_seed_with_the_default_cut_the_same_way(
     benchmarks, tmp_path, capsys
 ):
@@ -162,8 +175,8 @@ def test_repeated_cv_pairs_each_seed_with_the_default_cut_the_same_way(
     files = [
         _saved_run(tmp_path / "d1.json", "lite0_128", [0.9, 1.0], seed=1),
         _saved_run(tmp_path / "d2.json", "lite0_128", [0.9, 0.9], seed=2),
-        _saved_run(tmp_path / "c1.json", "lite0_224", [1.0, 1.0], seed=1),
-        _saved_run(tmp_path / "c2.json", "lite0_224", [0.9, 0.8], seed=2),
+        _saved_run(tmp_path / "c1.json", "lite0_224", [1.0, 1.0], seed=1, invariance=KEPT_1),
+        _saved_run(tmp_path / "c2.json", "lite0_224", [0.9, 0.8], seed=2, invariance=KEPT_2),
     ]
     curated = json.loads(Path(files[0]).read_text()) | {"excluded": 3, "pool_size": 57}
     (tmp_path / "k1.json").write_text(json.dumps(curated))
@@ -184,6 +197,10 @@ def test_repeated_cv_pairs_each_seed_with_the_default_cut_the_same_way(
     assert bench_model_cv.main(["--repeated", str(tmp_path / "[cd]*.json")]) == 0
     out = capsys.readouterr().out
     assert "| lite0_224 12ep | 1-2 | 4 | 0.9250 [" in out and "| 1 / 1 |" in out
+    # labels kept under each edit, pooled over every held-out prediction of both seeds
+    assert cand["invariance"] == pytest.approx({"mirror": 0.95, "blur": 0.85})
+    assert "invariance" not in summary["lite0_128 12ep"]
+    assert "| lite0_224 12ep | 0.950 | 0.850 |" in out
     with pytest.raises(ValueError, match="seed 1 is in an earlier file too"):
         bench_model_cv.repeated_runs([files[0], files[0]])
     assert bench_model_cv._ranges([1, 2, 3, 5, 42]) == "1-3, 5, 42"
