@@ -47,13 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def _labels() -> tuple[str, ...]:
+def _task():
     from plants_mlops import task
 
-    return task.load(conf=ROOT / "conf").labels
+    return task.load(conf=ROOT / "conf").task
 
 
-LABELS = _labels()  # the shipped task's (conf/base/task.yml)
+TASK = _task()  # the shipped task (conf/base/task.yml): its labels and its edits
+LABELS = TASK.labels
 
 SHARED_POOL = Path("/work/shared/datasets/plants")
 FMT_SIZE = 160  # conf/base/parameters_formatting.yml: formatting.image_size
@@ -438,13 +439,12 @@ def _invariance(model, test, proba: np.ndarray, kw: dict, device) -> dict[str, f
     """Per label-preserving edit of the task (conf/base/task.yml), the share of the held-out
     fold's labels that do not change under it: what the behaviour step measures on the test
     split, here over every image of the pool across the folds."""
-    from plants_mlops import task
     from plants_mlops.model import behaviour
     from plants_mlops.model.data import SplitImages, eval_tensor
     from plants_mlops.model.train import predict_logits
 
     out = {}
-    for name in task.load(conf=ROOT / "conf").task.label_preserving_edits:
+    for name in TASK.label_preserving_edits:
         edited = SplitImages(
             behaviour.EditedImages(test.images, behaviour.EDITS[name]), test.labels, test.keys
         )
