@@ -7,7 +7,6 @@ port. API keys come only from ``PLANTS_API_KEYS`` (comma separated) or a file na
 
 from __future__ import annotations
 
-import contextvars
 import math
 import os
 import shlex
@@ -18,50 +17,6 @@ from plants_mlops import imaging
 from plants_mlops.contracts import DEFAULT_DB_URL, DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI
 from plants_mlops.errors import UserFacingError
 from plants_mlops.retrain import default_retrain_command
-
-# While ``ServingConfig.from_env`` reads the environment, the values it cannot parse are
-# collected here (one line each) instead of stopping at the first.
-_BAD_VALUES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "bad_serving_values", default=None
-)
-
-
-def _bad(line: str, default):
-    found = _BAD_VALUES.get()
-    if found is None:
-        raise UserFacingError(line)
-    found.append(line)
-    return default
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        return _bad(f"{name}={raw!r} is not a number", default)
-    if not math.isfinite(value):
-        return _bad(f"{name}={raw} is not a finite number", default)
-    return value
-
-
-def _env_bool(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    return _bad(f"{name}={raw!r} is not true or false", False)
-
-
-def _env_int(name: str, default: int) -> int:
-    value = _env_float(name, default)
-    if value != int(value):
-        return _bad(f"{name}={value:g} is not a whole number", default)
-    return int(value)
-
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -189,25 +144,70 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-# (environment variable, field, lowest, highest, unit): what a running service can live with.
-_BOUNDS = (
-    ("PLANTS_MODEL_POLL_SECONDS", "poll_seconds", 0.1, 86_400.0, "seconds (or 0: off)"),
-    ("PLANTS_MAX_UPLOAD_BYTES", "max_upload_bytes", 1024, 100 * 1024 * 1024, "bytes"),
-    ("PLANTS_MAX_BATCH_FILES", "max_batch_files", 1, 256, "files"),
-    ("PLANTS_MAX_BATCH_BYTES", "max_batch_bytes", 1024, 1024 * 1024 * 1024, "bytes"),
-    ("PLANTS_BODY_TIMEOUT_SECONDS", "body_timeout_seconds", 1.0, 600.0, "seconds"),
-    ("PLANTS_MAX_IMAGE_PIXELS", "max_pixels", 10_000, 100_000_000, "pixels"),
-    ("PLANTS_DECODE_BUDGET_PIXELS", "decode_budget_pixels", 1_000_000, 1_000_000_000, "pixels"),
-    ("PLANTS_ORT_THREADS", "ort_threads", 1, 64, "threads"),
-    ("PLANTS_PREDICT_THREADS", "predict_threads", 1, 256, "threads"),
-    ("PLANTS_SERVE_WORKERS", "workers", 1, 64, "processes"),
-    ("PLANTS_PREDICTION_LOG_BATCH", "log_batch_size", 1, 1_000_000, "rows"),
-    ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", "log_flush_seconds", 0.05, 3_600.0, "seconds"),
-    ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", "log_retention_days", 1.0, 3_650.0, "days"),
-    ("PLANTS_PREDICTION_LOG_MAX_ROWS", "log_max_rows", 1_000, 100_000_000, "rows"),
-    ("PLANTS_UNCERTAIN_BELOW", "uncertain_below", 0.0, 1.0, "(a probability)"),
-    ("PLANTS_FEEDBACK_PER_MINUTE", "feedback_per_minute", 1, 1_000_000, "per client"),
-)
+# The numeric settings: field -> (environment variable, lowest, highest, unit), the range
+# a running service can live with. The field's default says whether it is a whole number.
+NUMBERS = {
+    "poll_seconds": ("PLANTS_MODEL_POLL_SECONDS", 0.1, 86_400.0, "seconds (or 0: off)"),
+    "max_upload_bytes": ("PLANTS_MAX_UPLOAD_BYTES", 1024, 100 * 1024 * 1024, "bytes"),
+    "max_batch_files": ("PLANTS_MAX_BATCH_FILES", 1, 256, "files"),
+    "max_batch_bytes": ("PLANTS_MAX_BATCH_BYTES", 1024, 1024 * 1024 * 1024, "bytes"),
+    "body_timeout_seconds": ("PLANTS_BODY_TIMEOUT_SECONDS", 1.0, 600.0, "seconds"),
+    "max_pixels": ("PLANTS_MAX_IMAGE_PIXELS", 10_000, 100_000_000, "pixels"),
+    "decode_budget_pixels": ("PLANTS_DECODE_BUDGET_PIXELS", 1_000_000, 1_000_000_000, "pixels"),
+    "ort_threads": ("PLANTS_ORT_THREADS", 1, 64, "threads"),
+    "predict_threads": ("PLANTS_PREDICT_THREADS", 1, 256, "threads"),
+    "workers": ("PLANTS_SERVE_WORKERS", 1, 64, "processes"),
+    "log_batch_size": ("PLANTS_PREDICTION_LOG_BATCH", 1, 1_000_000, "rows"),
+    "log_flush_seconds": ("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 0.05, 3_600.0, "seconds"),
+    "log_retention_days": ("PLANTS_PREDICTION_LOG_RETENTION_DAYS", 1.0, 3_650.0, "days"),
+    "log_max_rows": ("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000, 100_000_000, "rows"),
+    "uncertain_below": ("PLANTS_UNCERTAIN_BELOW", 0.0, 1.0, "(a probability)"),
+    "feedback_per_minute": ("PLANTS_FEEDBACK_PER_MINUTE", 1, 1_000_000, "per client"),
+}
+# The text settings: field -> environment variable (unset or empty: the field's default).
+TEXTS = {
+    "model_uri": "PLANTS_MODEL_URI",
+    "tracking_uri": "MLFLOW_TRACKING_URI",
+    "db_url": "PLANTS_DB_URL",
+    "log_s3_uri": "PLANTS_PREDICTION_LOG_URI",
+    "log_spill_dir": "PLANTS_PREDICTION_LOG_SPILL_DIR",
+    "retrain_cwd": "PLANTS_RETRAIN_CWD",
+    "reload_signal_file": "PLANTS_RELOAD_SIGNAL_FILE",
+    "uncertain_dir": "PLANTS_UNCERTAIN_DIR",
+    "title": "PLANTS_TITLE",
+    "description": "PLANTS_DESCRIPTION",
+}
+
+
+def _number(name: str, raw: str, default: float, bad: list[str]) -> float:
+    """``raw`` (from ``name``) as a number of ``default``'s type; unparsable: a line in
+    ``bad`` and the default."""
+    raw = raw.strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        bad.append(f"{name}={raw!r} is not a number")
+        return default
+    if not math.isfinite(value):
+        bad.append(f"{name}={raw} is not a finite number")
+        return default
+    if isinstance(default, int):
+        if value != int(value):
+            bad.append(f"{name}={value:g} is not a whole number")
+            return default
+        return int(value)
+    return value
+
+
+def _flag(name: str, raw: str, bad: list[str]) -> bool:
+    raw = raw.strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw not in ("", "0", "false", "no", "off"):
+        bad.append(f"{name}={raw!r} is not true or false")
+    return False
 
 
 @dataclass(frozen=True)
@@ -257,66 +257,39 @@ class ServingConfig:
     def from_env(cls, **overrides) -> ServingConfig:
         """The settings from the environment, read once; every value it cannot use is one
         line of the UserFacingError it raises (not only the first)."""
-        bad: list[str] = []
-        token = _BAD_VALUES.set(bad)
-        try:
-            config = cls._from_env(overrides)
-        finally:
-            _BAD_VALUES.reset(token)
-        problems = bad + (config.problems() if config is not None else [])
+        env, bad = os.environ, []
+        log_kind = env.get("PLANTS_PREDICTION_LOG", "sql").strip().lower() or "sql"
+        if log_kind not in ("sql", "s3", "off"):
+            raise UserFacingError(f"PLANTS_PREDICTION_LOG must be sql, s3 or off, not {log_kind}")
+        if "workers" not in overrides:
+            overrides["workers"] = resolve_workers(env.get("PLANTS_SERVE_WORKERS"))
+        # One prediction at a time per core, across the workers.
+        defaults = {"predict_threads": max(1, usable_cores() // max(1, overrides["workers"]))}
+        values = {
+            field_name: _number(
+                name, env.get(name, ""), defaults.get(field_name, getattr(cls, field_name)), bad
+            )
+            for field_name, (name, *_) in NUMBERS.items()
+            if field_name not in overrides
+        }
+        values.update(
+            {f: env[name] for f, name in TEXTS.items() if env.get(name) and f not in overrides}
+        )
+        retrain = env.get("PLANTS_RETRAIN_COMMAND", "").strip()
+        values.update(
+            api_keys=read_api_keys(),
+            prediction_log=log_kind,
+            retrain_command=tuple(shlex.split(retrain)) if retrain else (),
+            keep_uncertain_images=_flag(
+                "PLANTS_KEEP_UNCERTAIN_IMAGES", env.get("PLANTS_KEEP_UNCERTAIN_IMAGES", ""), bad
+            ),
+        )
+        values.update(overrides)
+        config = cls(**values)
+        problems = bad + config.problems()
         if problems:
             raise UserFacingError("bad serving settings:\n" + "\n".join(problems))
         return config
-
-    @classmethod
-    def _from_env(cls, overrides: dict) -> ServingConfig | None:
-        retrain = os.environ.get("PLANTS_RETRAIN_COMMAND", "").strip()
-        log_kind = os.environ.get("PLANTS_PREDICTION_LOG", "sql").strip().lower() or "sql"
-        if log_kind not in ("sql", "s3", "off"):
-            raise UserFacingError(f"PLANTS_PREDICTION_LOG must be sql, s3 or off, not {log_kind}")
-        workers = (
-            overrides["workers"]
-            if "workers" in overrides
-            else resolve_workers(os.environ.get("PLANTS_SERVE_WORKERS"))
-        )
-        values = dict(
-            model_uri=os.environ.get("PLANTS_MODEL_URI", DEFAULT_MODEL_URI),
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-            poll_seconds=_env_float("PLANTS_MODEL_POLL_SECONDS", 30.0),
-            api_keys=read_api_keys(),
-            max_upload_bytes=_env_int("PLANTS_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
-            max_batch_files=_env_int("PLANTS_MAX_BATCH_FILES", 32),
-            max_batch_bytes=_env_int("PLANTS_MAX_BATCH_BYTES", 32 * 1024 * 1024),
-            body_timeout_seconds=_env_float("PLANTS_BODY_TIMEOUT_SECONDS", 30.0),
-            max_pixels=_env_int("PLANTS_MAX_IMAGE_PIXELS", imaging.MAX_PIXELS),
-            decode_budget_pixels=_env_int("PLANTS_DECODE_BUDGET_PIXELS", 48_000_000),
-            ort_threads=_env_int("PLANTS_ORT_THREADS", 1),
-            # One prediction at a time per core, across the workers.
-            predict_threads=_env_int(
-                "PLANTS_PREDICT_THREADS", max(1, usable_cores() // max(1, workers))
-            ),
-            prediction_log=log_kind,
-            db_url=os.environ.get("PLANTS_DB_URL") or DEFAULT_DB_URL,
-            log_s3_uri=os.environ.get("PLANTS_PREDICTION_LOG_URI") or None,
-            log_batch_size=_env_int("PLANTS_PREDICTION_LOG_BATCH", 256),
-            log_flush_seconds=_env_float("PLANTS_PREDICTION_LOG_FLUSH_SECONDS", 1.0),
-            log_spill_dir=os.environ.get("PLANTS_PREDICTION_LOG_SPILL_DIR")
-            or "data/prediction_log_spill",
-            log_retention_days=_env_float("PLANTS_PREDICTION_LOG_RETENTION_DAYS", 30.0),
-            log_max_rows=_env_int("PLANTS_PREDICTION_LOG_MAX_ROWS", 1_000_000),
-            retrain_command=tuple(shlex.split(retrain)) if retrain else (),
-            retrain_cwd=os.environ.get("PLANTS_RETRAIN_CWD") or None,
-            reload_signal_file=os.environ.get("PLANTS_RELOAD_SIGNAL_FILE") or None,
-            workers=workers,
-            uncertain_below=_env_float("PLANTS_UNCERTAIN_BELOW", 0.75),
-            keep_uncertain_images=_env_bool("PLANTS_KEEP_UNCERTAIN_IMAGES"),
-            uncertain_dir=os.environ.get("PLANTS_UNCERTAIN_DIR") or "data/01_raw/_uncertain",
-            title=os.environ.get("PLANTS_TITLE") or cls.title,
-            description=os.environ.get("PLANTS_DESCRIPTION") or cls.description,
-            feedback_per_minute=_env_int("PLANTS_FEEDBACK_PER_MINUTE", 60),
-        )
-        values.update(overrides)
-        return cls(**values)
 
     def problems(self) -> list[str]:
         """One line per setting outside its sane range (a 0 s flush interval spins a core,
@@ -327,7 +300,7 @@ class ServingConfig:
         if self.prediction_log == "sql":
             out += _db_url_problems(self.db_url)
         out += _model_uri_problems(self.model_uri)
-        for name, field_name, low, high, unit in _BOUNDS:
+        for field_name, (name, low, high, unit) in NUMBERS.items():
             value = getattr(self, field_name)
             if field_name == "poll_seconds" and value == 0:
                 continue  # 0 = polling off, the admin reload route still works
