@@ -1,10 +1,10 @@
-"""Behaviour figures of the default model and of probes trained with more views per image
-(``training.probe.extra_views``): invariance per edit, clear cases, OOD flags, validation and
-test F1, serving size and batch-1 latency. Runs the product's nodes (train_model,
-export_serving_model, choose_serving_precision, attach_ood_detector, measure_behaviour) on
-the sample pool (hash split 70/15/15), no MLflow.
+"""Behaviour figures of the default model and of probes trained on other views per image
+(``training.probe``: ``turns``, ``extra_views``): invariance per edit, clear cases, OOD
+flags, validation and test F1, serving size and batch-1 latency. Runs the product's nodes
+(train_model, export_serving_model, choose_serving_precision, attach_ood_detector,
+measure_behaviour) on the sample pool (hash split 70/15/15), no MLflow.
 
-    python benchmarks/bench_behaviour.py [--variants default,rot,rot_blur,all] [--json f.json]
+    python benchmarks/bench_behaviour.py [--variants default,mirror,rot,rot_blur,all] [--json f.json]
 """
 
 from __future__ import annotations
@@ -20,15 +20,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+TURNS = ["rotate90", "rotate180", "rotate270"]
+# variant -> overrides of training.probe. default: image, mirror and turns as rows, the turns
+# left out of the OOD reference; mirror: image and mirror (the default until 2026-12-07);
+# rot...: the turns as extra_views (in the OOD reference too), with more edits
 VARIANTS = {
-    "default": [],
-    "rot": ["rotate90", "rotate180", "rotate270"],
-    "rot_blur": ["rotate90", "rotate180", "rotate270", "blur"],
-    "all": ["rotate90", "rotate180", "rotate270", "blur", "darken", "brighten"],
+    "default": {},
+    "mirror": {"turns": False},
+    "rot": {"turns": False, "extra_views": TURNS},
+    "rot_blur": {"turns": False, "extra_views": [*TURNS, "blur"]},
+    "all": {"turns": False, "extra_views": [*TURNS, "blur", "darken", "brighten"]},
 }
 
 
-def run_variant(data, views: list[str]) -> dict:
+def run_variant(data, probe: dict) -> dict:
     from product_model import stage_defaults  # benchmarks/product_model.py
 
     from plants_mlops.model import registry
@@ -41,7 +46,7 @@ def run_variant(data, views: list[str]) -> dict:
 
     params = {**stage_defaults("training"), "quiet": True}
     params["mlflow"] = {**params["mlflow"], "enabled": False}
-    params["probe"] = {**params["probe"], "extra_views": views}
+    params["probe"] = {**params["probe"], **probe}
     p = parse(TrainingParams, params, "training")
     t0 = time.perf_counter()
     ckpt, history = T.train_model(
@@ -71,7 +76,7 @@ def run_variant(data, views: list[str]) -> dict:
     test = load_subset(data.dataset_index, data.fmt_images, meta.labels, ("test",), p)["test"]
     proba = ServingArtifact.from_bytes(served, meta, 1).predict_images(test.images).probabilities
     return {
-        "views": views,
+        "probe": probe,
         "fit_seconds": fit_s,
         "val_f1_macro": history["val_metrics"]["f1_macro"],
         "test_f1_macro": classification_metrics(test.labels, proba)["f1_macro"],
@@ -88,7 +93,7 @@ def run_variant(data, views: list[str]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default=str(ROOT / "samples" / "plants"))
-    ap.add_argument("--variants", default="default,rot,rot_blur,all")
+    ap.add_argument("--variants", default="default,mirror,rot,rot_blur,all")
     ap.add_argument("--json")
     args = ap.parse_args()
     from plants_mlops.model.devdata import from_folder
@@ -99,7 +104,7 @@ def main() -> int:
         row = {"variant": name, **run_variant(data, VARIANTS[name])}
         rows.append(row)
         print(json.dumps(row, default=float), flush=True)
-    keys = [k for k in rows[0] if k not in ("variant", "views", "report_missed", "clear_wrong")]
+    keys = [k for k in rows[0] if k not in ("variant", "probe", "report_missed", "clear_wrong")]
     print("\n| figure | " + " | ".join(r["variant"] for r in rows) + " |")
     print("| --- |" + " --- |" * len(rows))
     for k in keys:

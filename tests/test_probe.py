@@ -146,10 +146,41 @@ def test_stratified_sample_keeps_class_shares_order_and_seed():
     assert stratified_sample(split, 50, seed=3) is split
 
 
+def test_the_shipped_probe_trains_on_turned_rows_only_for_a_task_that_lists_the_turns(data, caplog):
+    """``probe.turns`` (on in conf/base): every training image's three quarter turns join
+    the image and its mirror as rows when the task lists the turns (the shipped lawn task),
+    and none join for a task that leaves them out (a 6 turned is a 9). The OOD detector's
+    reference stays the images and their mirrors."""
+    from support.params import task_params
+
+    from plants_mlops.pipelines.training.nodes import attach_ood_detector
+
+    def rows(task) -> tuple[int, dict]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="plants_mlops.model.train"):
+            ckpt, hist = train_model(
+                data.dataset_index, data.fmt_images, PROBE, data.dataset_fingerprint, task
+            )
+        line = next(r.message for r in caplog.records if "linear probe: " in r.message)
+        return int(line.split("linear probe: ")[1].split()[0]) // hist["split_sizes"]["train"], (
+            ckpt,
+            hist,
+        )
+
+    shipped, (ckpt, hist) = rows(task_params())
+    assert shipped == 5  # image, mirror, 90, 180 and 270 degrees
+    upright_only = task_params(label_preserving_edits=["mirror", "blur", "rotate180"])
+    assert rows(upright_only)[0] == 2
+    _, ood = attach_ood_detector(
+        export_serving_model(ckpt, PROBE), hist, data.dataset_index, data.fmt_images, PROBE
+    )
+    assert ood["reference_rows"] == min(2 * hist["split_sizes"]["train"], 1000)
+
+
 def test_extra_views_are_more_rows_per_image_and_unknown_edits_are_refused(data, caplog):
     """``probe.extra_views``: each training image's turned copy joins its mirror as a row
     (the behaviour step's edits), so the fit sees three views per image."""
-    turned = deep_merge(PROBE, {"probe": {"extra_views": ["rotate90"]}})
+    turned = deep_merge(PROBE, {"probe": {"extra_views": ["rotate90"], "turns": False}})
     with caplog.at_level(logging.INFO, logger="plants_mlops.model.train"):
         _, hist = train_model(data.dataset_index, data.fmt_images, turned, data.dataset_fingerprint)
     n_train = hist["split_sizes"]["train"]

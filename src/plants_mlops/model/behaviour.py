@@ -61,7 +61,8 @@ def _brightness(img: Image.Image, factor: float) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-# Edit name -> the edit. "mirror" is the one the probe already trains on.
+# Edit name -> the edit. The probe trains on the mirror and the quarter turns (probe.hflip,
+# probe.turns) when the task lists them.
 EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "mirror": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     "rotate90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
@@ -74,6 +75,7 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "crop80": lambda im: _centre_crop(im, 0.8),
     "crop60": lambda im: _centre_crop(im, 0.6),
 }
+QUARTER_TURNS = ("rotate90", "rotate180", "rotate270")
 
 
 class EditedImages(Sequence):

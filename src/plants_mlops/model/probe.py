@@ -2,14 +2,15 @@
 
 With 400 web-scraped images, fine-tuning every layer of EfficientNet-Lite0 fits the noise of
 a few dozen images per fold; a logistic regression on the frozen ImageNet embedding has far
-fewer degrees of freedom (docs/model.md, *Linear probe*). Here:
+fewer degrees of freedom (docs/model.md, *Choosing the model*). Here:
 
 - :func:`embed` runs the backbone in eval mode over a split's serving view (the API's own
   preprocessing, ``data.eval_tensor``), and over its mirror image when asked: the flipped
-  copies are extra training rows, the probe's only augmentation.
+  copies are extra training rows, as are the turned or otherwise edited copies of
+  ``probe.turns`` and ``probe.extra_views`` (``model/train.py``).
 - :func:`fit` standardises the embeddings, picks the inverse regularisation ``C`` from a grid
-  by stratified k-fold cross-validated log-loss on the training rows (an image and its
-  mirror stay in the same fold), and refits on all of them (``sklearn``'s
+  by stratified k-fold cross-validated log-loss on the training rows (an image's rows stay
+  in the same fold), and refits on all of them (``sklearn``'s
   ``LogisticRegression``, lbfgs: deterministic): a binary regression for two classes, a
   multinomial (softmax) one for more.
 - :func:`load_into_head` folds the scaler and the regression into ``PlantsNet.head`` so the

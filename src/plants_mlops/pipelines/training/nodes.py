@@ -145,11 +145,17 @@ def task_views(p: TrainingParams, task: dict[str, Any] | None) -> TrainingParams
     """``p`` with the extra views of the training images limited to the edits under which
     the task's images keep their label (``task.label_preserving_edits``): no mirror rows
     and no flips when the task leaves the mirror out (a mirrored digit is not the digit),
-    and every ``probe.extra_views`` among them (a one-line error otherwise). ``task``
-    None: ``p`` as it is."""
+    no turned rows unless it lists the three quarter turns (a 6 turned is a 9), and every
+    ``probe.extra_views`` among them (a one-line error otherwise). ``task`` None: ``p`` as
+    it is."""
     if task is None:
         return p
+    from plants_mlops.model.behaviour import QUARTER_TURNS
+
     keeps = parse(TaskParams, task, "task").label_preserving_edits
+    if p.probe.turns and not set(QUARTER_TURNS) <= set(keeps):
+        log.info("the task's label-preserving edits leave out quarter turns: no turned rows")
+        p = p.model_copy(update={"probe": p.probe.model_copy(update={"turns": False})})
     other = [view for view in p.probe.extra_views if view not in keeps]
     if other:
         raise UserFacingError(
@@ -319,7 +325,8 @@ def attach_ood_detector(
     task: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict]:
     """Out-of-distribution detection for the model that will serve (``model/ood.py``):
-    the train split's embeddings (and their mirrors) through that very model fit the
+    the train split's embeddings (with their mirrors and ``probe.extra_views``, not their
+    turns) through that very model fit the
     detector, the val split's scores choose the threshold (at most
     ``ood.max_flag_rate`` flagged), and the detector is appended to the graph as the output
     ``ood_score``. Returns (the serving model, the detector's summary: ``serving_meta.ood``;
@@ -337,8 +344,11 @@ def attach_ood_detector(
     splits = load_subset(dataset_index, fmt_images, model.meta.labels, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     views = [model.predict_images(train.images).embeddings]
+    # The mirrors and extra_views the probe was fitted on count as in distribution; its
+    # turned rows (probe.turns) do not: in the reference they let more non-plant photos
+    # through (docs/behaviour.md).
     edits = (["mirror"] if p.probe.hflip else []) + list(p.probe.extra_views)
-    for name in edits:  # the views the probe was fitted on count as in distribution
+    for name in edits:
         edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
         views.append(model.predict_images(edited).embeddings)
     detector = ood.fit(
