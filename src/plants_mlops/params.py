@@ -235,8 +235,7 @@ class LinearProbe(Params):
     folds: int  # stratified folds over the train split for that choice
     hflip: bool  # the mirror image of every training image as a second row
     # the three quarter turns (rotate90/180/270) of every training image as more rows, for a
-    # task whose label_preserving_edits list all three (none otherwise); not in the OOD
-    # reference (attach_ood_detector)
+    # task whose label_preserving_edits list all three (none otherwise)
     turns: bool
     # more views of every training image as extra rows (names in model.behaviour.EDITS,
     # e.g. rotate90, blur): what the behaviour step's invariance asks the label to survive

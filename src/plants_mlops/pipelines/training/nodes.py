@@ -325,8 +325,8 @@ def attach_ood_detector(
     task: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict]:
     """Out-of-distribution detection for the model that will serve (``model/ood.py``):
-    the train split's embeddings (with their mirrors and ``probe.extra_views``, not their
-    turns) through that very model fit the
+    the train split's embeddings (with the views the probe was fitted on: mirrors, turns,
+    ``probe.extra_views``) through that very model fit the
     detector, the val split's scores choose the threshold (at most
     ``ood.max_flag_rate`` flagged), and the detector is appended to the graph as the output
     ``ood_score``. Returns (the serving model, the detector's summary: ``serving_meta.ood``;
@@ -334,6 +334,7 @@ def attach_ood_detector(
     from plants_mlops.model import behaviour, ood
     from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
+    from plants_mlops.model.train import probe_views
 
     p = task_views(parse(TrainingParams, params, "training"), task)
     cfg = p.ood
@@ -344,10 +345,9 @@ def attach_ood_detector(
     splits = load_subset(dataset_index, fmt_images, model.meta.labels, ("train", "val"), p)
     train, val = splits["train"], splits["val"]
     views = [model.predict_images(train.images).embeddings]
-    # The mirrors and extra_views the probe was fitted on count as in distribution; its
-    # turned rows (probe.turns) do not: in the reference they let more non-plant photos
-    # through (docs/behaviour.md).
-    edits = (["mirror"] if p.probe.hflip else []) + list(p.probe.extra_views)
+    # the views the probe was fitted on count as in distribution: a turned lawn photo is
+    # a lawn photo for a task that lists the turns (docs/behaviour.md)
+    edits = (["mirror"] if p.probe.hflip else []) + probe_views(p.probe)
     for name in edits:
         edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
         views.append(model.predict_images(edited).embeddings)
