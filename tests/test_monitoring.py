@@ -117,6 +117,62 @@ def test_held_out_test_images_do_not_flag_drift(monitored):
     assert _retrain_trigger(project)["started"] is False
 
 
+def _log_rows(rng, n: int) -> pd.DataFrame:
+    """``n`` prediction-log rows of one distribution (what the dataset loads)."""
+    from support.params import stage_params
+
+    stats = stage_params("monitoring")["stat_columns"]
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(n)],
+            "created_at": pd.Timestamp.now(tz="UTC"),
+            "model_version": "1",
+            "label": rng.choice(["dandelion", "grass"], n),
+            "confidence": rng.uniform(0.6, 1.0, n),
+            **{c: rng.uniform(0.3, 0.7, n) for c in stats},
+            "embedding": list(rng.normal(size=(n, 128)).astype("float32")),
+        }
+    )
+
+
+def test_a_window_of_repeated_photos_is_no_drift_alarm():
+    """The drift tests see each image of the window once. Every photo of one distribution
+    logged twice made Evidently's embedding classifier flag drift (8 of 10 draws), since a
+    photo lands on both sides of its own train/test split; the repeats are marked and
+    left out, and counted in the summary."""
+    import numpy as np
+    from support.params import stage_params
+
+    from plants_mlops.pipelines.monitoring import nodes
+
+    params = stage_params("monitoring")
+    alarms = 0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        reference = nodes.select_current_window(_log_rows(rng, 76), params)
+        once = _log_rows(rng, 59)
+        current = nodes.select_current_window(pd.concat([once, once], ignore_index=True), params)
+        assert int(current[nodes.REPEATED].sum()) == 59
+        _, _, summary = nodes.drift_report(current, reference.drop(columns=nodes.REPEATED), params)
+        assert (summary["n_current"], summary["n_repeated"]) == (59, 59)
+        alarms += summary["embeddings"]["drift"]
+    assert alarms == 0
+
+
+def test_the_same_photos_sent_twice_are_judged_once_and_do_not_flag_drift(monitored):
+    """A window where every held-out photo was predicted twice (a client retrying, a demo
+    run again) holds each image once for the drift tests: repeated rows would let the
+    embedding drift classifier see the same photo on both sides of its own split."""
+    project, env, index, api = monitored
+    images = _test_images(index)
+    _feed(api, images + images)
+    verdict = _monitor(project, env, 2 * len(images))
+    assert verdict["n_current"] == len(images)
+    assert verdict["n_repeated"] == len(images)
+    assert verdict["status"] == "no_drift", verdict["reasons"]
+    assert verdict["embeddings"]["drift"] is False
+
+
 def _retrain_trigger(project: KedroProject) -> dict:
     path = project.path / "data" / "08_reporting" / "monitoring_retrain_trigger.json"
     return json.loads(path.read_text())

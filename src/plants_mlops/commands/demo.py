@@ -496,9 +496,10 @@ def _serve_predict_monitor(project: Path, n_predictions: int, logs: DemoLogging)
     run_stage("monitoring", project, "local")
     verdict = json.loads((REPORTING / "monitoring_verdict.json").read_text())
     log.info(
-        "monitoring ... %s (%s predictions in the window) in %.1f s",
+        "monitoring ... %s (%s distinct images in the window, %s repeats) in %.1f s",
         verdict.get("status", "done"),
         verdict.get("n_current", "?"),
+        verdict.get("n_repeated", 0),
         time.perf_counter() - started,
     )
     for report in sorted(REPORTING.glob("*drift*.html")):

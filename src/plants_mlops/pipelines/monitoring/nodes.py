@@ -22,6 +22,7 @@ from plants_mlops.params import Embeddings, MonitoringParams, parse
 log = logging.getLogger(__name__)
 
 EMBEDDING_NAME = "embedding"
+REPEATED = "repeated"  # the window's column: an image already in it, judged once
 PREDICTION_COLUMNS = ("label", "confidence")
 # Whether the served model's OOD detector flagged the request (model/ood.py); absent or
 # null for predictions of a model without one.
@@ -61,7 +62,17 @@ def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) 
         frame = frame.tail(window.last_n)
     extra = [OOD_COLUMN] if OOD_COLUMN in frame.columns else []
     frame = frame[[*columns, *extra, "embedding"]].reset_index(drop=True)
-    log.info("current window: %d predictions (of %d logged)", len(frame), len(prediction_log))
+    # The same photo predicted again (a client's retry, a second model version on the same
+    # backbone) has the same embedding: marked, so the drift tests see each image once.
+    emb_bytes = frame["embedding"].map(lambda e: np.asarray(e, dtype=np.float32).tobytes())
+    frame[REPEATED] = emb_bytes.duplicated().to_numpy()
+    log.info(
+        "current window: %d predictions (of %d logged), %d of them repeats of an image "
+        "already in the window",
+        len(frame),
+        len(prediction_log),
+        int(frame[REPEATED].sum()),
+    )
     return _expand_embeddings(frame)
 
 
@@ -127,7 +138,7 @@ def _insufficient(current: pd.DataFrame, params: MonitoringParams) -> str | None
     need = params.min_current_rows
     if len(current) < need:
         return (
-            f"only {len(current)} predictions in the current window; monitoring needs at "
+            f"only {len(current)} distinct images in the current window; monitoring needs at "
             f"least {need} (monitoring.min_current_rows)"
         )
     return None
@@ -136,17 +147,24 @@ def _insufficient(current: pd.DataFrame, params: MonitoringParams) -> str | None
 def drift_report(
     current: pd.DataFrame, reference: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Evidently report (HTML + JSON) and a summary of what drifted."""
+    """Evidently report (HTML + JSON) and a summary of what drifted, over the window's
+    distinct images (repeats dropped: duplicate rows make drift tests see the same photo
+    on both sides of their own splits, a false alarm)."""
     p = parse(MonitoringParams, params, "monitoring")
+    repeated = (
+        current[REPEATED].to_numpy(bool) if REPEATED in current else np.zeros(len(current), bool)
+    )
+    current = current[~repeated]
+    counts = {
+        "n_current": len(current),
+        "n_repeated": int(repeated.sum()),
+        "n_reference": len(reference),
+    }
     reason = _insufficient(current, p)
     if reason:
         log.warning("skipping the drift report: %s", reason)
         html = f"<!doctype html><html><body><h1>No drift report</h1><p>{reason}</p></body></html>"
-        return (
-            html,
-            {"skipped": reason},
-            {"skipped": reason, "n_current": len(current), "n_reference": len(reference)},
-        )
+        return html, {"skipped": reason}, {"skipped": reason, **counts}
 
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, ValueDrift
@@ -184,7 +202,7 @@ def drift_report(
     doc = snapshot.dict()
     # The embeddings verdict: the same method object Evidently ran, asked for its boolean.
     emb_score, emb_drift, emb_method = method(current[emb_cols].copy(), reference[emb_cols].copy())
-    summary = _summarise(doc, stat_columns, len(current), len(reference))
+    summary = {**counts, **_summarise(doc, stat_columns)}
     # The predicted label over all K classes: a chi-square test of homogeneity (Evidently
     # picks a z-test or chi-square by the number of values it happens to see).
     summary["prediction_drift"]["label"] = label_drift(current["label"], reference["label"])
@@ -249,9 +267,7 @@ def ood_shares(current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any]
     }
 
 
-def _summarise(
-    doc: dict[str, Any], stat_columns: list[str], n_cur: int, n_ref: int
-) -> dict[str, Any]:
+def _summarise(doc: dict[str, Any], stat_columns: list[str]) -> dict[str, Any]:
     failed = {
         t["metric_config"]["metric_id"] for t in doc.get("tests", []) if t.get("status") == "FAIL"
     }
@@ -273,8 +289,6 @@ def _summarise(
             dataset_drift = metric["id"] in failed
     stats = {c: columns[c] for c in stat_columns if c in columns}
     return {
-        "n_current": n_cur,
-        "n_reference": n_ref,
         "data_drift": {"share_drifted": share, "drift": bool(dataset_drift), "columns": stats},
         "prediction_drift": {c: columns[c] for c in PREDICTION_COLUMNS if c in columns},
     }
@@ -291,7 +305,7 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
             "drift": False,
             "reasons": [summary["skipped"]],
             "at": now,
-            **{k: summary[k] for k in ("n_current", "n_reference")},
+            **{k: summary.get(k, 0) for k in ("n_current", "n_repeated", "n_reference")},
         }
     reasons = []
     data = summary["data_drift"]
@@ -322,6 +336,7 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
         "reasons": reasons,
         "at": now,
         "n_current": summary["n_current"],
+        "n_repeated": summary.get("n_repeated", 0),
         "n_reference": summary["n_reference"],
         "data_drift": data,
         "embeddings": emb,
