@@ -9,7 +9,8 @@ Gauges (job ``plants-monitoring``), read by the ``PlantsDriftDetected`` and
 - ``plants_monitoring_drift_score{test, column, method}``: each drift test's score (K-S
   p-value per image statistic, prediction columns; ROC AUC or distance for embeddings);
 - ``plants_monitoring_drifted_share``: share of image statistics that drifted;
-- ``plants_monitoring_rows{window}``: rows in the current window and the reference;
+- ``plants_monitoring_rows{window}``: distinct images in the current window (repeats left
+  out) and rows of the reference;
 - ``plants_monitoring_last_run_timestamp_seconds``: when the verdict was made.
 """
 
