@@ -90,3 +90,31 @@ def test_a_rise_of_the_out_of_distribution_share_counts_toward_the_drift_verdict
         {"labels": {"window": "current"}, "value": 0.4},
         {"labels": {"window": "reference"}, "value": 0.05},
     ]
+
+
+def test_the_behaviour_step_says_how_often_edited_task_photos_are_flagged(small_data):
+    """Test photos under the task's label-preserving edits are still photos of the task:
+    the behaviour report gives, per edit, the share of them the detector flags, and the
+    model card shows it (the default recipe's detector, whose reference holds the turned
+    rows the probe fits)."""
+    from support.ood_champion import trained_with_ood
+    from support.params import stage_params, task_params
+
+    from plants_mlops.model import card
+    from plants_mlops.pipelines.behaviour.nodes import measure_behaviour
+
+    onnx, meta = trained_with_ood(small_data)
+    figures = measure_behaviour(
+        onnx,
+        meta,
+        small_data.dataset_index,
+        small_data.fmt_images,
+        stage_params("behaviour", mlflow={"log_to_run": False}),
+        task_params(),
+    )
+    flags = figures["ood"]["edited_false_flags"]
+    assert list(flags) == task_params()["label_preserving_edits"]
+    assert all(0.0 <= share <= 1.0 for share in flags.values())
+    rows = dict(card._ood_section(meta["ood"], figures).tables[0][1])
+    shown = rows["test images flagged under the task's label-preserving edits"]
+    assert shown.startswith("mirror ") and f"rotate90 {flags['rotate90']:.3f}" in shown

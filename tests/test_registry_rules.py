@@ -259,6 +259,7 @@ def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists
     assert behaviour_report["metrics"]["false_flags"] is None
     assert set(behaviour_report["invariance"]) >= {"mirror", "rotate90", "blur", "jpeg_q10"}
     assert behaviour_report["ood"]["held_out_for_reporting"]  # named for the model card
+    assert behaviour_report["ood"]["edited_false_flags"] is None
 
     gate = {
         "latency_budget_ms": 1e6,

@@ -426,6 +426,10 @@ def _ood_section(ood: dict | None, behaviour: dict | None) -> Section:
             ["held-out non-plant photos flagged", figures.get("report_flagged")],
             ["test images flagged (false flags)", figures.get("test_false_flags")],
         ]
+        edited = figures.get("edited_false_flags") or {}
+        if edited:
+            shares = ", ".join(f"{name} {share:.3f}" for name, share in edited.items())
+            rows.append(["test images flagged under the task's label-preserving edits", shares])
     return Section(
         "Out-of-distribution detection",
         [

@@ -64,10 +64,12 @@ def measure_behaviour(
     test = load_subset(dataset_index, fmt_images, labels, ("test",), p.subset)["test"]
     base = model.predict_images(test.images)
     base_labels = base.probabilities.argmax(axis=1)
-    invariance = {}
+    invariance, edited_flags = {}, {}
     for name in edits:
         edited = model.predict_images(behaviour.EditedImages(test.images, behaviour.EDITS[name]))
         invariance[name] = float((edited.probabilities.argmax(axis=1) == base_labels).mean())
+        if edited.out_of_distribution is not None:  # photos the task says keep their label
+            edited_flags[name] = float(edited.out_of_distribution.mean())
 
     names, clear, clear_y = behaviour.clear_cases(Path(p.clear_cases), labels)
     if not names:  # a task of its own ships its clear cases, or has none measured
@@ -106,6 +108,7 @@ def measure_behaviour(
             "tune_flagged": tune_flagged,
             "tune_missed": tune_missed,
             "test_false_flags": false_flags,
+            "edited_false_flags": edited_flags if false_flags is not None else None,
         },
     }
     figures["metrics"] = behaviour.BehaviourMetrics.model_validate(
