@@ -78,6 +78,13 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
 QUARTER_TURNS = ("rotate90", "rotate180", "rotate270")
 
 
+def probe_views(probe) -> list[str]:
+    """The edits whose views of every training image are rows of the linear probe (and of
+    the OOD detector's reference) beside the image and its mirror (``training.probe``: the
+    quarter turns with ``turns``, then ``extra_views``), each once."""
+    return list(dict.fromkeys([*(QUARTER_TURNS if probe.turns else ()), *probe.extra_views]))
+
+
 class EditedImages(Sequence):
     """``images`` (a sequence of RGB PIL images, decoded on access) with ``edit`` applied
     on access: a split's edited copy costs no memory."""

@@ -7,7 +7,7 @@ fewer degrees of freedom (docs/model.md, *Choosing the model*). Here:
 - :func:`embed` runs the backbone in eval mode over a split's serving view (the API's own
   preprocessing, ``data.eval_tensor``), and over its mirror image when asked: the flipped
   copies are extra training rows, as are the turned or otherwise edited copies of
-  ``probe.turns`` and ``probe.extra_views`` (``model/train.py``).
+  ``probe.turns`` and ``probe.extra_views`` (``model/behaviour.probe_views``).
 - :func:`fit` standardises the embeddings, picks the inverse regularisation ``C`` from a grid
   by stratified k-fold cross-validated log-loss on the training rows (an image's rows stay
   in the same fold), and refits on all of them (``sklearn``'s

@@ -269,9 +269,9 @@ def _train_probe(
     labels: tuple[str, ...],
 ) -> TrainResult:
     """The ``linear_probe`` strategy: embeddings of the train split (with its mirrors and
-    :func:`probe_views`) through the frozen backbone, the logistic regression's C chosen by
-    cross-validation on them, the fit written into the head."""
-    from plants_mlops.model import probe
+    ``behaviour.probe_views``) through the frozen backbone, the logistic regression's C
+    chosen by cross-validation on them, the fit written into the head."""
+    from plants_mlops.model import behaviour, probe
 
     spec = SPECS[params.architecture]
     cfg = params.probe
@@ -287,7 +287,7 @@ def _train_probe(
         train = stratified_sample(train, cfg.max_train_images, params.seed)
     train_view = eval_tensor(train, image_size=params.image_size, mean=spec.mean, std=spec.std)
     emb = probe.embed(model, train_view, device, hflip=cfg.hflip, progress=not params.quiet)
-    views = probe_views(cfg)
+    views = behaviour.probe_views(cfg)
     if views:  # more rows per image: [N, V, D], an image's views in one CV fold
         emb = emb if emb.ndim == 3 else emb[:, None]
         emb = np.concatenate([emb, _view_embeddings(model, train, views, params, device)], 1)
@@ -332,15 +332,6 @@ def _train_probe(
     return _result(
         model, history, best_epoch, train_time, rate, val, (val_x, val_y), device, params
     )
-
-
-def probe_views(cfg) -> list[str]:
-    """The edits (``model/behaviour.EDITS``) whose views of every training image are probe
-    rows beside the image (and its mirror): the quarter turns with ``turns``, then
-    ``extra_views``, each once."""
-    from plants_mlops.model.behaviour import QUARTER_TURNS
-
-    return list(dict.fromkeys([*(QUARTER_TURNS if cfg.turns else ()), *cfg.extra_views]))
 
 
 def _view_embeddings(

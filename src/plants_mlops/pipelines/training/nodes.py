@@ -334,7 +334,6 @@ def attach_ood_detector(
     from plants_mlops.model import behaviour, ood
     from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
-    from plants_mlops.model.train import probe_views
 
     p = task_views(parse(TrainingParams, params, "training"), task)
     cfg = p.ood
@@ -347,7 +346,7 @@ def attach_ood_detector(
     views = [model.predict_images(train.images).embeddings]
     # the views the probe was fitted on count as in distribution: a turned lawn photo is
     # a lawn photo for a task that lists the turns (docs/behaviour.md)
-    edits = (["mirror"] if p.probe.hflip else []) + probe_views(p.probe)
+    edits = (["mirror"] if p.probe.hflip else []) + behaviour.probe_views(p.probe)
     for name in edits:
         edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
         views.append(model.predict_images(edited).embeddings)
