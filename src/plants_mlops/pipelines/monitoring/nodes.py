@@ -305,7 +305,8 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
             "drift": False,
             "reasons": [summary["skipped"]],
             "at": now,
-            **{k: summary.get(k, 0) for k in ("n_current", "n_repeated", "n_reference")},
+            **{k: summary[k] for k in ("n_current", "n_reference")},
+            "n_repeated": summary.get("n_repeated", 0),
         }
     reasons = []
     data = summary["data_drift"]
