@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 TURNS = ["rotate90", "rotate180", "rotate270"]
-# variant -> overrides of training.probe. default: image, mirror and turns as rows, the turns
-# left out of the OOD reference; mirror: image and mirror (the default until 2026-12-07);
-# rot...: the turns as extra_views (in the OOD reference too), with more edits
+# variant -> overrides of training.probe. default: image, mirror and turns as rows (and in the
+# OOD reference); mirror: image and mirror only (the default until 2026-12-07); rot: the
+# turns as extra_views (the same rows as the default); rot_blur, all: with more edits
 VARIANTS = {
     "default": {},
     "mirror": {"turns": False},
