@@ -314,3 +314,22 @@ def test_image_stats_match_the_pixel_definitions():
             imaging._edge_response(img.convert("L")),
             np.asarray(img.convert("L").filter(ImageFilter.FIND_EDGES)),
         )
+
+
+def test_the_model_input_is_its_definition_bit_for_bit():
+    """``to_model_input`` (what training, evaluation and the API feed the network) equals
+    the written definition, float32 [0, 1] HWC pixels minus the mean over the std, as CHW,
+    value for value: the planes are computed contiguously for speed, never differently."""
+    import numpy as np
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    rng = np.random.default_rng(3)
+    photo = imaging.decode_image(sorted(SAMPLES.rglob("*.jpg"))[0].read_bytes()).image
+    noise = Image.fromarray(rng.integers(0, 256, (97, 161, 3), dtype=np.uint8))
+    for img, resize, size in [(photo, 160, 160), (photo, 256, 224), (noise, 64, 64)]:
+        view = np.asarray(imaging.model_view(img, resize_size=resize, image_size=size))
+        hwc = (view.astype(np.float32) * np.float32(1 / 255) - np.float32(mean)) / np.float32(std)
+        got = imaging.to_model_input(img, resize_size=resize, image_size=size, mean=mean, std=std)
+        assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+        assert got.shape == (3, size, size)
+        assert np.array_equal(got, hwc.transpose(2, 0, 1))

