@@ -217,6 +217,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def phone_photo(data: bytes, size: str) -> bytes:
+    """The JPEG ``data`` enlarged to ``size`` ("WxH"), saved at quality 90 as a camera would."""
+    import io
+
+    from PIL import Image
+
+    width, height = (int(v) for v in size.lower().split("x"))
+    out = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as img:
+        img.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(
+            out, "JPEG", quality=90
+        )
+    return out.getvalue()
+
+
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
     boundary = uuid.uuid4().hex
     body = (
@@ -321,6 +336,11 @@ def main() -> int:
     ap.add_argument("--ort-threads", default=os.environ.get("PLANTS_ORT_THREADS", "1"))
     ap.add_argument("--floor-seconds", type=float, default=3.0, help="per batch size")
     ap.add_argument("--no-floor", action="store_true", help="skip the in-process floor")
+    ap.add_argument(
+        "--photo-size",
+        metavar="WxH",
+        help="send every sample enlarged to this size, as a phone camera's JPEG (4032x3024)",
+    )
     ap.add_argument("--record", action="store_true", help=f"append the figures to {RESULTS}")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -340,6 +360,8 @@ def main() -> int:
 
     files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
     blobs = [p.read_bytes() for p in files]
+    if args.photo_size:
+        blobs = [phone_photo(b, args.photo_size) for b in blobs]
     floor = None
     if not args.no_floor:
         print("measuring the in-process floor ...")
@@ -360,7 +382,7 @@ def main() -> int:
         model = httpx.get(f"http://127.0.0.1:{port}/model").json()
 
         requests = [multipart_request(port, b, p.name) for p, b in zip(files, blobs, strict=True)]
-        sizes = [p.stat().st_size for p in files]
+        sizes = [len(b) for b in blobs]
         asyncio.run(run_load(port, requests, 1, count=50))  # warm-up
         cpu0 = tree_cpu_seconds(proc.pid)
         lat1, fail1, _ = asyncio.run(run_load(port, requests, 1, count=args.requests))
@@ -398,8 +420,9 @@ def main() -> int:
         f"(PLANTS_SERVE_WORKERS, else one per usable core: {usable_cores()})"
     )
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}")
+    photo = f" enlarged to {args.photo_size} (JPEG quality 90)" if args.photo_size else ""
     print(
-        f"images: {len(files)} sample JPEGs, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
+        f"images: {len(files)} sample JPEGs{photo}, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
         f"decoded per request; prediction log on (SQLite)"
     )
     print(f"cold start to ready:     {cold:6.2f} s  (process start -> GET /ready 200)")

@@ -333,3 +333,45 @@ def test_the_model_input_is_its_definition_bit_for_bit():
         assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
         assert got.shape == (3, size, size)
         assert np.array_equal(got, hwc.transpose(2, 0, 1))
+
+
+def test_a_phone_size_jpeg_decodes_at_reduced_scale_to_the_pixels_of_a_full_decode(
+    monkeypatch,
+):
+    """A 12 Mpx photo for a 160-px square: the JPEG decoder makes at most a quarter of the
+    full size per side (2 x 160 px or more on the shorter side, not 4032 x 3024), and the
+    square differs from a full decode's by under half a grey level on average; an image
+    under twice the square's side is decoded at full size, pixel for pixel as before. The
+    API (``decoded_within``) and formatting both take this path."""
+    import numpy as np
+    from PIL import ImageFile
+
+    photo = Image.open(sorted(SAMPLES.rglob("*.jpg"))[0]).convert("RGB")
+    buf = io.BytesIO()
+    photo.resize((4032, 3024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    phone = buf.getvalue()
+    small = sorted(SAMPLES.rglob("*.jpg"))[1].read_bytes()
+
+    decoded_sizes = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        out = real_load(self)
+        decoded_sizes.append(self.size)
+        return out
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    got = imaging.decode_image(phone, fit=160)
+    assert got.image.size == (160, 160) and got.original_size == (4032, 3024)
+    width, height = decoded_sizes[-1]
+    assert min(width, height) >= 320 and width <= 4032 // 4, decoded_sizes
+    monkeypatch.setattr(ImageFile.ImageFile, "load", real_load)
+
+    full = imaging.square_resize(imaging.decode_image(phone).image, 160)
+    diff = np.abs(np.asarray(got.image, float) - np.asarray(full, float))
+    assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 3
+
+    with imaging.decoded_within(small, None, fit=160) as d:
+        same = np.asarray(d.image)
+    expected = imaging.square_resize(imaging.decode_image(small).image, 160)
+    assert np.array_equal(same, np.asarray(expected))

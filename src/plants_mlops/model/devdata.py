@@ -56,7 +56,7 @@ def from_folder(
             key = f"{label}/{sha}"
             if key in images:
                 continue  # duplicate bytes
-            img = imaging.square_resize(imaging.decode_image(data).image, size)
+            img = imaging.decode_image(data, fit=size).image
             jpeg = imaging.encode_jpeg(img)
             images[key] = lambda jpeg=jpeg: jpeg
             rows.append(

@@ -66,8 +66,8 @@ def _sources(plants_data: pd.DataFrame) -> dict[tuple[str, str], _Source]:
 
 def _format_one(load: Callable[[], bytes], size: int) -> tuple[bytes, dict[str, Any]]:
     """The fmt JPEG's bytes and its index columns (stats of the image the model sees)."""
-    decoded = imaging.decode_image(load())
-    img = imaging.square_resize(decoded.image, size)
+    decoded = imaging.decode_image(load(), fit=size)  # as the API decodes an upload
+    img = decoded.image
     stats: dict[str, Any] = imaging.image_stats(img)
     stats["phash"] = str(imagehash.phash(img))  # near-duplicates (curation)
     stats["orig_width"], stats["orig_height"] = map(float, decoded.original_size)
