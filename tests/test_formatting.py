@@ -344,28 +344,16 @@ def test_a_phone_size_jpeg_decodes_at_reduced_scale_to_the_pixels_of_a_full_deco
     under twice the square's side is decoded at full size, pixel for pixel as before. The
     API (``decoded_within``) and formatting both take this path."""
     import numpy as np
-    from PIL import ImageFile
+    from support import images
 
-    photo = Image.open(sorted(SAMPLES.rglob("*.jpg"))[0]).convert("RGB")
-    buf = io.BytesIO()
-    photo.resize((4032, 3024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
-    phone = buf.getvalue()
+    phone = images.phone_jpeg(0)
     small = sorted(SAMPLES.rglob("*.jpg"))[1].read_bytes()
-
-    decoded_sizes = []
-    real_load = ImageFile.ImageFile.load
-
-    def load(self):
-        out = real_load(self)
-        decoded_sizes.append(self.size)
-        return out
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
-    got = imaging.decode_image(phone, fit=160)
+    with monkeypatch.context() as spy:
+        decoded_sizes = images.record_decodes(spy)
+        got = imaging.decode_image(phone, fit=160)
     assert got.image.size == (160, 160) and got.original_size == (4032, 3024)
     width, height = decoded_sizes[-1]
     assert min(width, height) >= 320 and width <= 4032 // 4, decoded_sizes
-    monkeypatch.setattr(ImageFile.ImageFile, "load", real_load)
 
     full = imaging.square_resize(imaging.decode_image(phone).image, 160)
     diff = np.abs(np.asarray(got.image, float) - np.asarray(full, float))

@@ -147,3 +147,43 @@ def test_a_jpeg_padded_out_or_cut_short_is_refused_not_stored_as_ok():
         check_bytes(whole[:-2] + b"\0" * 16, None)  # end marker gone, padded with zeros
     assert caught.value.reason == "damaged_image"
     assert check_bytes(whole, None)[1] == "jpg"
+
+
+def test_a_phone_photo_is_checked_at_reduced_scale_with_a_full_decodes_verdicts(monkeypatch):
+    """Ingestion's check reads every byte of a 12 Mpx JPEG but decodes it at 1/8 scale (not
+    4032 x 3024 pixels), and damaged copies of it get the verdict a full-size decode gives:
+    cut in half or before its end marker, ``damaged_image``; a zeroed stretch of scan data,
+    or its last kilobyte gone behind a forged end marker, decodes (libjpeg pads) both ways."""
+    from support import images
+
+    from plants_mlops import imaging
+    from plants_mlops.pipelines.ingestion.nodes import check_bytes
+
+    phone = images.phone_jpeg(1)
+    with monkeypatch.context() as spy:
+        decoded = images.record_decodes(spy)
+        assert check_bytes(phone, None)[1] == "jpg"
+    assert decoded and max(decoded[-1]) <= 4032 // 8, decoded
+
+    middle = len(phone) // 2
+    damaged = {
+        "cut in half": phone[:middle],
+        "end marker gone": phone[:-2],
+        "zeroed scan data": phone[:middle] + bytes(4000) + phone[middle + 4000 :],
+        "last kilobyte gone, end marker forged": phone[:-1000] + b"\xff\xd9",
+    }
+    verdicts = {}
+    for name, data in damaged.items():
+        try:
+            imaging.decode_image(data)
+            full = "ok"
+        except imaging.ImageDecodeError as exc:
+            full = exc.reason
+        try:
+            check_bytes(data, None)
+            checked = "ok"
+        except fetching.FetchError as exc:
+            checked = exc.reason
+        verdicts[name] = (full, checked)
+    assert all(full == checked for full, checked in verdicts.values()), verdicts
+    assert verdicts["cut in half"][1] == verdicts["end marker gone"][1] == "damaged_image"

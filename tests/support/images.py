@@ -25,6 +25,30 @@ def sample_jpeg(i: int = 0, label: str = "dandelion") -> bytes:
     return sample_paths(label)[i].read_bytes()
 
 
+def phone_jpeg(i: int = 0, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A sample photo enlarged to a phone camera's 12 Mpx, saved at JPEG quality 90."""
+    with Image.open(io.BytesIO(sample_jpeg(i))) as img:
+        return _encode(
+            img.convert("RGB").resize(size, Image.Resampling.BICUBIC), "JPEG", quality=90
+        )
+
+
+def record_decodes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes from now on in this test, appended as it is."""
+    from PIL import ImageFile
+
+    sizes: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        result = real_load(self)
+        sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return sizes
+
+
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)

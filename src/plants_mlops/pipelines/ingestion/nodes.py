@@ -68,12 +68,18 @@ def inventory_index(raw_inventory: dict[str, Any]) -> dict[tuple[str, str], str]
     return index
 
 
+# The square ``check_bytes`` decodes to: small, only the decode's errors count.
+CHECK_SIZE = 64
+
+
 def check_bytes(data: bytes, expected_sha256: str | None) -> tuple[str, str]:
     """``(sha256, extension)`` of bytes that decode as a complete image, else raises
     FetchError with the decode reason (empty, not_an_image, damaged_image, too_large) or
-    ``checksum_mismatch``."""
+    ``checksum_mismatch``. A large JPEG is decoded at a reduced scale (``fit``): every
+    byte of its compressed data is still read, so it fails as a full-size decode does, in
+    a seventh of the time for a phone photo."""
     try:
-        decoded = imaging.decode_image(data)
+        decoded = imaging.decode_image(data, fit=CHECK_SIZE)
     except imaging.ImageDecodeError as exc:
         raise fetching.FetchError(exc.reason, exc.detail) from None
     sha = hashlib.sha256(data).hexdigest()
