@@ -38,6 +38,19 @@ from plants_mlops.pipelines.formatting.nodes import format_images  # noqa: E402
 from plants_mlops.pipelines.ingestion.nodes import ingest_all  # noqa: E402
 
 PREFIX = "https://raw.githubusercontent.com/btphan95/greenr-airflow/refs/heads/master/data/"
+POOL = ROOT / "samples" / "plants"  # the mirrored files (--photo-size: enlarged copies)
+
+
+def enlarged_pool(rows: pd.DataFrame, size: str, folder: Path) -> Path:
+    """Copies of the rows' sample photos at ``size`` ("WxH", JPEG quality 90, as a phone
+    camera saves them) under ``folder``, at the paths the mirror serves."""
+    from support.images import enlarge_jpeg
+
+    for url in rows["url_source"]:
+        rel = url.removeprefix(PREFIX)
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(enlarge_jpeg((POOL / rel).read_bytes(), size))
+    return folder
 
 
 def manifest() -> pd.DataFrame:
@@ -81,7 +94,7 @@ def ingestion_table(rows, base, port, s3_url, repeat) -> BlobStoreDataset:
     print("\ningestion (fetch + decode check + sha256 + store)")
     print(f"{'source':<22}{'store':<8}{'threads':>8}{'seconds':>10}{'images/s':>10}")
     cases = [("HTTP mirror", base, t) for t in (1, 4, 8, 16)]
-    cases += [("local folder mirror", str(ROOT / "samples/plants"), t) for t in (1, 8)]
+    cases += [("local folder mirror", str(POOL), t) for t in (1, 8)]
     for source, target, threads in cases:
         params = _params(target, threads)
 
@@ -164,16 +177,24 @@ def moto_server(logs: Path):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--images", type=int, help="the manifest's first N rows (default: all)")
+    ap.add_argument(
+        "--photo-size", metavar="WxH", help="mirror the photos enlarged to this size (4032x3024)"
+    )
     args = ap.parse_args()
-    rows = manifest()
+    global POOL
+    rows = manifest().iloc[: args.images]
     logs = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    size = sum(p.stat().st_size for p in (ROOT / "samples/plants").rglob("*.jpg")) / 1e6
+    if args.photo_size:
+        POOL = enlarged_pool(rows, args.photo_size, logs / "photos")
+    size = sum(p.stat().st_size for p in POOL.rglob("*.jpg")) / 1e6
+    enlarged = f", enlarged to {args.photo_size}" if args.photo_size else ""
     print(
-        f"data benchmark: {len(rows)} images ({size:.1f} MB), median of {args.repeat} runs, "
-        f"{os.cpu_count()} CPUs"
+        f"data benchmark: {len(rows)} images ({size:.1f} MB{enlarged}), median of "
+        f"{args.repeat} runs, {os.cpu_count()} CPUs"
     )
     with (
-        servers.http_mirror(ROOT / "samples/plants", logs / "mirror.log") as base,
+        servers.http_mirror(POOL, logs / "mirror.log") as base,
         moto_server(logs) as s3_url,
     ):
         port = int(base.rstrip("/").rsplit(":", 1)[1])

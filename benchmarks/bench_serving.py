@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from product_model import start_server  # noqa: E402  (benchmarks/product_model.py)
 
 # the test suite's helpers; bench_decode_memory.py imports them from here
+from support.images import enlarge_jpeg  # noqa: E402
 from support.servers import VENV_BIN, free_port  # noqa: E402, F401
 
 from plants_mlops.serving.config import resolve_workers, usable_cores  # noqa: E402
@@ -217,21 +218,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def phone_photo(data: bytes, size: str) -> bytes:
-    """The JPEG ``data`` enlarged to ``size`` ("WxH"), saved at quality 90 as a camera would."""
-    import io
-
-    from PIL import Image
-
-    width, height = (int(v) for v in size.lower().split("x"))
-    out = io.BytesIO()
-    with Image.open(io.BytesIO(data)) as img:
-        img.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(
-            out, "JPEG", quality=90
-        )
-    return out.getvalue()
-
-
 def multipart_request(port: int, data: bytes, filename: str) -> bytes:
     boundary = uuid.uuid4().hex
     body = (
@@ -361,7 +347,7 @@ def main() -> int:
     files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
     blobs = [p.read_bytes() for p in files]
     if args.photo_size:
-        blobs = [phone_photo(b, args.photo_size) for b in blobs]
+        blobs = [enlarge_jpeg(b, args.photo_size) for b in blobs]
     floor = None
     if not args.no_floor:
         print("measuring the in-process floor ...")

@@ -25,12 +25,18 @@ def sample_jpeg(i: int = 0, label: str = "dandelion") -> bytes:
     return sample_paths(label)[i].read_bytes()
 
 
-def phone_jpeg(i: int = 0, size: tuple[int, int] = (4032, 3024)) -> bytes:
-    """A sample photo enlarged to a phone camera's 12 Mpx, saved at JPEG quality 90."""
-    with Image.open(io.BytesIO(sample_jpeg(i))) as img:
-        return _encode(
-            img.convert("RGB").resize(size, Image.Resampling.BICUBIC), "JPEG", quality=90
-        )
+def enlarge_jpeg(data: bytes, size: str = "4032x3024") -> bytes:
+    """The image ``data`` enlarged to ``size`` ("WxH"), saved at JPEG quality 90 as a
+    phone camera saves its 12 Mpx photos (the benchmarks' phone photos too)."""
+    width, height = (int(v) for v in size.lower().split("x"))
+    with Image.open(io.BytesIO(data)) as img:
+        big = img.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    return _encode(big, "JPEG", quality=90)
+
+
+def phone_jpeg(i: int = 0) -> bytes:
+    """A sample photo as a phone camera's 12 Mpx JPEG."""
+    return enlarge_jpeg(sample_jpeg(i))
 
 
 def record_decodes(monkeypatch) -> list[tuple[int, int]]:
