@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from product_model import start_server  # noqa: E402  (benchmarks/product_model.py)
 
 # the test suite's helpers; bench_decode_memory.py imports them from here
-from support.images import enlarge_jpeg  # noqa: E402
+from support.images import enlarge_jpeg, mosaic_jpeg  # noqa: E402
 from support.servers import VENV_BIN, free_port  # noqa: E402, F401
 
 from plants_mlops.serving.config import resolve_workers, usable_cores  # noqa: E402
@@ -327,6 +327,11 @@ def main() -> int:
         metavar="WxH",
         help="send every sample enlarged to this size, as a phone camera's JPEG (4032x3024)",
     )
+    ap.add_argument(
+        "--mosaic",
+        action="store_true",
+        help="with --photo-size: photos tiled from the samples (a real photo's fine detail)",
+    )
     ap.add_argument("--record", action="store_true", help=f"append the figures to {RESULTS}")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -346,7 +351,9 @@ def main() -> int:
 
     files = sorted(SAMPLES.glob("*/*.jpg"))[::4]
     blobs = [p.read_bytes() for p in files]
-    if args.photo_size:
+    if args.photo_size and args.mosaic:
+        blobs = [mosaic_jpeg(i, args.photo_size) for i in range(len(blobs))]
+    elif args.photo_size:
         blobs = [enlarge_jpeg(b, args.photo_size) for b in blobs]
     floor = None
     if not args.no_floor:
@@ -407,6 +414,8 @@ def main() -> int:
     )
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}")
     photo = f" enlarged to {args.photo_size} (JPEG quality 90)" if args.photo_size else ""
+    if args.photo_size and args.mosaic:
+        photo = f" tiled into {args.photo_size} mosaics (JPEG quality 92)"
     print(
         f"images: {len(files)} sample JPEGs{photo}, {statistics.mean(sizes) / 1024:.1f} KiB mean, "
         f"decoded per request; prediction log on (SQLite)"
