@@ -51,6 +51,27 @@ def test_the_graph_output_scores_as_the_detector_does_and_flags_far_images(metho
         ServingArtifact.from_bytes(base, meta, threads=1)
 
 
+def test_knn_counts_training_images_not_the_views_stored_with_them():
+    # One training photo stored with four views (its mirror and turns) is one neighbour: an
+    # image close to that photo alone is still far from the training data at k=2.
+    rng = np.random.default_rng(3)
+    photos = rng.normal(size=(12, 1, 64))
+    views = photos + 0.01 * rng.normal(size=(12, 4, 64))  # [images, views, D]
+    labels = np.arange(12) % 2
+    detector = ood.fit(views, labels, method="knn", rank=8, k=2, max_reference=1000)
+    near_one = photos[0] + 0.01 * rng.normal(size=(1, 64))
+    near_two = (photos[0] + photos[1]) / 2
+    score_one, score_two = detector.score(near_one)[0], detector.score(near_two)[0]
+    assert score_one > 0.5  # the 2nd nearest image is an unrelated photo
+    assert score_two < score_one
+    assert ood.summary(detector, 0.5, np.zeros(3), 0.05).views == 4
+    # over the cap, whole images are kept with all their views
+    capped = ood.fit(views, labels, method="knn", rank=8, k=2, max_reference=10)
+    assert capped.reference.shape == (8, 64)
+    for rows in capped.reference.reshape(2, 4, 64):
+        assert (rows @ rows.T).min() > 0.99  # the four rows are views of one photo
+
+
 def test_threshold_flags_at_most_the_allowed_share():
     scores = np.arange(100, dtype=float)
     t = ood.threshold_for(scores, 0.05)

@@ -258,9 +258,9 @@ class OODConfig(Params):
 
     enabled: bool
     method: Literal["knn", "mahalanobis"]
-    k: int  # knn: the neighbour whose cosine distance is the score
+    k: int  # knn: the k-th nearest training image (its nearest view) gives the score
     rank: int  # mahalanobis: principal directions of the shared covariance kept
-    max_reference: int  # knn: training embeddings stored in the graph, at most
+    max_reference: int  # knn: training embeddings stored in the graph, at most (whole images)
     max_flag_rate: float  # the threshold flags at most this share of the validation split
 
 

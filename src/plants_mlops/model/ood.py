@@ -10,8 +10,10 @@ detection*). Two detectors, both measured (``benchmarks/bench_ood.py``):
   covariance (whitened), plus the squared residual outside them scaled by the mean
   residual variance, so nothing the subspace leaves out goes unseen. Fixed size
   (``D x rank``), whatever the number of training images.
-- ``knn``: one minus the cosine similarity to the ``k``-th nearest training embedding
-  (L2-normalised); its reference set grows with the data (capped at ``max_reference``).
+- ``knn``: one minus the cosine similarity to the ``k``-th nearest training *image*
+  (L2-normalised embeddings; an image is as near as the nearest of its views, so a photo
+  stored with its mirror and turns counts once); its reference grows with the data
+  (capped at ``max_reference`` rows: a seeded draw of whole images with all their views).
 
 The API: :func:`fit` ``(embeddings, labels, config) -> OODDetector``;
 :meth:`OODDetector.score` ``(embeddings) -> float array`` (higher: further from the
@@ -51,8 +53,9 @@ class OODSummary(BaseModel):
     val_images: int
     train_images: int  # images (not views) the detector was fitted on
     rank: int | None = None  # mahalanobis: principal directions kept
-    k: int | None = None  # knn: the neighbour whose distance is the score
+    k: int | None = None  # knn: the neighbour (a training image) whose distance is the score
     reference_rows: int | None = None  # knn: stored training embeddings
+    views: int | None = None  # knn: rows per reference image (the image and its views)
     output: str = OUTPUT
 
 
@@ -65,9 +68,10 @@ class OODDetector:
     projection: np.ndarray  # [D, r] whitening projection (mahalanobis)
     class_means: np.ndarray  # [K, r] class means, projected (mahalanobis)
     residual_scale: float  # 1 / mean residual variance per dimension (mahalanobis)
-    reference: np.ndarray  # [M, D] L2-normalised training embeddings (knn)
+    reference: np.ndarray  # [M * views, D] L2-normalised training embeddings (knn)
     k: int
     train_images: int
+    views: int = 1  # knn: consecutive reference rows that are views of one image
 
     @property
     def rank(self) -> int:
@@ -78,7 +82,7 @@ class OODDetector:
         x = np.asarray(embeddings, dtype=np.float32)
         if self.method == "knn":
             x = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
-            sims = x @ self.reference.T
+            sims = (x @ self.reference.T).reshape(len(x), -1, self.views).max(axis=2)
             kth = -np.sort(-sims, axis=1)[:, self.k - 1]
             return (1.0 - kth).astype(np.float64)
         c = x - self.center
@@ -122,10 +126,12 @@ def fit(
     d = x.shape[1]
     empty = np.zeros((0, d), np.float32)
     if method == "knn":
+        views = 1 if np.ndim(embeddings) == 2 else int(np.shape(embeddings)[1])
         ref = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
-        if len(ref) > max_reference:
-            keep = np.sort(np.random.default_rng(seed).choice(len(ref), max_reference, False))
-            ref = ref[keep]
+        if len(ref) > max_reference:  # whole images, each with all its views
+            n_keep = max(1, max_reference // views)
+            keep = np.sort(np.random.default_rng(seed).choice(n_images, n_keep, False))
+            ref = ref.reshape(n_images, views, d)[keep].reshape(-1, d)
         return OODDetector(
             "knn",
             np.zeros(d, np.float32),
@@ -133,8 +139,9 @@ def fit(
             np.zeros((0, 0), np.float32),
             0.0,
             ref.astype(np.float32),
-            int(min(k, len(ref))),
+            int(min(k, len(ref) // views)),
             n_images,
+            views,
         )
     if method != "mahalanobis":
         raise ValueError(f"unknown OOD method {method!r} (mahalanobis or knn)")
@@ -164,13 +171,18 @@ def fit(
 
 
 def threshold_for(scores: np.ndarray, max_flag_rate: float) -> float:
-    """The smallest threshold that flags (``score > threshold``) at most
-    ``max_flag_rate`` of ``scores`` (in-distribution validation scores)."""
+    """A threshold that flags (``score > threshold``) at most ``max_flag_rate`` of
+    ``scores`` (in-distribution validation scores): halfway between the highest score it
+    lets through and the lowest it flags, so that no validation image sits on it and the
+    serving graph's float32 rounding cannot flag one more than counted here."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if not len(s):
         raise ValueError("no validation scores to choose the OOD threshold on")
     allowed = int(np.floor(max_flag_rate * len(s) + 1e-9))
-    return float(s[len(s) - 1 - allowed]) if allowed < len(s) else float(s[0])
+    if allowed >= len(s):
+        return float(s[0])
+    kept = s[len(s) - 1 - allowed]
+    return float((kept + s[len(s) - allowed]) / 2) if allowed else float(kept)
 
 
 def flag_rate(scores: np.ndarray, threshold: float) -> float:
@@ -202,6 +214,7 @@ def summary(
         rank=None if knn else detector.rank,
         k=detector.k if knn else None,
         reference_rows=int(len(detector.reference)) if knn else None,
+        views=detector.views if knn else None,
     )
 
 
@@ -235,13 +248,16 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
 
     emb = embedding_output
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    axes = const("axes1", np.array([1], np.int64))
+    axes = const("axes1", np.array([1], np.int64))  # Unsqueeze's axes (an input since opset 13)
 
-    def reduce_sum(x: str, ax: str, name: str, op: str = "ReduceSum") -> str:
-        # ReduceSum takes its axes as an input since opset 13, ReduceMin since opset 18.
+    def reduce(x: str, axis: int, name: str, op: str = "ReduceSum") -> str:
+        # ReduceSum takes its axes as an input since opset 13, ReduceMin/Max since opset 18.
         if op == "ReduceSum" or opset >= 18:
-            return node(op, [x, ax], name, keepdims=0)
-        return node(op, [x], name, axes=[1 if ax == axes else 2], keepdims=0)
+            axes = f"ood/axes{axis}"
+            if not any(i.name == axes for i in graph.initializer):
+                const(f"axes{axis}", np.array([axis], np.int64))
+            return node(op, [x, axes], name, keepdims=0)
+        return node(op, [x], name, axes=[axis], keepdims=0)
 
     if detector.method == "knn":
         sq = node("Mul", [emb, emb], "sq")
@@ -250,7 +266,7 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
             [
                 node(
                     "Add",
-                    [reduce_sum(sq, axes, "sqsum_k"), const("eps", np.float32(_EPS))],
+                    [reduce(sq, 1, "sqsum_k"), const("eps", np.float32(_EPS))],
                     "sqsum_eps",
                 )
             ],
@@ -258,9 +274,16 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
         )
         unit = node("Div", [emb, node("Unsqueeze", [norm, axes], "norm_col")], "unit")
         sims = node("MatMul", [unit, const("reference_t", detector.reference.T.copy())], "sims")
+        # [N, M * V] -> [N, M, V] -> the nearest view of each reference image: [N, M]
+        grouped = node(
+            "Reshape",
+            [sims, const("grouped_shape", np.array([0, -1, detector.views], np.int64))],
+            "sims_grouped",
+        )
+        per_image = reduce(grouped, 2, "per_image", op="ReduceMax")
         k = const("k", np.array([detector.k], np.int64))
         topk = helper.make_node(
-            "TopK", [sims, k], ["ood/topk_values", "ood/topk_indices"], name="ood/topk", axis=1
+            "TopK", [per_image, k], ["ood/topk_values", "ood/topk_indices"], name="ood/topk", axis=1
         )
         graph.node.append(topk)
         last = node(
@@ -271,7 +294,6 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
         )
         node("Sub", [const("one", np.float32(1.0)), last], "score")
     else:
-        axes2 = const("axes2", np.array([2], np.int64))
         c = node("Sub", [emb, const("center", detector.center)], "centered")
         z = node("MatMul", [c, const("projection", detector.projection)], "z")
         diff = node(
@@ -282,12 +304,12 @@ def attach(onnx: bytes, detector: OODDetector, embedding_output: str = "embeddin
             ],
             "diff",
         )
-        dist = reduce_sum(node("Mul", [diff, diff], "diff_sq"), axes2, "dist")
-        nearest = reduce_sum(dist, axes, "nearest", op="ReduceMin")
-        total = reduce_sum(node("Mul", [c, c], "c_sq"), axes, "c_norm")
-        kept = reduce_sum(
+        dist = reduce(node("Mul", [diff, diff], "diff_sq"), 2, "dist")
+        nearest = reduce(dist, 1, "nearest", op="ReduceMin")
+        total = reduce(node("Mul", [c, c], "c_sq"), 1, "c_norm")
+        kept = reduce(
             node("Mul", [node("Mul", [z, z], "z_sq"), const("eig", detector._eig)], "z_eig"),
-            axes,
+            1,
             "kept",
         )
         resid = node("Relu", [node("Sub", [total, kept], "resid_raw")], "resid")
