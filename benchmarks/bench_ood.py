@@ -106,7 +106,9 @@ def main() -> int:
         val_s = det.score(e_val)
         thr = ood.threshold_for(val_s, args.max_flag_rate)
         row = {
-            "detector": f"{method} r={det.rank}" if method == "mahalanobis" else f"knn k={k}",
+            "detector": f"{method} r={det.rank}"
+            if method == "mahalanobis"
+            else f"knn k={k}" + (f" (used: {det.k})" if det.k != k else ""),
             "auroc_tune": ood.auroc(val_s, det.score(e_tune)),
             "tune_flagged": ood.flag_rate(det.score(e_tune), thr),
             "val_flagged": ood.flag_rate(val_s, thr),

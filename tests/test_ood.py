@@ -72,6 +72,17 @@ def test_knn_counts_training_images_not_the_views_stored_with_them():
         assert (rows @ rows.T).min() > 0.99  # the four rows are views of one photo
 
 
+def test_knn_k_is_at_most_half_the_smallest_classs_training_images():
+    # A photo of a class of ten images has its 30th nearest image in the other classes:
+    # its score would measure those, and a small task's own test photos get flagged.
+    views = np.random.default_rng(4).normal(size=(12, 2, 16))
+    three = np.array([0, 1, 2] * 3 + [0, 0, 0])  # 6, 3 and 3 images
+    assert ood.fit(views, three, method="knn", rank=8, k=30, max_reference=1000).k == 1
+    two = np.array([0] * 7 + [1] * 5)
+    assert ood.fit(views, two, method="knn", rank=8, k=30, max_reference=1000).k == 2
+    assert ood.fit(views, two, method="knn", rank=8, k=1, max_reference=1000).k == 1
+
+
 def test_threshold_flags_at_most_the_allowed_share():
     scores = np.arange(100, dtype=float)
     t = ood.threshold_for(scores, 0.05)

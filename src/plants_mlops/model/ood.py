@@ -12,8 +12,9 @@ detection*). Two detectors, both measured (``benchmarks/bench_ood.py``):
   (``D x rank``), whatever the number of training images.
 - ``knn``: one minus the cosine similarity to the ``k``-th nearest training *image*
   (L2-normalised embeddings; an image is as near as the nearest of its views, so a photo
-  stored with its mirror and turns counts once); its reference grows with the data
-  (capped at ``max_reference`` rows: a seeded draw of whole images with all their views).
+  stored with its mirror and turns counts once; ``k`` at most half the smallest class's
+  images); its reference grows with the data (capped at ``max_reference`` rows: a seeded
+  draw of whole images with all their views).
 
 The API: :func:`fit` ``(embeddings, labels, config) -> OODDetector``;
 :meth:`OODDetector.score` ``(embeddings) -> float array`` (higher: further from the
@@ -128,10 +129,15 @@ def fit(
     if method == "knn":
         views = 1 if np.ndim(embeddings) == 2 else int(np.shape(embeddings)[1])
         ref = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
+        kept = np.arange(n_images)
         if len(ref) > max_reference:  # whole images, each with all its views
             n_keep = max(1, max_reference // views)
-            keep = np.sort(np.random.default_rng(seed).choice(n_images, n_keep, False))
-            ref = ref.reshape(n_images, views, d)[keep].reshape(-1, d)
+            kept = np.sort(np.random.default_rng(seed).choice(n_images, n_keep, False))
+            ref = ref.reshape(n_images, views, d)[kept].reshape(-1, d)
+        # At most half the smallest class's images: a photo of that class then finds its
+        # k-th nearest image among its own class (a larger k scores it by the others).
+        smallest = int(np.unique(np.asarray(labels)[kept], return_counts=True)[1].min())
+        k = max(1, min(k, smallest // 2))
         return OODDetector(
             "knn",
             np.zeros(d, np.float32),
@@ -174,7 +180,8 @@ def threshold_for(scores: np.ndarray, max_flag_rate: float) -> float:
     """A threshold that flags (``score > threshold``) at most ``max_flag_rate`` of
     ``scores`` (in-distribution validation scores): halfway between the highest score it
     lets through and the lowest it flags, so that no validation image sits on it and the
-    serving graph's float32 rounding cannot flag one more than counted here."""
+    serving graph's float32 rounding cannot flag one more than counted here (with none to
+    flag: the highest score)."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if not len(s):
         raise ValueError("no validation scores to choose the OOD threshold on")
