@@ -38,7 +38,7 @@ from plants_mlops.pipelines.formatting.nodes import format_images  # noqa: E402
 from plants_mlops.pipelines.ingestion.nodes import ingest_all  # noqa: E402
 
 PREFIX = "https://raw.githubusercontent.com/btphan95/greenr-airflow/refs/heads/master/data/"
-POOL = ROOT / "samples" / "plants"  # the mirrored files (--photo-size: enlarged copies)
+SAMPLES = ROOT / "samples" / "plants"  # the photos mirrored (--photo-size: enlarged copies)
 
 
 def enlarged_pool(rows: pd.DataFrame, size: str, folder: Path) -> Path:
@@ -49,7 +49,7 @@ def enlarged_pool(rows: pd.DataFrame, size: str, folder: Path) -> Path:
     for url in rows["url_source"]:
         rel = url.removeprefix(PREFIX)
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(enlarge_jpeg((POOL / rel).read_bytes(), size))
+        (folder / rel).write_bytes(enlarge_jpeg((SAMPLES / rel).read_bytes(), size))
     return folder
 
 
@@ -88,13 +88,13 @@ def ingest_into(store: BlobStoreDataset, rows: pd.DataFrame, params: dict) -> in
     return summary["fetched"]
 
 
-def ingestion_table(rows, base, port, s3_url, repeat) -> BlobStoreDataset:
+def ingestion_table(rows, base, port, s3_url, repeat, pool: Path) -> BlobStoreDataset:
     """Prints the ingestion figures; returns an S3 raw store holding all images."""
     n = len(rows)
     print("\ningestion (fetch + decode check + sha256 + store)")
     print(f"{'source':<22}{'store':<8}{'threads':>8}{'seconds':>10}{'images/s':>10}")
     cases = [("HTTP mirror", base, t) for t in (1, 4, 8, 16)]
-    cases += [("local folder mirror", str(POOL), t) for t in (1, 8)]
+    cases += [("local folder mirror", str(pool), t) for t in (1, 8)]
     for source, target, threads in cases:
         params = _params(target, threads)
 
@@ -182,23 +182,23 @@ def main() -> None:
         "--photo-size", metavar="WxH", help="mirror the photos enlarged to this size (4032x3024)"
     )
     args = ap.parse_args()
-    global POOL
     rows = manifest().iloc[: args.images]
     logs = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    pool = SAMPLES
     if args.photo_size:
-        POOL = enlarged_pool(rows, args.photo_size, logs / "photos")
-    size = sum(p.stat().st_size for p in POOL.rglob("*.jpg")) / 1e6
+        pool = enlarged_pool(rows, args.photo_size, logs / "photos")
+    size = sum(p.stat().st_size for p in pool.rglob("*.jpg")) / 1e6
     enlarged = f", enlarged to {args.photo_size}" if args.photo_size else ""
     print(
         f"data benchmark: {len(rows)} images ({size:.1f} MB{enlarged}), median of "
         f"{args.repeat} runs, {os.cpu_count()} CPUs"
     )
     with (
-        servers.http_mirror(POOL, logs / "mirror.log") as base,
+        servers.http_mirror(pool, logs / "mirror.log") as base,
         moto_server(logs) as s3_url,
     ):
         port = int(base.rstrip("/").rsplit(":", 1)[1])
-        s3_raw = ingestion_table(rows, base, port, s3_url, args.repeat)
+        s3_raw = ingestion_table(rows, base, port, s3_url, args.repeat, pool)
         formatting_table(rows, base, s3_raw, args.repeat)
     print(
         f"\npeak RSS of the benchmark process (ingestion + formatting in-process): "

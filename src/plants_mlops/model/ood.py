@@ -145,7 +145,7 @@ def fit(
             np.zeros((0, 0), np.float32),
             0.0,
             ref.astype(np.float32),
-            int(min(k, len(ref) // views)),
+            int(k),  # <= the smallest class's kept images: never past the reference
             n_images,
             views,
         )
