@@ -3,6 +3,7 @@ recorded in docs/benchmarks.md and docs/model.md, never asserted here)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -272,3 +273,41 @@ def test_bench_serving_compares_with_the_mean_of_the_floors_around_the_http_load
     assert floor["cpu_ms"] == pytest.approx({1: 2.0, 2: 2.2, 4: 2.0})
     assert floor["lat"] == [0.002, 0.003, 0.004] and floor["cores"] == 2
     assert floor["bracket"] == (1100.0, 1000.0)
+
+
+def test_bench_int8_measures_a_trained_model_whose_meta_names_its_ood_detector(
+    benchmarks, tmp_path
+):
+    """After `make demo`, data/06_models holds the float export (no detector yet) beside a
+    serving meta that names the detector the served graph carries: the benchmark measures
+    the float export against its int8 version (it refused to open it)."""
+    import bench_int8
+    from product_model import untrained_product_model
+
+    from plants_mlops.model import behaviour
+    from plants_mlops.model.devdata import from_folder
+
+    project = tmp_path / "project"
+    raw = _small_pool(project / "data" / "01_raw", per_label=12)
+    for path in raw.glob("*/*.jpg"):  # the raw layer names files by their sha256
+        path.rename(path.with_name(f"{hashlib.sha256(path.read_bytes()).hexdigest()}.jpg"))
+    index = from_folder(raw, fractions=(0.5, 0.25)).dataset_index
+    (project / "data" / "03_primary").mkdir(parents=True)
+    index.to_parquet(project / "data" / "03_primary" / "dataset_index.parquet")
+    models = project / "data" / "06_models"
+    models.mkdir()
+    onnx, meta = untrained_product_model("small_cnn", 64, 160)
+    (models / "model_fp32.onnx").write_bytes(onnx)
+    ood = {"method": "knn", "threshold": 0.5, "max_flag_rate": 0.05, "val_flag_rate": 0.04}
+    ood |= {"val_images": 6, "train_images": 12, "k": 2, "views": 1, "output": "ood_score"}
+    (models / "serving_meta.json").write_text(json.dumps({**meta.to_dict(), "ood": ood}))
+
+    out = tmp_path / "int8.json"
+    argv = ["--model-dir", str(models), "--project", str(project), "--runs", "5"]
+    assert bench_int8.main([*argv, "--calibration", "4", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == "trained" and figures["calibration_images"] == 4
+    changed, compared = figures["edited_changed"]
+    evaluated = int((index["split"] != "train").sum())  # val and test, under every edit
+    assert compared == len(behaviour.EDITS) * evaluated
+    assert 0 <= changed <= compared and set(figures["agreement"]) == {"val", "test", "edited"}
