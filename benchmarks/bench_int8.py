@@ -16,7 +16,8 @@ architecture (ImageNet weights, untrained head: the champion's compute; agreemen
 untrained head says little) and uses the sample images: every other one for calibration,
 the rest for evaluation.
 
-    .venv/bin/python benchmarks/bench_int8.py [--model-dir data/06_models] [--calibration 256] [--seed 0]
+    .venv/bin/python benchmarks/bench_int8.py [--model-dir data/06_models] [--calibration N]
+        [--seed 0]
 """
 
 from __future__ import annotations
