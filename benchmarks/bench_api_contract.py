@@ -1,6 +1,7 @@
 """The API contract at scale: schemathesis (every check; examples, coverage, fuzzing and
-stateful phases; admin routes with the key; ``PLANTS_RETRAIN_COMMAND=true``) against the
-real API under uvicorn serving a tiny champion from a throw-away local MLflow registry.
+stateful phases; admin routes with the key; the server settings of ``support.contract``)
+against the real API under uvicorn serving a tiny champion from a throw-away local MLflow
+registry.
 The test suite runs the same with a dozen examples per operation
 (tests/test_api_contract.py); this one runs enough for >= 2,000 generated cases and prints
 the case count, the failures and the time.
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.champion import register_champion  # noqa: E402  (the test suite's helpers)
-from support.contract import run_schemathesis  # noqa: E402
+from support.contract import SERVER_ENV, run_schemathesis  # noqa: E402
 from support.serving import running_api  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main() -> int:
             folder / "api",
             tracking_uri=tracking,
             model_name="plants-classifier",
-            env={"PLANTS_RETRAIN_COMMAND": "true"},
+            env=SERVER_ENV,
         ) as api:
             started = time.monotonic()
             run = run_schemathesis(

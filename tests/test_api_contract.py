@@ -13,7 +13,7 @@ import httpx
 import jsonschema
 import pytest
 from support.champion import register_champion, unique_model_name
-from support.contract import run_schemathesis
+from support.contract import SERVER_ENV, run_schemathesis
 from support.images import sample_jpeg
 from support.serving import ADMIN_KEY, running_api
 
@@ -50,7 +50,7 @@ def api(tmp_path_factory, mlflow_tracking_uri):
         tmp_path_factory.mktemp("contract-api"),
         tracking_uri=mlflow_tracking_uri,
         model_name=name,
-        env={"PLANTS_RETRAIN_COMMAND": "true"},  # harmless: exits 0 at once
+        env=SERVER_ENV,
     ) as running:
         yield running
 
