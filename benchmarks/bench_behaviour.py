@@ -79,7 +79,7 @@ def run_variant(data, probe: dict) -> dict:
         "probe": probe,
         "fit_seconds": fit_s,
         "val_f1_macro": history["val_metrics"]["f1_macro"],
-        "test_f1_macro": classification_metrics(test.labels, proba)["f1_macro"],
+        "test_f1_macro": classification_metrics(test.labels, proba, meta.labels)["f1_macro"],
         "precision": precision["precision"],
         "model_mb": len(served) / 1e6,
         "latency_p50_ms": registry.measure_onnx_latency_ms(served, p.image_size, runs=100),
@@ -90,12 +90,12 @@ def run_variant(data, probe: dict) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default=str(ROOT / "samples" / "plants"))
     ap.add_argument("--variants", default="default,mirror,rot,rot_blur,all")
     ap.add_argument("--json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from plants_mlops.model.devdata import from_folder
 
     data = from_folder(args.pool, size=160)

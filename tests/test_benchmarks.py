@@ -311,3 +311,20 @@ def test_bench_int8_measures_a_trained_model_whose_meta_names_its_ood_detector(
     evaluated = int((index["split"] != "train").sum())  # val and test, under every edit
     assert compared == len(behaviour.EDITS) * evaluated
     assert 0 <= changed <= compared and set(figures["agreement"]) == {"val", "test", "edited"}
+
+
+def test_bench_behaviour_scores_the_default_recipe_on_a_small_pool(benchmarks, tmp_path):
+    """`make bench` runs it: the product's nodes end to end, with the test F1 over the
+    task's labels (it called the metrics without them)."""
+    import bench_behaviour
+
+    out = tmp_path / "behaviour.json"
+    pool = _small_pool(tmp_path / "pool", per_label=20)
+    assert (
+        bench_behaviour.main(["--pool", str(pool), "--variants", "default", "--json", str(out)])
+        == 0
+    )
+    (row,) = json.loads(out.read_text())
+    assert row["variant"] == "default" and 0 <= row["test_f1_macro"] <= 1
+    assert row["precision"] in ("fp32", "int8") and row["model_mb"] > 0
+    assert {"invariance_mirror", "ood_flagged", "false_flags"} <= set(row)
