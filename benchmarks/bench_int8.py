@@ -85,11 +85,10 @@ def latency_ms(model: artifact.ServingArtifact, batch: np.ndarray, runs: int) ->
     return statistics.median(times)
 
 
-def edit_disagreements(fp32, int8, blobs: list[bytes]) -> tuple[int, int]:
-    """(answers int8 changes, answers compared) over ``blobs`` under every behaviour edit."""
+def edit_disagreements(fp32, int8, images: list) -> tuple[int, int]:
+    """(answers int8 changes, answers compared) over ``images`` under every behaviour edit."""
     from plants_mlops.model import behaviour
 
-    images = [imaging.decode_image(b).image.convert("RGB") for b in blobs]
     changed = compared = 0
     for edit in behaviour.EDITS.values():
         edited = behaviour.EditedImages(images, edit)
@@ -125,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     fp32 = artifact.ServingArtifact.from_bytes(onnx, meta, threads=1)
 
-    def inputs(items: list[tuple[bytes, str]]) -> np.ndarray:
-        return np.stack([fp32.preprocess(imaging.decode_image(b).image)[0] for b, _ in items])
+    def decoded(items: list[tuple[bytes, str]]) -> list:
+        return [imaging.decode_image(b).image for b, _ in items]  # RGB
+
+    def inputs(images: list) -> np.ndarray:
+        return np.stack([fp32.preprocess(img)[0] for img in images])
 
     rng = np.random.default_rng(args.seed)
     train = splits["train"]
     picked = rng.choice(len(train), size=min(args.calibration, len(train)), replace=False)
     started = time.perf_counter()
-    int8_onnx = quantize_int8(onnx, inputs([train[i] for i in sorted(picked)]))
+    int8_onnx = quantize_int8(onnx, inputs(decoded([train[i] for i in sorted(picked)])))
     quantize_s = time.perf_counter() - started
     int8 = artifact.ServingArtifact.from_bytes(int8_onnx, meta, threads=1)  # contract checked
 
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
         "agreement": {},
     }
-    x_eval = {s: inputs(splits[s]) for s in evaluated}
+    images = {s: decoded(splits[s]) for s in evaluated}  # decoded once: plain and edited
+    x_eval = {s: inputs(images[s]) for s in evaluated}
     y_eval = {s: np.array([labels.index(lab) for _, lab in splits[s]]) for s in evaluated}
     predictions = {}
     for name, model, data in (("float", fp32, onnx), ("int8", int8, int8_onnx)):
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for split in evaluated:
         same = predictions["float", split] == predictions["int8", split]
         figures["agreement"][split] = round(float(same.mean()), 4)
-    changed, edited = edit_disagreements(fp32, int8, [b for s in evaluated for b, _ in splits[s]])
+    changed, edited = edit_disagreements(fp32, int8, [im for s in evaluated for im in images[s]])
     figures["agreement"]["edited"] = round(1 - changed / edited, 4)
     figures["edited_changed"] = [changed, edited]
 
