@@ -14,7 +14,7 @@ from support.params import base_labels
 from plants_mlops import imaging
 from plants_mlops.contracts import ONNX_INPUT
 from plants_mlops.model import artifact, explain
-from plants_mlops.model.architectures import build_model
+from plants_mlops.model.architectures import SPECS, build_model, cell_embeddings, split_backbone
 from plants_mlops.model.export import onnx_bytes
 
 LABELS = base_labels()
@@ -42,6 +42,30 @@ def test_class_maps_of_the_pretrained_lite0_export_average_to_its_logits():
     logits, _, maps = session.run(None, {ONNX_INPUT: x})
     assert maps.shape == (2, len(LABELS), 4, 4)  # stride 32
     np.testing.assert_allclose(maps.mean(axis=(2, 3)), logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", sorted(SPECS))
+def test_cell_embeddings_are_the_neck_of_each_cell_alone(architecture):
+    torch.manual_seed(0)
+    model = build_model(architecture, n_classes=len(LABELS), image_size=64).eval()
+    trunk, neck = split_backbone(model.backbone)
+    with torch.no_grad():
+        fmap = trunk(torch.randn(2, 3, 64, 64))
+        n, c, h, w = fmap.shape
+        one_by_one = fmap.permute(0, 2, 3, 1).reshape(-1, c, 1, 1)
+        expected = neck(one_by_one).reshape(n, h, w, -1)
+        torch.testing.assert_close(cell_embeddings(neck, fmap), expected)
+
+
+def test_the_served_graph_pools_the_feature_map_once():
+    """The class maps read the feature map's cells as they are: a pooling node per cell
+    (a second GlobalAveragePool over N x h x w maps of 1 x 1) cost more than any other node
+    of the int8 Lite0 graph on a 2-core CPU (0.39 of 3.9 ms at batch 1)."""
+    import onnx
+
+    model = build_model("efficientnet_lite0", n_classes=len(LABELS), image_size=64).eval()
+    graph = onnx.load_from_string(onnx_bytes(model, 64)).graph
+    assert [n.op_type for n in graph.node].count("GlobalAveragePool") == 1
 
 
 def test_the_hottest_cell_follows_a_yellow_disc_from_left_to_right(small_model):

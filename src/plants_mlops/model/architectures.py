@@ -125,6 +125,15 @@ class _Neck(nn.Module):
             return b[-2:](fmap)
         return torch.flatten(b.avgpool(fmap), 1)
 
+    def cells(self, fmap: torch.Tensor) -> torch.Tensor:
+        """[N, h, w, D]: what ``forward`` makes of a 1 x 1 map of each cell's own features,
+        without pooling every cell (the average of one cell is the cell): the features
+        channels-last, then MobileNetV3's projection, which acts on the last axis."""
+        cells = fmap.permute(0, 2, 3, 1)
+        if isinstance(self.backbone, _MobileNetV3Backbone):
+            return self.backbone.project(cells)
+        return cells
+
 
 def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(trunk, neck) with ``neck(trunk(x)) == backbone(x)``: the trunk ends at the last
@@ -135,13 +144,11 @@ def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def cell_embeddings(neck: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
-    """[N, h, w, D]: the embedding of every single cell of a feature map [N, C, h, w] (the
-    neck run on a 1 x 1 map of the cell's own features). With a plain-average neck their
-    mean over the cells is the image's embedding, so a linear head's logits split exactly
-    over the cells (model/explain.py)."""
-    channels, h, w = fmap.shape[1], fmap.shape[2], fmap.shape[3]
-    cells = neck(fmap.permute(0, 2, 3, 1).reshape(-1, channels, 1, 1))
-    return cells.reshape(-1, h, w, cells.shape[-1])
+    """[N, h, w, D]: the embedding of every single cell of a feature map [N, C, h, w] (what
+    the neck makes of a 1 x 1 map of the cell's own features). With a plain-average neck
+    their mean over the cells is the image's embedding, so a linear head's logits split
+    exactly over the cells (model/explain.py)."""
+    return neck.cells(fmap)
 
 
 # Architectures whose neck is a plain average: per-cell class maps average to the logits.
