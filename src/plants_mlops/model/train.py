@@ -292,6 +292,7 @@ def _train_probe(
         emb = emb if emb.ndim == 3 else emb[:, None]
         emb = np.concatenate([emb, _view_embeddings(model, train, views, params, device)], 1)
     embed_seconds = time.perf_counter() - t0
+    probe.release_cpu_backbone(model.backbone)  # the ONNX Runtime copy's memory
     fitted = probe.fit(
         emb,
         train.labels,
