@@ -63,9 +63,10 @@ _CPU_BACKBONES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def cpu_backbone(backbone: torch.nn.Module, shape: tuple[int, ...]) -> Callable:
     """``backbone`` exported to ONNX and run by ONNX Runtime with torch's thread count:
-    EfficientNet-Lite0 at 160 px embeds 5-6 times as many images a second on 2 CPU cores
-    as torch does (365 against 65), with the same embeddings to ~1e-5. Exported once per
-    backbone and input size (the probe never changes the backbone's weights)."""
+    EfficientNet-Lite0 at 160 px embeds about 4 times as many images a second on 2 CPU
+    cores as torch does (249-306 against 62, ``benchmarks/bench_training.py`` and ``make
+    demo``), with the same embeddings to ~1e-5. Exported once per backbone and input size
+    (the probe never changes the backbone's weights)."""
     from plants_mlops.model.artifact import open_session
 
     cached = _CPU_BACKBONES.get(backbone)
