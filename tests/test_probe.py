@@ -190,21 +190,25 @@ def test_extra_views_are_more_rows_per_image_and_unknown_edits_are_refused(data,
         train_model(data.dataset_index, data.fmt_images, bad, data.dataset_fingerprint)
 
 
-def test_cpu_embeddings_come_from_onnx_runtime_and_equal_torchs():
+def test_cpu_embeddings_come_from_onnx_runtime_and_equal_torchs(monkeypatch):
     """On CPU the frozen backbone runs in ONNX Runtime (4x torch's images a second for
     Lite0 on 2 cores, benchmarks/bench_training.py), exported once for every batch and the
-    mirror, and released when the probe is done with it."""
-    import onnxruntime as ort
+    mirror."""
+    from plants_mlops.model import export
 
+    exports = []
+    real_export = export.backbone_onnx_bytes
+    monkeypatch.setattr(
+        export, "backbone_onnx_bytes", lambda *a, **k: exports.append(a) or real_export(*a, **k)
+    )
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", n_classes=2, image_size=64, weights="imagenet")
     model = model.to(memory_format=torch.channels_last).eval()  # as training leaves it
     x = torch.randn(20, 3, 64, 64)
-    emb = probe.embed(model, x, torch.device("cpu"), hflip=True, batch_size=8, progress=False)
+    cpu = torch.device("cpu")
+    with probe.frozen_backbone(model, cpu, 64) as backbone:
+        emb = probe.embed(backbone, x, cpu, hflip=True, batch_size=8, progress=False)
     with torch.no_grad():
         expected = torch.stack([model.backbone(x), model.backbone(torch.flip(x, dims=[3]))], 1)
     np.testing.assert_allclose(emb, expected.numpy(), rtol=1e-4, atol=1e-4)
-    shape, session = probe._CPU_BACKBONES[model.backbone]
-    assert shape == (3, 64, 64) and isinstance(session, ort.InferenceSession)
-    probe.release_cpu_backbone(model.backbone)
-    assert model.backbone not in probe._CPU_BACKBONES
+    assert len(exports) == 1

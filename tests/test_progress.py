@@ -30,9 +30,9 @@ def test_the_probes_embeddings_report_progress_in_the_log(caplog, monkeypatch):
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     caplog.set_level(logging.INFO)
     model = build_model("small_cnn", n_classes=2, image_size=32, weights=None)
-    emb = probe.embed(
-        model, torch.zeros(10, 3, 32, 32), torch.device("cpu"), hflip=False, batch_size=4
-    )
+    cpu = torch.device("cpu")
+    with probe.frozen_backbone(model, cpu, 32) as backbone:
+        emb = probe.embed(backbone, torch.zeros(10, 3, 32, 32), cpu, hflip=False, batch_size=4)
     assert emb.shape[0] == 10
     lines = [r.getMessage() for r in caplog.records if "probe embeddings" in r.getMessage()]
     # after the first and the second batch of 4; the end is the training log's own line

@@ -75,25 +75,30 @@ class ExplainedNet(nn.Module):
         return self.head(embedding), embedding, maps
 
 
-def onnx_bytes(model: PlantsNet, image_size: int, opset: int = 17) -> bytes:
-    """Export ``ExplainedNet(model)`` with the legacy TorchScript-based exporter
-    (``dynamo=False``: the dynamo path needs onnxscript) and a dynamic batch axis."""
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    example = torch.zeros(1, 3, image_size, image_size)
+def _to_onnx(module: nn.Module, image_size: int, outputs: list[str], opset: int) -> bytes:
+    """``module`` exported with the legacy TorchScript-based exporter (``dynamo=False``: the
+    dynamo path needs onnxscript), its input and every output with a dynamic batch axis."""
     buf = io.BytesIO()
     torch.onnx.export(
-        ExplainedNet(model).eval(),
-        (example,),
+        module.eval(),
+        (torch.zeros(1, 3, image_size, image_size),),
         buf,
         input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_CLASS_MAPS],
-        dynamic_axes={
-            ONNX_INPUT: {0: "batch"},
-            ONNX_OUTPUT_LOGITS: {0: "batch"},
-            ONNX_OUTPUT_EMBEDDING: {0: "batch"},
-            ONNX_OUTPUT_CLASS_MAPS: {0: "batch"},
-        },
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in (ONNX_INPUT, *outputs)},
         opset_version=opset,
         dynamo=False,
     )
     return buf.getvalue()
+
+
+def onnx_bytes(model: PlantsNet, image_size: int, opset: int = 17) -> bytes:
+    """Export ``ExplainedNet(model)``: the serving graph."""
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    outputs = [ONNX_OUTPUT_LOGITS, ONNX_OUTPUT_EMBEDDING, ONNX_OUTPUT_CLASS_MAPS]
+    return _to_onnx(ExplainedNet(model), image_size, outputs, opset)
+
+
+def backbone_onnx_bytes(backbone: nn.Module, image_size: int, opset: int = 17) -> bytes:
+    """Export a backbone alone (image -> ``embedding``), as the probe runs it on CPU."""
+    return _to_onnx(backbone, image_size, [ONNX_OUTPUT_EMBEDDING], opset)

@@ -4,8 +4,8 @@ With 400 web-scraped images, fine-tuning every layer of EfficientNet-Lite0 fits 
 a few dozen images per fold; a logistic regression on the frozen ImageNet embedding has far
 fewer degrees of freedom (docs/model.md, *Choosing the model*). Here:
 
-- :func:`embed` runs the backbone in eval mode (on CPU through ONNX Runtime) over a split's
-  serving view (the API's own preprocessing, ``data.eval_tensor``), and over its mirror
+- :func:`embed` runs the backbone (:func:`frozen_backbone`: on CPU through ONNX Runtime)
+  over a split's serving view (the API's own preprocessing, ``data.eval_tensor``), and over its mirror
   image when asked: the flipped
   copies are extra training rows, as are the turned or otherwise edited copies of
   ``probe.turns`` and ``probe.extra_views`` (``model/behaviour.probe_views``).
@@ -21,11 +21,10 @@ fewer degrees of freedom (docs/model.md, *Choosing the model*). Here:
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,54 +56,42 @@ class ProbeFit:
         return out[:, 0] if self.coef.shape[0] == 1 else out
 
 
-# The frozen backbone of a model as ONNX Runtime runs it on CPU, by backbone and input size.
-_CPU_BACKBONES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def cpu_backbone(backbone: torch.nn.Module, shape: tuple[int, ...]) -> Callable:
-    """``backbone`` exported to ONNX and run by ONNX Runtime with torch's thread count:
-    EfficientNet-Lite0 at 160 px embeds about 4 times as many images a second on 2 CPU
-    cores as torch does (249-306 against 62, ``benchmarks/bench_training.py`` and ``make
-    demo``), with the same embeddings to ~1e-5. Exported once per backbone and input size
-    (the probe never changes the backbone's weights)."""
+@contextlib.contextmanager
+def frozen_backbone(
+    model: PlantsNet, device: torch.device, image_size: int
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """The model's backbone, in eval mode, as a function of a batch on ``device``. On CPU
+    it is exported once and run by ONNX Runtime with torch's thread count: EfficientNet-Lite0
+    at 160 px embeds about 4 times as many images a second on 2 CPU cores as torch does
+    (249-306 against 62, ``benchmarks/bench_training.py`` and ``make demo``), with the same
+    embeddings to ~1e-5; its memory goes when the block ends. Elsewhere: torch."""
+    model.eval()
+    if device.type != "cpu":
+        yield lambda xb: model.backbone(xb.contiguous(memory_format=torch.channels_last))
+        return
+    from plants_mlops.contracts import ONNX_INPUT
     from plants_mlops.model.artifact import open_session
+    from plants_mlops.model.export import backbone_onnx_bytes
 
-    cached = _CPU_BACKBONES.get(backbone)
-    if cached is None or cached[0] != shape[1:]:
-        buf = io.BytesIO()
-        torch.onnx.export(
-            backbone.eval(),
-            (torch.zeros(1, *shape[1:]),),
-            buf,
-            input_names=["x"],
-            output_names=["embedding"],
-            dynamic_axes={"x": {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-        session = open_session(buf.getvalue(), threads=torch.get_num_threads())
-        cached = (tuple(shape[1:]), session)
-        _CPU_BACKBONES[backbone] = cached
-    session = cached[1]
+    onnx = backbone_onnx_bytes(model.backbone, image_size)
+    session = open_session(onnx, threads=torch.get_num_threads())
 
     def run(xb: torch.Tensor) -> torch.Tensor:
-        x = xb.numpy()
+        x = xb.contiguous().numpy()
         # 16 images a call: ONNX Runtime keeps its largest activations for the session's
         # life, which at 64 images of 160 px would hold about 400 MB more than torch does.
-        parts = [session.run(None, {"x": x[i : i + 16]})[0] for i in range(0, len(x), 16)]
+        parts = [session.run(None, {ONNX_INPUT: x[i : i + 16]})[0] for i in range(0, len(x), 16)]
         return torch.from_numpy(np.concatenate(parts))
 
-    return run
-
-
-def release_cpu_backbone(backbone: torch.nn.Module) -> None:
-    """Drop :func:`cpu_backbone`'s session of ``backbone`` (its weights and buffers)."""
-    _CPU_BACKBONES.pop(backbone, None)
+    try:
+        yield run
+    finally:
+        session = None  # freed at the block's end, even while a caller still holds ``run``
 
 
 @torch.no_grad()
 def embed(
-    model: PlantsNet,
+    backbone: Callable[[torch.Tensor], torch.Tensor],
     view,
     device: torch.device,
     *,
@@ -112,23 +99,16 @@ def embed(
     batch_size: int = 64,
     progress: bool = True,
 ) -> np.ndarray:
-    """Backbone embeddings of ``view`` (a sliceable [N, 3, S, S] serving view): [N, D], or
-    [N, 2, D] with the mirror image's embedding second when ``hflip``. On CPU through ONNX
-    Runtime (:func:`cpu_backbone`), elsewhere through torch."""
-    model.eval()
-    backbone: Callable = model.backbone
+    """Embeddings of ``view`` (a sliceable [N, 3, S, S] serving view) by ``backbone`` (a
+    :func:`frozen_backbone` on ``device``): [N, D], or [N, 2, D] with the mirror image's
+    embedding second when ``hflip``."""
     out = []
     with Progress(len(view), "probe embeddings", log, bar=progress) as done:
         for i in range(0, len(view), batch_size):
             xb = view[i : i + batch_size].to(device)
-            if device.type == "cpu":
-                backbone = cpu_backbone(model.backbone, tuple(xb.shape))
-                xb = xb.contiguous()
-            else:
-                xb = xb.contiguous(memory_format=torch.channels_last)
             rows = [backbone(xb)]
             if hflip:
-                rows.append(backbone(torch.flip(xb, dims=[3]).contiguous()))
+                rows.append(backbone(torch.flip(xb, dims=[3])))
             out.append(torch.stack(rows, dim=1).float().cpu())
             done.update(len(xb))
     emb = torch.cat(out).numpy()

@@ -19,7 +19,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -286,13 +286,14 @@ def _train_probe(
         )
         train = stratified_sample(train, cfg.max_train_images, params.seed)
     train_view = eval_tensor(train, image_size=params.image_size, mean=spec.mean, std=spec.std)
-    emb = probe.embed(model, train_view, device, hflip=cfg.hflip, progress=not params.quiet)
     views = behaviour.probe_views(cfg)
-    if views:  # more rows per image: [N, V, D], an image's views in one CV fold
-        emb = emb if emb.ndim == 3 else emb[:, None]
-        emb = np.concatenate([emb, _view_embeddings(model, train, views, params, device)], 1)
+    with probe.frozen_backbone(model, device, params.image_size) as backbone:
+        emb = probe.embed(backbone, train_view, device, hflip=cfg.hflip, progress=not params.quiet)
+        if views:  # more rows per image: [N, V, D], an image's views in one CV fold
+            emb = emb if emb.ndim == 3 else emb[:, None]
+            more = _view_embeddings(backbone, train, views, params, device)
+            emb = np.concatenate([emb, more], 1)
     embed_seconds = time.perf_counter() - t0
-    probe.release_cpu_backbone(model.backbone)  # the ONNX Runtime copy's memory
     fitted = probe.fit(
         emb,
         train.labels,
@@ -336,7 +337,7 @@ def _train_probe(
 
 
 def _view_embeddings(
-    model: PlantsNet,
+    backbone: Callable[[torch.Tensor], torch.Tensor],
     split: SplitImages,
     views: list[str],
     params: TrainingParams,
@@ -357,7 +358,7 @@ def _view_embeddings(
             behaviour.EditedImages(split.images, behaviour.EDITS[name]), split.labels, split.keys
         )
         view = eval_tensor(edited, image_size=params.image_size, mean=spec.mean, std=spec.std)
-        out.append(probe.embed(model, view, device, hflip=False))
+        out.append(probe.embed(backbone, view, device, hflip=False))
     return np.stack(out, axis=1)
 
 

@@ -57,7 +57,7 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
     import torch
 
     from plants_mlops.model.architectures import SPECS, build_model
-    from plants_mlops.model.probe import cpu_backbone
+    from plants_mlops.model.probe import frozen_backbone
 
     e = p.embeddings
     spec = SPECS[e.architecture]
@@ -66,11 +66,15 @@ def _embed(loads: list[Callable[[], Any]], p: CurationParams) -> np.ndarray:
         e.architecture, n_classes=1, image_size=e.image_size, weights=e.weights
     ).eval()
     out = []
-    with torch.no_grad(), Progress(len(loads), "curation embeddings", log) as done:
+    cpu = torch.device("cpu")
+    with (
+        torch.no_grad(),
+        frozen_backbone(model, cpu, e.image_size) as backbone,
+        Progress(len(loads), "curation embeddings", log) as done,
+    ):
         for start in range(0, len(loads), e.batch_size):
             batch = [_embedding_input(load(), p) for load in loads[start : start + e.batch_size]]
-            x = torch.from_numpy(np.stack(batch))
-            emb = cpu_backbone(model.backbone, tuple(x.shape))(x)
+            emb = backbone(torch.from_numpy(np.stack(batch)))
             out.append(emb.numpy().astype(np.float32))
             done.update(len(batch))
     return np.concatenate(out) if out else np.zeros((0, spec.embedding_dim), np.float32)
