@@ -451,3 +451,70 @@ def test_a_middleware_added_to_the_app_applies_to_predict_like_every_route(tmp_p
     assert [r.status_code for r in answers] == [503, 503, 200]
     for r in answers:
         assert r.headers["access-control-allow-origin"] == "https://plants.example"
+
+
+def _encoded(img, fmt: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_greyscale_image_is_the_same_picture_as_its_8_bit_copy(fmt):
+    """Pillow opens a 16-bit greyscale PNG or TIFF as mode I;16 and its convert("RGB")
+    clips every value over 255 to white: the model saw a blank square."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    rng = np.random.default_rng(7)
+    grey8 = rng.integers(0, 256, (120, 90), dtype=np.uint8)
+    grey16 = Image.fromarray(grey8.astype(np.uint16) * 257)
+    assert Image.open(io.BytesIO(_encoded(grey16, fmt))).mode == "I;16"
+    got = imaging.decode_image(_encoded(grey16, fmt), fit=64).image
+    expected = imaging.decode_image(_encoded(Image.fromarray(grey8), fmt), fit=64).image
+    assert got.mode == "RGB"
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_float_pixels_are_read_in_0_to_1_and_refused_outside_it():
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    grey8 = np.random.default_rng(8).integers(0, 256, (50, 70), dtype=np.uint8)
+    unit = Image.fromarray(grey8.astype(np.float32) / 255)
+    got = imaging.decode_image(_encoded(unit, "TIFF")).image
+    assert np.array_equal(np.asarray(got)[..., 0], grey8)
+    wide = Image.fromarray(grey8.astype(np.float32) * 100)
+    with pytest.raises(imaging.ImageDecodeError) as caught:
+        imaging.decode_image(_encoded(wide, "TIFF"))
+    assert caught.value.reason == "unsupported_image"
+    assert "float" in caught.value.detail and "8 or 16 bits" in caught.value.detail
+
+
+def test_the_pixel_limit_is_the_callers_above_and_below_pillows_own():
+    """``max_pixels`` decides, in the project's words: an image of 49 Mpx passes a limit of
+    100 M (Pillow's bomb check refused it at 40 M) and a 400 Mpx bomb is refused naming
+    the limit set (Pillow's message named its own 80 M)."""
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    big = _encoded(Image.new("L", (7000, 7000)), "PNG")
+    assert imaging.decode_image(big, max_pixels=100_000_000, fit=64).original_size == (7000, 7000)
+    with pytest.raises(imaging.ImageDecodeError) as caught:
+        imaging.decode_image(big, max_pixels=30_000_000)
+    assert caught.value.reason == "too_large"
+    assert caught.value.detail == "7000x7000 pixels exceeds the limit of 30000000"
+    bomb = _encoded(Image.new("1", (20_000, 20_000)), "PNG")
+    with pytest.raises(imaging.ImageDecodeError) as caught:
+        imaging.decode_image(bomb, max_pixels=50_000_000)
+    assert caught.value.reason == "too_large" and "50000000" in caught.value.detail
+    assert "decompression bomb DOS" not in caught.value.detail

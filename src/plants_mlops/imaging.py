@@ -222,9 +222,13 @@ def decode_image(
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"{")):
         raise ImageDecodeError("not_an_image", "got a text document (HTML/XML/JSON), not an image")
+    # Pillow's own bomb check (a warning over MAX_IMAGE_PIXELS, an error over twice it)
+    # runs in Image.open: a caller's larger limit raises it; the size check below decides.
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             probe = Image.open(io.BytesIO(data))
             width, height = probe.size
             if width * height > max_pixels:
@@ -248,8 +252,10 @@ def decode_image(
                 img = to_rgb(img) if fit is None else fit_rgb(img, fit)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("too_large", str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # over twice the limit: not even opened
+        raise ImageDecodeError(
+            "too_large", f"image of more than {max_pixels} pixels, the limit"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not_an_image", "bytes are not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -293,9 +299,37 @@ def decoded_within(
         memory.trim()
 
 
+_BAND_ROWS = 256
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_8_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer (modes ``I;16*``, ``I``: 0..65535) or float (``F``: 0..1)
+    greyscale image as 8-bit ``L``, scaled as a viewer shows it, in bands of rows (no
+    full-size wide copy). Pillow's own ``convert`` clips at 255: such a photo became white
+    (or black for floats). Other ranges are refused: nothing says what they mean."""
+    low, high = img.getextrema()
+    top = 1.0 if img.mode == "F" else 65535
+    if not 0 <= low <= high <= top:
+        kind = "float" if img.mode == "F" else "32-bit integer"
+        raise ImageDecodeError(
+            "unsupported_image",
+            f"{kind} greyscale pixels from {low:g} to {high:g}: save the image with 8 or 16 "
+            "bits per channel" + (" (or floats from 0 to 1)" if img.mode == "F" else ""),
+        )
+    out = Image.new("L", img.size)
+    width, height = img.size
+    for row in range(0, height, _BAND_ROWS):
+        band = np.asarray(img.crop((0, row, width, min(row + _BAND_ROWS, height))), np.float64)
+        out.paste(Image.fromarray(np.rint(band * (255 / top)).astype(np.uint8)), (0, row))
+    return out
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode in _WIDE_MODES:
+        return _to_8_bit(img).convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # On white, as a browser shows it: pasted through its own alpha, which needs one
         # RGB image more, not the three full-size RGBA copies alpha_composite takes.
@@ -326,9 +360,6 @@ def _fit_box(width: int, height: int) -> tuple[float, float, float, float]:
         crop_w, crop_h = width, width / 1.0
     left, top = (width - crop_w) * 0.5, (height - crop_h) * 0.5
     return (left, top, left + crop_w, top + crop_h)
-
-
-_BAND_ROWS = 256
 
 
 def fit_rgb(img: Image.Image, size: int) -> Image.Image:

@@ -20,6 +20,7 @@ UPLOAD_HINT = (
 DECODE_STATUS = {
     "empty": 400,
     "not_an_image": 415,
+    "unsupported_image": 415,
     "damaged_image": 400,
     "too_large": 413,
     "busy": 503,

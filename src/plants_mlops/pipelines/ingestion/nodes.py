@@ -74,7 +74,7 @@ CHECK_SIZE = 64
 
 def check_bytes(data: bytes, expected_sha256: str | None) -> tuple[str, str]:
     """``(sha256, extension)`` of bytes that decode as a complete image, else raises
-    FetchError with the decode reason (empty, not_an_image, damaged_image, too_large) or
+    FetchError with the decode reason (empty, not_an_image, unsupported_image, damaged_image, too_large) or
     ``checksum_mismatch``. A large JPEG is decoded at a reduced scale (``fit``): every
     byte of its compressed data is still read, so it fails as a full-size decode does, in
     half to a seventh of the time for a 12 Mpx photo."""
