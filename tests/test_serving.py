@@ -121,6 +121,29 @@ def test_batch_predicts_each_file_and_reports_bad_files_without_failing_the_batc
     )
 
 
+def test_a_part_of_the_wrong_type_or_size_is_its_own_error_in_the_batch(client):
+    """Checked before decoding, these failed the whole batch (415, 413) and the good files
+    got no answer."""
+    over = 10 * 1024 * 1024 + 1  # PLANTS_MAX_UPLOAD_BYTES' default, plus one
+    files = [
+        ("files", ("a.jpg", images.sample_jpeg(0), "image/jpeg")),
+        ("files", ("notes.txt", b"hello", "text/plain")),
+        ("files", ("big.jpg", images.sample_jpeg(1) + b"\0" * over, "image/jpeg")),
+        ("files", ("c.jpg", images.sample_jpeg(0, "grass"), "image/jpeg")),
+    ]
+    r = client.post("/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["count"], body["succeeded"], body["failed"]) == (4, 2, 2)
+    errors = [(i["filename"], (i.get("error") or {}).get("error")) for i in body["items"]]
+    assert errors == [
+        ("a.jpg", None),
+        ("notes.txt", "unsupported_media_type"),
+        ("big.jpg", "too_large"),
+        ("c.jpg", None),
+    ]
+
+
 GOOD_ODD_IMAGES = {
     "png_with_alpha": (images.png_with_alpha, "image/png"),
     "greyscale_jpeg": (images.greyscale_jpeg, "image/jpeg"),
@@ -136,6 +159,24 @@ def test_alpha_greyscale_cmyk_and_palette_images_are_predicted(client, kind):
     r = predict(client, make(), filename=f"{kind}.img", ctype=ctype)
     assert r.status_code == 200, r.text
     assert r.json()["label"] in base_labels()
+
+
+def test_a_16_bit_greyscale_png_is_answered_like_its_8_bit_copy(client):
+    """It was predicted on a white square (Pillow clips 16-bit values at 255)."""
+    import io
+
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(images.greyscale_jpeg())).convert("L"))
+    answers = []
+    for pixels in (grey, grey.astype(np.uint16) * 257):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        r = predict(client, buf.getvalue(), filename="grey.png", ctype="image/png")
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    assert answers[1]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-6)
+    assert answers[1]["ood_score"] == answers[0]["ood_score"]
 
 
 BAD_INPUTS = {
@@ -213,6 +254,26 @@ def test_the_server_survives_bad_inputs_and_logs_json_without_leaking_tracebacks
         time.sleep(0.1)
     assert requests and all("request_id" in d and "duration_ms" in d for d in requests)
     assert not [d for d in docs if d.get("event") == "unhandled_error"]
+
+
+def test_a_warning_while_decoding_an_upload_is_a_json_line_too(client, api):
+    """Pillow warns about a corrupt EXIF block on stderr; the line was plain text among the
+    JSON ones (any client could write it)."""
+    import json
+
+    payload = b"Exif\0\0II*\0\x08\0\0\0\x05\0"  # one IFD entry announced, none there
+    jpeg = images.sample_jpeg(9)
+    bad_exif = jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+    assert predict(client, bad_exif).status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in api.log_text().splitlines() if "Corrupt EXIF" in line]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert lines and all(line.startswith("{") for line in lines), lines
+    doc = json.loads(lines[0])
+    assert doc["logger"] == "py.warnings" and doc["level"] == "warning"
 
 
 def test_admin_routes_refuse_missing_or_wrong_keys(client):

@@ -55,3 +55,5 @@ def configure_json_logging(level: int = logging.INFO) -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Warnings (Pillow's about an upload's corrupt EXIF, for one) as JSON lines too.
+    logging.captureWarnings(True)

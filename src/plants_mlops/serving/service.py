@@ -153,12 +153,18 @@ class PredictionService:
         )
 
     def predict_many(
-        self, model: ServingModel, files: list[tuple[str | None, bytes]], request_id: str
+        self,
+        model: ServingModel,
+        files: list[tuple[str | None, bytes | ApiError]],
+        request_id: str,
     ) -> list[BatchItem]:
+        """``files``: (name, bytes, or the error its part already got)."""
         items: list[BatchItem] = []
         ready: list[tuple[int, Prepared]] = []
         for i, (name, data) in enumerate(files):
             try:
+                if isinstance(data, ApiError):
+                    raise data
                 ready.append((i, self._prepare(model, data)))
                 items.append(BatchItem(index=i, filename=name))
             except ApiError as exc:

@@ -92,7 +92,12 @@ async def predict_batch(
     limit = service.config.max_batch_files
     if len(files) > limit:
         raise ApiError(413, "too_many_files", f"{len(files)} files; the batch limit is {limit}")
-    payload = [(f.filename, await _read(f, service.config.max_upload_bytes)) for f in files]
+    payload: list[tuple[str | None, bytes | ApiError]] = []
+    for f in files:  # a part of the wrong type or size is its own item's error
+        try:
+            payload.append((f.filename, await _read(f, service.config.max_upload_bytes)))
+        except ApiError as exc:
+            payload.append((f.filename, exc))
     items = await service.run(service.predict_many, model, payload, rid)
     ok = sum(1 for i in items if i.prediction is not None)
     return BatchResponse(
