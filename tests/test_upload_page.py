@@ -54,6 +54,13 @@ def test_choosing_a_file_shows_the_image_label_and_probabilities(page):
         "return [...document.querySelectorAll('#probs tbody tr')].map(r => r.dataset.label)"
     )
     assert sorted(rows) == sorted(base_labels())
+    # Each bar is as wide as its probability (120 px for 1): drawn without an inline
+    # style attribute, which the page's own CSP (style-src 'self') blocked.
+    widths = browser.script(
+        "return [...document.querySelectorAll('#probs .bar')]"
+        ".map(b => b.getBoundingClientRect().width)"
+    )
+    assert len(widths) == len(rows) and sum(widths) == pytest.approx(120, abs=len(rows))
     assert f"v{version}" in browser.text("#meta")
     assert browser.text("#model").startswith("model: ")
     shown = browser.script(

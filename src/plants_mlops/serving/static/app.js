@@ -66,11 +66,21 @@
     $("ood").textContent = `This does not look like a ${known} photo.`;
     $("ood").hidden = !body.out_of_distribution;
     $("answer").hidden = !!body.out_of_distribution;
+    // Built node by node: the CSP (style-src 'self') blocks style attributes in markup,
+    // not a width set on the element, and a label is text, never markup.
     const rows = Object.entries(body.probabilities).map(([label, p]) => {
-      const pct = (p * 100).toFixed(1);
-      return `<tr data-label="${label}"><td>${label}</td><td><span class="bar" style="width:${Math.round(p * 120)}px"></span>${pct}%</td></tr>`;
+      const row = document.createElement("tr");
+      row.dataset.label = label;
+      const name = row.insertCell();
+      name.textContent = label;
+      const cell = row.insertCell();
+      const bar = cell.appendChild(document.createElement("span"));
+      bar.className = "bar";
+      bar.style.width = `${Math.round(p * 120)}px`;
+      cell.append(`${(p * 100).toFixed(1)}%`);
+      return row;
     });
-    $("probs").querySelector("tbody").innerHTML = rows.join("");
+    $("probs").querySelector("tbody").replaceChildren(...rows);
     $("meta").textContent = `model v${body.model_version} · ${body.latency_ms.toFixed(1)} ms · request ${body.request_id}`;
     $("result").hidden = false;
     status("Done.", false);
