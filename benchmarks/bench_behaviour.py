@@ -68,10 +68,12 @@ def run_variant(data, probe: dict) -> dict:
         data.fmt_images,
         {
             **stage_defaults("behaviour"),
-            "clear_cases": str(ROOT / "samples/behaviour/clear"),
             "subset": {"max_images_per_split": p.max_images_per_split, "seed": p.seed},
         },
-        yaml.safe_load((ROOT / "conf/base/task.yml").read_text())["task"],
+        {
+            **yaml.safe_load((ROOT / "conf/base/task.yml").read_text())["task"],
+            "clear_cases": str(ROOT / "samples/behaviour/clear"),
+        },
     )
     test = load_subset(data.dataset_index, data.fmt_images, meta.labels, ("test",), p)["test"]
     proba = ServingArtifact.from_bytes(served, meta, 1).predict_images(test.images).probabilities

@@ -119,6 +119,23 @@ def test_the_task_file_names_the_edits_that_keep_a_label_and_refuses_a_name_that
     )
 
 
+def test_clear_cases_are_the_tasks_and_a_new_task_sharing_a_label_gets_none(kedro_project):
+    """The shipped clear cases were read for any task with a label of the same name: a
+    `grass, dots, rings` task was gated on six lawn photos (all wrong: refused)."""
+    from plants_mlops.pipelines import behaviour
+
+    conf = kedro_project.path / "conf"
+    task.init(conf, "ground", ("grass", "dots", "rings"))
+    assert task.load("ground", conf).task.clear_cases is None
+    assert task.load(None, conf).task.clear_cases == "samples/behaviour/clear"
+    assert (
+        "clear_cases"
+        not in yaml.safe_load((conf / "base" / "parameters_behaviour.yml").read_text())["behaviour"]
+    )
+    (node,) = [n for n in behaviour.create_pipeline().nodes if n.name == "measure_behaviour"]
+    assert "params:task" in node.inputs
+
+
 def test_seeding_a_task_takes_its_labels_and_refuses_the_others(kedro_project, monkeypatch, capsys):
     monkeypatch.chdir(kedro_project.path)  # the CLI reads conf/ where it runs
     task.init("conf", "shapes", SHAPES)

@@ -53,6 +53,9 @@ class TaskParams(Params):
     # names in model.behaviour.EDITS: the behaviour step measures invariance under these
     # and the registry gate requires it (none: invariance not measured, not gated)
     label_preserving_edits: tuple[str, ...]
+    # folder of <label>/* photos a person labels at a glance (project-relative): the
+    # behaviour step's minimum functionality; None: not measured (the gate says so)
+    clear_cases: str | None
     near_duplicates: TaskNearDuplicates
     class_balance: ClassBalance
 
@@ -337,7 +340,7 @@ class BehaviourGate(Params):
     min_invariance: float  # share of test labels unchanged under each edit but the mirror
     min_mirror_invariance: float  # the same under the mirror (the probe trains on it)
     min_functionality: float  # share of the shipped clear cases labelled right
-    min_ood_flagged: float  # share of the held-out non-plant photos flagged
+    min_ood_flagged: float  # share of the held-out out-of-distribution photos flagged
     max_false_flags: float  # share of the test split flagged out of distribution
 
 
@@ -367,9 +370,8 @@ class RegistryParams(Params):
 
 
 class BehaviourParams(Params):
-    """The edits measured are the task's: ``TaskParams.label_preserving_edits``."""
+    """The edits measured and the clear cases are the task's: ``TaskParams``."""
 
-    clear_cases: str  # folder of <label>/* minimum-functionality images (project-relative)
     generated_size: int  # side of the generated non-photos, px
     subset: EvaluationSubset
     mlflow: EvaluationMlflow

@@ -36,7 +36,7 @@ class BehaviourMetrics(BaseModel):
     invariance_min: float | None  # labels unchanged, the worst edit but the mirror
     invariance_mirror: float | None
     functionality: float | None  # shipped clear cases labelled right (None: no case for
-    # the task's labels under behaviour.clear_cases)
+    # the task's labels under task.clear_cases)
     ood_flagged: float | None  # held-out non-plant photos (REPORT_PHOTOS) flagged
     ood_tune_flagged: float | None  # the set the detector was chosen on (not a result)
     false_flags: float | None  # test-split images flagged out of distribution

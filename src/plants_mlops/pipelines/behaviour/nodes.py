@@ -58,7 +58,8 @@ def measure_behaviour(
     from plants_mlops.model.data import load_subset
 
     p = parse(BehaviourParams, params, "behaviour")
-    edits = parse(TaskParams, task, "task").label_preserving_edits
+    task_params = parse(TaskParams, task, "task")
+    edits = task_params.label_preserving_edits
     model = ServingArtifact.from_bytes(serving_model, serving_meta)
     labels = tuple(model.meta.labels)
     test = load_subset(dataset_index, fmt_images, labels, ("test",), p.subset)["test"]
@@ -71,13 +72,14 @@ def measure_behaviour(
         if edited.out_of_distribution is not None:  # photos the task says keep their label
             edited_flags[name] = float(edited.out_of_distribution.mean())
 
-    names, clear, clear_y = behaviour.clear_cases(Path(p.clear_cases), labels)
+    folder = task_params.clear_cases
+    names, clear, clear_y = behaviour.clear_cases(Path(folder), labels) if folder else ([], [], [])
     if not names:  # a task of its own ships its clear cases, or has none measured
         log.warning(
-            "behaviour: no clear cases for the labels %s under %s: minimum functionality "
-            "not measured",
+            "behaviour: no clear cases for the labels %s (task.clear_cases: %s): minimum "
+            "functionality not measured",
             list(labels),
-            p.clear_cases,
+            folder,
         )
     clear_pred = model.predict_images(clear).probabilities.argmax(axis=1) if names else None
     right = clear_pred == clear_y if names else np.zeros(0, dtype=bool)
