@@ -276,14 +276,14 @@ def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists
     )
     assert decision["verdict"] == "fail"
     assert decision["refused_because"] == [
-        "ood_flagged: held-out non-plant photos flagged: not measured",
+        "ood_flagged: held-out out-of-distribution photos flagged: not measured",
         "false_flags: test images flagged OOD: not measured",
     ]
     assert registry.alias_version(tracking.client(store), ALIAS_CHAMPION) is None
 
     rc, out, _ = run_cli(capsys, store, "list")
     assert rc == 0
-    assert "refused: ood_flagged: held-out non-plant photos flagged: not measured" in out
+    assert "refused: ood_flagged: held-out out-of-distribution photos flagged: not measured" in out
     rc, out, _ = run_cli(capsys, store, "list", "--json")
     assert "ood_flagged" in __import__("json").loads(out)[0]["refused_because"]
 

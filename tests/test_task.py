@@ -136,6 +136,25 @@ def test_clear_cases_are_the_tasks_and_a_new_task_sharing_a_label_gets_none(kedr
     assert "params:task" in node.inputs
 
 
+def test_what_a_task_of_its_own_reads_in_the_card_gate_and_console_names_no_plant():
+    """The model card's out-of-scope list, the gate's check names and the console's
+    behaviour line spoke of plants to every task ("held-out non-plant photos flagged")."""
+    from support.params import stage_params
+
+    from plants_mlops.commands.demo import _DETAILS
+    from plants_mlops.model.registry import behaviour_checks
+    from plants_mlops.params import Gate, parse
+
+    card = stage_params("model_card")
+    fields = {"title": "Which pattern?", "description": "Patterns.", "labels": "dots, rings"}
+    texts = [card["intended_use"].format(**fields)]
+    texts += [line.format(**fields) for line in card["out_of_scope"]]
+    gate = parse(Gate, stage_params("registry")["gate"], "registry.gate")
+    texts += [c["detail"] for c in behaviour_checks({}, gate)]
+    texts += [label for figures in _DETAILS.values() for _, _, label in figures]
+    assert [t for t in texts if "plant" in t.lower()] == []
+
+
 def test_seeding_a_task_takes_its_labels_and_refuses_the_others(kedro_project, monkeypatch, capsys):
     monkeypatch.chdir(kedro_project.path)  # the CLI reads conf/ where it runs
     task.init("conf", "shapes", SHAPES)

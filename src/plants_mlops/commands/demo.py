@@ -67,7 +67,7 @@ _DETAILS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
     "behaviour": (
         ("metrics", "invariance_min", "labels kept, worst edit"),
-        ("metrics", "ood_flagged", "non-plant photos flagged"),
+        ("metrics", "ood_flagged", "out-of-distribution photos flagged"),
         ("metrics", "false_flags", "test images flagged"),
     ),
     "registry": (("field", "model_version", "version"),),

@@ -423,7 +423,7 @@ def _ood_section(ood: dict | None, behaviour: dict | None) -> Section:
     figures = (behaviour or {}).get("ood") or {}
     if figures:
         rows += [
-            ["held-out non-plant photos flagged", figures.get("report_flagged")],
+            ["held-out out-of-distribution photos flagged", figures.get("report_flagged")],
             ["test images flagged (false flags)", figures.get("test_false_flags")],
         ]
         edited = figures.get("edited_false_flags") or {}

@@ -311,7 +311,7 @@ def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict
             "ood_flagged",
             b.min_ood_flagged,
             True,
-            "held-out non-plant photos flagged",
+            "held-out out-of-distribution photos flagged",
         ),
         ("false_flags", "false_flags", b.max_false_flags, False, "test images flagged OOD"),
     )
