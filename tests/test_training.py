@@ -103,6 +103,39 @@ def _precision(data, **policy):
     return float_onnx, served, record
 
 
+def test_int8_quantizes_the_trunk_and_the_logits_stay_float():
+    """Quantized to the end, the logits came out of a DequantizeLinear, in 256 steps over
+    their range (the demo's champion: 137 distinct confidences for 200 photos, its float
+    model 199; a photo at exactly 0.5). The trunk is int8; pooling, head and class maps
+    are float."""
+    from support import images
+
+    from plants_mlops import imaging
+    from plants_mlops.model.export import onnx_bytes
+    from plants_mlops.model.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", n_classes=2, image_size=96, weights="imagenet")
+    with torch.no_grad():  # a head whose logits spread over a few units, like a trained one
+        model.head.weight.normal_(0, 0.05)
+    model.eval()
+    photos = [images.sample_jpeg(i, label) for i in range(24) for label in base_labels()]
+    norm = {"resize_size": 96, "image_size": 96, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    x = np.stack([imaging.to_model_input(imaging.decode_image(p).image, **norm) for p in photos])
+    graph = onnx.load_from_string(quantize_int8(onnx_bytes(model, 96), x[:16]))
+    makers = {out: node.op_type for node in graph.graph.node for out in node.output}
+    outputs = {o.name: makers[o.name] for o in graph.graph.output}
+    assert outputs == {
+        ONNX_OUTPUT_LOGITS: "Gemm",
+        ONNX_OUTPUT_EMBEDDING: "Flatten",
+        ONNX_OUTPUT_CLASS_MAPS: "Transpose",
+    }
+    assert any(n.op_type == "QuantizeLinear" and "/trunk/" in n.name for n in graph.graph.node)
+    session = artifact.open_session(graph.SerializeToString(), 1)
+    logits = session.run([ONNX_OUTPUT_LOGITS], {ONNX_INPUT: x[16:]})
+    assert len(np.unique(np.round(logits[0][:, 1] - logits[0][:, 0], 5))) == 32
+
+
 def test_an_int8_serving_model_keeps_the_contract_and_records_its_validation_f1(data):
     float_onnx, served, record = _precision(data, mode="int8", max_f1_drop=1.0)
     assert record["precision"] == "int8" and served != float_onnx
