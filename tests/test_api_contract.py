@@ -125,6 +125,17 @@ def test_a_malformed_or_invalid_json_body_gets_a_documented_error_response(
     assert r.json()["error"] == error
 
 
+def test_the_middlewares_refusals_are_documented_and_answered_as_documented(spec, client):
+    """431 (header flood) on every operation and 408 (a client silent mid-body) on those
+    with a body: the server sent both, the document listed neither."""
+    for path, method, op in _operations(spec):
+        assert "431" in op["responses"], (method, path)
+        assert ("408" in op["responses"]) == ("requestBody" in op), (method, path)
+    r = client.get("/health", headers={f"x-flood-{i}": "1" for i in range(200)})
+    assert r.status_code == 431
+    _conforms(spec, "/health", "get", r)
+
+
 def test_options_and_a_wrong_method_name_every_method_of_the_path(spec, client):
     """Today's bug: OPTIONS /admin/retrain answered `allow: POST` though GET exists."""
     documented = {m.upper() for m in spec["paths"]["/admin/retrain"]}

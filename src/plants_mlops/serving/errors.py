@@ -93,6 +93,8 @@ _SERVER_ERROR = "internal error: the body names the request id of the logged tra
 _BODY_TOO_LARGE = "request body over the size limit"
 _INVALID = "the request does not match this operation's schema (malformed JSON included)"
 _UNPARSABLE = "the body could not be parsed at all (not UTF-8, a broken multipart body)"
+_BODY_TIMEOUT = "the client sent nothing for PLANTS_BODY_TIMEOUT_SECONDS while sending the body"
+_HEADERS_TOO_LARGE = "too many request headers, or too many bytes of them"
 
 
 def document_errors(schema: dict) -> dict:
@@ -109,7 +111,9 @@ def document_errors(schema: dict) -> dict:
                 responses.setdefault("422", {"description": _INVALID})
             if "requestBody" in operation:
                 responses.setdefault("400", {"description": _UNPARSABLE})
+                responses.setdefault("408", {"description": _BODY_TIMEOUT})
                 responses.setdefault("413", {"description": _BODY_TOO_LARGE})
+            responses.setdefault("431", {"description": _HEADERS_TOO_LARGE})
             responses.setdefault("500", {"description": _SERVER_ERROR})
             for status, response in responses.items():
                 if int(status) >= 400:
