@@ -76,6 +76,11 @@ def test_zenml_run_of_every_stage_links_mlflow_and_reuses_training_only_for_unch
     assert "test/f1_macro" in mlrun.data.metrics and "eval/f1_macro" in mlrun.data.metrics
     mv = client.get_model_version("plants-classifier", s["registry"]["model_version"])
     assert mv.run_id == run_id
+    # Artifacts in the project's data/mlartifacts, recorded relative to it (the tracker
+    # made the experiment: ./mlruns, an absolute path a moved project could not load).
+    experiment = client.get_experiment(mlrun.info.experiment_id)
+    assert experiment.artifact_location == f"data/mlartifacts/{experiment.experiment_id}"
+    assert not (project / "mlruns").exists()
 
     # ZenML: the run with its six steps and their metadata, and the model version linked
     # to the MLflow registry version.
