@@ -113,6 +113,8 @@ def test_uncertain_prediction_feedback_review_accept_reaches_the_dataset(
         for f in pending
     ] == [(feedback_id, pred["prediction_id"], "grass", pred["label"], 2)]
     assert pending[0]["image_sha256"] == sha and pending[0]["comment"] == "all grass"
+    # The request's id, which the server's log lines carry (it was the prediction id).
+    assert pending[0]["request_id"] == pred["request_id"] != pred["prediction_id"]
 
     assert cli.main(["data", "feedback", "accept", str(feedback_id), "--db-url", url]) == 0
     assert "accepted: plants_data row" in capsys.readouterr().out

@@ -57,6 +57,8 @@ def file_feedback(
         raise UserFacingError(
             f"label {values.get('true_label')!r} is not one of {', '.join(labels)}"
         )
+    # the request that got the prediction (what the server's log lines carry)
+    values["request_id"] = values.get("request_id") or prediction_id
     for _ in range(3):  # two workers filing the same prediction at once: one inserts
         try:
             return _file_once(engine, prediction_id, values)
@@ -84,7 +86,6 @@ def _file_once(engine: sa.Engine, prediction_id: str, values: dict) -> tuple[int
             sa.insert(t).values(
                 **values,
                 prediction_id=prediction_id,
-                request_id=prediction_id,
                 times_filed=1,
                 status="pending",
                 created_at=utcnow(),

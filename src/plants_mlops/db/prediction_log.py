@@ -123,7 +123,12 @@ class SqlStore:
         if not self._ready and not sa.inspect(self.engine).has_table(TABLE):
             return None
         query = sa.select(
-            t.c.prediction_id, t.c.label, t.c.confidence, t.c.model_version, t.c.kept_image
+            t.c.prediction_id,
+            t.c.request_id,
+            t.c.label,
+            t.c.confidence,
+            t.c.model_version,
+            t.c.kept_image,
         ).where(t.c.prediction_id == prediction_id)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()

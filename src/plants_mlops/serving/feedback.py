@@ -81,6 +81,7 @@ class FeedbackStore:
             self._engine,
             labels,
             prediction_id=prediction["prediction_id"],
+            request_id=prediction.get("request_id"),
             true_label=label,
             predicted_label=prediction.get("label"),
             confidence=prediction.get("confidence"),
