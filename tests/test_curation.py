@@ -170,6 +170,48 @@ def test_decisions_flow_through_formatting_and_change_the_fingerprint(data_proje
     assert read_json(data / "03_primary" / "dataset_fingerprint.json")["fingerprint"] == original
 
 
+def test_a_decision_on_a_row_applies_to_every_row_holding_the_same_image():
+    """Accepted feedback on a photo already in the catalogue makes a second row with the
+    same bytes: an exclude of the first left the image in through the second, and a
+    relabel of one copy put the two under two labels (both then dropped as a conflict)."""
+    from datetime import UTC, datetime, timedelta
+
+    from plants_mlops.pipelines.curation.decisions import apply_decisions
+
+    rows = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5],
+            "label": ["grass", "grass", "grass", "grass", "dandelion"],
+            "sha256": ["a", "a", "b", "b", "c"],
+        }
+    )
+    raw = {f"{r.label}/{r.sha256}.jpg": (lambda s=r.sha256: s.encode()) for r in rows.itertuples()}
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def decision(row_id, action, label=None, minutes=0):
+        when = t0 + timedelta(minutes=minutes)
+        return {"row_id": row_id, "action": action, "label": label, "reason": "r",
+                "decided_by": "me", "decided_at": when}  # fmt: skip
+
+    decisions = pd.DataFrame([decision(1, "exclude"), decision(4, "relabel", "dandelion", 1)])
+    loaders, kept, applied = apply_decisions(raw, rows, decisions)
+    assert kept.set_index("id")["label"].to_dict() == {
+        3: "dandelion",
+        4: "dandelion",
+        5: "dandelion",
+    }
+    assert "dandelion/b.jpg" in loaders and loaders["dandelion/b.jpg"]() == b"b"
+    assert sorted((a["row_id"], a["action"], a.get("decided_on")) for a in applied) == [
+        (1, "exclude", 1), (2, "exclude", 1), (3, "relabel", 4), (4, "relabel", 4),
+    ]  # fmt: skip
+    # the newest decision on any copy is the image's
+    later = pd.DataFrame([*decisions.to_dict("records"), decision(2, "relabel", "dandelion", 2)])
+    _, kept, _ = apply_decisions(raw, rows, later)
+    assert kept.set_index("id")["label"].to_dict() == {
+        1: "dandelion", 2: "dandelion", 3: "dandelion", 4: "dandelion", 5: "dandelion",
+    }  # fmt: skip
+
+
 def test_data_review_lists_the_queue_with_the_decisions_taken(data_project, capsys):
     data = data_project.path / "data"
     url = f"sqlite:///{data / 'plants.db'}"

@@ -3,9 +3,11 @@
 ``apply_decisions`` takes what formatting reads (the raw layer's loaders keyed
 ``{label}/{sha256}.{ext}`` and the plants_data rows) and the decisions in force
 (``db.decisions_in_force``, loaded by the ``data_decisions`` dataset) and returns the same
-two things with an excluded row left out and a relabelled row under its new label. The raw
-bytes stay where they are (a relabelled image is read from its original key), so a
-``restore`` brings the row back exactly as it was.
+two things with an excluded row left out and a relabelled row under its new label. A
+decision is on an image: it applies to every row holding the same bytes (accepted
+feedback on a photo already catalogued is a second row), the newest decision on any copy
+winning. The raw bytes stay where they are (a relabelled image is read from its original
+key), so a ``restore`` brings the row back exactly as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ def apply_decisions(
     """(raw loaders, rows, what was applied) with the decisions in force honoured."""
     if decisions is None or len(decisions) == 0:
         return raw_images, plants_data, []
-    by_row = {int(d["row_id"]): d for d in decisions.to_dict(orient="records")}
+    records = sorted(decisions.to_dict(orient="records"), key=lambda d: d["decided_at"])
+    by_row = {int(d["row_id"]): d for d in records}
+    sha_of = dict(zip(plants_data["id"].astype(int), plants_data["sha256"], strict=True))
+    by_sha = {sha_of[r]: d for r, d in by_row.items() if isinstance(sha_of.get(r), str)}
     rows = plants_data.copy()
     applied: list[dict[str, Any]] = []
     keep = []
@@ -34,7 +39,8 @@ def apply_decisions(
         label, _, name = key.partition("/")
         by_content[(label, name.split(".", 1)[0])] = key
     for i, row in rows.iterrows():
-        d = by_row.get(int(row["id"]))
+        sha = row["sha256"]
+        d = by_sha.get(sha) if isinstance(sha, str) else by_row.get(int(row["id"]))
         if d is None:
             keep.append(i)
             continue
@@ -43,6 +49,7 @@ def apply_decisions(
             "action": d["action"],
             "reason": d["reason"],
             "decided_by": d["decided_by"],
+            "decided_on": int(d["row_id"]),  # the row the decision named (a copy's, maybe)
         }
         if d["action"] == "exclude":
             applied.append(note)
