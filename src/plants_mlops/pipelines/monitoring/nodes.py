@@ -62,8 +62,9 @@ def select_current_window(prediction_log: pd.DataFrame, params: dict[str, Any]) 
         frame = frame.tail(window.last_n)
     extra = [OOD_COLUMN] if OOD_COLUMN in frame.columns else []
     frame = frame[[*columns, *extra, "embedding"]].reset_index(drop=True)
-    # The same photo predicted again (a client's retry, a second model version on the same
-    # backbone) has the same embedding: marked, so the drift tests see each image once.
+    # The same photo predicted again (a client's retry, a second model version with the
+    # same embedding: float on the same backbone, or int8 calibrated on the same images)
+    # has the same embedding: marked, so the drift tests see each image once.
     emb_bytes = frame["embedding"].map(lambda e: np.asarray(e, dtype=np.float32).tobytes())
     frame[REPEATED] = emb_bytes.duplicated().to_numpy()
     log.info(
