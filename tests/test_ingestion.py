@@ -194,6 +194,14 @@ def test_mirror_prefix_rewrites_to_a_folder_or_a_base_url():
         "http://127.0.0.1:8000/g/2.jpg"
     )
     assert fetching.resolve("https://b.example/x.jpg", mirrors) == "https://b.example/x.jpg"
+    # scheme and host are case-insensitive (the row bypassed the mirror: a DNS failure);
+    # the path is not
+    assert fetching.resolve("HTTPS://A.Example/data/dandelion/1.jpg", mirrors) == (
+        "/srv/mirror/dandelion/1.jpg"
+    )
+    assert fetching.resolve("https://a.example/DATA/x.jpg", mirrors) == (
+        "https://a.example/DATA/x.jpg"
+    )
 
 
 def test_fetches_in_flight_are_bounded_while_the_consumer_saves():

@@ -43,12 +43,24 @@ def parse_mirrors(raw: list[dict] | None) -> list[Mirror]:
     return sorted((m for m in mirrors if m.target), key=lambda m: -len(m.prefix))
 
 
+def _case_folded_origin(url: str) -> str:
+    """``url`` with its scheme and host in lower case (they are case-insensitive; the path
+    is not), the same length."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 def resolve(url: str, mirrors: list[Mirror]) -> str:
     """Where to actually read ``url`` from: the first (longest) matching mirror, else itself.
     A mirror folder is never escaped (``../``, encoded or not): FetchError ``forbidden_path``."""
+    folded = _case_folded_origin(url)
     for m in mirrors:
-        if url.startswith(m.prefix):
-            rest = url[len(m.prefix) :]
+        prefix = _case_folded_origin(m.prefix)
+        if folded.startswith(prefix):
+            rest = folded[len(prefix) :]  # the path: never case-folded
             if m.target.startswith(("http://", "https://")):
                 return m.target.rstrip("/") + "/" + rest.lstrip("/")
             base = Path(m.target).resolve()
