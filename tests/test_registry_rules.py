@@ -66,6 +66,23 @@ def test_rollback_walks_back_through_the_champion_history(store, capsys):
     assert registry.alias_version(cl, ALIAS_CHAMPION) == v1
 
 
+def test_rollback_pops_back_to_the_latest_term_of_a_version_that_was_champion_twice(store, capsys):
+    """1 -> 2 -> 3 -> 2 -> 4: rolling back twice goes 4 -> 2 -> 3 (the champion before
+    v2's latest term), not 4 -> 2 -> 1."""
+    v1, v2, v3, v4 = (register_champion(store, seed=s, set_alias=False).version for s in range(4))
+    cl = tracking.client(store)
+    for v in (v1, v2):
+        registry.move_alias(cl, ALIAS_CHAMPION, v, action="test", reason="test setup")
+    for v, why in ((v3, "a"), (v2, "b"), (v4, "c")):
+        assert run_cli(capsys, store, "promote", v, "--reason", why)[0] == 0
+
+    assert run_cli(capsys, store, "rollback", "--reason", "rb1")[0] == 0
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == v2
+    assert run_cli(capsys, store, "rollback", "--reason", "rb2")[0] == 0
+    assert registry.alias_version(cl, ALIAS_CHAMPION) == v3
+    assert registry.champion_history(cl) == [v1, v2, v3]
+
+
 def test_rollback_to_a_version_that_failed_the_gate_needs_force_and_a_reason(store, capsys):
     v1 = register_champion(store).version
     v2 = register_champion(store, seed=1, set_alias=False).version

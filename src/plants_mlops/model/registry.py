@@ -451,14 +451,15 @@ def serving_refusal(cl, version: str, name: str = REGISTERED_MODEL_NAME) -> str 
 
 def champion_history(cl, name: str = REGISTERED_MODEL_NAME) -> list[str]:
     """The champions in order, as a stack: a move pushes its version, a rollback pops back
-    to its target. The last entry is the current champion."""
+    to its target (its latest term, when it was champion more than once). The last entry
+    is the current champion."""
     stack: list[str] = []
     for entry in audit_trail(cl, name):
         if entry.get("alias") != ALIAS_CHAMPION or not entry.get("to_version"):
             continue
         target = str(entry["to_version"])
         if entry.get("action") in ("rollback", "force-rollback") and target in stack:
-            del stack[stack.index(target) + 1 :]
+            del stack[len(stack) - stack[::-1].index(target) :]
         else:
             stack.append(target)
     return stack
