@@ -203,6 +203,7 @@ def test_promote_rollback_and_audit_commands(
         ("gate-pass", "champion", None, v1),
         ("gate-fail", "challenger", None, v2),
         ("force-promote", "champion", v1, v2),
+        ("force-promote", "challenger", v2, None),  # the champion is no longer the challenger
         ("rollback", "champion", v2, v1),
         ("force-rollback", "champion", v1, v2),
     ]

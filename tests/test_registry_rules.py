@@ -11,7 +11,7 @@ from support.champion import log_candidate, register_champion
 from support.params import base_labels, stage_params, task_params
 
 from plants_mlops import cli
-from plants_mlops.contracts import ALIAS_CHAMPION
+from plants_mlops.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION
 from plants_mlops.model import registry, tracking
 from plants_mlops.pipelines.registry.nodes import register_and_gate
 
@@ -50,6 +50,35 @@ def test_promoting_a_version_that_failed_the_gate_needs_force_and_a_reason(store
     assert entry["action"] == "force-promote" and entry["reason"] == "camera hotfix"
     assert entry["gate_verdict"] == "fail"
     assert registry.alias_version(cl, ALIAS_CHAMPION) == v2
+
+
+def test_promoting_the_challenger_records_the_removal_of_its_alias(store, capsys, monkeypatch):
+    """A gate-failed version holds ``challenger``; promoting it removes that alias, and the
+    removal is in the audit trail (to_version null) with the promotion's actor and reason."""
+    monkeypatch.setenv("PLANTS_MLOPS_ACTOR", "ci-tester")
+    v1 = register_champion(store).version
+    v2 = register_champion(store, seed=1, set_alias=False).version
+    cl = tracking.client(store)
+    cl.set_model_version_tag(NAME, v2, "verdict", "fail")
+    registry.move_alias(cl, ALIAS_CHALLENGER, v2, action="gate-fail", reason="gate fail")
+
+    rc, _, _ = run_cli(capsys, store, "promote", v2, "--force", "--reason", "hotfix test")
+    assert rc == 0 and registry.alias_version(cl, ALIAS_CHALLENGER) is None
+    moved, removed = registry.audit_trail(cl)[-2:]
+    assert (moved["alias"], moved["from_version"], moved["to_version"]) == (
+        ALIAS_CHAMPION,
+        v1,
+        v2,
+    )
+    assert (removed["alias"], removed["from_version"], removed["to_version"]) == (
+        ALIAS_CHALLENGER,
+        v2,
+        None,
+    )
+    assert removed["action"] == "force-promote" and removed["reason"] == "hotfix test"
+    assert removed["actor"] == moved["actor"] == "ci-tester"
+    rc, out, _ = run_cli(capsys, store, "audit")
+    assert rc == 0 and f"challenger: {v2} -> (none)  hotfix test" in out
 
 
 def test_rollback_walks_back_through_the_champion_history(store, capsys):

@@ -137,6 +137,6 @@ def audit_command(args: argparse.Namespace) -> int:
         lambda e: (
             f"{e.get('at')}  {e.get('actor', '?'):<10} {e.get('action', '?'):<10} "
             f"{e.get('alias', '?')}: {e.get('from_version') or '(none)'} -> "
-            f"{e.get('to_version')}  {e.get('reason', '')}"
+            f"{e.get('to_version') or '(none)'}  {e.get('reason', '')}"
         ),
     )

@@ -3,9 +3,9 @@ and their audit trail.
 
 Aliases (``champion``, ``challenger``), never the deprecated stages. Every alias move is
 recorded as a registered-model tag ``audit.<UTC time>.<random>`` whose value is a JSON
-object ``{at, actor, action, alias, from_version, to_version, reason}``: it lives in the
-tracking store itself, so it works the same on SQLite, PostgreSQL and a remote server, and
-needs no extra artifact store.
+object ``{at, actor, action, alias, from_version, to_version, reason}`` (``to_version``
+null: the alias was removed): it lives in the tracking store itself, so it works the same
+on SQLite, PostgreSQL and a remote server, and needs no extra artifact store.
 
 ``champion`` moves only through ``move_champion``: the version must carry the gate's
 recorded verdict ``pass`` (or the move is ``--force --reason``, recorded as such), and its
@@ -157,16 +157,20 @@ def _actor() -> str:
 def move_alias(
     cl,
     alias: str,
-    version: str,
+    version: str | None,
     *,
     action: str,
     reason: str,
     name: str = REGISTERED_MODEL_NAME,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Point ``alias`` at ``version`` and append the move to the audit trail."""
+    """Point ``alias`` at ``version`` (None: remove the alias) and append the move to the
+    audit trail."""
     previous = alias_version(cl, alias, name)
-    cl.set_registered_model_alias(name, alias, str(version))
+    if version is None:
+        cl.delete_registered_model_alias(name, alias)
+    else:
+        cl.set_registered_model_alias(name, alias, str(version))
     now = dt.datetime.now(dt.UTC)
     entry = {
         "at": now.isoformat(timespec="microseconds"),
@@ -174,7 +178,7 @@ def move_alias(
         "action": action,
         "alias": alias,
         "from_version": previous,
-        "to_version": str(version),
+        "to_version": None if version is None else str(version),
         "reason": reason,
         **(extra or {}),
     }
@@ -399,17 +403,14 @@ def move_champion(
             raise RegistryError("--force needs --reason TEXT: the audit trail records why")
         action = f"force-{action}"
     verify_loadable(cl, version, name)
+    reason = reason or _DEFAULT_REASONS.get(action.removeprefix("force-"), action)
+    extra = {"gate_verdict": verdict or "none", "forced": action.startswith("force-")}
     entry = move_alias(
-        cl,
-        ALIAS_CHAMPION,
-        version,
-        action=action,
-        reason=reason or _DEFAULT_REASONS.get(action.removeprefix("force-"), action),
-        name=name,
-        extra={"gate_verdict": verdict or "none", "forced": action.startswith("force-")},
+        cl, ALIAS_CHAMPION, version, action=action, reason=reason, name=name, extra=extra
     )
     if alias_version(cl, ALIAS_CHALLENGER, name) == version:
-        cl.delete_registered_model_alias(name, ALIAS_CHALLENGER)
+        # the champion is no longer the challenger: an audited move too (to_version null)
+        move_alias(cl, ALIAS_CHALLENGER, None, action=action, reason=reason, name=name, extra=extra)
     return entry
 
 
