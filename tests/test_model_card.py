@@ -42,8 +42,33 @@ def model_name() -> str:
     return f"plants-card-{uuid.uuid4().hex[:8]}"
 
 
-def _card(trained: model_data.Trained, summary, report, decision, behaviour=None):
+def formatting_report(fingerprint: str, decisions: pd.DataFrame) -> dict:
+    """What the formatting run that built the dataset ``fingerprint`` records: the
+    decisions it applied (``pipelines/curation/decisions.py``)."""
+    from plants_mlops.pipelines.curation.decisions import apply_decisions
+
+    rows = pd.DataFrame({"id": decisions["row_id"], "label": "dandelion", "sha256": "0" * 64})
+    return {
+        "dataset_fingerprint": fingerprint,
+        "decisions_applied": apply_decisions({}, rows, decisions)[2],
+    }
+
+
+def _card(
+    trained: model_data.Trained,
+    summary,
+    report,
+    decision,
+    behaviour=None,
+    *,
+    formatted=None,
+    in_force=DECISIONS,
+):
+    """The node's card; ``formatted``: the formatting report (default: the dataset was
+    formatted with ``DECISIONS`` applied); ``in_force``: the decisions recorded now."""
     d = trained.data
+    if formatted is None:
+        formatted = formatting_report(d.dataset_fingerprint["fingerprint"], DECISIONS)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     name, version = decision["model_name"], decision["model_version"]
     meta = registry.verify_loadable(client, version, name).to_dict()
@@ -56,7 +81,8 @@ def _card(trained: model_data.Trained, summary, report, decision, behaviour=None
         d.dataset_index,
         d.fmt_images,
         d.dataset_fingerprint,
-        DECISIONS,
+        formatted,
+        in_force,
         behaviour,
         stage_params("model_card", bootstrap={"resamples": 300}),
         stage_params("registry", model_name=decision["model_name"]),
@@ -141,6 +167,38 @@ def test_the_card_shows_the_behaviour_figures_of_its_own_run_only(
     md, _, figures = _card(small_model, summary, report, decision, stale)
     assert "the behaviour report is for run another-run, not this one" in md
     assert figures["behaviour"] is None
+
+
+def test_the_card_lists_the_decisions_of_the_dataset_the_version_was_trained_on(
+    small_model, mlflow_tracking_uri, monkeypatch, model_name
+):
+    """Decisions recorded (or restored) after the formatting run are not in the version's
+    data: the card lists what that formatting run applied and counts the rest as waiting."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_uri)
+    summary, report, decision = lifecycle(small_model, model_name)
+    fingerprint = small_model.data.dataset_fingerprint["fingerprint"]
+    none_applied = formatting_report(fingerprint, DECISIONS.iloc[:0])
+
+    # excluded after formatting: row 17 is still in the data
+    md = _card(small_model, summary, report, decision, formatted=none_applied)[0]
+    assert "Curation decisions applied: none" in md and "a drawing" not in md
+    assert "1 curation decision recorded since" in md and "waits for a formatting run" in md
+    # applied by formatting, restored since: still in the data
+    md = _card(small_model, summary, report, decision, in_force=DECISIONS.iloc[:0])[0]
+    assert "Curation decisions applied (plants-mlops data exclude/relabel): 1 exclude." in md
+    assert "| 17 | exclude | - | a drawing, not a photo | reviewer | 2026-12-01T10:00:00 |" in md
+    assert "1 curation decision recorded since" in md
+    # in force and applied: nothing waits
+    md = _card(small_model, summary, report, decision)[0]
+    assert "1 exclude" in md and "recorded since" not in md
+    # a formatting report of another dataset says nothing about this version's
+    other = formatting_report("f" * 64, DECISIONS)
+    md = _card(small_model, summary, report, decision, formatted=other)[0]
+    assert (
+        f"Curation decisions applied: not known (the formatting report is for dataset {'f' * 64}"
+        in md
+    )
+    assert "a drawing" not in md
 
 
 def test_bootstrap_intervals_cover_the_point_figure_and_narrow_with_more_images():

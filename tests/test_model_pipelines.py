@@ -40,6 +40,10 @@ INT8 = {"training.serving_precision.mode": "int8", "training.serving_precision.m
 
 @pytest.mark.slow
 def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monkeypatch, capsys):
+    # an exclude recorded after formatting: not in the data this version is trained on
+    db_url = f"sqlite:///{data_project.path / 'data' / 'plants.db'}"
+    argv = ["data", "exclude", "41", "--reason", "after formatting", "--db-url", db_url]
+    assert cli.main(argv) == 0
     for pipeline in ("training", "evaluation", "behaviour", "registry"):
         data_project.run(pipeline, params={**TRAIN, **GATE, **INT8})
 
@@ -96,6 +100,10 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     assert f"| macro F1 | {f1['value']:.4f} [{f1['low']:.4f}, {f1['high']:.4f}] |" in md
     assert f1["value"] == pytest.approx(report["metrics"]["f1_macro"])
     assert "| source host |" in md and "| image size (shorter side) |" in md
+    # the decisions of the formatting run that built the version's dataset (none), and the
+    # exclude recorded since as waiting for a formatting run
+    assert "Curation decisions applied: none" in md and "after formatting" not in md
+    assert "1 curation decision recorded since" in md
     assert (data / "08_reporting" / "model_card.html").read_text().count("<table>") >= 5
 
 

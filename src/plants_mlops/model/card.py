@@ -3,10 +3,11 @@ it does (with confidence intervals and per slice), how it behaves, where it came
 
 :func:`build` gathers the figures from what the pipeline already wrote (training and
 evaluation reports, the registry's decision and the version's tags, the serving meta, the
-dataset fingerprint and index, the curation decisions, the behaviour report) plus the
-test-split predictions it is given; :func:`markdown` and :func:`html` render the same
-sections. Whatever a version lacks (no behaviour step, no OOD detector, no source URLs in
-the index) is said in the card, never left out silently.
+dataset fingerprint and index, the curation decisions the formatting report applied and
+those in force now, the behaviour report) plus the test-split predictions it is given;
+:func:`markdown` and :func:`html` render the same sections. Whatever a version lacks (no
+behaviour step, no OOD detector, no source URLs in the index) is said in the card, never
+left out silently.
 """
 
 from __future__ import annotations
@@ -189,14 +190,17 @@ def build(
     test: pd.DataFrame,
     y_true: np.ndarray,
     y_pred: np.ndarray,
-    decisions: pd.DataFrame,
+    formatting_report: dict | None,
+    decisions: pd.DataFrame | None,
     behaviour: dict | None,
     task,
     p,
 ) -> Card:
     """The card of ``name`` version ``version`` (``test``: the test split's index rows, in
-    the order of ``y_true`` / ``y_pred``; ``task``: ``params.TaskParams``; ``p``:
-    ``params.ModelCardParams``, whose texts take the task's ``{description}``,
+    the order of ``y_true`` / ``y_pred``; ``formatting_report``: the formatting run's,
+    whose ``decisions_applied`` are listed when it built this version's dataset;
+    ``decisions``: the curation decisions in force now; ``task``: ``params.TaskParams``;
+    ``p``: ``params.ModelCardParams``, whose texts take the task's ``{description}``,
     ``{labels}`` and ``{title}``)."""
     labels = list(serving_meta["labels"])
     k = len(labels)
@@ -208,7 +212,12 @@ def build(
             [p.intended_use.strip().format(**words)],
             [(["out of scope"], [[line.format(**words)] for line in p.out_of_scope])],
         ),
-        _data_section(fingerprint, decisions, test),
+        _data_section(
+            fingerprint,
+            training_report.get("dataset_fingerprint") or fingerprint.get("fingerprint"),
+            formatting_report,
+            decisions,
+        ),
     ]
     ci = bootstrap_intervals(
         y_true,
@@ -328,7 +337,12 @@ def _num(value: str | None) -> float | None:
         return None
 
 
-def _data_section(fingerprint: dict, decisions: pd.DataFrame, test: pd.DataFrame) -> Section:
+def _data_section(
+    fingerprint: dict,
+    trained_on: str | None,
+    formatting_report: dict | None,
+    decisions: pd.DataFrame | None,
+) -> Section:
     per_split_label = fingerprint.get("per_split_label") or {}
     rows = [
         [split, *(counts.get(lab, 0) for lab in sorted(fingerprint.get("per_label") or {}))]
@@ -343,26 +357,65 @@ def _data_section(fingerprint: dict, decisions: pd.DataFrame, test: pd.DataFrame
         "a hash of its content: adding images never moves one."
     ]
     tables = [(["split", *labels], rows)] if rows else []
-    if decisions is None or decisions.empty:
+    # the decisions in the version's data: what the formatting run that built it applied,
+    # not what the database holds now (recorded since, they wait for a formatting run)
+    report = formatting_report or {}
+    applied = report.get("decisions_applied")
+    formatted = report.get("dataset_fingerprint")
+    if applied is None or formatted != trained_on:
+        text.append(
+            "Curation decisions applied: not known (the formatting report is for dataset "
+            f"{formatted or '?'}, not this version's {trained_on or '?'})."
+        )
+        return Section("Data", text, tables)
+    if not applied:
         text.append("Curation decisions applied: none (no image excluded or relabelled).")
     else:
-        counts = decisions["action"].value_counts().to_dict()
+        counts: dict[str, int] = {}
+        for a in applied:
+            counts[a["action"]] = counts.get(a["action"], 0) + 1
         text.append(
             "Curation decisions applied (plants-mlops data exclude/relabel): "
             + ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
             + "."
         )
-        shown = decisions.sort_values("row_id").head(50)
+        shown = sorted(applied, key=lambda a: int(a["row_id"]))[:50]
         tables.append(
             (
                 ["row", "action", "label", "reason", "by", "when"],
                 [
-                    [r.row_id, r.action, r.label, r.reason, r.decided_by, str(r.decided_at)]
-                    for r in shown.itertuples()
+                    [
+                        a["row_id"],
+                        a["action"],
+                        a.get("to"),
+                        a.get("reason"),
+                        a.get("decided_by"),
+                        a.get("decided_at"),
+                    ]
+                    for a in shown
                 ],
             )
         )
+    waiting = _decisions_since(applied, decisions)
+    if waiting:
+        text.append(
+            f"{waiting} curation decision{'s' if waiting > 1 else ''} recorded since "
+            "(plants-mlops data exclude/relabel/restore) "
+            f"{'are' if waiting > 1 else 'is'} not in this version's data: "
+            f"{'they wait' if waiting > 1 else 'it waits'} for a formatting run and a retrain."
+        )
     return Section("Data", text, tables)
+
+
+def _decisions_since(applied: list[dict], in_force: pd.DataFrame | None) -> int:
+    """How many rows' decision in force differs from the one formatting applied (a new
+    exclude or relabel, or a restore)."""
+    was = {int(a["row_id"]): (a["action"], a.get("to")) for a in applied}
+    now = {
+        int(d["row_id"]): (d["action"], d["label"] if d["action"] == "relabel" else None)
+        for d in ([] if in_force is None else in_force.to_dict(orient="records"))
+    }
+    return sum(was.get(row) != now.get(row) for row in was.keys() | now.keys())
 
 
 def _behaviour_section(behaviour: dict | None, run_id: str | None, sections: list) -> dict | None:

@@ -50,6 +50,7 @@ def apply_decisions(
             "reason": d["reason"],
             "decided_by": d["decided_by"],
             "decided_on": int(d["row_id"]),  # the row the decision named (a copy's, maybe)
+            "decided_at": None if d.get("decided_at") is None else str(d["decided_at"]),
         }
         if d["action"] == "exclude":
             applied.append(note)

@@ -29,13 +29,17 @@ def write_model_card(
     dataset_index: pd.DataFrame,
     fmt_images: dict,
     dataset_fingerprint: dict,
+    formatting_report: dict,
     data_decisions: pd.DataFrame,
     behaviour_report: dict | None,
     card_params: dict[str, Any],
     registry_params: dict[str, Any],
     task_params: dict[str, Any],
 ) -> tuple[str, str, dict]:
-    """(markdown, HTML, headline figures) of the registered version's card."""
+    """(markdown, HTML, headline figures) of the registered version's card. The curation
+    decisions it lists are those the formatting run of its dataset applied
+    (``formatting_report.decisions_applied``); ``data_decisions`` (in force now) only
+    counts the ones that wait for a formatting run."""
     from plants_mlops.model import card
     from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
@@ -63,6 +67,7 @@ def write_model_card(
         test=rows,
         y_true=np.asarray(split.labels),
         y_pred=y_pred,
+        formatting_report=formatting_report,
         decisions=data_decisions,
         behaviour=behaviour_report,
         task=task,

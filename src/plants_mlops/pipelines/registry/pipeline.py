@@ -33,6 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dataset_index",
                     "fmt_images",
                     "dataset_fingerprint",
+                    "formatting_report",
                     "data_decisions",
                     "behaviour_report",
                     "params:model_card",
