@@ -238,3 +238,19 @@ def test_slices_come_in_bucket_order_and_score_only_the_labels_they_hold():
     assert sorted(hosts[1:]) == [("(no host) (few images)", 1), ("b.example (few images)", 1)]
     one_label = next(r for r in rows if r[1].startswith("256-511"))
     assert one_label[3:] == [1.0, 1.0]  # one grass image, right: F1 1, not halved
+
+
+def test_a_decision_applied_to_copies_of_its_image_is_not_counted_as_waiting():
+    """Formatting applies a decision to every row with the image's bytes; the copies must
+    not read as decisions recorded since the version's data."""
+    import pandas as pd
+
+    from plants_mlops.model.card import _decisions_since
+
+    applied = [
+        {"row_id": 1, "action": "exclude", "decided_on": 1},
+        {"row_id": 7, "action": "exclude", "decided_on": 1},
+    ]
+    in_force = pd.DataFrame([{"row_id": 1, "action": "exclude", "label": None}])
+    assert _decisions_since(applied, in_force) == 0
+    assert _decisions_since(applied, in_force.iloc[:0]) == 1  # restored since

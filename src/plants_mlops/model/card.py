@@ -409,8 +409,9 @@ def _data_section(
 
 def _decisions_since(applied: list[dict], in_force: pd.DataFrame | None) -> int:
     """How many rows' decision in force differs from the one formatting applied (a new
-    exclude or relabel, or a restore)."""
-    was = {int(a["row_id"]): (a["action"], a.get("to")) for a in applied}
+    exclude or relabel, or a restore). A decision applied to copies of its image counts
+    once, under the row it named (``decided_on``)."""
+    was = {int(a.get("decided_on", a["row_id"])): (a["action"], a.get("to")) for a in applied}
     now = {
         int(d["row_id"]): (d["action"], d["label"] if d["action"] == "relabel" else None)
         for d in ([] if in_force is None else in_force.to_dict(orient="records"))
