@@ -190,10 +190,12 @@ class KedroProject:
         params: dict | None = None,
         extra_env: dict[str, str] | None = None,
         check: bool = True,
+        node_names: list[str] | None = None,
     ) -> KedroRun:
-        """``kedro run --pipelines PIPELINE`` in this process: a ``KedroSession`` on this
-        project (cwd, environment and ``--params`` as the CLI would see them). A failed run
-        returns code 1 with the traceback as its stderr (or raises when ``check``)."""
+        """``kedro run --pipelines PIPELINE [--nodes ...]`` in this process: a
+        ``KedroSession`` on this project (cwd, environment and ``--params`` as the CLI would
+        see them). A failed run returns code 1 with the traceback as its stderr (or raises
+        when ``check``)."""
         import traceback
 
         from kedro.framework.session import KedroSession
@@ -209,7 +211,7 @@ class KedroProject:
                 with KedroSession.create(
                     project_path=self.path, env=env, runtime_params=runtime
                 ) as session:
-                    session.run(pipeline_names=pipeline.split(","))
+                    session.run(pipeline_names=pipeline.split(","), node_names=node_names)
             except Exception:
                 if check:
                     raise

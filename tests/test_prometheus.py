@@ -188,6 +188,7 @@ def run_monitoring_tail(pushgateway_url: str, work: Path) -> dict:
     catalog["monitoring_current"] = current
     catalog["monitoring_reference"] = reference
     catalog["params:monitoring"] = params
+    catalog["kedro_env"] = ""  # the run's --env (the project's hook sets it): none
     # on disk: the runner releases memory datasets once their consumers ran
     catalog["monitoring_verdict"] = JSONDataset(filepath=str(work / "verdict.json"))
     pipeline = create_pipeline().from_inputs("monitoring_current", "monitoring_reference")

@@ -335,3 +335,63 @@ def test_a_task_without_clear_cases_or_a_mirror_edit_is_gated_on_what_it_measure
     )
     checks = {c["name"]: c for c in behaviour_checks({**figures, "ood_flagged": None}, gate)}
     assert not checks["ood_flagged"]["passed"]
+
+
+PATTERNS = ("stripes", "dots", "rings")
+# What `plants-mlops serve --env ENV` may set for its workers.
+SERVE_VARIABLES = (
+    "PLANTS_MODEL_URI",
+    "PLANTS_DB_URL",
+    "PLANTS_TITLE",
+    "PLANTS_DESCRIPTION",
+    "PLANTS_KEDRO_ENV",
+    "PLANTS_UNCERTAIN_DIR",
+    "PLANTS_RETRAIN_COMMAND",
+)
+
+
+def _served(monkeypatch, env: str | None, **given: str):
+    """The serving settings of `plants-mlops serve --env ENV` with ``given`` in the
+    environment beforehand (the environment is restored after the test)."""
+    from plants_mlops.commands.serve import apply_task_settings
+    from plants_mlops.serving.config import ServingConfig
+
+    for var in SERVE_VARIABLES:
+        monkeypatch.setenv(var, given.get(var, ""))  # restored afterwards
+        if var not in given:
+            monkeypatch.delenv(var)
+    apply_task_settings(env)
+    return ServingConfig.from_env()
+
+
+def test_a_tasks_api_and_its_monitoring_retrain_that_task(kedro_project, monkeypatch):
+    """POST /admin/retrain of `serve --env patterns` and a drift verdict of `kedro run --env
+    patterns --pipelines monitoring` start `pipeline run --env patterns`, not the base
+    task's run (which read the task's table and marked its rows failed); an explicit
+    PLANTS_RETRAIN_COMMAND still wins."""
+    monkeypatch.chdir(kedro_project.path)
+    task.init("conf", "patterns", PATTERNS)
+    config = _served(monkeypatch, "patterns")
+    assert config.effective_retrain_command()[1:] == ["pipeline", "run", "--env", "patterns"]
+    config = _served(monkeypatch, "patterns", PLANTS_RETRAIN_COMMAND="make retrain")
+    assert config.effective_retrain_command() == ["make", "retrain"]
+    # the base task's API: the base task's run, as before
+    assert _served(monkeypatch, None).effective_retrain_command()[1:] == ["pipeline", "run"]
+
+    # the monitoring run's trigger: its drift verdict, retraining off (the command is named)
+    reporting = kedro_project.path / "data" / "patterns" / "08_reporting"
+    reporting.mkdir(parents=True)
+    verdict = {"status": "drift", "drift": True, "reasons": ["embeddings drift"]}
+    (reporting / "monitoring_verdict.json").write_text(json.dumps(verdict))
+    kedro_project.run("monitoring", env="patterns", node_names=["trigger_retraining"])
+    trigger = json.loads((reporting / "monitoring_retrain_trigger.json").read_text())
+    assert trigger["started"] is False and "retraining is off" in trigger["detail"]
+    assert trigger["command"][1:] == ["pipeline", "run", "--env", "patterns"]
+    kedro_project.run(
+        "monitoring",
+        env="patterns",
+        node_names=["trigger_retraining"],
+        extra_env={"PLANTS_RETRAIN_COMMAND": "make retrain"},
+    )
+    trigger = json.loads((reporting / "monitoring_retrain_trigger.json").read_text())
+    assert trigger["command"] == ["make", "retrain"]

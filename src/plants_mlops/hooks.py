@@ -14,6 +14,9 @@ from plants_mlops import memory, storage
 
 log = logging.getLogger(__name__)
 
+# A dataset in every run's catalog: the run's Kedro environment (before_pipeline_run).
+RUN_ENV = "kedro_env"
+
 
 def sweep_temporaries(pipeline, catalog) -> int:
     """Delete what killed runs left of their saves (``datasets.atomic``) where this run's
@@ -99,6 +102,9 @@ class ProjectHooks:
             run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
             run_params.get("env") or "local",
         )
+        # The run's `--env` ("" without one) for the nodes that start another run of this
+        # task (monitoring's retraining: `pipeline run --env ENV`).
+        catalog[RUN_ENV] = run_params.get("env") or ""
         if "training" in stages_of(pipeline):
             _refuse_inherited_mlflow_run()  # before hours of training, not after
         self._take_run_locks(pipeline)  # before the sweep: a live run's files stay put

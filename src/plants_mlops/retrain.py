@@ -4,10 +4,12 @@ worker, replica and monitoring run (the guard is a row in the database:
 
 Used by the API's ``POST /admin/retrain`` and by the monitoring pipeline's drift verdict.
 The command is configurable (``PLANTS_RETRAIN_COMMAND``); by default it is the ZenML
-pipeline, ``plants-mlops pipeline run``, of this environment. It runs under a small
-watcher process (``python -m plants_mlops.retrain``, detached from the caller) that beats
-the guard while the command runs and releases it with the return code when it ends, so
-the caller may exit (a monitoring run) or be restarted (an API worker) meanwhile.
+pipeline, ``plants-mlops pipeline run --env ENV``, of the caller's Kedro environment (a
+task's API, ``serve --env``, or monitoring run, ``kedro run --env``; none for the base
+task). It runs under a small watcher process (``python -m plants_mlops.retrain``,
+detached from the caller) that beats the guard while the command runs and releases it
+with the return code when it ends, so the caller may exit (a monitoring run) or be
+restarted (an API worker) meanwhile.
 Importing this module is cheap (no ZenML, no Kedro).
 """
 
@@ -28,12 +30,14 @@ from typing import Any
 log = logging.getLogger("plants_mlops.retrain")
 
 
-def default_retrain_command() -> list[str]:
-    """``plants-mlops pipeline run``: the venv's console script when this interpreter has
-    one (the API may run without the venv on PATH), else whatever PATH has."""
+def default_retrain_command(env: str | None = None) -> list[str]:
+    """``plants-mlops pipeline run [--env ENV]``: the venv's console script when this
+    interpreter has one (the API may run without the venv on PATH), else whatever PATH
+    has. ``env``: the Kedro environment (a task's, conf/ENV) the caller belongs to, so a
+    task's API or monitoring run retrains that task, not the base one."""
     local = Path(sys.executable).parent / "plants-mlops"
     script = str(local) if local.exists() else (shutil.which("plants-mlops") or "plants-mlops")
-    return [script, "pipeline", "run"]
+    return [script, "pipeline", "run", *(["--env", env] if env else [])]
 
 
 class RetrainRunner:

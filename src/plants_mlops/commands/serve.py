@@ -31,8 +31,9 @@ def register(subparsers) -> None:
         "--env",
         default=None,
         help="a task's environment (conf/ENV): its title, its champion (models:/NAME@champion "
-        "of its globals.yml) and its table for the prediction log and feedback (over "
-        "PLANTS_MODEL_URI / PLANTS_DB_URL, which name the base task's; --model-uri wins)",
+        "of its globals.yml), its table for the prediction log and feedback (over "
+        "PLANTS_MODEL_URI / PLANTS_DB_URL, which name the base task's; --model-uri wins) "
+        "and its retraining (pipeline run --env ENV, unless PLANTS_RETRAIN_COMMAND is set)",
     )
     p.add_argument(
         "--poll-seconds",
@@ -66,13 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         args.workers = resolve_workers(args.workers, "--workers")
     overrides = {"workers": args.workers}
-    # The task's settings (workers inherit them): --env's champion and table win over
-    # PLANTS_MODEL_URI / PLANTS_DB_URL (the base task's); a set PLANTS_TITLE stays.
-    for var, value in task_settings(args.env).items():
-        if var in ("PLANTS_TITLE", "PLANTS_DESCRIPTION"):
-            os.environ.setdefault(var, value)
-        else:
-            os.environ[var] = value
+    apply_task_settings(args.env)
     if args.model_uri:
         overrides["model_uri"] = args.model_uri
     if args.poll_seconds is not None:
@@ -111,10 +106,22 @@ def parse_port(raw: str, name: str) -> int:
     return port
 
 
+def apply_task_settings(env: str | None) -> None:
+    """The task's settings into the environment (workers inherit them): --env's champion
+    and table win over PLANTS_MODEL_URI / PLANTS_DB_URL (the base task's); a set
+    PLANTS_TITLE stays."""
+    for var, value in task_settings(env).items():
+        if var in ("PLANTS_TITLE", "PLANTS_DESCRIPTION"):
+            os.environ.setdefault(var, value)
+        else:
+            os.environ[var] = value
+
+
 def task_settings(env: str | None) -> dict[str, str]:
     """The API settings a task gives: its title and description (the upload page and the
-    OpenAPI info), and with ``--env`` its champion and its table (prediction log,
-    feedback). The task of ``--env`` (conf/ENV), else the base task when this folder holds
+    OpenAPI info), and with ``--env`` its champion, its table (prediction log, feedback)
+    and its environment (what ``POST /admin/retrain`` runs: ``pipeline run --env ENV``
+    unless PLANTS_RETRAIN_COMMAND says otherwise). The task of ``--env`` (conf/ENV), else the base task when this folder holds
     the project's conf/; nothing outside a project (a package serving a model URI)."""
     from pathlib import Path
 
@@ -125,7 +132,7 @@ def task_settings(env: str | None) -> dict[str, str]:
     ctx = task.load(env)
     out = {"PLANTS_TITLE": ctx.task.title, "PLANTS_DESCRIPTION": ctx.task.description}
     if env is not None:
-        out.update(PLANTS_MODEL_URI=ctx.model_uri, PLANTS_DB_URL=ctx.db_url)
+        out.update(PLANTS_MODEL_URI=ctx.model_uri, PLANTS_DB_URL=ctx.db_url, PLANTS_KEDRO_ENV=env)
     return out
 
 

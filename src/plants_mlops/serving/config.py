@@ -172,6 +172,7 @@ TEXTS = {
     "log_s3_uri": "PLANTS_PREDICTION_LOG_URI",
     "log_spill_dir": "PLANTS_PREDICTION_LOG_SPILL_DIR",
     "retrain_cwd": "PLANTS_RETRAIN_CWD",
+    "kedro_env": "PLANTS_KEDRO_ENV",
     "reload_signal_file": "PLANTS_RELOAD_SIGNAL_FILE",
     "uncertain_dir": "PLANTS_UNCERTAIN_DIR",
     "title": "PLANTS_TITLE",
@@ -237,6 +238,9 @@ class ServingConfig:
     log_max_rows: int = 1_000_000  # ... and the oldest beyond this count
     retrain_command: tuple[str, ...] = ()
     retrain_cwd: str | None = None
+    # The task's Kedro environment (conf/ENV, set by `serve --env`): what the default
+    # retraining command runs (`pipeline run --env ENV`) and the review hints name.
+    kedro_env: str | None = None
     startup_retry_seconds: float = 5.0
     # Set by ``serve --workers N`` (N > 1): a file POST /admin/reload writes to make every
     # worker reload, since the request reaches only one of them.
@@ -309,4 +313,4 @@ class ServingConfig:
         return out
 
     def effective_retrain_command(self) -> list[str]:
-        return list(self.retrain_command) or default_retrain_command()
+        return list(self.retrain_command) or default_retrain_command(self.kedro_env)

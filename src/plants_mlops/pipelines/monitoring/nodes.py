@@ -355,8 +355,12 @@ def decide_drift(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     return verdict
 
 
-def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Start the retraining command in the background when drift is found and enabled."""
+def trigger_retraining(
+    verdict: dict[str, Any], params: dict[str, Any], env: str = ""
+) -> dict[str, Any]:
+    """Start the retraining command in the background when drift is found and enabled.
+    ``env``: this run's Kedro environment (``kedro_env``, "" for none): the default command
+    retrains this task (``pipeline run --env ENV``), not the base one."""
     import shlex
 
     from plants_mlops.retrain import RetrainRunner, default_retrain_command
@@ -376,7 +380,7 @@ def trigger_retraining(verdict: dict[str, Any], params: dict[str, Any]) -> dict[
     argv = (
         shlex.split(command)
         if isinstance(command, str) and command
-        else (list(command) if command else default_retrain_command())
+        else (list(command) if command else default_retrain_command(env or None))
     )
     record["command"] = argv
     if not enabled:

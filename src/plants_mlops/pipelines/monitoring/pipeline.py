@@ -1,5 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
+from plants_mlops.hooks import RUN_ENV
 from plants_mlops.pipelines.monitoring.metrics import verdict_metrics
 from plants_mlops.pipelines.monitoring.nodes import (
     build_reference,
@@ -40,7 +41,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 trigger_retraining,
-                inputs=["monitoring_verdict", "params:monitoring"],
+                inputs=["monitoring_verdict", "params:monitoring", RUN_ENV],
                 outputs="monitoring_retrain_trigger",
                 name="trigger_retraining",
             ),
