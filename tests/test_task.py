@@ -4,13 +4,16 @@ shipped one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 import pytest
 import yaml
 from data_testlib import seed
+from support import images
 from support.params import base_labels, task_params
+from support.serving import ADMIN_KEY
 
 from plants_mlops import cli, task
 from plants_mlops.contracts import STAGES
@@ -395,3 +398,62 @@ def test_a_tasks_api_and_its_monitoring_retrain_that_task(kedro_project, monkeyp
     )
     trigger = json.loads((reporting / "monitoring_retrain_trigger.json").read_text())
     assert trigger["command"] == ["make", "retrain"]
+
+
+@contextlib.contextmanager
+def _task_api(project, monkeypatch, env: str, **given: str):
+    """The API of `plants-mlops serve --env ENV` in this process (a tiny champion
+    registered as the task's model in a store of its own), ``given`` set beforehand."""
+    from support.champion import register_champion
+    from support.serving import api_in_process
+
+    tracking = f"sqlite:///{project / 'mlflow.db'}"
+    register_champion(tracking, name=task.load(env).model_name)
+    _served(monkeypatch, env, **given)  # the environment serve --env leaves
+    settings = {var: os.environ[var] for var in SERVE_VARIABLES if var in os.environ}
+    # (PLANTS_MODEL_URI of the settings names the task's champion)
+    with api_in_process(project, tracking_uri=tracking, model_name="-", env=settings) as client:
+        yield client
+
+
+def test_a_tasks_review_reads_its_own_queue_and_every_hint_names_its_env(
+    kedro_project, monkeypatch, capsys
+):
+    """`data review --env patterns` read the base task's queue (data/08_reporting): its row
+    ids made the user exclude images nobody flagged. It reads the task's data root; the
+    hints that send a person there (the API's /feedback reply, the review page, a missing
+    queue) name the task's --env."""
+    from support.params import stage_params
+
+    from plants_mlops.pipelines.curation.nodes import render_review
+
+    project = kedro_project.path
+    monkeypatch.chdir(project)
+    task.init("conf", "patterns", PATTERNS)
+    item = {"rank": 1, "split": "train", "problems": ["label issue"], "action": "relabel"}
+    for root, row, label in (("data", 41, "dandelion"), ("data/patterns", 7, "dots")):
+        (project / root / "08_reporting").mkdir(parents=True, exist_ok=True)
+        queue = [{**item, "source_id": row, "label": label}]
+        (project / root / "08_reporting" / "curation_queue.json").write_text(json.dumps(queue))
+    capsys.readouterr()
+    assert cli.main(["data", "review", "--env", "patterns", "--json"]) == 0
+    assert [it["source_id"] for it in json.loads(capsys.readouterr().out)["queue"]] == [7]
+    assert cli.main(["data", "review", "--json"]) == 0  # the base task: its own, as before
+    assert [it["source_id"] for it in json.loads(capsys.readouterr().out)["queue"]] == [41]
+    (project / "data" / "patterns" / "08_reporting" / "curation_queue.json").unlink()
+    assert cli.main(["data", "review", "--env", "patterns"]) == 0
+    assert (
+        "no review queue at data/patterns/08_reporting/curation_queue.json: run "
+        "`kedro run --env patterns --pipelines curation` first" in capsys.readouterr().out
+    )
+
+    page = render_review([], {}, {}, stage_params("curation"), "patterns")
+    assert "plants-mlops data exclude ID --env patterns --reason TEXT" in page
+
+    with _task_api(project, monkeypatch, "patterns") as client:
+        r = client.post("/predict", files={"file": ("a.jpg", images.sample_jpeg(0))})
+        assert r.status_code == 200, r.text
+        body = {"prediction_id": r.json()["prediction_id"], "label": "grass"}
+        r = client.post("/feedback", json=body, headers={"X-API-Key": ADMIN_KEY})
+        assert r.status_code == 202, r.text
+        assert "filed for review (`plants-mlops data review --env patterns`)" in r.json()["detail"]

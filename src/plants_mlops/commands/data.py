@@ -147,8 +147,9 @@ def register_curation(subparsers: argparse._SubParsersAction) -> None:
     )
     review.add_argument(
         "--queue",
-        default="data/08_reporting/curation_queue.json",
-        help="the queue the curation pipeline wrote, a path or s3:// URL (default: %(default)s)",
+        help="the queue the curation pipeline wrote, a path or s3:// URL (default: the "
+        "task's, ROOT/08_reporting/curation_queue.json of its data root: data/ for the base "
+        "task, data/ENV/ for --env ENV)",
     )
     review.set_defaults(handler=review_command)
 
@@ -232,7 +233,8 @@ def review_command(args: argparse.Namespace) -> int:
 
     from plants_mlops import db
 
-    path = args.queue
+    ctx = _task(args)
+    path = args.queue or f"{ctx.root}/08_reporting/curation_queue.json"
     try:
         with fsspec.open(path, "r") as fh:
             queue = json.load(fh)
@@ -250,7 +252,8 @@ def review_command(args: argparse.Namespace) -> int:
         print(json.dumps({"queue": queue, "feedback": feedback}, indent=2, default=str))
         return 0
     if queue is None:
-        print(f"no review queue at {path}: run `kedro run --pipelines curation` first")
+        env = f"--env {ctx.env} " if ctx.env else ""
+        print(f"no review queue at {path}: run `kedro run {env}--pipelines curation` first")
     else:
         page = path.rsplit("/", 1)[0] + "/curation_review.html"
         print(f"review queue ({len(queue)} images, {path}; HTML: {page}):")

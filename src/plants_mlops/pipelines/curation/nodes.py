@@ -482,9 +482,12 @@ def render_review(
     fmt_images: dict[str, Callable[[], Any]],
     curation_report: dict,
     params: dict,
+    env: str = "",
 ) -> str:
-    """The review queue as one self-contained HTML page (thumbnails inlined)."""
+    """The review queue as one self-contained HTML page (thumbnails inlined); the commands
+    it gives name the run's Kedro environment ``env`` (a task's: ``--env ENV``)."""
     p = parse(CurationParams, params, "curation")
+    opt = f"--env {html.escape(env)} " if env else ""
     rows = []
     for it in curation_queue:
         loader = fmt_images.get(it["image_key"])
@@ -513,9 +516,9 @@ def render_review(
         "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
         "<h1>Curation review queue</h1>"
         f"<p>{html.escape(summary)}</p><p>{html.escape(curation_report.get('method', ''))}</p>"
-        "<p>Decide with <code>plants-mlops data exclude ID --reason TEXT</code>, "
-        "<code>data relabel ID LABEL --reason TEXT</code> or <code>data restore ID</code> "
-        "(ID = row).</p>"
+        f"<p>Decide with <code>plants-mlops data exclude ID {opt}--reason TEXT</code>, "
+        f"<code>data relabel ID LABEL {opt}--reason TEXT</code> or "
+        f"<code>data restore ID{' ' + opt.strip() if opt else ''}</code> (ID = row).</p>"
         "<table><tr><th>#</th><th>image</th><th>why (label issues)</th><th>row</th><th>label</th><th>split</th>"
         "<th>suspected problem</th><th>out-of-fold probabilities</th><th>suggested action</th>"
         f"</tr>{''.join(rows)}</table></body></html>"

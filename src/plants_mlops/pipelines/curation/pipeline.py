@@ -1,5 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
+from plants_mlops.hooks import RUN_ENV
 from plants_mlops.pipelines.curation.nodes import (
     compute_features,
     find_issues,
@@ -31,7 +32,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 render_review,
-                inputs=["curation_queue", "fmt_images", "curation_report", "params:curation"],
+                inputs=[
+                    "curation_queue",
+                    "fmt_images",
+                    "curation_report",
+                    "params:curation",
+                    RUN_ENV,
+                ],
                 outputs="curation_review_html",
                 name="curation_review_page",
             ),

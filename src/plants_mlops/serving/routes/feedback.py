@@ -59,11 +59,12 @@ async def feedback(
     except UserFacingError as exc:  # a label the served model does not know
         raise ApiError(422, "invalid_request", str(exc)) from None
     kept = bool(seen.get("kept_image"))
+    env = service.config.kedro_env  # a task's API (serve --env): the review is the task's
     return FeedbackResponse(
         feedback_id=feedback_id,
         status="pending",
         image_kept=kept,
         replaced=replaced,
-        detail="filed for review (`plants-mlops data review`)"
+        detail=f"filed for review (`plants-mlops data review{f' --env {env}' if env else ''}`)"
         + ("" if kept else "; the image was not kept, so it cannot join the training data"),
     )
