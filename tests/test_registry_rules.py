@@ -6,6 +6,8 @@ CLI and the registry node are called in process.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from support.champion import log_candidate, register_champion
 from support.params import base_labels, stage_params, task_params
@@ -398,3 +400,43 @@ def test_a_task_naming_some_edits_is_measured_and_gated_on_those_only(
         "ood_flagged",
         "false_flags",
     ]
+
+
+def test_the_registry_commands_take_a_tasks_env(store, kedro_project, monkeypatch, capsys):
+    """`registry list --env patterns` was refused (unrecognized arguments): only `--model
+    patterns-classifier` reached a task's versions. `--env` names the task's registered
+    model (and its store, when the task configures one), before or after the action;
+    `--model` and `--tracking-uri` still win."""
+    from plants_mlops import task
+
+    monkeypatch.chdir(kedro_project.path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    task.init("conf", "patterns", ("stripes", "dots", "rings"))
+    (kedro_project.path / "conf" / "patterns" / "parameters_registry.yml").write_text(
+        f"registry:\n  mlflow:\n    tracking_uri: {store}\n"
+    )
+    v1, v2 = (register_champion(store, seed=s, name="patterns-classifier").version for s in (0, 1))
+    register_champion(store, seed=2, name=NAME)
+
+    def listed(*argv: str) -> dict[str, list[str]]:
+        capsys.readouterr()
+        assert cli.main(["registry", *argv]) == 0, capsys.readouterr().err
+        return {r["version"]: r["aliases"] for r in json.loads(capsys.readouterr().out)}
+
+    assert listed("list", "--env", "patterns", "--json") == {v1: [], v2: [ALIAS_CHAMPION]}
+    assert listed("--env", "patterns", "list", "--json") == {v1: [], v2: [ALIAS_CHAMPION]}
+    assert cli.main(["registry", "rollback", "--env", "patterns", "--reason", "r"]) == 0
+    cl = tracking.client(store)
+    assert registry.alias_version(cl, ALIAS_CHAMPION, "patterns-classifier") == v1
+    assert cli.main(["registry", "promote", v2, "--env", "patterns"]) == 0
+    assert registry.alias_version(cl, ALIAS_CHAMPION, "patterns-classifier") == v2
+    capsys.readouterr()
+    assert cli.main(["registry", "audit", "--env", "patterns", "--json"]) == 0
+    moves = json.loads(capsys.readouterr().out)
+    assert [m["action"] for m in moves][-2:] == ["rollback", "promote"]
+    # --model wins over the task's name; the base task's model is untouched
+    assert listed("--model", NAME, "list", "--env", "patterns", "--json") == {"1": [ALIAS_CHAMPION]}
+    # --tracking-uri wins over the task's store
+    empty = f"sqlite:///{kedro_project.path / 'data' / 'none.db'}"
+    assert cli.main(["registry", "--tracking-uri", empty, "list", "--env", "patterns"]) == 1
+    assert "no MLflow store at" in capsys.readouterr().err

@@ -32,6 +32,9 @@ class TaskContext:
     model_name: str
     experiment: str
     root: str
+    # The MLflow store its registry stage uses when MLFLOW_TRACKING_URI is unset
+    # (registry.mlflow.tracking_uri; None: the default sqlite:///data/mlflow.db).
+    tracking_uri: str | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -70,6 +73,7 @@ def load(env: str | None = None, conf: Path | str = "conf") -> TaskContext:
         model_name=str(glob["model_name"]),
         experiment=str(glob["experiment"]),
         root=str(glob["root"]),
+        tracking_uri=((params.get("registry") or {}).get("mlflow") or {}).get("tracking_uri"),
     )
 
 

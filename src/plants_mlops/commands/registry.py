@@ -1,9 +1,11 @@
 """``plants-mlops registry list|promote|rollback|audit``: the MLflow Model Registry by hand.
 
 The tracking store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded
-``sqlite:///data/mlflow.db``. Every champion move is checked (the version must carry a
-passing gate verdict, or ``--force --reason``, and its model must load) and recorded in the
-audit trail with who, when and why.
+``sqlite:///data/mlflow.db`` (or, with ``--env``, the store the task's registry stage
+uses). The registered model is ``--model``, else the task's (``--env ENV``: its
+``model_name`` in conf/ENV/globals.yml), else plants-classifier. Every champion move is
+checked (the version must carry a passing gate verdict, or ``--force --reason``, and its
+model must load) and recorded in the audit trail with who, when and why.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tracking-uri",
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///data/mlflow.db)",
     )
-    parser.add_argument("--model", default=REGISTERED_MODEL_NAME, help="registered model name")
+    parser.add_argument(
+        "--model", help=f"registered model name (default: the task's, else {REGISTERED_MODEL_NAME})"
+    )
+    _env_option(parser, None)
     sub = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("list", help="versions with their aliases, metrics and verdicts")
+    _env_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=list_command)
 
     p = sub.add_parser("promote", help="make VERSION the champion (after checking it loads)")
+    _env_option(p)
     p.add_argument("version")
     p.add_argument(
         "--force",
@@ -43,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=promote_command)
 
     p = sub.add_parser("rollback", help="return the champion alias to the previous champion")
+    _env_option(p)
     p.add_argument("--to", metavar="VERSION", help="roll back to this version instead")
     p.add_argument(
         "--force",
@@ -53,13 +61,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=rollback_command)
 
     p = sub.add_parser("audit", help="every alias move: who, when, why")
+    _env_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=audit_command)
+
+
+def _env_option(parser: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    """``--env`` before the action or after it (the action's copy leaves the group's value
+    alone when not given)."""
+    parser.add_argument(
+        "--env",
+        default=default,
+        help="the task's Kedro environment (conf/ENV): its registered model and store "
+        "(default: the base task's)",
+    )
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """``args.model`` and ``args.tracking_uri``: the flags, else those of the task ``--env``
+    names, else plants-classifier and MLFLOW_TRACKING_URI or the embedded store."""
+    if args.env is not None:
+        from plants_mlops import task
+        from plants_mlops.model import tracking
+
+        ctx = task.load(args.env)
+        args.model = args.model or ctx.model_name
+        args.tracking_uri = args.tracking_uri or tracking.tracking_uri(ctx.tracking_uri)
+    args.model = args.model or REGISTERED_MODEL_NAME
 
 
 def _client(args: argparse.Namespace):
     from plants_mlops.model import tracking
 
+    _resolve(args)
     return tracking.client(args.tracking_uri, must_exist=True)
 
 
@@ -82,7 +116,8 @@ def _emit(args: argparse.Namespace, items: list[dict], empty: str, line) -> int:
 def list_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    rows = registry.list_versions(_client(args), args.model)
+    client = _client(args)  # (resolves args.model too)
+    rows = registry.list_versions(client, args.model)
     if rows and not args.json:
         print(
             f"{'version':>7}  {'aliases':<20} {'verdict':<7} {'test_f1':>7} {'test_acc':>8}  "
@@ -112,27 +147,26 @@ def _print_move(entry: dict) -> None:
 def promote_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    _print_move(
-        registry.promote(_client(args), args.version, args.reason, args.model, force=args.force)
-    )
+    client = _client(args)
+    _print_move(registry.promote(client, args.version, args.reason, args.model, force=args.force))
     return 0
 
 
 def rollback_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
-    _print_move(
-        registry.rollback(_client(args), args.to, args.reason, args.model, force=args.force)
-    )
+    client = _client(args)
+    _print_move(registry.rollback(client, args.to, args.reason, args.model, force=args.force))
     return 0
 
 
 def audit_command(args: argparse.Namespace) -> int:
     from plants_mlops.model import registry
 
+    client = _client(args)
     return _emit(
         args,
-        registry.audit_trail(_client(args), args.model),
+        registry.audit_trail(client, args.model),
         "no alias moves recorded yet",
         lambda e: (
             f"{e.get('at')}  {e.get('actor', '?'):<10} {e.get('action', '?'):<10} "
