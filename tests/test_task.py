@@ -5,6 +5,7 @@ shipped one."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -359,7 +360,7 @@ def _served(monkeypatch, env: str | None, **given: str):
     from plants_mlops.commands.serve import apply_task_settings
     from plants_mlops.serving.config import ServingConfig
 
-    for var in SERVE_VARIABLES:
+    for var in (*SERVE_VARIABLES, *given):
         monkeypatch.setenv(var, given.get(var, ""))  # restored afterwards
         if var not in given:
             monkeypatch.delenv(var)
@@ -410,7 +411,7 @@ def _task_api(project, monkeypatch, env: str, **given: str):
     tracking = f"sqlite:///{project / 'mlflow.db'}"
     register_champion(tracking, name=task.load(env).model_name)
     _served(monkeypatch, env, **given)  # the environment serve --env leaves
-    settings = {var: os.environ[var] for var in SERVE_VARIABLES if var in os.environ}
+    settings = {var: os.environ[var] for var in (*SERVE_VARIABLES, *given) if var in os.environ}
     # (PLANTS_MODEL_URI of the settings names the task's champion)
     with api_in_process(project, tracking_uri=tracking, model_name="-", env=settings) as client:
         yield client
@@ -457,3 +458,50 @@ def test_a_tasks_review_reads_its_own_queue_and_every_hint_names_its_env(
         r = client.post("/feedback", json=body, headers={"X-API-Key": ADMIN_KEY})
         assert r.status_code == 202, r.text
         assert "filed for review (`plants-mlops data review --env patterns`)" in r.json()["detail"]
+
+
+def test_a_tasks_run_log_and_kept_images_are_under_its_data_root(
+    kedro_project, monkeypatch, capsys
+):
+    """`pipeline run --env patterns` wrote its full log to data/08_reporting and the task's
+    API kept uncertain images under data/01_raw/_uncertain, the base task's folders; both
+    are the task's now (data/patterns/...). A PLANTS_UNCERTAIN_DIR given still wins."""
+    import re
+    from pathlib import Path
+
+    from plants_mlops.orchestration import pipeline as orchestration
+
+    project = kedro_project.path
+    monkeypatch.chdir(project)
+    task.init("conf", "patterns", PATTERNS)
+    # what the run's console sets for itself, restored after the test
+    for var in (
+        *("KEDRO_LOGGING_CONFIG", "ZENML_CONFIG_PATH", "ZENML_LOGGING_VERBOSITY"),
+        *("MLFLOW_CONFIGURE_LOGGING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"),
+    ):
+        monkeypatch.setenv(var, os.environ.get(var, "-"))
+        if os.environ[var] == "-":
+            monkeypatch.delenv(var)
+
+    def stopped(project, **kwargs):  # ZenML is not what this test runs
+        raise UserFacingError(f"the run of env {kwargs['env']} stopped")
+
+    monkeypatch.setattr(orchestration, "run_pipeline", stopped)
+    capsys.readouterr()
+    assert cli.main(["pipeline", "run", "--env", "patterns", "--pipelines", "monitoring"]) == 1
+    err = capsys.readouterr().err
+    assert "the run of env patterns stopped" in err
+    log = Path(re.search(r"full log: (\S+)\)", err)[1])
+    assert log.parent == project / "data" / "patterns" / "08_reporting"
+    assert "the run of env patterns stopped" in log.read_text()
+
+    assert _served(monkeypatch, "patterns", PLANTS_UNCERTAIN_DIR="/keep").uncertain_dir == "/keep"
+    keep = {"PLANTS_KEEP_UNCERTAIN_IMAGES": "true", "PLANTS_UNCERTAIN_BELOW": "1.0"}
+    with _task_api(project, monkeypatch, "patterns", **keep) as client:
+        photo = images.sample_jpeg(0)
+        r = client.post("/predict", files={"file": ("a.jpg", photo)})
+        assert r.status_code == 200 and r.json()["uncertain"] is True, r.text
+    sha = hashlib.sha256(photo).hexdigest()
+    kept = project / "data" / "patterns" / "01_raw" / "_uncertain" / f"{sha}.jpg"
+    assert kept.read_bytes() == photo
+    assert not (project / "data" / "01_raw" / "_uncertain").exists()

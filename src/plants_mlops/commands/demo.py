@@ -264,11 +264,17 @@ class _LogStream(io.TextIOBase):
 
 @contextlib.contextmanager
 def stage_console(
-    project: Path, name: str, stages: tuple[str, ...] = STAGES, zenml: bool = True
+    project: Path,
+    name: str,
+    stages: tuple[str, ...] = STAGES,
+    zenml: bool = True,
+    reporting: Path = REPORTING,
 ) -> Iterator[DemoLogging]:
     """The demo's console around a block: one line per stage on the console, every record
-    (Kedro, ZenML, MLflow, what libraries print) in ``data/08_reporting/<name>-<UTC>.log``,
-    named at the start and the end. A failure is one line naming the file."""
+    (Kedro, ZenML, MLflow, what libraries print) in ``<reporting>/<name>-<UTC>.log``
+    (``reporting``: relative to ``project``, ``data/08_reporting`` by default; a task's
+    run: its data root's), named at the start and the end. A failure is one line naming
+    the file."""
     _quiet_environment()
     from kedro.framework.startup import bootstrap_project
 
@@ -276,7 +282,7 @@ def stage_console(
     if zenml:
         import zenml as _zenml  # noqa: F401  (its logging setup must happen before ours)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    logs = setup_logging(project / REPORTING / f"{name}-{stamp}.log", stages=stages)
+    logs = setup_logging(project / reporting / f"{name}-{stamp}.log", stages=stages)
     log.info("full log: %s", logs.path)
     try:
         with (

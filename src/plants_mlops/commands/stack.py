@@ -159,8 +159,11 @@ def _pipeline_run(args: argparse.Namespace) -> int:
 
     wanted = args.pipelines or DEFAULT_STAGES
     stages = tuple(s for s in (*DEFAULT_STAGES, "monitoring") if s in wanted)
-    # One line per stage on the console (as `make demo` shows), everything else in a file.
-    with stage_console(project, "pipeline-run", stages) as logs:
+    # One line per stage on the console (as `make demo` shows), everything else in a file:
+    # the task's own reporting folder.
+    with stage_console(
+        project, "pipeline-run", stages, reporting=_reporting(project, args.env)
+    ) as logs:
         _activate(args, project)
         from plants_mlops.orchestration.pipeline import nested_params, run_pipeline
 
@@ -185,6 +188,19 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         for line in _result_lines(result):
             console.info("%s", line)
     return 0 if result.status == "completed" else 1
+
+
+def _reporting(project: Path, env: str | None) -> Path:
+    """The folder a run's full log goes to: ``08_reporting`` of the task's data root
+    (``data/ENV/08_reporting`` for a task ``--env ENV``), ``data/08_reporting`` without
+    ``--env`` or when the root is no local folder (``--env minio``: s3://)."""
+    from plants_mlops import task
+    from plants_mlops.commands.demo import REPORTING
+
+    if env is None:
+        return REPORTING
+    root = task.load(env, project / "conf").root
+    return REPORTING if "://" in root else Path(root) / "08_reporting"
 
 
 def _result_lines(result) -> list[str]:
