@@ -152,11 +152,11 @@ class PreparedRun:
 
 
 def _make_experiment(project: Path, uri: str, name: str) -> None:
-    """Create the tracker's experiment as the Kedro nodes would (``tracking.experiment_id``)
-    before the tracker does: MLflow's own default put its artifacts in ``./mlruns`` under
-    an absolute path. A SQLite store inside the project is opened by its project-relative
-    path, so the location recorded is ``data/mlartifacts/<id>``, which a moved project
-    keeps."""
+    """Create the tracker's experiment in an embedded SQLite store as the Kedro nodes would
+    (``tracking.experiment_id``) before the tracker does: MLflow's own default put its
+    artifacts in ``./mlruns`` under an absolute path. A store inside the project is opened
+    by its project-relative path, so the location recorded is ``data/mlartifacts/<id>``,
+    which a moved project keeps."""
     import contextlib
 
     from mlflow import MlflowClient
@@ -164,10 +164,9 @@ def _make_experiment(project: Path, uri: str, name: str) -> None:
     from plants_mlops.model.tracking import experiment_id
 
     project = project.resolve()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        if db.is_relative_to(project):
-            uri = f"sqlite:///{db.relative_to(project).as_posix()}"
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    if db.is_relative_to(project):
+        uri = f"sqlite:///{db.relative_to(project).as_posix()}"
     with contextlib.chdir(project):
         experiment_id(MlflowClient(uri), name)
 
@@ -260,7 +259,7 @@ def prepare_run(
     experiment, model_name, title = kedro_stage.parameters(
         project, env, "training.mlflow.experiment", "registry.model_name", "task.title"
     )
-    if uri:
+    if uri and uri.startswith("sqlite:///"):  # a server decides where artifacts go
         _make_experiment(Path(project), uri, experiment or EXPERIMENT_NAME)
     # The run's ZenML Model is the environment's registered model (each task its own).
     options["model"] = Model(
