@@ -350,6 +350,7 @@ SERVE_VARIABLES = (
     "PLANTS_DESCRIPTION",
     "PLANTS_KEDRO_ENV",
     "PLANTS_UNCERTAIN_DIR",
+    "PLANTS_PREDICTION_LOG_SPILL_DIR",
     "PLANTS_RETRAIN_COMMAND",
 )
 
@@ -476,6 +477,12 @@ def test_a_tasks_run_log_and_kept_images_are_under_its_data_root(kedro_project, 
     assert _reporting(project, None) == Path("data/08_reporting")
 
     assert _served(monkeypatch, "patterns", PLANTS_UNCERTAIN_DIR="/keep").uncertain_dir == "/keep"
+    # Spilled rows are replayed by whichever API shares the folder: the base task's put a
+    # task's rows into its own table; each task spills into its own folder now.
+    assert _served(monkeypatch, "patterns").log_spill_dir == "data/patterns/prediction_log_spill"
+    assert _served(monkeypatch, None).log_spill_dir == "data/prediction_log_spill"
+    given = _served(monkeypatch, "patterns", PLANTS_PREDICTION_LOG_SPILL_DIR="/spill")
+    assert given.log_spill_dir == "/spill"
     keep = {"PLANTS_KEEP_UNCERTAIN_IMAGES": "true", "PLANTS_UNCERTAIN_BELOW": "1.0"}
     with _task_api(project, monkeypatch, "patterns", **keep) as client:
         photo = images.sample_jpeg(0)

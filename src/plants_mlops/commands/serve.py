@@ -109,9 +109,14 @@ def parse_port(raw: str, name: str) -> int:
 def apply_task_settings(env: str | None) -> None:
     """The task's settings into the environment (workers inherit them): --env's champion
     and table win over PLANTS_MODEL_URI / PLANTS_DB_URL (the base task's); a set
-    PLANTS_TITLE or PLANTS_UNCERTAIN_DIR stays."""
+    PLANTS_TITLE, PLANTS_UNCERTAIN_DIR or PLANTS_PREDICTION_LOG_SPILL_DIR stays."""
     for var, value in task_settings(env).items():
-        if var in ("PLANTS_TITLE", "PLANTS_DESCRIPTION", "PLANTS_UNCERTAIN_DIR"):
+        if var in (
+            "PLANTS_TITLE",
+            "PLANTS_DESCRIPTION",
+            "PLANTS_UNCERTAIN_DIR",
+            "PLANTS_PREDICTION_LOG_SPILL_DIR",
+        ):
             os.environ.setdefault(var, value)
         else:
             os.environ[var] = value
@@ -121,8 +126,9 @@ def task_settings(env: str | None) -> dict[str, str]:
     """The API settings a task gives: its title and description (the upload page and the
     OpenAPI info), and with ``--env`` its champion, its table (prediction log, feedback),
     its environment (what ``POST /admin/retrain`` runs: ``pipeline run --env ENV``
-    unless PLANTS_RETRAIN_COMMAND says otherwise) and the folder of its raw store that
-    kept uncertain images go to (``ROOT/01_raw/_uncertain``). The task of ``--env``
+    unless PLANTS_RETRAIN_COMMAND says otherwise), the folder of its raw store that
+    kept uncertain images go to (``ROOT/01_raw/_uncertain``) and its prediction log's spill
+    folder (``ROOT/prediction_log_spill``). The task of ``--env``
     (conf/ENV), else the base task when this folder holds the project's conf/; nothing
     outside a project (a package serving a model URI)."""
     from pathlib import Path
@@ -135,8 +141,12 @@ def task_settings(env: str | None) -> dict[str, str]:
     out = {"PLANTS_TITLE": ctx.task.title, "PLANTS_DESCRIPTION": ctx.task.description}
     if env is not None:
         out.update(PLANTS_MODEL_URI=ctx.model_uri, PLANTS_DB_URL=ctx.db_url, PLANTS_KEDRO_ENV=env)
+        local = ctx.root if "://" not in ctx.root else f"data/{env}"
         if "://" not in ctx.root:  # kept uncertain images: the task's raw store
             out["PLANTS_UNCERTAIN_DIR"] = f"{ctx.root}/01_raw/_uncertain"
+        # rows a store that was down missed: replayed into this task's table only (a
+        # folder shared with the base task's API would replay them into its table)
+        out["PLANTS_PREDICTION_LOG_SPILL_DIR"] = f"{local}/prediction_log_spill"
     return out
 
 
