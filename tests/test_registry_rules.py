@@ -83,6 +83,25 @@ def test_promoting_the_challenger_records_the_removal_of_its_alias(store, capsys
     assert rc == 0 and f"challenger: {v2} -> (none)  hotfix test" in out
 
 
+def test_the_audit_names_who_a_decision_names(store, capsys, monkeypatch):
+    """One variable says who acts: PLANTS_USER names the author of curation decisions and
+    now of alias moves too (the audit said the login name: two variables for one person);
+    PLANTS_MLOPS_ACTOR, the audit's former name for it, still wins there."""
+    from plants_mlops.db.base import current_user
+
+    monkeypatch.delenv("PLANTS_MLOPS_ACTOR", raising=False)
+    monkeypatch.setenv("PLANTS_USER", "alice")
+    register_champion(store)
+    v2 = register_champion(store, seed=1, set_alias=False).version
+    cl = tracking.client(store)
+    cl.set_model_version_tag(NAME, v2, "verdict", "pass")
+    assert run_cli(capsys, store, "promote", v2, "--reason", "better")[0] == 0
+    assert registry.audit_trail(cl)[-1]["actor"] == "alice" == current_user()
+    monkeypatch.setenv("PLANTS_MLOPS_ACTOR", "ci-bot")
+    assert run_cli(capsys, store, "rollback", "--reason", "back")[0] == 0
+    assert registry.audit_trail(cl)[-1]["actor"] == "ci-bot"
+
+
 def test_rollback_walks_back_through_the_champion_history(store, capsys):
     v1, v2, v3 = (register_champion(store, seed=s).version for s in range(3))
     cl = tracking.client(store)

@@ -16,7 +16,6 @@ becomes champion.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import secrets
@@ -146,12 +145,11 @@ def measure_version(
 
 
 def _actor() -> str:
-    if os.environ.get("PLANTS_MLOPS_ACTOR"):
-        return os.environ["PLANTS_MLOPS_ACTOR"]
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    """Who moves an alias: ``PLANTS_MLOPS_ACTOR`` (its former name), else who a curation
+    decision names (``PLANTS_USER``, else the login name)."""
+    from plants_mlops.db.base import current_user
+
+    return os.environ.get("PLANTS_MLOPS_ACTOR") or current_user()
 
 
 def move_alias(
