@@ -228,6 +228,30 @@ def test_decisions_refuse_bad_input_with_a_clear_error(tmp_path):
     assert db.decision_history(engine) == []  # nothing half-recorded
 
 
+def test_decisions_are_checked_against_the_decision_in_force(tmp_path):
+    """A restore with nothing to restore, a second identical exclude and a relabel to the
+    label already in force were recorded as if they did something; a relabel of a row
+    relabelled before was refused against the table's label. A decision that replaces
+    another says so (an exclude cancelled by a relabel)."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.seed(engine, write_csv(tmp_path / "m.csv", manifest_rows(per_label=1)), labels=LABELS)
+    with pytest.raises(UserFacingError, match="row 1 has no decision in force: nothing to restore"):
+        db.record_decision(engine, 1, "restore", "", labels=LABELS)
+    assert db.record_decision(engine, 1, "exclude", "x", labels=LABELS)["replaces"] is None
+    with pytest.raises(UserFacingError, match="row 1 is already excluded"):
+        db.record_decision(engine, 1, "exclude", "again", labels=LABELS)
+    done = db.record_decision(engine, 1, "relabel", "y", label="grass", labels=LABELS)
+    assert done["replaces"] == "exclude"
+    with pytest.raises(UserFacingError, match="row 1 is already labelled 'grass'"):
+        db.record_decision(engine, 1, "relabel", "z", label="grass", labels=LABELS)
+    back = db.record_decision(engine, 1, "relabel", "w", label="dandelion", labels=LABELS)
+    assert back["replaces"] == "relabel"  # back to the table's label: allowed, it is a change
+    assert db.record_decision(engine, 1, "restore", "", labels=LABELS)["replaces"] == "relabel"
+    assert [d["action"] for d in db.decision_history(engine)] == [
+        "exclude", "relabel", "relabel", "restore",
+    ]  # fmt: skip
+
+
 def _insert_rows(engine, n: int, columns) -> None:
     """``n`` rows ``https://example.org/{i}.jpg``, labels alternating, with ``columns(i)``."""
     now = db.utcnow()

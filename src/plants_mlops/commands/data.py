@@ -288,9 +288,10 @@ def decide_command(args: argparse.Namespace) -> int:
         print(json.dumps(done, indent=2, default=str))
     else:
         what = f"relabel -> {done['label']}" if args.action == "relabel" else args.action
+        replaces = f", replacing the {done['replaces']} in force" if done["replaces"] else ""
         print(
-            f"row {args.row_id}: {what} recorded ({done['decided_by']}, {done['decided_at']}); "
-            "the next formatting run applies it"
+            f"row {args.row_id}: {what} recorded ({done['decided_by']}, {done['decided_at']})"
+            f"{replaces}; the next formatting run applies it"
         )
     return 0
 

@@ -54,7 +54,19 @@ def record_decision(
         ).first()
         if row is None:
             raise UserFacingError(f"no plants_data row with id {row_id}")
-        if action == "relabel" and label == row.label:
+        last = conn.execute(
+            sa.select(data_decisions.c.action, data_decisions.c.label)
+            .where(data_decisions.c.row_id == row_id)
+            .order_by(data_decisions.c.id.desc())
+            .limit(1)
+        ).first()
+        in_force = last if last is not None and last.action != "restore" else None
+        if action == "restore" and in_force is None:
+            raise UserFacingError(f"row {row_id} has no decision in force: nothing to restore")
+        if action == "exclude" and in_force is not None and in_force.action == "exclude":
+            raise UserFacingError(f"row {row_id} is already excluded")
+        current = in_force.label if in_force is not None and in_force.action == "relabel" else None
+        if action == "relabel" and label == (current or row.label):
             raise UserFacingError(f"row {row_id} is already labelled {label!r}")
         values = {
             "row_id": row_id,
@@ -65,7 +77,8 @@ def record_decision(
             "decided_at": utcnow(),
         }
         conn.execute(sa.insert(data_decisions).values(**values))
-    return values
+    # the decision in force it replaces (an exclude a relabel cancels, say), or None
+    return {**values, "replaces": None if in_force is None else in_force.action}
 
 
 def decision_history(engine: sa.Engine, row_id: int | None = None) -> list[dict[str, Any]]:
