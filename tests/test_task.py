@@ -123,6 +123,15 @@ def test_the_task_file_names_the_edits_that_keep_a_label_and_refuses_a_name_that
     )
 
 
+def test_a_task_command_outside_a_project_is_one_line(tmp_path, monkeypatch, capsys):
+    """`--env` where there is no conf/ was a FileNotFoundError traceback."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["registry", "list", "--env", "pets"]) == 1
+    err = capsys.readouterr().err
+    assert f"no conf folder in {tmp_path}: run plants-mlops in the project's root" in err
+    assert "Traceback" not in err
+
+
 def test_clear_cases_are_the_tasks_and_a_new_task_sharing_a_label_gets_none(kedro_project):
     """The shipped clear cases were read for any task with a label of the same name: a
     `grass, dots, rings` task was gated on six lawn photos (all wrong: refused)."""

@@ -50,6 +50,10 @@ def _config(env: str | None, conf: Path) -> tuple[dict[str, Any], dict[str, Any]
 
     from plants_mlops.settings import CONFIG_LOADER_ARGS
 
+    if not conf.is_dir():
+        raise UserFacingError(
+            f"no {conf} folder in {Path.cwd()}: run plants-mlops in the project's root"
+        )
     if env is not None and not (conf / env).is_dir():
         known = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base")
         raise UserFacingError(
