@@ -132,6 +132,30 @@ def test_a_task_command_outside_a_project_is_one_line(tmp_path, monkeypatch, cap
     assert "Traceback" not in err
 
 
+def test_a_tasks_monitoring_judges_its_own_champion_whatever_the_shell_exports(
+    kedro_project, monkeypatch
+):
+    """PLANTS_MODEL_URI (exported to serve the base task) made a task's monitoring run
+    load the base task's champion: its reference and verdict of another model."""
+    from kedro.config import OmegaConfigLoader
+
+    from plants_mlops.settings import CONFIG_LOADER_ARGS
+
+    conf = kedro_project.path / "conf"
+    task.init(conf, "patterns", PATTERNS)
+    monkeypatch.setenv("PLANTS_MODEL_URI", "models:/plants-classifier/3")
+
+    def judged(env: str) -> str:
+        args = {**CONFIG_LOADER_ARGS, "default_run_env": env}
+        loader = OmegaConfigLoader(conf_source=str(conf), **args)
+        return loader["catalog"]["monitoring_champion"]["model_uri"]
+
+    assert judged("patterns") == "models:/patterns-classifier@champion"
+    assert judged("local") == "models:/plants-classifier/3"
+    monkeypatch.delenv("PLANTS_MODEL_URI")
+    assert judged("local") == "models:/plants-classifier@champion"
+
+
 def test_clear_cases_are_the_tasks_and_a_new_task_sharing_a_label_gets_none(kedro_project):
     """The shipped clear cases were read for any task with a label of the same name: a
     `grass, dots, rings` task was gated on six lawn photos (all wrong: refused)."""

@@ -146,6 +146,7 @@ def init_files(
             f"db_url: sqlite:///data/{name}/plants.db\n"
             f"experiment: {name}-classifier\n"
             f"model_name: {name}-classifier\n"
+            f"model_uri: models:/{name}-classifier@champion  # what its monitoring judges\n"
             "seed_shipped_manifest: false  # the shipped manifest is the base task's\n"
         ),
     }
