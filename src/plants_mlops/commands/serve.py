@@ -141,11 +141,12 @@ def task_settings(env: str | None) -> dict[str, str]:
     out = {"PLANTS_TITLE": ctx.task.title, "PLANTS_DESCRIPTION": ctx.task.description}
     if env is not None:
         out.update(PLANTS_MODEL_URI=ctx.model_uri, PLANTS_DB_URL=ctx.db_url, PLANTS_KEDRO_ENV=env)
-        local = ctx.root if "://" not in ctx.root else f"data/{env}"
-        if "://" not in ctx.root:  # kept uncertain images: the task's raw store
+        on_disk = "://" not in ctx.root
+        if on_disk:  # kept uncertain images: the task's raw store
             out["PLANTS_UNCERTAIN_DIR"] = f"{ctx.root}/01_raw/_uncertain"
         # rows a store that was down missed: replayed into this task's table only (a
         # folder shared with the base task's API would replay them into its table)
+        local = ctx.root if on_disk else f"data/{env}"
         out["PLANTS_PREDICTION_LOG_SPILL_DIR"] = f"{local}/prediction_log_spill"
     return out
 

@@ -13,6 +13,7 @@ left out silently.
 from __future__ import annotations
 
 import html as html_lib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,9 +372,7 @@ def _data_section(
     if not applied:
         text.append("Curation decisions applied: none (no image excluded or relabelled).")
     else:
-        counts: dict[str, int] = {}
-        for a in applied:
-            counts[a["action"]] = counts.get(a["action"], 0) + 1
+        counts = Counter(a["action"] for a in applied)
         text.append(
             "Curation decisions applied (plants-mlops data exclude/relabel): "
             + ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))

@@ -487,7 +487,7 @@ def render_review(
     """The review queue as one self-contained HTML page (thumbnails inlined); the commands
     it gives name the run's Kedro environment ``env`` (a task's: ``--env ENV``)."""
     p = parse(CurationParams, params, "curation")
-    opt = f"--env {html.escape(env)} " if env else ""
+    on_env = f" --env {html.escape(env)}" if env else ""
     rows = []
     for it in curation_queue:
         loader = fmt_images.get(it["image_key"])
@@ -516,9 +516,9 @@ def render_review(
         "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
         "<h1>Curation review queue</h1>"
         f"<p>{html.escape(summary)}</p><p>{html.escape(curation_report.get('method', ''))}</p>"
-        f"<p>Decide with <code>plants-mlops data exclude ID {opt}--reason TEXT</code>, "
-        f"<code>data relabel ID LABEL {opt}--reason TEXT</code> or "
-        f"<code>data restore ID{' ' + opt.strip() if opt else ''}</code> (ID = row).</p>"
+        f"<p>Decide with <code>plants-mlops data exclude ID{on_env} --reason TEXT</code>, "
+        f"<code>data relabel ID LABEL{on_env} --reason TEXT</code> or "
+        f"<code>data restore ID{on_env}</code> (ID = row).</p>"
         "<table><tr><th>#</th><th>image</th><th>why (label issues)</th><th>row</th><th>label</th><th>split</th>"
         "<th>suspected problem</th><th>out-of-fold probabilities</th><th>suggested action</th>"
         f"</tr>{''.join(rows)}</table></body></html>"
