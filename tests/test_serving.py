@@ -144,6 +144,40 @@ def test_a_part_of_the_wrong_type_or_size_is_its_own_error_in_the_batch(client):
     ]
 
 
+def test_a_batch_over_the_parsers_own_file_limit_is_refused_as_too_many_files(client):
+    """Past 1,000 parts Starlette's parser gave up first: a 400 "There was an error
+    parsing the body" instead of the batch limit the API states."""
+    tiny = images.sample_jpeg(0)[:200]
+    files = [("files", (f"{i}.jpg", tiny, "image/jpeg")) for i in range(1001)]
+    r = client.post("/predict/batch", files=files)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "too_many_files"
+    assert "the batch limit is 32" in r.json()["detail"]
+
+
+def test_several_images_on_predict_are_refused_not_answered_for_the_last(client):
+    """Two `file` parts were answered for the second alone, the first silently dropped."""
+    files = [
+        ("file", ("a.jpg", images.sample_jpeg(0), "image/jpeg")),
+        ("file", ("b.jpg", images.sample_jpeg(0, "grass"), "image/jpeg")),
+    ]
+    r = client.post("/predict", files=files)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "invalid_request"
+    assert "one image" in body["detail"] and "/predict/batch" in body["detail"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/model", "/metrics", "/"])
+def test_head_on_a_get_route_answers_like_get_without_a_body(client, path):
+    """HEAD (`curl -I`, uptime checks) answered 405 on every route."""
+    got, head = client.get(path), client.head(path)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["x-request-id"]
+
+
 GOOD_ODD_IMAGES = {
     "png_with_alpha": (images.png_with_alpha, "image/png"),
     "greyscale_jpeg": (images.greyscale_jpeg, "image/jpeg"),

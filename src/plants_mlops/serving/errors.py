@@ -144,6 +144,11 @@ def install(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+            # Starlette's multipart parser stops at 1,000 parts, before the batch's limit
+            limit = request.app.state.service.config.max_batch_files
+            detail = f"over 1000 files; the batch limit is {limit}"
+            return JSONResponse(error_body(request, "too_many_files", detail), status_code=413)
         if exc.status_code == 405:
             # Starlette names the methods of the first route whose path matched; a path
             # served by several routes (GET and POST /admin/retrain) allows them all.

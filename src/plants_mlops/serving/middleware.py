@@ -66,6 +66,9 @@ class RequestContextMiddleware:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        method = scope["method"]
+        if method == "HEAD":  # served as GET; the server sends no body for a HEAD
+            scope = {**scope, "method": "GET"}
         token = request_id_var.set(rid)
         started = time.perf_counter()
         # "refused": why the body stopped being read ("too_large", "timeout"), then None
@@ -172,18 +175,18 @@ class RequestContextMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(
-                method=scope["method"], route=route_path, status=str(state["status"])
+                method=method, route=route_path, status=str(state["status"])
             ).inc()
             self.metrics.latency.labels(route=route_path).observe(elapsed)
             if route_path not in ("/metrics", "/health", "/ready"):
                 log.info(
                     "%s %s %s",
-                    scope["method"],
+                    method,
                     scope["path"],
                     state["status"],
                     extra={
                         "event": "http_request",
-                        "method": scope["method"],
+                        "method": method,
                         "path": scope["path"],
                         "status": state["status"],
                         "duration_ms": round(elapsed * 1000, 3),

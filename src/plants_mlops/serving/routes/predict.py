@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
@@ -63,11 +63,16 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     openapi_extra=UPLOAD_OPENAPI,
 )
 async def predict(
+    request: Request,
     file: ImageUpload,
     model: ModelDep,
     service: ServiceDep,
     rid: RequestIdDep,
 ) -> PredictionResponse:
+    if len((await request.form()).getlist("file")) > 1:  # the parsed form, not a new parse
+        raise ApiError(
+            422, "invalid_request", "one image per request: send several to /predict/batch"
+        )
     data = await _read(file, service.config.max_upload_bytes)
     return await service.run(service.predict_one, model, data, rid)
 
