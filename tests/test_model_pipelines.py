@@ -57,6 +57,7 @@ def test_data_then_model_pipelines_end_with_a_listed_champion(data_project, monk
     served_bytes = (data / "06_models" / "model.onnx").stat().st_size
     detector = json.loads((data / "08_reporting" / "ood_detector.json").read_text())
     assert detector["method"] == "knn" and detector["val_flag_rate"] <= 0.05
+    assert 0.0 <= detector["train_flag_rate"] <= 0.05  # each training image left out
     assert served_bytes > choice["model_bytes_int8"]
     assert choice["model_bytes_fp32"] == (data / "06_models" / "model_fp32.onnx").stat().st_size
     assert 0.0 <= choice["val_f1_macro_int8"] <= 1.0 and choice["calibration_images"] > 0

@@ -91,6 +91,80 @@ def test_threshold_flags_at_most_the_allowed_share():
     assert ood.auroc(scores[:50], scores[50:]) == 1.0
 
 
+def test_held_out_scores_leave_each_training_image_and_its_views_out_of_the_reference():
+    rng = np.random.default_rng(5)
+    views = rng.normal(size=(14, 1, 32)) + 0.05 * rng.normal(size=(14, 3, 32))
+    labels = np.arange(14) % 2
+    detector = ood.fit(views, labels, method="knn", rank=8, k=3, max_reference=1000)
+    held_out = detector.held_out_scores(views)
+    for i in (0, 5, 13):
+        rest = np.delete(np.arange(14), i)
+        alone = ood.fit(views[rest], labels[rest], method="knn", rank=8, k=3, max_reference=1000)
+        assert held_out[i] == pytest.approx(alone.score(views[i, :1])[0], abs=1e-6)
+    # in the reference, an image is its own nearest neighbour: its plain score is lower
+    assert (detector.score(views[:, 0]) < held_out).all()
+    # an image the capped reference left out is scored against all of it, as an upload is
+    capped = ood.fit(views, labels, method="knn", rank=8, k=2, max_reference=24)  # 8 images
+    outside = np.setdiff1d(np.arange(14), capped.reference_images)
+    np.testing.assert_allclose(
+        capped.held_out_scores(views)[outside], capped.score(views[outside, 0]), atol=1e-6
+    )
+    # mahalanobis: fitted on these very images, their scores are not those of unseen photos
+    maha = ood.fit(views, labels, method="mahalanobis", rank=4, k=3, max_reference=1000)
+    assert maha.held_out_scores(views) is None
+    assert ood.summary(maha, 1.0, np.zeros(3), 0.05).train_flag_rate is None
+
+
+def test_the_threshold_flags_at_most_the_share_of_validation_and_of_held_out_training():
+    val = np.arange(20, dtype=float)  # one of 20 may be flagged: threshold 18.5
+    held_out = np.arange(80, dtype=float) / 4 + 0.1  # 0.1 .. 19.85: four may be: 18.975
+    t = ood.threshold_for(val, 0.05, held_out)
+    assert t == pytest.approx(18.975) and t > ood.threshold_for(val, 0.05) == 18.5
+    assert ood.flag_rate(val, t) <= 0.05 and ood.flag_rate(held_out, t) <= 0.05
+    assert not np.isclose(np.concatenate([val, held_out]), t).any()  # nobody sits on it
+    low = held_out - 10  # the validation split's threshold is the higher: it stays
+    assert ood.threshold_for(val, 0.05, low) == ood.threshold_for(val, 0.05)
+    assert ood.threshold_for(val, 0.05, np.array([])) == ood.threshold_for(val, 0.05)
+    detector = ood.fit(
+        np.random.default_rng(0).normal(size=(8, 4)), np.arange(8) % 2, method="knn",
+        rank=2, k=1, max_reference=100,
+    )  # fmt: skip
+    record = ood.summary(detector, t, val, 0.05, held_out)
+    assert record.train_flag_rate == ood.flag_rate(held_out, t) <= 0.05
+
+
+def test_a_small_validation_split_no_longer_decides_how_many_unseen_photos_are_flagged():
+    # Three classes of 20 training images (each with a second view) and 7 validation
+    # images: 5 % of 7 flags none, so the validation split alone puts the threshold on
+    # its highest score, and unseen photos of the task are flagged at 11 % on average, in
+    # one draw of five at 20 % or more. With the 60 training images' held-out scores as
+    # well, unseen photos are flagged at 4 % on average.
+    rng = np.random.default_rng(11)
+    d, centers = 24, np.random.default_rng(0).normal(0, 0.6, size=(3, 24))
+    old, new, loo = [], [], []
+    for _ in range(60):
+
+        def draw(n):
+            labels = np.arange(n) % 3
+            return centers[labels] + rng.normal(size=(n, d)), labels
+
+        (train, labels), (val, _), (fresh, _) = draw(60), draw(7), draw(600)
+        views = np.stack([train, train + 0.1 * rng.normal(size=train.shape)], axis=1)
+        detector = ood.fit(views, labels, method="knn", rank=8, k=30, max_reference=1000)
+        val_scores, held_out = detector.score(val), detector.held_out_scores(views)
+        fresh_scores = detector.score(fresh)
+        t_old = ood.threshold_for(val_scores, 0.05)
+        t_new = ood.threshold_for(val_scores, 0.05, held_out)
+        assert ood.flag_rate(val_scores, t_new) <= 0.05
+        old.append(ood.flag_rate(fresh_scores, t_old))
+        new.append(ood.flag_rate(fresh_scores, t_new))
+        loo.append(ood.summary(detector, t_new, val_scores, 0.05, held_out).train_flag_rate)
+    old, new = np.array(old), np.array(new)
+    assert old.mean() > 0.09 and (old >= 0.2).mean() > 0.1  # the validation split alone
+    assert new.mean() <= 0.06 and (new >= 0.2).mean() == 0.0
+    assert max(loo) <= 0.05
+
+
 def test_a_rise_of_the_out_of_distribution_share_counts_toward_the_drift_verdict():
     import pandas as pd
     from support.params import stage_params

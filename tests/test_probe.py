@@ -175,6 +175,7 @@ def test_the_shipped_probe_trains_on_turned_rows_only_for_a_task_that_lists_the_
         export_serving_model(ckpt, PROBE), hist, data.dataset_index, data.fmt_images, PROBE
     )
     assert ood["reference_rows"] == min(5 * hist["split_sizes"]["train"], 1000)
+    assert ood["val_flag_rate"] <= 0.05 and ood["train_flag_rate"] <= 0.05
 
 
 def test_extra_views_are_more_rows_per_image_and_unknown_edits_are_refused(data, caplog):

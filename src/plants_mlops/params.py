@@ -264,7 +264,8 @@ class OODConfig(Params):
     k: int  # knn: the k-th nearest training image (its nearest view) gives the score
     rank: int  # mahalanobis: principal directions of the shared covariance kept
     max_reference: int  # knn: training embeddings stored in the graph, at most (whole images)
-    max_flag_rate: float  # the threshold flags at most this share of the validation split
+    max_flag_rate: float  # the threshold flags at most this share of the val split (knn: and
+    # of the training images, each scored with itself left out of the reference)
 
 
 class TrainingParams(Params):

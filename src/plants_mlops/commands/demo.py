@@ -347,11 +347,13 @@ def _demo(args: argparse.Namespace, project: Path, logs: DemoLogging) -> None:
         log.info("serving model: %s (%s)", precision["precision"], precision["reason"])
     detector = REPORTING / "ood_detector.json"
     if detector.exists() and (ood := json.loads(detector.read_text())):
+        train = ood.get("train_flag_rate")
         log.info(
-            "OOD detection: %s, threshold %.4f (flags %.1f %% of validation images)",
+            "OOD detection: %s, threshold %.4f (flags %.1f %% of validation images%s)",
             ood["method"],
             ood["threshold"],
             100 * ood["val_flag_rate"],
+            "" if train is None else f", {100 * train:.1f} % of training images left out",
         )
     behaviour = REPORTING / "behaviour_report.json"
     if behaviour.exists():

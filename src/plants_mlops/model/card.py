@@ -473,6 +473,10 @@ def _ood_section(ood: dict | None, behaviour: dict | None) -> Section:
         ["validation images", ood.get("val_images")],
         ["training images fitted on", ood.get("train_images")],
     ]
+    if ood.get("train_flag_rate") is not None:
+        rows.append(
+            ["training images flagged, each left out of the reference", ood["train_flag_rate"]]
+        )
     figures = (behaviour or {}).get("ood") or {}
     if figures:
         rows += [
@@ -487,7 +491,8 @@ def _ood_section(ood: dict | None, behaviour: dict | None) -> Section:
         "Out-of-distribution detection",
         [
             "The score is the distance of the image's embedding from the training images "
-            "(model/ood.py); the threshold is chosen on the validation split."
+            "(model/ood.py); the threshold is chosen on the validation split and, for "
+            "kNN, on the training images scored with each left out of the reference."
         ],
         [(["figure", "value"], rows)],
     )

@@ -19,12 +19,14 @@ detection*). Two detectors, both measured (``benchmarks/bench_ood.py``):
 The API: :func:`fit` ``(embeddings, labels, config) -> OODDetector``;
 :meth:`OODDetector.score` ``(embeddings) -> float array`` (higher: further from the
 training data); :func:`threshold_for` picks the threshold on in-distribution
-(validation) scores so that at most ``max_flag_rate`` of them are flagged;
+scores so that at most ``max_flag_rate`` of them are flagged: the validation split's,
+and (knn) the training images' scores with each image left out of the reference
+(:meth:`OODDetector.held_out_scores`), which a small validation split needs;
 :func:`attach` appends the detector to the serving ONNX graph as a third output,
 ``ood_score`` ``[N]``, computed from the graph's own ``embedding`` output, so the float
 model, the int8 model, the registry's load check and the API carry the detector in the
-one file they already load (no second file to keep in step). The threshold and its
-validation rates travel in ``serving_meta.ood`` (:class:`OODSummary`).
+one file they already load (no second file to keep in step). The threshold and the
+shares it flags travel in ``serving_meta.ood`` (:class:`OODSummary`).
 
 Everything works for K classes (class means over the labels present).
 """
@@ -43,7 +45,8 @@ _EPS = 1e-12
 
 class OODSummary(BaseModel):
     """What the serving meta says about the detector (``serving_meta.ood``), also the
-    figures the model card reads: method, threshold, and how it behaved on validation."""
+    figures the model card reads: method, threshold, and the shares of in-distribution
+    images it flags."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -53,6 +56,9 @@ class OODSummary(BaseModel):
     val_flag_rate: float  # share of validation images the threshold flags
     val_images: int
     train_images: int  # images (not views) the detector was fitted on
+    # knn: share of the training images the threshold flags, each scored with itself and
+    # its views left out of the reference (held_out_scores); None: mahalanobis
+    train_flag_rate: float | None = None
     rank: int | None = None  # mahalanobis: principal directions kept
     k: int | None = None  # knn: the neighbour (a training image) whose distance is the score
     reference_rows: int | None = None  # knn: stored training embeddings
@@ -73,6 +79,8 @@ class OODDetector:
     k: int
     train_images: int
     views: int = 1  # knn: consecutive reference rows that are views of one image
+    # knn: the training image (index into fit's embeddings) of each reference image [M]
+    reference_images: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -91,6 +99,33 @@ class OODDetector:
         d = ((z[:, None, :] - self.class_means[None, :, :]) ** 2).sum(axis=2).min(axis=1)
         resid = (c * c).sum(axis=1) - (z * z * self._eig).sum(axis=1)
         return (d + np.maximum(resid, 0.0) * self.residual_scale).astype(np.float64)
+
+    def held_out_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """knn: the score of each training image of :func:`fit`'s ``embeddings``
+        ([N, D] or [N, V, D]; the image itself is the first view) with that image and its
+        views left out of the reference (float64 [N]). The backbone is frozen, so these
+        are scores of in-distribution photos the reference has not seen, as an upload's
+        is (an image kept out of a capped reference is scored against all of it). None for
+        mahalanobis: its class means and covariance were fitted on these images, so their
+        scores are not those of unseen photos (nor for a reference of one image: none
+        would be left)."""
+        if self.method != "knn" or self.reference_images is None:
+            return None
+        if len(self.reference_images) < 2:
+            return None
+        x = np.asarray(embeddings, dtype=np.float32)
+        x = x[:, 0] if x.ndim == 3 else x
+        x = x / np.sqrt((x * x).sum(axis=1, keepdims=True) + _EPS)
+        out = np.empty(len(x), np.float64)
+        own = np.full(len(x), -1)
+        own[self.reference_images] = np.arange(len(self.reference_images))
+        for start in range(0, len(x), 512):  # [512, M] similarities at a time
+            rows = slice(start, start + 512)
+            sims = (x[rows] @ self.reference.T).reshape(len(x[rows]), -1, self.views).max(axis=2)
+            inside = np.flatnonzero(own[rows] >= 0)
+            sims[inside, own[rows][inside]] = -np.inf  # the image and its views: left out
+            out[rows] = 1.0 - (-np.sort(-sims, axis=1)[:, self.k - 1])
+        return out
 
     @property
     def _eig(self) -> np.ndarray:
@@ -148,6 +183,7 @@ def fit(
             int(k),  # <= the smallest class's kept images: never past the reference
             n_images,
             views,
+            kept,
         )
     if method != "mahalanobis":
         raise ValueError(f"unknown OOD method {method!r} (mahalanobis or knn)")
@@ -176,15 +212,30 @@ def fit(
     )
 
 
-def threshold_for(scores: np.ndarray, max_flag_rate: float) -> float:
+def threshold_for(
+    scores: np.ndarray, max_flag_rate: float, held_out: np.ndarray | None = None
+) -> float:
     """A threshold that flags (``score > threshold``) at most ``max_flag_rate`` of
-    ``scores`` (in-distribution validation scores): halfway between the highest score it
-    lets through and the lowest it flags, so that no validation image sits on it and the
-    serving graph's float32 rounding cannot flag one more than counted here (with none to
-    flag: the highest score)."""
+    ``scores`` (in-distribution validation scores) and, with ``held_out`` (the training
+    images' :meth:`OODDetector.held_out_scores`), at most ``max_flag_rate`` of those as
+    well: the higher of the two thresholds. A few dozen validation images allow one or
+    none flagged, so on its own the threshold is the highest or second-highest validation
+    score, and how many unseen photos it flags varies from one split to the next; the
+    training images, several times as many, hold it where their own 5 % lies.
+
+    Each threshold is halfway between the highest score it lets through and the lowest it
+    flags, so that no validation image sits on it and the serving graph's float32 rounding
+    cannot flag one more than counted here (with none to flag: the highest score)."""
+    threshold = _quantile_threshold(scores, max_flag_rate)
+    if held_out is not None and len(held_out):
+        threshold = max(threshold, _quantile_threshold(held_out, max_flag_rate))
+    return threshold
+
+
+def _quantile_threshold(scores: np.ndarray, max_flag_rate: float) -> float:
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if not len(s):
-        raise ValueError("no validation scores to choose the OOD threshold on")
+        raise ValueError("no in-distribution scores to choose the OOD threshold on")
     allowed = int(np.floor(max_flag_rate * len(s) + 1e-9))
     if allowed >= len(s):
         return float(s[0])
@@ -208,7 +259,11 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 def summary(
-    detector: OODDetector, threshold: float, val_scores: np.ndarray, max_flag_rate: float
+    detector: OODDetector,
+    threshold: float,
+    val_scores: np.ndarray,
+    max_flag_rate: float,
+    held_out: np.ndarray | None = None,
 ) -> OODSummary:
     knn = detector.method == "knn"
     return OODSummary(
@@ -218,6 +273,7 @@ def summary(
         val_flag_rate=flag_rate(val_scores, threshold),
         val_images=int(len(val_scores)),
         train_images=detector.train_images,
+        train_flag_rate=None if held_out is None else flag_rate(held_out, threshold),
         rank=None if knn else detector.rank,
         k=detector.k if knn else None,
         reference_rows=int(len(detector.reference)) if knn else None,

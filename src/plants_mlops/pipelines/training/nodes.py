@@ -327,8 +327,9 @@ def attach_ood_detector(
     """Out-of-distribution detection for the model that will serve (``model/ood.py``):
     the train split's embeddings (with the views the probe was fitted on: mirrors, turns,
     ``probe.extra_views``) through that very model fit the
-    detector, the val split's scores choose the threshold (at most
-    ``ood.max_flag_rate`` flagged), and the detector is appended to the graph as the output
+    detector, the val split's scores and (knn) the train images' scores with each image
+    left out of the reference choose the threshold (at most ``ood.max_flag_rate`` of each
+    flagged), and the detector is appended to the graph as the output
     ``ood_score``. Returns (the serving model, the detector's summary: ``serving_meta.ood``;
     empty when ``ood.enabled`` is false)."""
     from plants_mlops.model import behaviour, ood
@@ -350,8 +351,9 @@ def attach_ood_detector(
     for name in edits:
         edited = behaviour.EditedImages(train.images, behaviour.EDITS[name])
         views.append(model.predict_images(edited).embeddings)
+    stacked = np.stack(views, axis=1)
     detector = ood.fit(
-        np.stack(views, axis=1),
+        stacked,
         train.labels,
         method=cfg.method,
         rank=cfg.rank,
@@ -360,16 +362,24 @@ def attach_ood_detector(
         seed=p.seed,
     )
     val_scores = detector.score(model.predict_images(val.images).embeddings)
-    threshold = ood.threshold_for(val_scores, cfg.max_flag_rate)
-    summary = ood.summary(detector, threshold, val_scores, cfg.max_flag_rate)
+    held_out = detector.held_out_scores(stacked)  # None for mahalanobis
+    threshold = ood.threshold_for(val_scores, cfg.max_flag_rate, held_out)
+    summary = ood.summary(detector, threshold, val_scores, cfg.max_flag_rate, held_out)
     served = ood.attach(precision_model, detector)
+    train_rate = (
+        ""
+        if summary.train_flag_rate is None
+        else f" and {100 * summary.train_flag_rate:.1f} % of {summary.train_images} "
+        "training images (each left out of the reference)"
+    )
     log.info(
-        "OOD detection: %s, threshold %.4f flags %.1f %% of %d validation images "
+        "OOD detection: %s, threshold %.4f flags %.1f %% of %d validation images%s "
         "(limit %.1f %%), %.1f s",
         summary.method,
         threshold,
         100 * summary.val_flag_rate,
         summary.val_images,
+        train_rate,
         100 * cfg.max_flag_rate,
         time.perf_counter() - t0,
     )
