@@ -217,7 +217,12 @@ def stack(tmp_path_factory, mlflow_tracking_uri) -> Iterator[MonitoringStack]:
         pgw_port = servers.free_port()
         stop.callback(_start_on(pgw_port, work / "pushgateway.log", pushgateway).stop)
         api = stop.enter_context(
-            running_api(work / "api", tracking_uri=mlflow_tracking_uri, model_name=name)
+            running_api(
+                work / "api",
+                tracking_uri=mlflow_tracking_uri,
+                model_name=name,
+                env={"PLANTS_SERVE_WORKERS": "2"},  # serve's default on two cores: per pid
+            )
         )
         prom_port = servers.free_port()
         config = render_config(work, api.url.removeprefix("http://"), pgw_port, prom_port)
@@ -337,6 +342,11 @@ def test_every_grafana_panel_query_returns_data(stack):
     for title, legend, values in report:
         print(f"{title} [{legend}]: {values}")
     assert len({r[0] for r in report}) == len(dashboard["panels"])
+    # One API instance of two workers is one pod with a model (the sum counted 2), and the
+    # version panel shows the version served, not a zero for each one served before.
+    served = {legend: values for title, legend, values in report if title.startswith("Model")}
+    assert [v for _, v in served["pods with a model"]] == ["1"], served
+    assert all(v == "1" for _, v in served["{{instance}} v{{version}}"]), served
 
 
 def test_without_a_pushgateway_url_the_metrics_dataset_is_configured_to_push_nothing():
