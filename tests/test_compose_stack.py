@@ -117,6 +117,33 @@ def test_every_service_waits_for_the_preflight(compose_services):
     assert all(waits(name) for name in services if name != "preflight")
 
 
+def test_training_and_monitoring_run_as_jobs_inside_the_stack_as_the_cronjobs_do(
+    compose_services,
+):
+    """The stack's MinIO, MariaDB and Pushgateway are on the internal network: a
+    monitoring run "from a workstation" (as the docs said) could reach none of them, so
+    the drift panels and alert never got data. The jobs run inside, as on Kubernetes."""
+    services = compose_services["services"]
+    cronjobs = {
+        name: yaml.safe_load((ROOT / f"deploy/k8s/base/{name}-cronjob.yaml").read_text())
+        for name in ("train", "monitoring")
+    }
+    for name, cronjob in cronjobs.items():
+        job = services[name]
+        (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert job["command"] == container["command"], name
+        assert job["profiles"] == ["jobs"], name  # `docker compose up` starts neither
+        assert "backend" in job["networks"], name
+        env = job["environment"]
+        assert env["PLANTS_DB_URL"] == services["api"]["environment"]["PLANTS_DB_URL"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["PLANTS_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["monitoring"]["environment"]["PLANTS_PUSHGATEWAY_URL"] == (
+        "http://pushgateway:9091"
+    )
+    assert "frontend" in services["train"]["networks"]  # the image URLs are outside
+
+
 def test_mlflow_zenml_and_grafana_get_their_passwords_from_env(compose_services):
     services = compose_services["services"]
     mlflow = services["mlflow"]
