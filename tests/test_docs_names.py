@@ -290,3 +290,17 @@ def test_the_checker_catches_names_that_do_not_exist(tmp_path):
     )
     found = problems(page)
     assert len(found) == 12, found
+
+
+_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven")
+NUMBER_WORDS = {word: n for n, word in enumerate(_WORDS, 2)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_the_number_of_zenml_steps_a_page_gives_is_the_pipelines(page):
+    """docs/zenml.md and docs/dashboards.md said "the seven steps" of a run of eight."""
+    from plants_mlops.contracts import STAGES
+
+    said = re.findall(r"\b(\w+) (?:ZenML )?steps\b", page.read_text().replace("\n", " "))
+    counts = [NUMBER_WORDS[w.lower()] for w in said if w.lower() in NUMBER_WORDS]
+    assert all(n == len(STAGES) for n in counts), (page.name, said, len(STAGES))

@@ -92,7 +92,7 @@ def allowed_methods(app: FastAPI, scope: dict) -> str:
 _SERVER_ERROR = "internal error: the body names the request id of the logged traceback"
 _BODY_TOO_LARGE = "request body over the size limit"
 _INVALID = "the request does not match this operation's schema (malformed JSON included)"
-_UNPARSABLE = "the body could not be parsed at all (not UTF-8, a broken multipart body)"
+_UNPARSABLE = "the body could not be parsed at all (a broken multipart body, bytes that are not UTF-8 inside a JSON string)"
 _BODY_TIMEOUT = "the client sent nothing for PLANTS_BODY_TIMEOUT_SECONDS while sending the body"
 _HEADERS_TOO_LARGE = "too many request headers, or too many bytes of them"
 
