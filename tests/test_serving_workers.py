@@ -7,7 +7,9 @@ For correctness, not timing (the speed is benchmarks/bench_serving.py).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -285,6 +287,30 @@ def test_two_workers_each_listen_and_share_keep_alive_connections_opened_at_once
             s.close()
     served = sorted(n for n in per_worker.values() if n)
     assert sum(served) == 16 and len(served) == 2, per_worker
+
+
+def _loaded_pids(url: str) -> list[int]:
+    """The pids /metrics lists with a model loaded (a new connection: any live worker)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sorted(
+        int(m.group(1))
+        for m in re.finditer(r'^plants_model_loaded\{pid="(\d+)"\} 1\.0$', text, re.M)
+    )
+
+
+def test_a_killed_worker_is_replaced_and_no_longer_counted(two_workers):
+    """A worker killed (the kernel's OOM killer, kill -9) left its live gauges behind:
+    /metrics listed its pid with a model beside its replacement's, and /ready counted it
+    as a worker with a model."""
+    before = _loaded_pids(two_workers.url)
+    assert len(before) == 2, before
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while victim in (pids := _loaded_pids(two_workers.url)) or len(pids) != 2:
+        assert time.monotonic() < deadline, f"after 90 s /metrics lists {pids} ({victim} died)"
+        time.sleep(0.5)
+    assert httpx.get(f"{two_workers.url}/ready", timeout=30).status_code == 200
 
 
 def test_two_workers_each_load_the_model_and_a_reload_reaches_both_without_failures(

@@ -8,6 +8,7 @@ multiprocess mode; gauges say how they combine: ``livemax``, ``livemin``, ``live
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Sequence
 
@@ -98,6 +99,7 @@ class ServiceMetrics:
             return _generate_latest(self.registry), CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess
 
+        forget_dead_workers()
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined)
         return _generate_latest(combined), CONTENT_TYPE_LATEST
@@ -108,6 +110,7 @@ class ServiceMetrics:
             return int(self.model_loaded._value.get() == 1)
         from prometheus_client import multiprocess
 
+        forget_dead_workers()
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined)
         return int(combined.get_sample_value("plants_model_loaded") or 0) + sum(
@@ -124,6 +127,23 @@ class ServiceMetrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without exiting (``kill -9``, the OOM
+    killer): the replacement uvicorn starts has another pid, and their files would count
+    as a live worker's for good (a model ``/ready`` counts, a version ``/metrics`` shows)."""
+    from prometheus_client import multiprocess
+
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = int(path.rpartition("_")[2].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 # prometheus_client picks file-backed values at import when this is set (serve --workers).
