@@ -327,7 +327,7 @@ def test_alpha_is_composited_on_white_without_full_size_copies():
 
 
 @pytest.mark.parametrize("size", [(700, 300), (300, 701), (517, 517), (160, 160), (90, 120)])
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+transparency", "RGB", "L", "CMYK"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+transparency", "RGB", "L", "CMYK", "I;16", "F"])
 def test_fit_rgb_is_square_resize_of_to_rgb_pixel_for_pixel(mode, size):
     """The API's lean path (alpha composited in place, resampled from RGBA) gives the
     model the very pixels of the full-size RGB path."""
@@ -344,12 +344,53 @@ def test_fit_rgb_is_square_resize_of_to_rgb_pixel_for_pixel(mode, size):
     if mode == "P+transparency":
         img = img.convert("RGB").quantize(64)
         img.info["transparency"] = 5
+    elif mode == "I;16":
+        img = Image.fromarray(noise[..., 0].astype(np.uint16) * 257).convert("I;16")
+    elif mode == "F":
+        img = Image.fromarray(noise[..., 0].astype(np.float32) / 255, "F")
     elif mode != "RGBA":
         img = img.convert(mode)
     expected = imaging.square_resize(imaging.to_rgb(img.copy()), 160)
     got = imaging.fit_rgb(img.copy(), 160)
     assert got.mode == "RGB" and got.size == (160, 160)
     assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_a_decode_is_charged_the_bytes_per_pixel_it_really_holds():
+    """The budget's unit is a pixel of 4 bytes: a progressive JPEG (its coefficients held
+    for the whole image) or a 16-bit or float greyscale image is charged more than a
+    baseline JPEG of as many pixels, an 8-bit grey PNG (resampled as grey) less."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from plants_mlops import imaging
+
+    def encoded(img, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    size, pixels = (400, 300), 400 * 300
+    rgb = Image.new("RGB", size, (40, 90, 20))
+    baseline = imaging.decode_cost(encoded(rgb, "JPEG"))
+    assert baseline == pixels
+    assert imaging.decode_cost(encoded(rgb, "PNG")) == pixels
+    progressive = imaging.decode_cost(encoded(rgb, "JPEG", progressive=True))
+    full_chroma = imaging.decode_cost(encoded(rgb, "JPEG", progressive=True, subsampling=0))
+    assert baseline < progressive < full_chroma
+    grey16 = Image.fromarray(np.full(size[::-1], 30000, np.uint16)).convert("I;16")
+    floats = Image.fromarray(np.full(size[::-1], 0.5, np.float32), "F")
+    assert imaging.decode_cost(encoded(grey16, "PNG")) > baseline
+    assert imaging.decode_cost(encoded(floats, "TIFF")) > baseline
+    assert imaging.decode_cost(encoded(rgb.convert("L"), "PNG")) < baseline
+    assert imaging.decode_cost(b"not an image") == 0
+    # the budget holds the charged cost while the image decodes
+    data = encoded(grey16, "PNG")
+    budget = imaging.DecodeBudget(10_000_000)
+    with imaging.decoded_within(data, budget, fit=160):
+        assert budget.total - budget.free == imaging.decode_cost(data) > pixels
 
 
 def test_header_pixels_reads_the_size_every_decoder_would_see():

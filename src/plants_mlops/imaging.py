@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import threading
 import warnings
 from collections.abc import Iterator
@@ -51,10 +52,12 @@ class DecodedImage:
 class DecodeBudget:
     """At most ``pixels`` pixels being decoded at once, across threads.
 
-    A decode costs memory in proportion to its pixels (4 bytes each, RGB or RGBA, plus a
-    full-size RGB result where one is made: not in the API, see :func:`fit_rgb`), whatever
-    the size of the file: a 170 KB PNG of 6300x6300 takes about 160 MB while it decodes. The API reserves each image's pixel count, read from the
-    header, before decoding it; uploads beyond the budget wait their turn (up to
+    A decode costs memory in proportion to its pixels, whatever the size of the file: a
+    170 KB PNG of 6300x6300 takes about 160 MB while it decodes. The unit is a pixel of 4
+    bytes (RGB or RGBA as Pillow holds them); the API reserves each image's
+    :func:`decode_cost`, its pixels read from the header weighted by the bytes per pixel
+    its decode holds (a 16-bit greyscale PNG or a progressive JPEG more, an 8-bit grey one
+    less), before decoding it; uploads beyond the budget wait their turn (up to
     ``wait_seconds``, then ``busy``), so concurrent maximum-size uploads cannot add up.
     """
 
@@ -86,11 +89,11 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) as Pillow reads a JPEG's header: walking the segment lengths from
-    the start of the file to the start of scan, the last start-of-frame segment's size;
-    None when the walk does not get there."""
-    i, end, size = 2, len(data), None
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, list[tuple[int, int]]] | None:
+    """(width, height, SOF marker, each component's (h, v) sampling factors) as Pillow reads
+    a JPEG's header: walking the segment lengths from the start of the file to the start
+    of scan, the last start-of-frame segment's; None when the walk does not get there."""
+    i, end, frame = 2, len(data), None
     while i + 4 <= end:
         if data[i] != 0xFF:
             return None
@@ -102,13 +105,20 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             i += 2
             continue
         if marker == 0xDA:  # start of scan: the header is over
-            return size
+            return frame
         if marker in _JPEG_SOF:
-            if i + 9 > end:
+            if i + 10 > end:
                 return None
-            size = (
+            count = data[i + 9]
+            sampling = [
+                (data[j] >> 4, data[j] & 0x0F)
+                for j in range(i + 11, min(i + 10 + 3 * count, end), 3)
+            ]
+            frame = (
                 int.from_bytes(data[i + 7 : i + 9], "big"),
                 int.from_bytes(data[i + 5 : i + 7], "big"),
+                marker,
+                sampling,
             )
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
@@ -173,24 +183,80 @@ def check_jpeg_complete(data: bytes) -> None:
             )
 
 
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header (no pixel decoded), or 0 when the bytes are
-    not a readable image: ``decode_image`` then says what is wrong with them. JPEG and
-    PNG headers are read directly (a few us: the API asks for every upload); other
-    formats through Pillow."""
+# Bytes per pixel a decode to the model's square holds at its peak (imaging.fit_rgb), by
+# the mode Pillow decodes into, as measured (bench_decode_formats.py): 4 for RGB and RGBA
+# (Pillow keeps 4 bytes a pixel), 1 for 8-bit grey (resampled as grey, never a full-size
+# RGB copy), a wide greyscale's decoder buffers and 8-bit copy (16-bit: 4.1 measured;
+# 32-bit integer and float TIFF: 5.9-6.5), and a full-size RGB or RGBA copy after a
+# palette, grey with alpha (stored in 4 bytes), 1-bit or CMYK image.
+DECODE_BYTES_PER_PIXEL = {
+    "L": 1,
+    "I;16": 4.5,
+    "I;16L": 4.5,
+    "I;16B": 4.5,
+    "I;16N": 4.5,
+    "I": 6.5,
+    "F": 6.5,
+    "1": 5,
+    "P": 5,
+    "LA": 8,
+    "PA": 8,
+    "CMYK": 8,
+}
+# A progressive JPEG keeps every DCT coefficient of the whole image while it decodes (2
+# bytes each, 64 per 8x8 block of each component, however small the output is drafted):
+# 6 bytes a pixel for 4:4:4 colour, 3 for 4:2:0, besides its output.
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # IHDR colour type -> mode
+
+
+def _jpeg_cost(frame: tuple[int, int, int, list[tuple[int, int]]]) -> float:
+    _, _, marker, sampling = frame
+    mode = {1: "L", 4: "CMYK"}.get(len(sampling), "RGB")
+    cost = DECODE_BYTES_PER_PIXEL.get(mode, 4)
+    if marker in _JPEG_PROGRESSIVE and sampling:
+        h_max = max(h for h, _ in sampling) or 1
+        v_max = max(v for _, v in sampling) or 1
+        cost += 2 * sum(h * v for h, v in sampling) / (h_max * v_max)
+    return cost
+
+
+def _header(data: bytes) -> tuple[int, float]:
+    """(width x height, bytes per pixel its decode needs) from the image's header, or
+    (0, 0) when the bytes are not a readable image. JPEG and PNG headers are read
+    directly (a few us: the API asks for every upload); other formats through Pillow."""
     if data[:2] == b"\xff\xd8":
-        size = _jpeg_size(data)
-        if size is not None:
-            return size[0] * size[1]
+        frame = _jpeg_frame(data)
+        if frame is not None:
+            return frame[0] * frame[1], _jpeg_cost(frame)
     elif data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+        pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+        depth, colour = data[24:26] if len(data) >= 26 else (8, 2)
+        mode = _PNG_MODES.get(colour, "RGB")
+        if mode == "L" and depth != 8:
+            mode = "I;16" if depth == 16 else "1" if depth == 1 else "L"
+        return pixels, DECODE_BYTES_PER_PIXEL.get(mode, 4)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size
+            probe = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 0
-    return width * height
+        return 0, 0
+    return probe.size[0] * probe.size[1], DECODE_BYTES_PER_PIXEL.get(probe.mode, 4)
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header (no pixel decoded), or 0 when the bytes are
+    not a readable image: ``decode_image`` then says what is wrong with them."""
+    return _header(data)[0]
+
+
+def decode_cost(data: bytes) -> int:
+    """What decoding ``data`` is charged in a :class:`DecodeBudget`: its pixels, from the
+    header, weighted by the bytes per pixel its decode holds (``DECODE_BYTES_PER_PIXEL``,
+    a progressive JPEG's coefficients) over the budget's 4; 0 when not a readable image."""
+    pixels, cost = _header(data)
+    return math.ceil(pixels * cost / 4)
 
 
 def decode_image(
@@ -278,14 +344,14 @@ def decoded_within(
     max_pixels: int = MAX_PIXELS,
     fit: int | None = None,
 ) -> Iterator[DecodedImage]:
-    """Decode ``data`` holding ``budget`` for its pixels (read from the header) from the
+    """Decode ``data`` holding ``budget`` for its cost (:func:`decode_cost`) from the
     first decoded byte until the block ends, when the pixels are released: the caller
     makes what it keeps (the model input, a thumbnail) inside the block. An image over
     ``max_pixels`` is refused (``too_large``) without waiting for the budget. ``fit``: the
     image is ``square_resize(rgb, fit)`` (:func:`fit_rgb`; the decode's full-size pixels
     are gone before the block starts)."""
-    pixels = header_pixels(data)
-    need = pixels if 0 < pixels <= max_pixels else 0
+    pixels, cost = _header(data)
+    need = math.ceil(pixels * cost / 4) if 0 < pixels <= max_pixels else 0
     with budget.reserve(need) if budget is not None and need else contextlib.nullcontext():
         decoded = decode_image(data, max_pixels=max_pixels, fit=fit)
         try:
@@ -293,7 +359,7 @@ def decoded_within(
         finally:
             decoded.image.close()
             del decoded
-    if need >= TRIM_AFTER_PIXELS:
+    if pixels >= TRIM_AFTER_PIXELS:
         from plants_mlops import memory
 
         memory.trim()
@@ -364,7 +430,8 @@ def _fit_box(width: int, height: int) -> tuple[float, float, float, float]:
 
 def fit_rgb(img: Image.Image, size: int) -> Image.Image:
     """``square_resize(to_rgb(img), size)``, pixel for pixel, without a full-size RGB copy
-    of an image with alpha (for a 6300x6300 RGBA PNG: 159 MB less held at once). ``img``
+    of an image with alpha (for a 6300x6300 RGBA PNG: 159 MB less held at once) or of a
+    greyscale one (resampled as 8-bit grey, then made RGB at the square's size). ``img``
     may be changed in place.
 
     The alpha image is composited on white in place, in bands of rows: pasting white
@@ -373,6 +440,10 @@ def fit_rgb(img: Image.Image, size: int) -> Image.Image:
     resampled from the RGBA bytes by Pillow's core resize, which treats each band on its
     own as it does for RGB (``Image.resize`` would first make a full-size premultiplied
     copy of an RGBA image); its alpha band is dropped at the square's size."""
+    if img.mode == "L" or img.mode in _WIDE_MODES:
+        # greyscale resampled as grey: the same bytes in each band, no full-size RGB copy
+        grey = img if img.mode == "L" else _to_8_bit(img)
+        return square_resize(grey, size).convert("RGB")
     if not _has_alpha(img):
         return square_resize(to_rgb(img), size)
     rgba = img if img.mode == "RGBA" else img.convert("RGBA")
