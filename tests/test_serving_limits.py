@@ -559,3 +559,89 @@ def test_the_pixel_limit_is_the_callers_above_and_below_pillows_own():
         imaging.decode_image(bomb, max_pixels=50_000_000)
     assert caught.value.reason == "too_large" and "50000000" in caught.value.detail
     assert "decompression bomb DOS" not in caught.value.detail
+
+
+def _send_upload_start(url: str, body: bytes, *, chunked: bool = False, sent: int = 0):
+    """A socket that sent /predict's request headers (with the body's Content-Length, or
+    chunked) and the first ``sent`` bytes of the body, and is left open."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    sock = socket.create_connection((where.hostname, where.port), timeout=30)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {where.netloc}\r\n"
+        f"Content-Type: {MULTIPART['content-type']}\r\n{framing}\r\n\r\n"
+    )
+    part = body[:sent]
+    if chunked:
+        part = f"{len(part):x}\r\n".encode() + part + b"\r\n"
+    sock.sendall(head.encode() + part)
+    return sock
+
+
+def _response_of(sock) -> tuple[int, bytes]:
+    """(status, the whole response) of a connection the server answers and closes, or
+    answers with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    sock.close()
+    return int(head.split(b" ")[1]), head + b"\r\n\r\n" + rest
+
+
+def test_request_bodies_in_flight_are_bounded_per_worker(tmp_path, mlflow_tracking_uri):
+    """Uploads held open count against PLANTS_MAX_INFLIGHT_BYTES from their Content-Length
+    (a chunked one as its bytes arrive): the ones over it get 503 busy with Retry-After at
+    once, and once the held ones finish a new upload is served."""
+    import time
+
+    import httpx
+    from support import images
+    from support.champion import register_champion, unique_model_name
+    from support.serving import running_api
+
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    jpeg = images.sample_jpeg(0)
+    body = _part() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+    limit = len(body) * 5 // 2  # room for two uploads, not three
+    env = {"PLANTS_MAX_INFLIGHT_BYTES": str(limit), "PLANTS_PREDICTION_LOG": "off"}
+    with running_api(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as api:
+        held = [_send_upload_start(api.url, body, sent=100) for _ in range(2)]
+        time.sleep(1.0)  # the server has both requests' headers
+        t0 = time.monotonic()
+        extra = httpx.post(
+            f"{api.url}/predict", files={"file": ("x.jpg", jpeg, "image/jpeg")}, timeout=30
+        )
+        assert extra.status_code == 503, extra.text
+        assert extra.json()["error"] == "busy" and extra.headers["retry-after"] == "1"
+        assert time.monotonic() - t0 < 5
+        chunked = _send_upload_start(api.url, body, chunked=True, sent=len(body) - 10)
+        status, response = _response_of(chunked)
+        assert status == 503 and b'"busy"' in response and b"retry-after: 1" in response.lower()
+        for sock in held:  # the held uploads finish and are served
+            sock.sendall(body[100:])
+        assert [_response_of(sock)[0] for sock in held] == [200, 200]
+        again = httpx.post(
+            f"{api.url}/predict", files={"file": ("x.jpg", jpeg, "image/jpeg")}, timeout=30
+        )
+        assert again.status_code == 200, again.text

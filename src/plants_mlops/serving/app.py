@@ -109,6 +109,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             batch_limit if path.endswith("/predict/batch") else upload_limit
         ),
         body_timeout=config.body_timeout_seconds,
+        max_inflight_bytes=config.max_inflight_bytes,
     )
     for router in (
         ui.router,

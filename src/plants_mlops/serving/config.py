@@ -152,6 +152,7 @@ NUMBERS = {
     "max_batch_files": ("PLANTS_MAX_BATCH_FILES", 1, 256, "files"),
     "max_batch_bytes": ("PLANTS_MAX_BATCH_BYTES", 1024, 1024 * 1024 * 1024, "bytes"),
     "body_timeout_seconds": ("PLANTS_BODY_TIMEOUT_SECONDS", 1.0, 600.0, "seconds"),
+    "max_inflight_bytes": ("PLANTS_MAX_INFLIGHT_BYTES", 1024, 64 * 1024**3, "bytes"),
     "max_pixels": ("PLANTS_MAX_IMAGE_PIXELS", 10_000, 100_000_000, "pixels"),
     "decode_budget_pixels": ("PLANTS_DECODE_BUDGET_PIXELS", 1_000_000, 1_000_000_000, "pixels"),
     "ort_threads": ("PLANTS_ORT_THREADS", 1, 64, "threads"),
@@ -221,6 +222,9 @@ class ServingConfig:
     max_batch_files: int = 32
     max_batch_bytes: int = 32 * 1024 * 1024
     body_timeout_seconds: float = 30.0  # a client silent this long while sending: 408
+    # Request-body bytes held at once per worker (received, or declared by Content-Length,
+    # until the request ends); over it: 503 busy. A request alone always gets in.
+    max_inflight_bytes: int = 128 * 1024 * 1024
     max_pixels: int = imaging.MAX_PIXELS
     # Pixels being decoded at once across requests (imaging.DecodeBudget): one 40 Mpx
     # image, or many phone photos, decode together; more wait their turn.

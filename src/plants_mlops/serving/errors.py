@@ -95,6 +95,7 @@ _INVALID = "the request does not match this operation's schema (malformed JSON i
 _UNPARSABLE = "the body could not be parsed at all (a broken multipart body, bytes that are not UTF-8 inside a JSON string)"
 _BODY_TIMEOUT = "the client sent nothing for PLANTS_BODY_TIMEOUT_SECONDS while sending the body"
 _HEADERS_TOO_LARGE = "too many request headers, or too many bytes of them"
+_BUSY = "over PLANTS_MAX_INFLIGHT_BYTES of request bodies in flight (Retry-After)"
 
 
 def document_errors(schema: dict) -> dict:
@@ -113,6 +114,7 @@ def document_errors(schema: dict) -> dict:
                 responses.setdefault("400", {"description": _UNPARSABLE})
                 responses.setdefault("408", {"description": _BODY_TIMEOUT})
                 responses.setdefault("413", {"description": _BODY_TOO_LARGE})
+                responses.setdefault("503", {"description": _BUSY})
             responses.setdefault("431", {"description": _HEADERS_TOO_LARGE})
             responses.setdefault("500", {"description": _SERVER_ERROR})
             for status, response in responses.items():

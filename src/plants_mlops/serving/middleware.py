@@ -1,6 +1,6 @@
 """One pure-ASGI middleware, added with ``app.add_middleware`` like any other: request id,
 header and body limits (413 also for a chunked upload, 408 for a client gone silent
-mid-body), security headers, access log, metrics, and a JSON 500 instead of a traceback."""
+mid-body, 503 ``busy`` over the request-body bytes in flight), security headers, access log, metrics, and a JSON 500 instead of a traceback."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ class BodyRefused(Exception):
     """Raised into the app when a body goes over its limit or its client goes silent."""
 
 
+# Over the request-body bytes in flight: the decode budget's answer (imaging.DecodeBudget).
+BUSY_DETAIL = "too many uploads being received at once; retry in a moment"
+BUSY_RETRY_AFTER = b"1"
+
 # Request headers: a browser sends about 20 and a few kB; refuse floods before any work.
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024
@@ -52,11 +56,16 @@ class RequestContextMiddleware:
         metrics: ServiceMetrics,
         max_body_bytes,
         body_timeout: float = 30.0,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes  # callable(path) -> int
         self.body_timeout = body_timeout  # seconds a client may stay silent mid-body
+        # Request-body bytes this process holds at once (declared or received so far, until
+        # the request ends): the bodies waiting for a prediction thread are in memory.
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -81,6 +90,7 @@ class RequestContextMiddleware:
                 408,
                 f"the client sent nothing for {self.body_timeout:g} s while sending the body",
             ),
+            "busy": (503, BUSY_DETAIL),
         }
 
         async def refuse(reason: str) -> None:
@@ -112,6 +122,21 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        held = 0  # bytes this request counts in self.inflight
+
+        def hold(total: int) -> bool:
+            """Count ``total`` body bytes for this request; False when that would take the
+            process over its in-flight limit (a request alone is always let in)."""
+            nonlocal held
+            more = total - held
+            if more <= 0 or self.max_inflight_bytes is None:
+                return True
+            others = self.inflight - held
+            if others and others + total > self.max_inflight_bytes:
+                return False
+            self.inflight += more
+            held = total
+            return True
 
         async def receive_wrapper():
             nonlocal received
@@ -126,6 +151,9 @@ class RequestContextMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     state["refused"] = "too_large"
+                    raise BodyRefused()
+                if not hold(received):  # a chunked body, counted as it arrives
+                    state["refused"] = "busy"
                     raise BodyRefused()
             return message
 
@@ -153,6 +181,8 @@ class RequestContextMiddleware:
                     f"request body of {declared} bytes exceeds the limit of {limit}",
                     rid,
                 )
+            elif not hold(declared):
+                await self._json(send_wrapper, 503, "busy", BUSY_DETAIL, rid)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         except BodyRefused:  # the app let it through: answer here, unless it already did
@@ -171,6 +201,7 @@ class RequestContextMiddleware:
                     rid,
                 )
         finally:
+            self.inflight -= held
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
@@ -196,16 +227,18 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _json(send, status: int, code: str, detail: str, rid: str) -> None:
-        await send_json(send, status, error_json(code, detail, rid))
+        extra = [(b"retry-after", BUSY_RETRY_AFTER)] if status == 503 else []
+        await send_json(send, status, error_json(code, detail, rid), extra)
 
 
-async def send_json(send, status: int, body: bytes) -> None:
+async def send_json(send, status: int, body: bytes, extra=()) -> None:
     """A whole JSON response in raw ASGI; the connection closes after it (the body that
     was refused may still be arriving)."""
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
