@@ -22,7 +22,10 @@ ERRORS = {
     413: {"model": ErrorResponse, "description": "file or image dimensions over the limit"},
     415: {"model": ErrorResponse, "description": "not an image / unsupported content type"},
     422: {"model": ErrorResponse, "description": "not a multipart upload with a file"},
-    503: {"model": ErrorResponse, "description": "no model loaded yet, or too busy (decoding, or receiving uploads)"},
+    503: {
+        "model": ErrorResponse,
+        "description": "no model loaded yet, or too busy (decoding, or receiving uploads)",
+    },
 }
 
 # The upload part's media types in the OpenAPI document of a route that takes one image
