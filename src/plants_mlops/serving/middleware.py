@@ -1,6 +1,7 @@
 """One pure-ASGI middleware, added with ``app.add_middleware`` like any other: request id,
 header and body limits (413 also for a chunked upload, 408 for a client gone silent
-mid-body, 503 ``busy`` over the request-body bytes in flight), security headers, access log, metrics, and a JSON 500 instead of a traceback."""
+mid-body, 503 ``busy`` over the request-body bytes in flight), security headers, access
+log, metrics, and a JSON 500 instead of a traceback."""
 
 from __future__ import annotations
 
