@@ -146,7 +146,8 @@ def test_a_refused_first_model_stops_the_demo_with_the_reason_not_a_wait(tmp_pat
     why and how to serve it anyway, instead of waiting minutes for an API with no model."""
     decision = tmp_path / "registry_decision.json"
     decision.write_text(
-        '{"refused_because": ["latency: batch-1 ONNX Runtime p50 55.29 ms <= limit 15.00 ms"]}'
+        '{"refused_because": ["latency: batch-1 ONNX Runtime p50 55.29 ms > limit 15.00 ms '
+        '(needs <= 15.00 ms)"]}'
     )
     refused = {"registry": {"verdict": "fail", "model_version": "1"}, "evaluation": {}}
     reason = demo.nothing_to_serve(refused, decision)

@@ -265,7 +265,7 @@ def test_the_gate_refuses_a_model_over_the_size_limit_and_records_why(store, mon
     assert failed == ["model_size"]
     assert decision["serving_model"]["model_bytes"] == len(onnx)
     assert decision["refused_because"] == [
-        f"model_size: serving ONNX {len(onnx) / 1e6:.2f} MB <= limit 20.00 MB"
+        f"model_size: serving ONNX {len(onnx) / 1e6:.2f} MB > limit 20.00 MB (needs <= 20.00 MB)"
     ]
     cl = tracking.client(store)
     assert registry.alias_version(cl, ALIAS_CHAMPION) == champion  # the champion stays
@@ -295,8 +295,69 @@ def test_the_gate_refuses_a_model_over_the_latency_budget(store, monkeypatch):
     assert registry.alias_version(cl, ALIAS_CHAMPION) is None
     tags = cl.get_model_version(NAME, decision["model_version"]).tags
     assert tags["gate.refused"].startswith("latency: batch-1 ONNX Runtime p50")
-    assert "<= limit 0.00 ms" in tags["gate.refused"]
+    assert "> limit 0.00 ms (needs <= 0.00 ms)" in tags["gate.refused"]
     assert float(tags["gate.latency_p50_ms"]) == pytest.approx(latency, abs=1e-3)
+
+
+def test_a_failed_gate_check_says_what_failed_not_the_condition_it_missed():
+    """Every kind of check (at least and at most, f1, baseline, champion, size, latency,
+    behaviour): a failed one reads ``value < bound (needs >= limit)``, a passed one
+    ``value >= bound``."""
+    from plants_mlops.params import Gate, parse
+
+    gate = parse(
+        Gate,
+        {
+            **stage_params("registry")["gate"],
+            "min_f1": 0.99,
+            "require_beat_baseline": True,
+            "baseline_margin": 0.01,
+            "champion_tolerance": 0.01,
+            "max_model_mb": 20.0,
+            "latency_budget_ms": 15.0,
+        },
+        "registry.gate",
+    )
+    behaviour = {
+        "invariance_min": 0.5,
+        "invariance_mirror": 0.5,
+        "functionality": 0.5,
+        "ood_flagged": 0.1,
+        "false_flags": 0.9,
+    }
+    failed = registry.evaluate_gate(
+        0.9486, 0.95, 0.97, gate, model_mb=44.74, latency_ms=55.29, behaviour=behaviour
+    )
+    b = gate.behaviour
+    assert failed["verdict"] == "fail"
+    assert failed["refused_because"] == [
+        "model_size: serving ONNX 44.74 MB > limit 20.00 MB (needs <= 20.00 MB)",
+        "latency: batch-1 ONNX Runtime p50 55.29 ms > limit 15.00 ms (needs <= 15.00 ms)",
+        "min_f1: f1 0.9486 < threshold 0.9900 (needs >= 0.9900)",
+        "baseline: f1 0.9486 < best baseline 0.9500 + 0.0100 (needs >= 0.9600)",
+        "champion: f1 0.9486 < champion 0.9700 - 0.0100 (needs >= 0.9600)",
+        f"invariance: labels kept, worst edit 0.5000 < {b.min_invariance:.4f} "
+        f"(needs >= {b.min_invariance:.4f})",
+        f"mirror_invariance: labels kept under the mirror 0.5000 < "
+        f"{b.min_mirror_invariance:.4f} (needs >= {b.min_mirror_invariance:.4f})",
+        f"functionality: clear cases right 0.5000 < {b.min_functionality:.4f} "
+        f"(needs >= {b.min_functionality:.4f})",
+        f"ood_flagged: held-out out-of-distribution photos flagged 0.1000 < "
+        f"{b.min_ood_flagged:.4f} (needs >= {b.min_ood_flagged:.4f})",
+        f"false_flags: test images flagged OOD 0.9000 > {b.max_false_flags:.4f} "
+        f"(needs <= {b.max_false_flags:.4f})",
+    ]
+    passed = registry.evaluate_gate(
+        0.995, 0.95, 0.97, gate, model_mb=4.0, latency_ms=5.0, behaviour=None
+    )
+    assert passed["verdict"] == "pass"
+    assert [c["detail"] for c in passed["checks"]][:5] == [
+        "serving ONNX 4.00 MB <= limit 20.00 MB",
+        "batch-1 ONNX Runtime p50 5.00 ms <= limit 15.00 ms",
+        "f1 0.9950 >= threshold 0.9900",
+        "f1 0.9950 >= best baseline 0.9500 + 0.0100",
+        "f1 0.9950 >= champion 0.9700 - 0.0100",
+    ]
 
 
 def test_the_gate_refuses_a_version_whose_behaviour_misses_a_threshold_and_lists_why(

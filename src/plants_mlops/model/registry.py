@@ -208,11 +208,39 @@ def _limit_check(name: str, value: float | None, limit: float, what: str, unit: 
     """A PROBLEM.md limit: ``value <= limit``; an unmeasured value (None) fails."""
     if value is None:
         return {"name": name, "passed": False, "detail": f"{what} not measured"}
-    return {
-        "name": name,
-        "passed": value <= limit,
-        "detail": f"{what} {value:.2f} {unit} <= limit {limit:.2f} {unit}",
-    }
+    return _check(
+        name,
+        f"{what} {value:.2f} {unit}",
+        "<=",
+        f"limit {limit:.2f} {unit}",
+        value,
+        limit,
+        digits=2,
+        unit=unit,
+    )
+
+
+def _check(
+    name: str,
+    measured: str,
+    op: str,
+    bound: str,
+    value: float,
+    limit: float,
+    *,
+    digits: int = 4,
+    unit: str = "",
+) -> dict:
+    """A check ``value op limit`` (op ``>=`` or ``<=``) whose detail states what holds:
+    ``f1 0.9600 >= threshold 0.9500`` when it passes, ``f1 0.9486 < threshold 0.9900
+    (needs >= 0.9900)`` when it fails (``measured``: the value as shown, ``bound``: the
+    limit as shown, e.g. ``best baseline 0.9000 + 0.0100``)."""
+    passed = value >= limit if op == ">=" else value <= limit
+    if passed:
+        return {"name": name, "passed": True, "detail": f"{measured} {op} {bound}"}
+    needs = f"{op} {limit:.{digits}f}" + (f" {unit}" if unit else "")
+    failed = "<" if op == ">=" else ">"
+    return {"name": name, "passed": False, "detail": f"{measured} {failed} {bound} (needs {needs})"}
 
 
 def evaluate_gate(
@@ -243,29 +271,38 @@ def evaluate_gate(
         _limit_check(
             "latency", latency_ms, gate.latency_budget_ms, "batch-1 ONNX Runtime p50", "ms"
         ),
-        {
-            "name": "min_f1",
-            "passed": candidate_f1 >= gate.min_f1,
-            "detail": f"f1 {candidate_f1:.4f} >= threshold {gate.min_f1:.4f}",
-        },
+        _check(
+            "min_f1",
+            f"f1 {candidate_f1:.4f}",
+            ">=",
+            f"threshold {gate.min_f1:.4f}",
+            candidate_f1,
+            gate.min_f1,
+        ),
     ]
     if gate.require_beat_baseline and baseline_f1 is not None:
         margin = gate.baseline_margin
         checks.append(
-            {
-                "name": "baseline",
-                "passed": candidate_f1 >= baseline_f1 + margin,
-                "detail": f"f1 {candidate_f1:.4f} >= best baseline {baseline_f1:.4f} + {margin:.4f}",
-            }
+            _check(
+                "baseline",
+                f"f1 {candidate_f1:.4f}",
+                ">=",
+                f"best baseline {baseline_f1:.4f} + {margin:.4f}",
+                candidate_f1,
+                baseline_f1 + margin,
+            )
         )
     if champion_f1 is not None:
         tolerance = gate.champion_tolerance
         checks.append(
-            {
-                "name": "champion",
-                "passed": candidate_f1 >= champion_f1 - tolerance,
-                "detail": f"f1 {candidate_f1:.4f} >= champion {champion_f1:.4f} - {tolerance:.4f}",
-            }
+            _check(
+                "champion",
+                f"f1 {candidate_f1:.4f}",
+                ">=",
+                f"champion {champion_f1:.4f} - {tolerance:.4f}",
+                candidate_f1,
+                champion_f1 - tolerance,
+            )
         )
     else:
         checks.append(
@@ -326,11 +363,8 @@ def behaviour_checks(metrics: Mapping[str, Any] | None, gate: Gate) -> list[dict
             checks.append({"name": name, "passed": skipped, "detail": detail})
             continue
         value = float(value)
-        ok = value >= limit if at_least else value <= limit
         sign = ">=" if at_least else "<="
-        checks.append(
-            {"name": name, "passed": ok, "detail": f"{what} {value:.4f} {sign} {limit:.4f}"}
-        )
+        checks.append(_check(name, f"{what} {value:.4f}", sign, f"{limit:.4f}", value, limit))
     return checks
 
 
