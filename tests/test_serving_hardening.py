@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,6 +57,62 @@ def test_a_hot_reload_follows_the_alias_only_to_a_gated_version(
         assert rc == 0
         assert c.post("/admin/reload", headers=ADMIN).json()["model_version"] == ungated.version
     assert registry.audit_trail(cl, name)[-1]["forced"] is True
+
+
+def _negated_logits(onnx_bytes: bytes) -> bytes:
+    """The graph with a Neg node on its logits: every label inverted, the contract kept."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    for node in model.graph.node:
+        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
+    model.graph.node.append(helper.make_node("Neg", ["logits_raw"], ["logits"]))
+    return model.SerializeToString()
+
+
+def _replace_in_artifact_store(uri: str, name: str, version: str, filename: str, data: bytes):
+    """Overwrite one file of a registered version's model folder in the artifact store."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    cl = tracking.client(uri)
+    source = cl.get_model_version(name, version).source
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        get_artifact_repository(source, tracking_uri=uri).log_artifact(str(path))
+    return cl
+
+
+def test_a_model_onnx_replaced_in_the_artifact_store_is_refused_and_the_old_one_serves(
+    tmp_path, mlflow_tracking_uri
+):
+    """A gated version whose model.onnx was swapped after training (every label inverted)
+    neither becomes champion through the registry nor serves when the alias is moved
+    around it: its bytes do not hash to the serving meta's model_sha256."""
+    from support.champion import tiny_cnn_onnx
+
+    name = unique_model_name()
+    good = register_champion(mlflow_tracking_uri, name=name).version
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as c:
+        tampered = register_champion(mlflow_tracking_uri, name=name, seed=2, set_alias=False)
+        evil = _negated_logits(tiny_cnn_onnx(seed=2))
+        cl = _replace_in_artifact_store(
+            mlflow_tracking_uri, name, tampered.version, "model.onnx", evil
+        )
+        mismatch = (
+            f"model.onnx of version {tampered.version} does not match the sha256 its serving "
+            "meta records"
+        )
+        with pytest.raises(registry.RegistryError, match=mismatch):
+            registry.promote(cl, tampered.version, name=name)
+        set_champion(mlflow_tracking_uri, tampered.version, name=name)  # MLflow's UI, say
+        r = c.post("/admin/reload", headers=ADMIN).json()
+        assert r["changed"] is False and r["model_version"] == good
+        assert mismatch in r["error"]
+        model = c.get("/model").json()
+        assert model["version"] == good
+        assert mismatch in model["last_reload_error"]["error"]
 
 
 class _Gate:

@@ -62,6 +62,54 @@ def test_a_graph_that_breaks_the_contract_is_refused_before_it_is_logged(tmp_pat
     assert cl.search_logged_models([run.info.experiment_id]) == []
 
 
+def test_the_stored_model_onnx_is_the_graph_given_and_its_sha256_is_in_the_meta(tmp_path):
+    """model_sha256 hashes what is served: model.onnx as stored, byte for byte the graph
+    training passed (OOD detector and precision included), whatever onnx would re-write."""
+    import hashlib
+    import json
+
+    from support.champion import serving_meta, tiny_cnn_onnx
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cl = tracking.client(store)
+    run = cl.create_run(tracking.experiment_id(cl, "integrity"))
+    import onnx as onnx_lib
+
+    graph = tiny_cnn_onnx()
+    # ir_version (field 1) repeated at the end: the same model to a reader, but onnx
+    # writes it once, first: its re-serialisation differs from these bytes.
+    onnx = graph + bytes([0x08, onnx_lib.load_from_string(graph).ir_version])
+    assert onnx_lib.load_from_string(onnx).SerializeToString() != onnx
+    logged = artifact.log_serving_model(cl, run.info.run_id, onnx, serving_meta(64, None, 160))
+    version = registry.register_version(cl, logged, {"verdict": "pass"})
+    (tmp_path / "dl").mkdir()
+    folder = artifact.download_version(cl, REGISTERED_MODEL_NAME, version, tmp_path / "dl")
+    stored = (folder / artifact.ONNX_FILE).read_bytes()
+    meta = json.loads((folder / artifact.META_FILE).read_text())
+    assert stored == onnx
+    assert meta["model_sha256"] == hashlib.sha256(onnx).hexdigest()
+    loaded = artifact.load_version(cl, REGISTERED_MODEL_NAME, version)
+    assert loaded.meta.model_sha256 == meta["model_sha256"]
+
+    other = {**serving_meta(64, None, 160), "model_sha256": "0" * 64}
+    with pytest.raises(artifact.ModelLoadError, match="does not match the sha256"):
+        artifact.log_serving_model(cl, run.info.run_id, onnx, other)
+
+
+def test_a_model_whose_meta_records_no_sha256_still_loads_and_says_so(tmp_path, caplog):
+    import json
+    import logging
+
+    from support.champion import serving_meta, tiny_cnn_onnx
+
+    (tmp_path / artifact.ONNX_FILE).write_bytes(tiny_cnn_onnx())
+    (tmp_path / artifact.META_FILE).write_text(json.dumps(serving_meta(64, None, 160)))
+    caplog.set_level(logging.INFO, logger="plants_mlops.model.artifact")
+    loaded = artifact.ServingArtifact.from_folder(tmp_path, threads=1)
+    assert loaded.meta.model_sha256 is None
+    assert "model.onnx: its serving_meta.json records no model_sha256" in caplog.text
+
+
 def test_an_experiment_with_runs_opens_on_them_in_the_mlflow_ui(tmp_path):
     """MLflow 3's UI shows an experiment's GenAI views (traces) first unless the experiment
     is tagged as model development: every run the stages open tags it."""

@@ -19,7 +19,9 @@ monitoring champion and the tests alike:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from plants_mlops.model.ood import OODSummary
 ARTIFACT_NAME = "model"  # the MLflow logged model's name (its folder holds the two files)
 ONNX_FILE = "model.onnx"
 META_FILE = "serving_meta.json"
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(UserFacingError):
@@ -190,6 +194,26 @@ def check_contract(session, meta: ServingMeta) -> int:
     return int(emb.shape[1])
 
 
+def check_sha256(onnx: bytes, meta: ServingMeta, version: str | None = None) -> None:
+    """Refuse (:class:`ModelLoadError`) graph bytes whose sha256 is not the meta's
+    ``model_sha256`` (the served graph as training wrote it: a file replaced or damaged in
+    the artifact store). A meta without one (logged before it was recorded) passes, said
+    in a log line."""
+    what = ONNX_FILE if version is None else f"{ONNX_FILE} of version {version}"
+    if meta.model_sha256 is None:
+        log.info(
+            "%s: its %s records no model_sha256 (an older model): not checked", what, META_FILE
+        )
+        return
+    actual = hashlib.sha256(onnx).hexdigest()
+    if actual != meta.model_sha256.lower():
+        raise ModelLoadError(
+            f"{what} does not match the sha256 its serving meta records: "
+            f"{actual} != {meta.model_sha256} (the file was changed after training: "
+            "not served)"
+        )
+
+
 class ServingArtifact:
     """A loaded, contract-checked serving model: preprocessing, inference and softmax."""
 
@@ -213,8 +237,12 @@ class ServingArtifact:
         return cls(open_session(onnx, threads), meta)
 
     @classmethod
-    def from_folder(cls, folder: Path, threads: int | None = None) -> ServingArtifact:
-        """A model folder as logged by :func:`log_serving_model` (or ``06_models``)."""
+    def from_folder(
+        cls, folder: Path, threads: int | None = None, version: str | None = None
+    ) -> ServingArtifact:
+        """A model folder as logged by :func:`log_serving_model` (or ``06_models``), its
+        ``model.onnx`` checked against the meta's ``model_sha256`` (:func:`check_sha256`;
+        ``version``: the registry version it is, for the message)."""
         folder = Path(folder)
         onnx_path, meta_path = folder / ONNX_FILE, folder / META_FILE
         if not onnx_path.is_file() or not meta_path.is_file():
@@ -226,7 +254,10 @@ class ServingArtifact:
             raw = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise ModelLoadError(f"{META_FILE} is not JSON: {exc}") from exc
-        return cls(open_session(onnx_path, threads), ServingMeta.parse(raw))
+        meta = ServingMeta.parse(raw)
+        onnx = onnx_path.read_bytes()
+        check_sha256(onnx, meta, version)
+        return cls(open_session(onnx, threads), meta)
 
     def preprocess(self, img) -> tuple[np.ndarray, Any]:
         """RGB PIL image -> (model input CHW, the fmt-size image monitoring takes stats of)."""
@@ -310,7 +341,9 @@ class LoggedArtifact:
 def log_serving_model(client, run_id: str, onnx: bytes, meta: ServingMeta | dict) -> LoggedArtifact:
     """Log the serving model into run ``run_id`` as an MLflow logged model of the ONNX
     flavour: signature and input example from a real inference, the meta as the MLflow
-    model's ``metadata`` and as ``serving_meta.json`` beside ``model.onnx``.
+    model's ``metadata`` and as ``serving_meta.json`` beside ``model.onnx``. ``model.onnx``
+    holds ``onnx`` byte for byte and the meta's ``model_sha256`` is their sha256 (recorded
+    here when the meta has none; a different one is refused): what loading checks.
 
     Everything goes through ``client`` (its tracking URI), never through process-wide
     MLflow state, so several stores can be used from one process.
@@ -321,6 +354,9 @@ def log_serving_model(client, run_id: str, onnx: bytes, meta: ServingMeta | dict
     from mlflow.models import Model, infer_signature
 
     meta = meta if isinstance(meta, ServingMeta) else ServingMeta.parse(meta)
+    if meta.model_sha256 is None:
+        meta = meta.model_copy(update={"model_sha256": hashlib.sha256(onnx).hexdigest()})
+    check_sha256(onnx, meta)
     artifact = ServingArtifact.from_bytes(onnx, meta, threads=1)  # refuses a broken graph
     example = np.zeros((1, 3, meta.image_size, meta.image_size), np.float32)
     names = [o.name for o in artifact.session.get_outputs()]
@@ -355,6 +391,8 @@ def log_serving_model(client, run_id: str, onnx: bytes, meta: ServingMeta | dict
             # Stated, not inferred: inference loads the model in a subprocess (seconds).
             pip_requirements=_requirements(),
         )
+        # The bytes given, not onnx's re-serialisation of them: the sha256 is of these.
+        (folder / ONNX_FILE).write_bytes(onnx)
         (folder / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True))
         client.log_model_artifacts(logged.model_id, str(folder))
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
@@ -451,4 +489,4 @@ def load_version(client, name: str, version: str, threads: int | None = None) ->
         except Exception as exc:  # transport, missing artifacts, registry errors
             raise ModelLoadError(f"cannot download {name} version {version}: {exc}") from exc
         # The session keeps the graph in memory: the temporary folder can go.
-        return ServingArtifact.from_folder(folder, threads)
+        return ServingArtifact.from_folder(folder, threads, version)

@@ -129,7 +129,7 @@ def measure_version(
     with tempfile.TemporaryDirectory(prefix="plants-gate-") as tmp:
         try:
             folder = artifact.download_version(cl, name, version, Path(tmp))
-            loaded = artifact.ServingArtifact.from_folder(folder, threads)
+            loaded = artifact.ServingArtifact.from_folder(folder, threads, version)
             size = (folder / artifact.ONNX_FILE).stat().st_size
         except Exception as exc:
             raise _fails_to_load(name, version, exc) from exc
