@@ -4,6 +4,7 @@ cannot start with stop it in one line with a non-zero exit."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -113,6 +114,44 @@ def test_a_model_onnx_replaced_in_the_artifact_store_is_refused_and_the_old_one_
         model = c.get("/model").json()
         assert model["version"] == good
         assert mismatch in model["last_reload_error"]["error"]
+
+
+def test_a_model_uri_other_than_the_champion_serves_an_ungated_version_and_says_so(
+    tmp_path, mlflow_tracking_uri, caplog
+):
+    name = unique_model_name()
+    champion = register_champion(mlflow_tracking_uri, name=name).version
+    assert champion
+    failed = register_champion(mlflow_tracking_uri, name=name, seed=2, set_alias=False).version
+    cl = tracking.client(mlflow_tracking_uri)
+    cl.set_model_version_tag(name, failed, "verdict", "fail")
+    refused = "min_f1: f1 0.9486 < threshold 0.9900 (needs >= 0.9900)"
+    cl.set_model_version_tag(name, failed, "gate.refused", refused)
+    caplog.set_level(logging.WARNING, logger="plants_mlops.serving")
+    env = {"PLANTS_MODEL_URI": f"models:/{name}/{failed}"}
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as c:
+        model = c.get("/model").json()
+        assert model["version"] == failed and model["gate_verdict"] == "fail"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"version {failed}, not the gated champion: verdict fail ({refused})" in w for w in warnings
+    ), warnings
+
+    ungated = register_champion(mlflow_tracking_uri, name=name, seed=3, set_alias=False).version
+    cl.delete_model_version_tag(name, ungated, "verdict")
+    cl.set_registered_model_alias(name, "challenger", ungated)
+    caplog.clear()
+    env = {"PLANTS_MODEL_URI": f"models:/{name}@challenger"}
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name, env=env) as c:
+        model = c.get("/model").json()
+        assert model["version"] == ungated and model["gate_verdict"] is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"version {ungated}, not the gated champion: no gate verdict" in w for w in warnings)
+
+    caplog.clear()  # the champion: gated, no warning
+    with api_in_process(tmp_path, tracking_uri=mlflow_tracking_uri, model_name=name) as c:
+        assert c.get("/model").json()["gate_verdict"] == "pass"
+    assert not [r for r in caplog.records if "not the gated champion" in r.getMessage()]
 
 
 class _Gate:

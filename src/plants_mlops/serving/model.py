@@ -36,6 +36,7 @@ class ServingModel(RegisteredArtifact):
     lineage: dict[str, Any] = field(default_factory=dict)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     model_card: str | None = None  # the version's `model_card` tag when it was loaded
+    gate_verdict: str | None = None  # its `verdict` tag then: "pass", "fail", None (no verdict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class ServingModel(RegisteredArtifact):
             "lineage": self.lineage,
             "loaded_at": self.loaded_at.isoformat(),
             "model_card": self.model_card,
+            "gate_verdict": self.gate_verdict,
         }
 
 
@@ -82,6 +84,22 @@ class Registry:
                 raise artifact.ModelLoadError(refusal)
         loaded = artifact.load_version(self.client, self.name, version, threads=threads)
         run_id = run_id or loaded.meta.mlflow_run_id
+        tags = self._tags(version)
+        verdict = tags.get("verdict")
+        if self.alias != ALIAS_CHAMPION and verdict != "pass":
+            why = (
+                f"verdict fail ({tags.get('gate.refused') or 'no reason recorded'})"
+                if verdict
+                else "no gate verdict"
+            )
+            log.warning(
+                "%s serves %s version %s, not the gated champion: %s",
+                self.model_uri,
+                self.name,
+                version,
+                why,
+                extra={"event": "ungated_model", "model_version": version, "gate_verdict": verdict},
+            )
         return ServingModel(
             artifact=loaded,
             name=self.name,
@@ -89,15 +107,16 @@ class Registry:
             run_id=run_id,
             source=f"models:/{self.name}/{version}",
             lineage=self._lineage(run_id),
-            model_card=self._model_card(version),
+            model_card=tags.get("model_card"),
+            gate_verdict=verdict,
         )
 
-    def _model_card(self, version: str) -> str | None:
-        """The artifact URI of the version's model card (pipelines/registry/card.py)."""
+    def _tags(self, version: str) -> dict[str, str]:
+        """The version's tags (model card, gate verdict); {} when the registry cannot say."""
         try:
-            return (self.client.get_model_version(self.name, version).tags or {}).get("model_card")
+            return dict(self.client.get_model_version(self.name, version).tags or {})
         except Exception:  # informative only, like the lineage
-            return None
+            return {}
 
     def _lineage(self, run_id: str | None) -> dict[str, Any]:
         if not run_id:

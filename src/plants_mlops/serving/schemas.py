@@ -96,6 +96,12 @@ class ModelResponse(BaseModel):
     model_card: str | None = Field(
         None, description="the version's model card (HTML) in the MLflow artifact store"
     )
+    gate_verdict: str | None = Field(
+        None,
+        description="the promotion gate's recorded verdict on this version when it was "
+        "loaded: pass, fail, or null (never gated). A champion served is pass or a recorded "
+        "--force; PLANTS_MODEL_URI naming another alias or a version serves any verdict",
+    )
     last_reload_error: ReloadError | None = None
     poll_seconds: float
 
