@@ -154,6 +154,30 @@ def test_a_model_uri_other_than_the_champion_serves_an_ungated_version_and_says_
     assert not [r for r in caplog.records if "not the gated champion" in r.getMessage()]
 
 
+def test_a_champion_alias_moved_by_hand_onto_a_failed_version_can_be_forced_on_record(
+    mlflow_tracking_uri,
+):
+    """The alias moved in MLflow's UI onto a version the gate failed: the API refuses it,
+    and `registry promote N --force --reason` answered "already the champion", so the
+    override could not be recorded (a rollback first was the only way)."""
+    name = unique_model_name()
+    register_champion(mlflow_tracking_uri, name=name)
+    failed = register_champion(mlflow_tracking_uri, name=name, seed=2, set_alias=False).version
+    cl = tracking.client(mlflow_tracking_uri)
+    cl.set_model_version_tag(name, failed, "verdict", "fail")
+    set_champion(mlflow_tracking_uri, failed, name=name)  # by hand
+    assert registry.serving_refusal(cl, failed, name)
+    base = ["registry", "--tracking-uri", mlflow_tracking_uri, "--model", name, "promote", failed]
+    assert cli.main(base) == 1  # the gate's verdict still needs --force
+    assert cli.main([*base, "--force", "--reason", "known risk, recorded"]) == 0
+    assert registry.serving_refusal(cl, failed, name) is None
+    last = registry.audit_trail(cl, name)[-1]
+    assert (str(last["to_version"]), last["forced"]) == (failed, True)
+    # a champion the API serves is still refused as already the champion
+    with pytest.raises(registry.RegistryError, match="already the champion"):
+        registry.promote(cl, failed, reason="again", name=name, force=True)
+
+
 class _Gate:
     """A TCP proxy in front of the MLflow server that can stop answering (``hang``: it
     accepts and stays silent, like a server stopped or a network black hole)."""

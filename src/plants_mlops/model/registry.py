@@ -416,7 +416,9 @@ def move_champion(
         mv = cl.get_model_version(name, version)
     except Exception as exc:
         raise RegistryError(f"{name} has no version {version} ({exc})") from exc
-    if alias_version(cl, ALIAS_CHAMPION, name) == version:
+    if alias_version(cl, ALIAS_CHAMPION, name) == version and not serving_refusal(
+        cl, version, name
+    ):  # an alias moved by hand onto an ungated version may still be promoted on record
         raise RegistryError(f"version {version} is already the champion")
     tags = mv.tags or {}
     verdict = tags.get("verdict")
