@@ -312,6 +312,11 @@ def test_a_budget_with_no_room_in_time_answers_busy():
     with budget.reserve(20_000), pytest.raises(imaging.ImageDecodeError) as caught:
         imaging.decode_image(buf.getvalue(), budget=budget)
     assert caught.value.reason == "busy"
+    # the API's answer: 503 busy with a Retry-After, like a refusal over the bytes in flight
+    from plants_mlops.serving.errors import ApiError
+
+    answer = ApiError.from_decode(caught.value)
+    assert (answer.status, answer.code, answer.headers) == (503, "busy", {"Retry-After": "1"})
 
 
 def test_alpha_is_composited_on_white_without_full_size_copies():

@@ -39,7 +39,8 @@ class ApiError(Exception):
 
     @classmethod
     def from_decode(cls, exc: ImageDecodeError) -> ApiError:
-        return cls(DECODE_STATUS.get(exc.reason, 400), exc.reason, exc.detail)
+        retry = {"Retry-After": "1"} if exc.reason == "busy" else None  # the budget frees soon
+        return cls(DECODE_STATUS.get(exc.reason, 400), exc.reason, exc.detail, retry)
 
 
 def error_body(request: Request | None, code: str, detail: str) -> dict:
