@@ -79,6 +79,17 @@ def test_explain_defaults_to_the_predicted_label_and_refuses_an_unknown_one(serv
     assert r.status_code == 404 and r.json()["error"] == "unknown_label"
 
 
+def test_several_images_on_explain_are_refused_not_explained_for_the_last(served):
+    client, _ = served
+    files = [
+        ("file", ("a.jpg", _jpeg(images.yellow_disc_on_grass(20)), "image/jpeg")),
+        ("file", ("b.jpg", _jpeg(images.yellow_disc_on_grass(80)), "image/jpeg")),
+    ]
+    r = client.post("/explain", files=files)
+    assert r.status_code == 422, r.text
+    assert "one image" in r.json()["detail"] and r.json()["error"] == "invalid_request"
+
+
 def test_openapi_documents_explain_and_the_model_card_link(served):
     client, card = served
     spec = client.get("/openapi.json").json()

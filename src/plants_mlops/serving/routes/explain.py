@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from plants_mlops import imaging
@@ -20,7 +20,7 @@ from plants_mlops.model.artifact import ModelLoadError
 from plants_mlops.model.explain import Explanation
 from plants_mlops.serving.deps import ModelDep, RequestIdDep, ServiceDep
 from plants_mlops.serving.errors import ApiError
-from plants_mlops.serving.routes.predict import ERRORS, UPLOAD_OPENAPI, ImageUpload, _read
+from plants_mlops.serving.routes.predict import ERRORS, UPLOAD_OPENAPI, ImageUpload, read_one
 from plants_mlops.serving.schemas import ErrorResponse
 
 router = APIRouter(tags=["explain"])
@@ -114,6 +114,7 @@ def explain_one(service, model, data: bytes, label: str | None, request_id: str)
     openapi_extra=UPLOAD_OPENAPI,
 )
 async def explain(
+    request: Request,
     file: ImageUpload,
     model: ModelDep,
     service: ServiceDep,
@@ -122,5 +123,5 @@ async def explain(
         str | None, Query(description="explain this label instead of the predicted one")
     ] = None,
 ) -> ExplainResponse:
-    data = await _read(file, service.config.max_upload_bytes)
+    data = await read_one(request, file, service.config.max_upload_bytes)
     return await service.run(explain_one, service, model, data, label, rid)

@@ -58,6 +58,16 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
+async def read_one(request: Request, upload: UploadFile, limit: int) -> bytes:
+    """The image of a route that takes one (``file``); several ``file`` parts are refused
+    (FastAPI would hand the route the last one)."""
+    if len((await request.form()).getlist("file")) > 1:  # the parsed form, not a new parse
+        raise ApiError(
+            422, "invalid_request", "one image per request: send several to /predict/batch"
+        )
+    return await _read(upload, limit)
+
+
 @router.post(
     "/predict",
     response_model=PredictionResponse,
@@ -72,11 +82,7 @@ async def predict(
     service: ServiceDep,
     rid: RequestIdDep,
 ) -> PredictionResponse:
-    if len((await request.form()).getlist("file")) > 1:  # the parsed form, not a new parse
-        raise ApiError(
-            422, "invalid_request", "one image per request: send several to /predict/batch"
-        )
-    data = await _read(file, service.config.max_upload_bytes)
+    data = await read_one(request, file, service.config.max_upload_bytes)
     return await service.run(service.predict_one, model, data, rid)
 
 
