@@ -12,8 +12,9 @@ Run it with ``PYTHONPATH`` naming another checkout's ``src`` to measure that cod
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+
+from bench_decode_memory import run_scenario  # benchmarks/, the script's own folder
 
 # name -> (Pillow mode, width, height, format, save options)
 FORMATS = {
@@ -93,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'format':<27} {'Mpx':>5} {'file MB':>8} {'charged Mpx':>11} {'peak added MB':>13}")
     for name in names:
         mode, w, h, fmt, opts = FORMATS[name]
-        out = subprocess.run(
-            [sys.executable, "-c", SCENARIO, json.dumps([mode, w, h, fmt, opts, args.uploads])],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        row = json.loads(out.strip().splitlines()[-1])
+        row = run_scenario(SCENARIO, json.dumps([mode, w, h, fmt, opts, args.uploads]))
         print(
             f"{name:<27} {w * h / 1e6:>5.1f} {row['bytes'] / 1e6:>8.1f} "
             f"{row['charged'] / 1e6:>11.1f} {row['added_mb']:>13}  {','.join(row['codes'])}"

@@ -196,6 +196,15 @@ def over_http(workers: list[int]) -> int:
     return 0
 
 
+def run_scenario(script: str, *args: str) -> dict:
+    """Run ``script`` in a fresh interpreter (its peak RSS its own) with ``args``; the JSON
+    record on its last line of output."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> int:
     import argparse
 
@@ -207,13 +216,7 @@ def main() -> int:
         return over_http([int(w) for w in args.workers.split(",")])
     print(f"{'uploads':>7} {'budget (px)':>12} {'peak RSS MB':>12} {'added MB':>9} {'s':>6}")
     for n, budget in ((1, "none"), (8, "none"), (8, "48000000")):
-        out = subprocess.run(
-            [sys.executable, "-c", SCENARIO, str(n), budget],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        row = json.loads(out.strip().splitlines()[-1])
+        row = run_scenario(SCENARIO, str(n), budget)
         print(
             f"{row['n']:>7} {row['budget']:>12} {row['peak_mb']:>12} "
             f"{row['peak_mb'] - row['base_mb']:>9} {row['seconds']:>6}"

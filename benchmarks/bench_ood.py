@@ -39,28 +39,16 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from product_model import stage_defaults  # benchmarks/product_model.py
+    from product_model import trained_product_model  # benchmarks/product_model.py
 
     from plants_mlops.model import behaviour, ood
-    from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import load_subset
     from plants_mlops.model.devdata import from_folder
     from plants_mlops.params import TrainingParams, parse
-    from plants_mlops.pipelines.training.nodes import (
-        _serving_meta,
-        export_serving_model,
-        train_model,
-    )
 
     t0 = time.perf_counter()
     data = from_folder(args.pool, size=160)
-    params = {**stage_defaults("training"), "quiet": True}
-    params["mlflow"] = {**params["mlflow"], "enabled": False}
-    ckpt, history = train_model(
-        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
-    )
-    onnx = export_serving_model(ckpt, params)
-    model = ServingArtifact.from_bytes(onnx, _serving_meta(history), 1)
+    onnx, model, params = trained_product_model(data, threads=1)
     p = parse(TrainingParams, params, "training")
     splits = load_subset(
         data.dataset_index, data.fmt_images, model.meta.labels, ("train", "val", "test"), p

@@ -48,27 +48,16 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from product_model import stage_defaults  # benchmarks/product_model.py
+    from product_model import trained_product_model  # benchmarks/product_model.py
 
     from plants_mlops.model import behaviour, ood
-    from plants_mlops.model.artifact import ServingArtifact
     from plants_mlops.model.data import _to_image
     from plants_mlops.model.devdata import from_folder
     from plants_mlops.params import TrainingParams, parse
-    from plants_mlops.pipelines.training.nodes import (
-        _serving_meta,
-        export_serving_model,
-        train_model,
-    )
 
     t0 = time.perf_counter()
     data = from_folder(args.pool, size=160)
-    params = {**stage_defaults("training"), "quiet": True}
-    params["mlflow"] = {**params["mlflow"], "enabled": False}
-    ckpt, history = train_model(
-        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
-    )
-    model = ServingArtifact.from_bytes(export_serving_model(ckpt, params), _serving_meta(history))
+    _, model, params = trained_product_model(data)
     p = parse(TrainingParams, params, "training")
     index = data.dataset_index[data.dataset_index["label"].isin(model.meta.labels)]
     images = [_to_image(data.fmt_images[key]) for key in index["image_key"]]

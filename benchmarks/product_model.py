@@ -62,6 +62,26 @@ def untrained_product_model(
     return onnx_bytes(model, image_size), meta
 
 
+def trained_product_model(data, threads: int | None = None) -> tuple[bytes, object, dict]:
+    """The default model trained on ``data`` (``model.devdata``'s layers) as the training
+    stage does, MLflow off: (its float serving ONNX, that model loaded with ``threads``
+    ONNX Runtime threads, the training parameters)."""
+    from plants_mlops.pipelines.training.nodes import (
+        _serving_meta,
+        export_serving_model,
+        train_model,
+    )
+
+    params = {**stage_defaults("training"), "quiet": True}
+    params["mlflow"] = {**params["mlflow"], "enabled": False}
+    ckpt, history = train_model(
+        data.dataset_index, data.fmt_images, params, data.dataset_fingerprint
+    )
+    onnx = export_serving_model(ckpt, params)
+    model = artifact.ServingArtifact.from_bytes(onnx, _serving_meta(history), threads)
+    return onnx, model, params
+
+
 def server_environment(tracking_uri: str, model_uri: str, db: Path) -> dict[str, str]:
     """The inherited environment plus what a benchmark's ``plants-mlops serve`` needs: the
     registry, the model, its own SQLite database ``db``, no registry polling."""
