@@ -255,8 +255,12 @@ def decode_cost(data: bytes) -> int:
     """What decoding ``data`` is charged in a :class:`DecodeBudget`: its pixels, from the
     header, weighted by the bytes per pixel its decode holds (``DECODE_BYTES_PER_PIXEL``,
     a progressive JPEG's coefficients) over the budget's 4; 0 when not a readable image."""
-    pixels, cost = _header(data)
-    return math.ceil(pixels * cost / 4)
+    return _charge(*_header(data))
+
+
+def _charge(pixels: int, bytes_per_pixel: float) -> int:
+    """``pixels`` decoded at ``bytes_per_pixel``, in the budget's pixels of 4 bytes."""
+    return math.ceil(pixels * bytes_per_pixel / 4)
 
 
 def decode_image(
@@ -351,7 +355,7 @@ def decoded_within(
     image is ``square_resize(rgb, fit)`` (:func:`fit_rgb`; the decode's full-size pixels
     are gone before the block starts)."""
     pixels, cost = _header(data)
-    need = math.ceil(pixels * cost / 4) if 0 < pixels <= max_pixels else 0
+    need = _charge(pixels, cost) if 0 < pixels <= max_pixels else 0
     with budget.reserve(need) if budget is not None and need else contextlib.nullcontext():
         decoded = decode_image(data, max_pixels=max_pixels, fit=fit)
         try:
